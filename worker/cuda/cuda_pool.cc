@@ -1,0 +1,179 @@
+// CudaPoolHost / CudaPoolAttachment: the pool's device memory and its CUDA IPC
+// export and import (see cuda_pool.h).
+#include "cuda/cuda_pool.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "cuda/cuda_status.h"
+
+namespace kvpool::gpu {
+namespace {
+
+static_assert(sizeof(cudaIpcMemHandle_t) == std::tuple_size<IpcHandleBytes>::value,
+              "IpcHandleBytes must hold a cudaIpcMemHandle_t");
+
+// Runs `fn` with `device` current, then restores the caller's device (for destructors).
+template <typename Fn>
+void WithDevice(int device, Fn fn) {
+  int previous = -1;
+  const bool restore = cudaGetDevice(&previous) == cudaSuccess && previous != device;
+  if (restore) cudaSetDevice(device);
+  fn();
+  if (restore) cudaSetDevice(previous);
+}
+
+}  // namespace
+
+std::string IpcHandleToHex(const IpcHandleBytes& handle) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(handle.size() * 2);
+  for (uint8_t b : handle) {
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 15]);
+  }
+  return hex;
+}
+
+StatusOr<IpcHandleBytes> IpcHandleFromHex(std::string_view hex) {
+  IpcHandleBytes handle{};
+  if (hex.size() != handle.size() * 2) {
+    return InvalidArgument("IPC handle: expected " + std::to_string(handle.size() * 2) +
+                           " hex digits, got " + std::to_string(hex.size()));
+  }
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < handle.size(); ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return InvalidArgument("IPC handle: not a hex string");
+    handle[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return handle;
+}
+
+StatusOr<std::string> GpuUuid(int device) {
+  cudaDeviceProp prop;
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device),
+                              "cudaGetDeviceProperties(" + std::to_string(device) + ")");
+  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+  char text[64];
+  std::snprintf(text, sizeof(text),
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                b[14], b[15]);
+  return std::string(text);
+}
+
+StatusOr<int> FindDeviceByUuid(std::string_view uuid) {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  std::string seen;
+  if (error != cudaSuccess) {
+    count = 0;
+    seen = std::string("none: ") + cudaGetErrorString(error);
+  }
+  for (int device = 0; device < count; ++device) {
+    KVPOOL_ASSIGN_OR_RETURN(std::string candidate, GpuUuid(device));
+    if (candidate == uuid) return device;
+    seen += (seen.empty() ? "" : ", ") + candidate;
+  }
+  return NotFound("no visible CUDA device has UUID " + std::string(uuid) + " (visible: " +
+                  (seen.empty() ? "none" : seen) + ")");
+}
+
+// ---- CudaPoolHost ----
+
+StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geometry) {
+  if (geometry.pool_bytes() == 0) {
+    return InvalidArgument("CudaPoolHost: the pool geometry describes 0 bytes");
+  }
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device),
+                              "CudaPoolHost: cudaSetDevice(" + std::to_string(device) + ")");
+  CudaPoolHost host;
+  host.geometry_ = geometry;
+  host.device_ = device;
+  KVPOOL_ASSIGN_OR_RETURN(host.gpu_uuid_, GpuUuid(device));
+  KVPOOL_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(&host.base_, geometry.pool_bytes()),
+      "CudaPoolHost: cudaMalloc of " + std::to_string(geometry.pool_bytes()) + " bytes");
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaMemset(host.base_, 0, geometry.pool_bytes()),
+                              "CudaPoolHost: cudaMemset");
+  cudaIpcMemHandle_t handle;
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&handle, host.base_),
+                              "CudaPoolHost: cudaIpcGetMemHandle");
+  std::memcpy(host.ipc_handle_.data(), &handle, sizeof(handle));
+  return host;
+}
+
+CudaPoolHost::CudaPoolHost(CudaPoolHost&& other) noexcept { *this = std::move(other); }
+
+CudaPoolHost& CudaPoolHost::operator=(CudaPoolHost&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    base_ = std::exchange(other.base_, nullptr);
+    geometry_ = other.geometry_;
+    device_ = std::exchange(other.device_, -1);
+    gpu_uuid_ = std::move(other.gpu_uuid_);
+    ipc_handle_ = other.ipc_handle_;
+  }
+  return *this;
+}
+
+CudaPoolHost::~CudaPoolHost() { Reset(); }
+
+void CudaPoolHost::Reset() {
+  if (base_ == nullptr) return;
+  WithDevice(device_, [this] { cudaFree(base_); });
+  base_ = nullptr;
+}
+
+// ---- CudaPoolAttachment ----
+
+StatusOr<CudaPoolAttachment> CudaPoolAttachment::Open(const IpcHandleBytes& handle,
+                                                      std::string_view gpu_uuid,
+                                                      const PoolGeometry& geometry) {
+  KVPOOL_ASSIGN_OR_RETURN(const int device, FindDeviceByUuid(gpu_uuid));
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device),
+                              "CudaPoolAttachment: cudaSetDevice(" + std::to_string(device) + ")");
+  cudaIpcMemHandle_t ipc;
+  std::memcpy(&ipc, handle.data(), sizeof(ipc));
+  CudaPoolAttachment attachment;
+  attachment.geometry_ = geometry;
+  attachment.device_ = device;
+  KVPOOL_CUDA_RETURN_IF_ERROR(
+      cudaIpcOpenMemHandle(&attachment.base_, ipc, cudaIpcMemLazyEnablePeerAccess),
+      "CudaPoolAttachment: cudaIpcOpenMemHandle on " + std::string(gpu_uuid));
+  return attachment;
+}
+
+CudaPoolAttachment::CudaPoolAttachment(CudaPoolAttachment&& other) noexcept {
+  *this = std::move(other);
+}
+
+CudaPoolAttachment& CudaPoolAttachment::operator=(CudaPoolAttachment&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    base_ = std::exchange(other.base_, nullptr);
+    geometry_ = other.geometry_;
+    device_ = std::exchange(other.device_, -1);
+  }
+  return *this;
+}
+
+CudaPoolAttachment::~CudaPoolAttachment() { Reset(); }
+
+void CudaPoolAttachment::Reset() {
+  if (base_ == nullptr) return;
+  WithDevice(device_, [this] { cudaIpcCloseMemHandle(base_); });
+  base_ = nullptr;
+}
+
+}  // namespace kvpool::gpu
