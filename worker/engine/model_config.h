@@ -26,6 +26,7 @@ struct ModelConfig {
   int64_t max_position = 0;       // the context length
   double norm_eps = 1e-5;         // LayerNorm eps (GPT-2) or RMSNorm eps (Llama)
   double rope_theta = 10000.0;    // Llama only
+  bool gelu_tanh = true;          // GPT-2: "gelu_new" (tanh approximation) vs exact "gelu"
   bool tie_word_embeddings = true;
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;

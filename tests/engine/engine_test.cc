@@ -1,0 +1,260 @@
+// The three KV modes run the same model: their logits agree at every step, at batch
+// 1 and at batch 4 with different lengths, for GPT-2 and a GQA Llama; plus request
+// validation, pool exhaustion and finish reasons.
+#include "engine/engine.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+#include "tokenizer/tokenizer.h"
+
+namespace kvpool {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr KvMode kModes[] = {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged};
+
+std::unique_ptr<Engine> MakeEngine(const std::string& model, EngineOptions options = {},
+                                   std::shared_ptr<const Tokenizer> tok = {}) {
+  ModelConfig config = BuiltinModelConfig(model).value();
+  ModelWeights weights = RandomWeights(config, 7);
+  auto engine = Engine::Create(config, std::move(weights), options, std::move(tok));
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  return std::move(engine).value();
+}
+
+std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> out(n);
+  for (auto& t : out) t = dist(rng);
+  return out;
+}
+
+// Greedy-decodes `lengths.size()` prompts together in `mode`; returns per sequence the
+// logits after prefill and after each decode step, and the generated tokens.
+struct Trace {
+  std::vector<std::vector<at::Tensor>> logits;
+  std::vector<std::vector<int32_t>> tokens;
+};
+
+Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths, int32_t steps,
+               uint32_t first_seed = 100) {
+  std::vector<SequenceId> ids;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    GenerationRequest r;
+    r.prompt = RandomPrompt(lengths[i], engine.model().config().vocab_size, first_seed + i);
+    r.max_tokens = steps + 1;
+    r.mode = mode;
+    r.ignore_eos = true;
+    auto id = engine.AddSequence(std::move(r));
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    ids.push_back(*id);
+  }
+  Trace trace;
+  trace.logits.resize(ids.size());
+  auto collect = [&] {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      trace.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
+    }
+  };
+  EXPECT_TRUE(engine.Prefill(ids).ok());
+  collect();
+  for (int32_t s = 0; s < steps; ++s) {
+    Status st = engine.Decode(ids);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    collect();
+  }
+  for (SequenceId id : ids) {
+    const Sequence& seq = engine.sequence(id);
+    trace.tokens.emplace_back(seq.tokens.begin() + seq.prompt_len(), seq.tokens.end());
+    engine.Release(id);
+  }
+  return trace;
+}
+
+void ExpectSameTraces(const Trace& a, const Trace& b, const std::string& what) {
+  ASSERT_EQ(a.logits.size(), b.logits.size());
+  for (size_t i = 0; i < a.logits.size(); ++i) {
+    EXPECT_EQ(a.tokens[i], b.tokens[i]) << what << " sequence " << i;
+    for (size_t s = 0; s < a.logits[i].size(); ++s) {
+      const double diff = (a.logits[i][s] - b.logits[i][s]).abs().max().item<double>();
+      EXPECT_LE(diff, 1e-4) << what << " sequence " << i << " step " << s;
+    }
+  }
+}
+
+class ModesAgreeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModesAgreeTest, BatchOne) {
+  auto engine = MakeEngine(GetParam());
+  const Trace none = RunBatch(*engine, KvMode::kNone, {23}, 6);
+  ExpectSameTraces(none, RunBatch(*engine, KvMode::kContiguous, {23}, 6), "contiguous vs none");
+  ExpectSameTraces(none, RunBatch(*engine, KvMode::kPaged, {23}, 6), "paged vs none");
+  EXPECT_EQ(engine->allocator().num_free(), engine->allocator().num_blocks());
+}
+
+TEST_P(ModesAgreeTest, BatchFourDifferentLengths) {
+  EngineOptions options;
+  options.block_size = 8;  // several blocks per sequence, block boundaries crossed
+  auto engine = MakeEngine(GetParam(), options);
+  const std::vector<int64_t> lengths = {5, 17, 33, 9};
+  const Trace none = RunBatch(*engine, KvMode::kNone, lengths, 5);
+  ExpectSameTraces(none, RunBatch(*engine, KvMode::kContiguous, lengths, 5), "contiguous vs none");
+  ExpectSameTraces(none, RunBatch(*engine, KvMode::kPaged, lengths, 5), "paged vs none");
+  // A batch gives each sequence what it gets alone.
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    Trace alone = RunBatch(*engine, KvMode::kPaged, {lengths[i]}, 5, 100 + i);
+    alone.logits.insert(alone.logits.begin(), i, {});
+    alone.tokens.insert(alone.tokens.begin(), i, {});
+    EXPECT_EQ(alone.tokens[i], none.tokens[i]) << "sequence " << i;
+    for (size_t s = 0; s < none.logits[i].size(); ++s) {
+      EXPECT_LE((alone.logits[i][s] - none.logits[i][s]).abs().max().item<double>(), 1e-4);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ModesAgreeTest, ::testing::Values("gpt2", "llama-gqa-small"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) ch = ch == '-' ? '_' : ch;
+                           return n;
+                         });
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    EngineOptions options;
+    options.block_size = 4;
+    options.num_blocks = 16;
+    engine_ = MakeEngine("tiny-gpt2", options);
+  }
+  GenerationRequest Request(int64_t prompt_len, int32_t max_tokens, KvMode mode) {
+    GenerationRequest r;
+    r.prompt = RandomPrompt(prompt_len, engine_->model().config().vocab_size, 3);
+    r.max_tokens = max_tokens;
+    r.mode = mode;
+    r.ignore_eos = true;
+    return r;
+  }
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineTest, RejectsBadRequests) {
+  auto expect_invalid = [&](GenerationRequest r, const std::string& needle) {
+    Status st = engine_->AddSequence(std::move(r)).status();
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+    EXPECT_THAT(st.message(), HasSubstr(needle));
+  };
+  expect_invalid(Request(0, 4, KvMode::kPaged), "prompt is empty");
+  expect_invalid(Request(512, 4, KvMode::kPaged), "context of 512");
+  expect_invalid(Request(500, 20, KvMode::kPaged), "exceeds the context");
+  expect_invalid(Request(4, 0, KvMode::kPaged), "max_tokens must be > 0");
+  expect_invalid(Request(4, -3, KvMode::kNone), "max_tokens must be > 0");
+  GenerationRequest r = Request(4, 4, KvMode::kPaged);
+  r.prompt[2] = 50257;
+  expect_invalid(r, "outside the vocabulary");
+  r = Request(4, 4, KvMode::kPaged);
+  r.sampling.top_p = 0;
+  expect_invalid(r, "top_p");
+  r.sampling.top_p = 1.01;
+  expect_invalid(r, "top_p");
+  r = Request(4, 4, KvMode::kPaged);
+  r.sampling.temperature = std::nan("");
+  expect_invalid(r, "temperature");
+  EXPECT_EQ(engine_->allocator().num_free(), 16);  // nothing leaked by the rejections
+}
+
+TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
+  auto unknown = BuiltinModelConfig("gpt5");
+  EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("unknown model 'gpt5'"));
+  EXPECT_THAT(ParseKvMode("pagd").status().message(), HasSubstr("unknown KV mode"));
+  ModelConfig big = BuiltinModelConfig("llama-7b").value();
+  EXPECT_FALSE(big.runnable);
+  EXPECT_EQ(big.KvBytesPerToken(2) * 4096, int64_t{2} << 30);  // 2 GiB per 4096-token sequence
+  ModelConfig c = BuiltinModelConfig("gpt2").value();
+  EXPECT_EQ(c.NumParameters(), 124439808);  // GPT-2 small, tied head counted once
+  EXPECT_EQ(c.KvBytesPerToken(), 73728);
+}
+
+TEST_F(EngineTest, ContiguousNeedsARunPagedDoesNot) {
+  // 16 blocks of 4 tokens. Fill them with four 4-block paged sequences, free the 1st and
+  // 3rd: 8 blocks free, but no run of 5.
+  std::vector<SequenceId> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(*engine_->AddSequence(Request(16, 1, KvMode::kPaged)));
+  EXPECT_EQ(engine_->allocator().num_free(), 0);
+  EXPECT_EQ(engine_->AddSequence(Request(4, 1, KvMode::kPaged)).status().code(),
+            StatusCode::kResourceExhausted);
+  engine_->Release(ids[0]);
+  engine_->Release(ids[2]);
+  auto contiguous = engine_->AddSequence(Request(12, 8, KvMode::kContiguous));  // 5 blocks
+  EXPECT_EQ(contiguous.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(contiguous.status().message(), HasSubstr("fragmentation"));
+  auto paged = engine_->AddSequence(Request(20, 8, KvMode::kPaged));  // 5 blocks, any ids
+  ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+  EXPECT_EQ(engine_->sequence(*paged).block_table, (std::vector<int32_t>{0, 1, 2, 3, 8}));
+}
+
+TEST_F(EngineTest, PagedGrowsOneBlockAtATimeAndReportsUsage) {
+  SequenceId id = *engine_->AddSequence(Request(5, 8, KvMode::kPaged));
+  EXPECT_EQ(engine_->sequence(id).block_table.size(), 2u);
+  ASSERT_TRUE(engine_->Prefill({id}).ok());
+  EXPECT_EQ(engine_->Usage().bytes_used, 5 * int64_t(engine_->geometry().token_bytes()));
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(engine_->Decode({id}).ok());
+  // 9 tokens have K/V; the 10th (latest sampled) has none yet: 3 blocks.
+  EXPECT_EQ(engine_->sequence(id).num_kv_tokens, 9);
+  EXPECT_EQ(engine_->sequence(id).block_table.size(), 3u);
+  const KvUsage u = engine_->Usage();
+  EXPECT_EQ(u.bytes_reserved, 3 * int64_t(engine_->geometry().block_bytes()));
+  EXPECT_EQ(u.bytes_used, 9 * int64_t(engine_->geometry().token_bytes()));
+  // A contiguous sequence reserves prompt + max_tokens up front.
+  SequenceId c = *engine_->AddSequence(Request(5, 8, KvMode::kContiguous));
+  EXPECT_EQ(engine_->sequence(c).block_table, (std::vector<int32_t>{3, 4, 5, 6}));
+}
+
+TEST_F(EngineTest, FinishesAtMaxTokensAndRejectsFurtherSteps) {
+  auto results = engine_->Generate({Request(6, 5, KvMode::kPaged), Request(3, 2, KvMode::kNone)});
+  ASSERT_TRUE(results.ok()) << results.status().ToString();
+  EXPECT_EQ((*results)[0].tokens.size(), 5u);
+  EXPECT_EQ((*results)[0].finish, FinishReason::kLength);
+  EXPECT_EQ((*results)[0].step_s.size(), 4u);
+  EXPECT_EQ((*results)[1].tokens.size(), 2u);
+  EXPECT_EQ(engine_->allocator().num_free(), 16);
+  SequenceId id = *engine_->AddSequence(Request(3, 1, KvMode::kPaged));
+  ASSERT_TRUE(engine_->Prefill({id}).ok());
+  EXPECT_EQ(engine_->Decode({id}).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(engine_->Decode({12345}).code(), StatusCode::kNotFound);
+}
+
+TEST(EngineStopTest, StopStringEndsGeneration) {
+  std::shared_ptr<const Tokenizer> tok;
+  try {
+    tok = LoadDefaultGpt2Tokenizer();
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "GPT-2 rank file absent (scripts/install-deps.sh fetches it): " << e.what();
+  }
+  EngineOptions options;
+  options.block_size = 4;
+  auto engine = MakeEngine("tiny-gpt2", options, tok);
+  GenerationRequest r;
+  r.prompt = tok->Encode("The attention mechanism");
+  r.max_tokens = 12;
+  r.ignore_eos = true;
+  auto first = engine->Generate({r});
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ((*first)[0].tokens.size(), 12u);
+  // Stop on the text of the 4th token: generation ends right there.
+  r.stop = {tok->TokenText((*first)[0].tokens[3])};
+  auto stopped = engine->Generate({r});
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ((*stopped)[0].finish, FinishReason::kStop);
+  EXPECT_LE((*stopped)[0].tokens.size(), 4u);
+}
+
+}  // namespace
+}  // namespace kvpool

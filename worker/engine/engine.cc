@@ -1,0 +1,337 @@
+#include "engine/engine.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "tokenizer/tokenizer.h"
+
+namespace kvpool {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+const char* KvModeName(KvMode mode) {
+  switch (mode) {
+    case KvMode::kNone: return "none";
+    case KvMode::kContiguous: return "contiguous";
+    case KvMode::kPaged: return "paged";
+  }
+  return "?";
+}
+
+StatusOr<KvMode> ParseKvMode(const std::string& name) {
+  if (name == "none") return KvMode::kNone;
+  if (name == "contiguous") return KvMode::kContiguous;
+  if (name == "paged") return KvMode::kPaged;
+  return InvalidArgument("unknown KV mode '" + name + "' (none, contiguous, paged)");
+}
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kRunning: return "running";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kContext: return "context";
+  }
+  return "?";
+}
+
+StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeights weights,
+                                                 EngineOptions options,
+                                                 std::shared_ptr<const Tokenizer> tokenizer) {
+  KVPOOL_RETURN_IF_ERROR(config.Validate());
+  if (!config.runnable) {
+    return InvalidArgument("model '" + config.name +
+                           "' is a shape for memory calculations only; it cannot run here");
+  }
+  KVPOOL_RETURN_IF_ERROR(weights.Validate(config));
+  if (options.block_size <= 0 || options.block_size > 1024) {
+    return InvalidArgument("block_size must be in [1, 1024], got " +
+                           std::to_string(options.block_size));
+  }
+  if (options.threads < 0) return InvalidArgument("threads must be >= 0");
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  if (options.num_blocks <= 0) options.num_blocks = 4 * CeilDiv(config.max_position, options.block_size);
+  PoolGeometry g;
+  g.num_layers = static_cast<int32_t>(config.num_layers);
+  g.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
+  g.head_dim = static_cast<int32_t>(config.head_dim);
+  g.block_size = options.block_size;
+  g.num_blocks = options.num_blocks;
+  g.dtype = KvDtype::kFloat32;
+  KVPOOL_ASSIGN_OR_RETURN(KvPool pool, KvPool::Create(g));
+  return std::unique_ptr<Engine>(new Engine(Model(std::move(config), std::move(weights)),
+                                            std::move(pool), options, std::move(tokenizer)));
+}
+
+Engine::Engine(Model model, KvPool pool, EngineOptions options,
+               std::shared_ptr<const Tokenizer> tok)
+    : model_(std::move(model)),
+      pool_(std::move(pool)),
+      allocator_(pool_.geometry().num_blocks),
+      options_(options),
+      tokenizer_(std::move(tok)) {}
+
+Status Engine::ValidateRequest(const GenerationRequest& r) const {
+  const ModelConfig& c = model_.config();
+  const int64_t n = static_cast<int64_t>(r.prompt.size());
+  if (n == 0) return InvalidArgument("prompt is empty: give at least one token");
+  for (int64_t i = 0; i < n; ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
+      return InvalidArgument("prompt token " + std::to_string(i) + " is " +
+                             std::to_string(r.prompt[i]) + ", outside the vocabulary [0, " +
+                             std::to_string(c.vocab_size) + ")");
+    }
+  }
+  if (n >= c.max_position) {
+    return InvalidArgument("prompt has " + std::to_string(n) + " tokens; model '" + c.name +
+                           "' has a context of " + std::to_string(c.max_position) +
+                           " and needs room for at least one new token");
+  }
+  if (r.max_tokens <= 0) {
+    return InvalidArgument("max_tokens must be > 0, got " + std::to_string(r.max_tokens));
+  }
+  if (n + r.max_tokens > c.max_position) {
+    return InvalidArgument("prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
+                           std::to_string(r.max_tokens) + ") exceeds the context of " +
+                           std::to_string(c.max_position));
+  }
+  KVPOOL_RETURN_IF_ERROR(r.sampling.Validate());
+  if (!r.stop.empty() && tokenizer_ == nullptr) {
+    return InvalidArgument("stop strings need a tokenizer; this engine has none");
+  }
+  return Status::Ok();
+}
+
+Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
+  const int64_t need = CeilDiv(num_tokens, options_.block_size);
+  const int64_t have = static_cast<int64_t>(seq.block_table.size());
+  if (need <= have) return Status::Ok();
+  if (seq.request.mode == KvMode::kContiguous) {
+    return Internal("contiguous sequence outgrew its reservation");  // ValidateRequest bounds it
+  }
+  KVPOOL_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, allocator_.Allocate(need - have));
+  seq.block_table.insert(seq.block_table.end(), fresh.begin(), fresh.end());
+  return Status::Ok();
+}
+
+StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
+  KVPOOL_RETURN_IF_ERROR(ValidateRequest(request));
+  Sequence seq;
+  seq.tokens = request.prompt;
+  seq.rng.seed(request.sampling.seed);
+  seq.request = std::move(request);
+  const int64_t prompt_len = seq.prompt_len();
+  if (seq.request.mode == KvMode::kContiguous) {
+    KVPOOL_ASSIGN_OR_RETURN(seq.block_table,
+                            allocator_.AllocateContiguous(CeilDiv(
+                                prompt_len + seq.request.max_tokens, options_.block_size)));
+  } else if (seq.request.mode == KvMode::kPaged) {
+    KVPOOL_RETURN_IF_ERROR(EnsureBlocks(seq, prompt_len));
+  }
+  const SequenceId id = next_id_++;
+  sequences_.emplace(id, std::move(seq));
+  return id;
+}
+
+void Engine::Release(SequenceId id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return;
+  allocator_.Free(it->second.block_table);
+  sequences_.erase(it);
+}
+
+at::Tensor Engine::Recompute(const std::vector<Sequence*>& seqs) {
+  const PoolGeometry& g = pool_.geometry();
+  int64_t blocks = 0;
+  for (const Sequence* s : seqs) blocks += CeilDiv(s->tokens.size(), g.block_size);
+  if (!scratch_ || scratch_->geometry().num_blocks < blocks) {
+    PoolGeometry sg = g;
+    sg.num_blocks = blocks;
+    scratch_ = std::move(KvPool::Create(sg).value());
+  }
+  scratch_bytes_ = static_cast<int64_t>(g.block_bytes()) * blocks;
+  // Consecutive scratch blocks per sequence; tables must outlive the forward.
+  std::vector<std::vector<int32_t>> tables(seqs.size());
+  batch_.Clear();
+  int32_t next_block = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(seqs[i]->tokens.size());
+    for (int64_t b = 0; b < CeilDiv(n, g.block_size); ++b) tables[i].push_back(next_block++);
+    batch_.AddTokens(seqs[i]->tokens, 0, n, tables[i], g.block_size, /*want_logits=*/true);
+  }
+  return model_.Forward(batch_, *scratch_);
+}
+
+void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
+  seq.last_logits = logits_row;
+  const ModelConfig& c = model_.config();
+  const int32_t token =
+      SampleToken(logits_row.data_ptr<float>(), c.vocab_size, seq.request.sampling, seq.rng);
+  seq.tokens.push_back(token);
+  if (!seq.request.stop.empty()) {
+    seq.text += tokenizer_->TokenText(token);
+    for (const std::string& stop : seq.request.stop) {
+      if (!stop.empty() && seq.text.find(stop) != std::string::npos) {
+        seq.finish = FinishReason::kStop;
+        return;
+      }
+    }
+  }
+  if (!seq.request.ignore_eos && token == c.eos_token_id) {
+    seq.finish = FinishReason::kEos;
+  } else if (seq.num_generated() >= seq.request.max_tokens) {
+    seq.finish = FinishReason::kLength;
+  } else if (static_cast<int64_t>(seq.tokens.size()) >= c.max_position) {
+    seq.finish = FinishReason::kContext;
+  }
+}
+
+Status Engine::Prefill(const std::vector<SequenceId>& ids) {
+  std::vector<Sequence*> seqs;
+  for (SequenceId id : ids) {
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
+    if (it->second.prefilled) {
+      return FailedPrecondition("sequence " + std::to_string(id) + " is already prefilled");
+    }
+    seqs.push_back(&it->second);
+  }
+  if (seqs.empty()) return Status::Ok();
+  std::vector<Sequence*> cached, recomputed;
+  for (Sequence* s : seqs) (s->request.mode == KvMode::kNone ? recomputed : cached).push_back(s);
+  if (!cached.empty()) {
+    batch_.Clear();
+    for (Sequence* s : cached) {
+      batch_.AddTokens(s->tokens, 0, s->prompt_len(), s->block_table, options_.block_size, true);
+    }
+    at::Tensor logits = model_.Forward(batch_, pool_);
+    for (size_t i = 0; i < cached.size(); ++i) {
+      cached[i]->num_kv_tokens = cached[i]->prompt_len();
+      cached[i]->prefilled = true;
+      SampleNext(*cached[i], logits[i]);
+    }
+  }
+  if (!recomputed.empty()) {
+    at::Tensor logits = Recompute(recomputed);
+    for (size_t i = 0; i < recomputed.size(); ++i) {
+      recomputed[i]->prefilled = true;
+      SampleNext(*recomputed[i], logits[i]);
+    }
+  }
+  return Status::Ok();
+}
+
+Status Engine::Decode(const std::vector<SequenceId>& ids) {
+  std::vector<Sequence*> cached, recomputed;
+  for (SequenceId id : ids) {
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
+    Sequence& s = it->second;
+    if (!s.prefilled || s.finished()) {
+      return FailedPrecondition("sequence " + std::to_string(id) +
+                                (s.finished() ? " has finished" : " is not prefilled yet"));
+    }
+    (s.request.mode == KvMode::kNone ? recomputed : cached).push_back(&s);
+  }
+  // Blocks first (the batch keeps pointers into the tables), then one forward.
+  for (Sequence* s : cached) KVPOOL_RETURN_IF_ERROR(EnsureBlocks(*s, s->tokens.size()));
+  if (!cached.empty()) {
+    batch_.Clear();
+    for (Sequence* s : cached) {
+      batch_.AddTokens(s->tokens, s->num_kv_tokens, s->tokens.size(), s->block_table,
+                       options_.block_size, true);
+    }
+    at::Tensor logits = model_.Forward(batch_, pool_);
+    for (size_t i = 0; i < cached.size(); ++i) {
+      cached[i]->num_kv_tokens = cached[i]->tokens.size();
+      SampleNext(*cached[i], logits[i]);
+    }
+  }
+  if (!recomputed.empty()) {
+    at::Tensor logits = Recompute(recomputed);
+    for (size_t i = 0; i < recomputed.size(); ++i) SampleNext(*recomputed[i], logits[i]);
+  }
+  return Status::Ok();
+}
+
+KvUsage Engine::Usage() const {
+  KvUsage u;
+  const PoolGeometry& g = pool_.geometry();
+  for (const auto& [id, s] : sequences_) {
+    u.blocks_in_use += static_cast<int64_t>(s.block_table.size());
+    u.bytes_used += s.num_kv_tokens * static_cast<int64_t>(g.token_bytes());
+  }
+  u.bytes_reserved = u.blocks_in_use * static_cast<int64_t>(g.block_bytes());
+  u.scratch_bytes = scratch_bytes_;
+  return u;
+}
+
+StatusOr<std::vector<GenerationResult>> Engine::Generate(std::vector<GenerationRequest> requests) {
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<SequenceId> ids;
+  auto release_all = [&] {
+    for (SequenceId id : ids) Release(id);
+  };
+  for (GenerationRequest& r : requests) {
+    StatusOr<SequenceId> id = AddSequence(std::move(r));
+    if (!id.ok()) {
+      release_all();
+      return id.status();
+    }
+    ids.push_back(*id);
+  }
+  std::vector<GenerationResult> results(ids.size());
+  // Records one step's latency and the pool's KV bytes for the sequences it ran.
+  auto record = [&](const std::vector<SequenceId>& stepped, double step_s, bool first) {
+    const KvUsage u = Usage();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (std::find(stepped.begin(), stepped.end(), ids[i]) == stepped.end()) continue;
+      (first ? results[i].ttft_s : results[i].step_s.emplace_back()) = step_s;
+      results[i].step_kv_reserved_bytes.push_back(u.bytes_reserved);
+      results[i].step_kv_used_bytes.push_back(u.bytes_used);
+    }
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = Prefill(ids);
+  if (!st.ok()) {
+    release_all();
+    return st;
+  }
+  record(ids, SecondsSince(t0), true);
+  for (;;) {
+    std::vector<SequenceId> running;
+    for (SequenceId id : ids) {
+      if (!sequences_.at(id).finished()) running.push_back(id);
+    }
+    if (running.empty()) break;
+    t0 = std::chrono::steady_clock::now();
+    st = Decode(running);
+    if (!st.ok()) {
+      release_all();
+      return st;
+    }
+    record(running, SecondsSince(t0), false);
+  }
+  const double total = SecondsSince(t_start);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const Sequence& s = sequences_.at(ids[i]);
+    results[i].tokens.assign(s.tokens.begin() + s.prompt_len(), s.tokens.end());
+    results[i].finish = s.finish;
+    results[i].total_s = total;
+  }
+  release_all();
+  return results;
+}
+
+}  // namespace kvpool

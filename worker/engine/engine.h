@@ -1,0 +1,137 @@
+// The engine: sequences, their KV blocks per mode, and the prefill / decode phases.
+//
+//   none        every step recomputes the whole sequence; K/V live only in a scratch
+//               area for that forward and nothing is kept between steps.
+//   contiguous  at admission reserves one run of consecutive block ids for
+//               prompt + max_tokens (Hugging Face / FasterTransformer style).
+//   paged       reserves the prompt's blocks at admission and appends one block
+//               whenever a sequence fills its last one (vLLM PagedAttention).
+//
+// All three run the same model and the same attention kernel; only the block
+// tables differ. One Decode call runs a batch of sequences of different lengths.
+// Not thread-safe: one caller (the scheduler) drives an Engine.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/kv_pool.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/status.h"
+
+namespace kvpool {
+
+class Tokenizer;
+
+enum class KvMode { kNone, kContiguous, kPaged };
+const char* KvModeName(KvMode mode);
+StatusOr<KvMode> ParseKvMode(const std::string& name);
+
+enum class FinishReason { kRunning, kLength, kEos, kStop, kContext };
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int32_t max_tokens = 16;
+  KvMode mode = KvMode::kPaged;
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings (needs the engine's tokenizer)
+  bool ignore_eos = false;
+};
+
+struct EngineOptions {
+  int32_t block_size = 16;
+  int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
+  int32_t threads = 0;     // 0: leave LibTorch's default
+};
+
+using SequenceId = int64_t;
+
+struct Sequence {
+  GenerationRequest request;
+  std::vector<int32_t> tokens;       // prompt, then generated tokens
+  std::vector<int32_t> block_table;  // pool blocks (empty in `none` mode)
+  int64_t num_kv_tokens = 0;         // tokens whose K/V are in the pool
+  bool prefilled = false;
+  FinishReason finish = FinishReason::kRunning;
+  at::Tensor last_logits;            // [vocab], from the latest forward
+  std::string text;                  // generated text, kept when stop strings are set
+  std::mt19937_64 rng;
+
+  int64_t prompt_len() const { return static_cast<int64_t>(request.prompt.size()); }
+  int64_t num_generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len(); }
+  bool finished() const { return finish != FinishReason::kRunning; }
+};
+
+struct KvUsage {
+  int64_t blocks_in_use = 0;
+  int64_t bytes_reserved = 0;  // blocks held by live sequences
+  int64_t bytes_used = 0;      // of those, bytes holding real tokens' K/V
+  int64_t scratch_bytes = 0;   // `none` mode: K/V recomputed for the latest forward
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated tokens only
+  FinishReason finish = FinishReason::kRunning;
+  double ttft_s = 0;                 // prefill, to the first sampled token
+  std::vector<double> step_s;        // each later decode step
+  std::vector<int64_t> step_kv_reserved_bytes, step_kv_used_bytes;
+  double total_s = 0;
+};
+
+class Engine {
+ public:
+  static StatusOr<std::unique_ptr<Engine>> Create(ModelConfig config, ModelWeights weights,
+                                                  EngineOptions options,
+                                                  std::shared_ptr<const Tokenizer> tokenizer = {});
+
+  Status ValidateRequest(const GenerationRequest& request) const;
+  // Validates and admits a request, reserving its blocks as its mode says.
+  StatusOr<SequenceId> AddSequence(GenerationRequest request);
+  // Runs the prompts of these (new) sequences in one forward and samples each one's
+  // first token.
+  Status Prefill(const std::vector<SequenceId>& ids);
+  // One decode step for these (prefilled, running) sequences: one token each.
+  Status Decode(const std::vector<SequenceId>& ids);
+  // Frees the sequence's blocks.
+  void Release(SequenceId id);
+
+  const Sequence& sequence(SequenceId id) const { return sequences_.at(id); }
+  KvUsage Usage() const;
+  const Model& model() const { return model_; }
+  const PoolGeometry& geometry() const { return pool_.geometry(); }
+  const BlockAllocator& allocator() const { return allocator_; }
+
+  // Runs the requests together to completion (prefill together, then batched decode
+  // steps until every one finishes) and releases them. Timings are per step.
+  StatusOr<std::vector<GenerationResult>> Generate(std::vector<GenerationRequest> requests);
+
+ private:
+  Engine(Model model, KvPool pool, EngineOptions options, std::shared_ptr<const Tokenizer> tok);
+  Status EnsureBlocks(Sequence& seq, int64_t num_tokens);
+  // `none` mode: recomputes whole sequences in the scratch area.
+  at::Tensor Recompute(const std::vector<Sequence*>& seqs);
+  void SampleNext(Sequence& seq, const at::Tensor& logits_row);
+
+  Model model_;
+  KvPool pool_;
+  BlockAllocator allocator_;
+  EngineOptions options_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::optional<KvPool> scratch_;
+  int64_t scratch_bytes_ = 0;
+  std::map<SequenceId, Sequence> sequences_;
+  SequenceId next_id_ = 1;
+  ForwardBatch batch_;  // reused across steps
+};
+
+}  // namespace kvpool

@@ -1,0 +1,103 @@
+#include "engine/kv_pool.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+
+namespace kvpool {
+
+StatusOr<KvPool> KvPool::Create(const PoolGeometry& geometry) {
+  if (geometry.dtype != KvDtype::kFloat32) {
+    return InvalidArgument("the CPU engine keeps its KV pool in fp32");
+  }
+  const size_t bytes = geometry.pool_bytes();
+  if (bytes == 0) return InvalidArgument("KV pool geometry has zero bytes");
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) {
+    return ResourceExhausted("cannot map a KV pool of " + std::to_string(bytes) +
+                             " bytes: " + std::strerror(errno));
+  }
+  return KvPool(geometry, base, /*owned=*/true);
+}
+
+KvPool KvPool::Borrow(const PoolGeometry& geometry, void* base) {
+  return KvPool(geometry, base, /*owned=*/false);
+}
+
+KvPool::KvPool(KvPool&& other) noexcept
+    : geometry_(other.geometry_),
+      base_(std::exchange(other.base_, nullptr)),
+      owned_(std::exchange(other.owned_, false)) {}
+
+KvPool& KvPool::operator=(KvPool&& other) noexcept {
+  if (this != &other) {
+    this->~KvPool();
+    geometry_ = other.geometry_;
+    base_ = std::exchange(other.base_, nullptr);
+    owned_ = std::exchange(other.owned_, false);
+  }
+  return *this;
+}
+
+KvPool::~KvPool() {
+  if (owned_ && base_ != nullptr) munmap(base_, geometry_.pool_bytes());
+  base_ = nullptr;
+}
+
+BlockAllocator::BlockAllocator(int64_t num_blocks) : num_blocks_(num_blocks) {
+  for (int64_t i = 0; i < num_blocks; ++i) free_ids_.insert(free_ids_.end(), static_cast<int32_t>(i));
+}
+
+StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int64_t n) {
+  if (n > num_free()) {
+    return ResourceExhausted("KV pool exhausted: " + std::to_string(n) + " blocks needed, " +
+                             std::to_string(num_free()) + " free of " +
+                             std::to_string(num_blocks_));
+  }
+  std::vector<int32_t> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(free_ids_.extract(free_ids_.begin()).value());
+  return out;
+}
+
+StatusOr<std::vector<int32_t>> BlockAllocator::AllocateContiguous(int64_t n) {
+  if (n <= 0) return std::vector<int32_t>{};
+  int32_t run_start = -1;
+  int64_t run_len = 0;
+  int32_t prev = -2;
+  for (int32_t id : free_ids_) {
+    if (id == prev + 1 && run_len > 0) {
+      ++run_len;
+    } else {
+      run_start = id;
+      run_len = 1;
+    }
+    prev = id;
+    if (run_len == n) {
+      std::vector<int32_t> out;
+      out.reserve(n);
+      for (int32_t b = run_start; b < run_start + n; ++b) {
+        free_ids_.erase(b);
+        out.push_back(b);
+      }
+      return out;
+    }
+  }
+  return ResourceExhausted("no run of " + std::to_string(n) + " consecutive free KV blocks (" +
+                           std::to_string(num_free()) + " free of " + std::to_string(num_blocks_) +
+                           " in total: fragmentation)");
+}
+
+void BlockAllocator::Free(const std::vector<int32_t>& blocks) {
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= num_blocks_ || !free_ids_.insert(b).second) {
+      throw std::logic_error("BlockAllocator::Free: block " + std::to_string(b) +
+                             " is not allocated");
+    }
+  }
+}
+
+}  // namespace kvpool

@@ -1,0 +1,27 @@
+// The CPU paged-attention kernel: attention of query tokens over K/V read straight
+// from the pool through a block table (no gather into a contiguous copy), parallel
+// over (query token, KV head), GQA-aware (each KV head is read once for all the
+// query heads of its group). The `contiguous` mode is this same kernel over a
+// block table of consecutive ids. Prefill uses it too, one query per prompt token.
+#pragma once
+
+#include <cstdint>
+
+#include "kvpool/v1/kv_layout.h"
+
+namespace kvpool {
+
+struct AttentionQuery {
+  const int32_t* block_table;  // the sequence's block ids, in position order
+  int32_t context_len;         // this query sees K/V positions [0, context_len)
+};
+
+// q:   num_queries rows, each [num_heads][head_dim], rows `q_row_stride` floats apart.
+// out: [num_queries][num_heads * head_dim], contiguous.
+// k_region / v_region: one layer's K and V regions of an fp32 pool.
+void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const float* k_region,
+                       const float* v_region, const PoolGeometry& geometry,
+                       const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
+                       float scale);
+
+}  // namespace kvpool
