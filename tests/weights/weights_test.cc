@@ -1,6 +1,8 @@
 // Safetensors reader/writer (hand-built bytes, round trips, corrupt files) and the
 // Hugging Face folder writer/loader (tiny GPT-2 and GQA Llama configs, exact
 // round trips, shards, wrong/missing/extra tensors).
+#include "weights/weights.h"
+
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,7 +23,6 @@
 #include "weights/hf_writer.h"
 #include "weights/safetensors.h"
 #include "weights/safetensors_aten.h"
-#include "weights/weights.h"
 
 namespace kvpool {
 namespace {
@@ -67,15 +69,16 @@ std::vector<StoredTensor> ReadAll(const fs::path& path) {
   if (!file.ok()) return out;
   for (const std::string& name : file->TensorNames()) {
     TensorView v = file->Get(name).value();
-    out.push_back({name, v.dtype, v.shape,
-                   std::string(static_cast<const char*>(v.data), v.byte_size)});
+    out.push_back(
+        {name, v.dtype, v.shape, std::string(static_cast<const char*>(v.data), v.byte_size)});
   }
   return out;
 }
 
 void WriteAll(const fs::path& path, const std::vector<StoredTensor>& tensors) {
   std::vector<NamedBuffer> buffers;
-  for (const StoredTensor& t : tensors) buffers.push_back({t.name, t.dtype, t.shape, t.bytes.data()});
+  for (const StoredTensor& t : tensors)
+    buffers.push_back({t.name, t.dtype, t.shape, t.bytes.data()});
   const Status s = WriteSafetensors(path.string(), buffers, {{"format", "pt"}});
   ASSERT_TRUE(s.ok()) << s.ToString();
 }
@@ -126,19 +129,27 @@ ModelConfig TinyLlama() {
 // Every tensor of `w` with a name, undefined ones included (they must match too).
 std::vector<std::pair<std::string, at::Tensor>> Flatten(const ModelWeights& w) {
   std::vector<std::pair<std::string, at::Tensor>> out = {
-      {"token_embedding", w.token_embedding}, {"position_embedding", w.position_embedding},
-      {"final_norm_w", w.final_norm_w},       {"final_norm_b", w.final_norm_b},
+      {"token_embedding", w.token_embedding},
+      {"position_embedding", w.position_embedding},
+      {"final_norm_w", w.final_norm_w},
+      {"final_norm_b", w.final_norm_b},
       {"lm_head", w.lm_head}};
   for (size_t i = 0; i < w.layers.size(); ++i) {
     const LayerWeights& l = w.layers[i];
     const std::string p = "layers." + std::to_string(i) + ".";
-    for (auto& [n, t] : std::vector<std::pair<const char*, const at::Tensor*>>{
-             {"attn_norm_w", &l.attn_norm_w}, {"attn_norm_b", &l.attn_norm_b},
-             {"qkv_w", &l.qkv_w},             {"qkv_b", &l.qkv_b},
-             {"o_w", &l.o_w},                 {"o_b", &l.o_b},
-             {"mlp_norm_w", &l.mlp_norm_w},   {"mlp_norm_b", &l.mlp_norm_b},
-             {"up_w", &l.up_w},               {"up_b", &l.up_b},
-             {"down_w", &l.down_w},           {"down_b", &l.down_b}}) {
+    for (auto& [n, t] :
+         std::vector<std::pair<const char*, const at::Tensor*>>{{"attn_norm_w", &l.attn_norm_w},
+                                                                {"attn_norm_b", &l.attn_norm_b},
+                                                                {"qkv_w", &l.qkv_w},
+                                                                {"qkv_b", &l.qkv_b},
+                                                                {"o_w", &l.o_w},
+                                                                {"o_b", &l.o_b},
+                                                                {"mlp_norm_w", &l.mlp_norm_w},
+                                                                {"mlp_norm_b", &l.mlp_norm_b},
+                                                                {"up_w", &l.up_w},
+                                                                {"up_b", &l.up_b},
+                                                                {"down_w", &l.down_w},
+                                                                {"down_b", &l.down_b}}) {
       out.emplace_back(p + n, *t);
     }
   }
@@ -198,10 +209,9 @@ class WeightsTest : public ::testing::Test {
 
 TEST_F(WeightsTest, ReadsHandBuiltFile) {
   const fs::path path = dir_ / "hand.safetensors";
-  const std::string header =
-      R"({"__metadata__":{"format":"pt"},)"
-      R"("b":{"dtype":"I64","shape":[1],"data_offsets":[8,16]},)"
-      R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  const std::string header = R"({"__metadata__":{"format":"pt"},)"
+                             R"("b":{"dtype":"I64","shape":[1],"data_offsets":[8,16]},)"
+                             R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
   const int64_t i64 = -5;
   WriteBytes(path, FileBytes(header, FloatBytes({1.5f, -2.0f}) +
                                          std::string(reinterpret_cast<const char*>(&i64), 8)));
@@ -284,8 +294,8 @@ TEST_F(WeightsTest, BadJsonIsDataLoss) {
 
 TEST_F(WeightsTest, HeaderLengthBeyondFileIsDataLoss) {
   const fs::path path = dir_ / "longheader.safetensors";
-  std::string bytes = FileBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-                                FloatBytes({1}));
+  std::string bytes =
+      FileBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", FloatBytes({1}));
   const uint64_t huge = bytes.size();  // 8 + header + data > file size
   std::memcpy(bytes.data(), &huge, 8);
   WriteBytes(path, bytes);
@@ -316,10 +326,9 @@ TEST_F(WeightsTest, ShortOrMissingFile) {
 
 TEST_F(WeightsTest, TruncatedDataIsDataLossNamingTheTensor) {
   const fs::path path = dir_ / "truncated.safetensors";
-  std::string bytes =
-      FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                R"("big":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
-                FloatBytes({1, 2, 3, 4}));
+  std::string bytes = FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                R"("big":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                                FloatBytes({1, 2, 3, 4}));
   bytes.resize(bytes.size() - 3);
   WriteBytes(path, bytes);
   StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
@@ -367,13 +376,11 @@ TEST_F(WeightsTest, UnknownDtypeIsInvalidArgument) {
 
 TEST_F(WeightsTest, MalformedEntriesAreDataLoss) {
   const fs::path path = dir_ / "malformed.safetensors";
-  for (const char* header : {
-           R"([1, 2])",
-           R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
-           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})",
-           R"({"a":{"dtype":"F32","shape":[1]}})",
-           R"({"__metadata__":{"format":3}})",
-           R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})"}) {
+  for (const char* header :
+       {R"([1, 2])", R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
+        R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})",
+        R"({"a":{"dtype":"F32","shape":[1]}})", R"({"__metadata__":{"format":3}})",
+        R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})"}) {
     SCOPED_TRACE(header);
     WriteBytes(path, FileBytes(header, FloatBytes({1})));
     StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
@@ -382,11 +389,45 @@ TEST_F(WeightsTest, MalformedEntriesAreDataLoss) {
   }
 }
 
+TEST_F(WeightsTest, EveryTruncationAndByteFlipFailsCleanly) {
+  const fs::path good = dir_ / "good.safetensors";
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6};
+  const uint16_t b[3] = {1, 2, 3};
+  ASSERT_TRUE(WriteSafetensors(good.string(),
+                               {{"a", SafetensorsDType::kF32, {2, 3}, a.data()},
+                                {"b", SafetensorsDType::kF16, {3}, b}},
+                               {{"format", "pt"}})
+                  .ok());
+  const std::string bytes = ReadBytes(good);
+  const fs::path path = dir_ / "bad.safetensors";
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    SCOPED_TRACE(n);
+    WriteBytes(path, bytes.substr(0, n));
+    EXPECT_EQ(SafetensorsFile::Open(path.string()).status().code(), StatusCode::kDataLoss);
+  }
+  std::mt19937 rng(1234);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string corrupt = bytes;
+    corrupt[rng() % corrupt.size()] = static_cast<char>(rng() % 256);
+    WriteBytes(path, corrupt);
+    StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
+    if (!file.ok()) {
+      EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
+      continue;
+    }
+    for (const std::string& name : file->TensorNames()) {  // every view must be readable
+      TensorView view = file->Get(name).value();
+      EXPECT_EQ(view.byte_size, view.NumElements() * SafetensorsDTypeBytes(view.dtype));
+      std::string copy(static_cast<const char*>(view.data), view.byte_size);
+    }
+  }
+}
+
 TEST_F(WeightsTest, WriterRejectsDuplicateNames) {
   const float x = 1;
-  const Status s = WriteSafetensors((dir_ / "dup.safetensors").string(),
-                                    {{"a", SafetensorsDType::kF32, {1}, &x},
-                                     {"a", SafetensorsDType::kF32, {1}, &x}});
+  const Status s = WriteSafetensors(
+      (dir_ / "dup.safetensors").string(),
+      {{"a", SafetensorsDType::kF32, {1}, &x}, {"a", SafetensorsDType::kF32, {1}, &x}});
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("'a'"));
 }
@@ -557,8 +598,8 @@ TEST_F(WeightsTest, ExtraTensorIsInvalidArgument) {
   const ModelConfig config = TinyGpt2();
   const fs::path folder = SaveModel("extra", config);
   EditModel(folder, [](std::vector<StoredTensor>& t) {
-    t.push_back({"transformer.h.0.attn.q_norm.weight", SafetensorsDType::kF32, {1},
-                 FloatBytes({1})});
+    t.push_back(
+        {"transformer.h.0.attn.q_norm.weight", SafetensorsDType::kF32, {1}, FloatBytes({1})});
   });
   StatusOr<ModelWeights> got = LoadHfWeights(folder.string(), config);
   ASSERT_FALSE(got.ok());
@@ -585,9 +626,7 @@ TEST_F(WeightsTest, Gpt2WithoutPrefixBuffersAndTiedHeadLoads) {
   ExpectSameWeights(want, *got);
 
   // A stored head that differs from the embedding contradicts a tied config.
-  EditModel(folder, [](std::vector<StoredTensor>& t) {
-    Find(t, "lm_head.weight")->bytes[0] ^= 1;
-  });
+  EditModel(folder, [](std::vector<StoredTensor>& t) { Find(t, "lm_head.weight")->bytes[0] ^= 1; });
   got = LoadHfWeights(folder.string(), config);
   EXPECT_EQ(got.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(got.status().message(), HasSubstr("'lm_head.weight'"));
@@ -598,7 +637,9 @@ TEST_F(WeightsTest, LlamaRotaryBuffersAreIgnored) {
   ModelWeights want;
   const fs::path folder = SaveModel("rotary", config, &want);
   EditModel(folder, [](std::vector<StoredTensor>& t) {
-    t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", SafetensorsDType::kF32, {4},
+    t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq",
+                 SafetensorsDType::kF32,
+                 {4},
                  FloatBytes({1, 0.1f, 0.01f, 0.001f})});
   });
   StatusOr<ModelWeights> got = LoadHfWeights(folder.string(), config);

@@ -23,15 +23,6 @@ namespace fs = std::filesystem;
 constexpr char kSingleFile[] = "model.safetensors";
 constexpr char kIndexFile[] = "model.safetensors.index.json";
 
-std::string ShapeString(at::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 StatusOr<std::string> ReadTextFile(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFound("cannot open " + path.string());
@@ -117,8 +108,7 @@ StatusOr<TensorStore> TensorStore::Open(const fs::path& dir, const std::string& 
         StatusOr<SafetensorsFile> file = SafetensorsFile::Open(shard_path.string());
         if (!file.ok()) {
           return Status(file.status().code(), "shard '" + shard_name + "' (holding tensor '" +
-                                                  tensor + "', listed in " +
-                                                  index_path.string() +
+                                                  tensor + "', listed in " + index_path.string() +
                                                   "): " + file.status().message());
         }
         file_of_shard[shard_name] = store.files_.size();
@@ -168,14 +158,14 @@ StatusOr<at::Tensor> TensorStore::Take(const std::string& name, std::vector<int6
   auto it = where_.find(name);
   if (it == where_.end()) {
     return NotFound("model folder " + dir_ + ": missing tensor '" + name + "' (expected shape " +
-                    ShapeString(shape) + ")");
+                    FormatShape(shape) + ")");
   }
   const SafetensorsFile& file = files_[it->second.file];
   KVPOOL_ASSIGN_OR_RETURN(TensorView view, file.Get(it->second.stored_name));
   if (view.shape != shape) {
     return InvalidArgument("model folder " + dir_ + ": tensor '" + it->second.stored_name +
-                           "' has shape " + ShapeString(view.shape) + ", expected " +
-                           ShapeString(shape));
+                           "' has shape " + FormatShape(view.shape) + ", expected " +
+                           FormatShape(shape));
   }
   StatusOr<at::Tensor> tensor = FloatTensorFromView(view);
   if (!tensor.ok()) {
@@ -239,11 +229,11 @@ StatusOr<ModelWeights> LoadGpt2(TensorStore& store, const ModelConfig& c) {
     KVPOOL_ASSIGN_OR_RETURN(l.o_b, store.Take(p + "attn.c_proj.bias", {h}));
     KVPOOL_ASSIGN_OR_RETURN(l.mlp_norm_w, store.Take(p + "ln_2.weight", {h}));
     KVPOOL_ASSIGN_OR_RETURN(l.mlp_norm_b, store.Take(p + "ln_2.bias", {h}));
-    KVPOOL_ASSIGN_OR_RETURN(l.up_w, TakeConv1D(store, p + "mlp.c_fc.weight", h,
-                                               c.intermediate_size));
+    KVPOOL_ASSIGN_OR_RETURN(l.up_w,
+                            TakeConv1D(store, p + "mlp.c_fc.weight", h, c.intermediate_size));
     KVPOOL_ASSIGN_OR_RETURN(l.up_b, store.Take(p + "mlp.c_fc.bias", {c.intermediate_size}));
-    KVPOOL_ASSIGN_OR_RETURN(l.down_w, TakeConv1D(store, p + "mlp.c_proj.weight",
-                                                 c.intermediate_size, h));
+    KVPOOL_ASSIGN_OR_RETURN(l.down_w,
+                            TakeConv1D(store, p + "mlp.c_proj.weight", c.intermediate_size, h));
     KVPOOL_ASSIGN_OR_RETURN(l.down_b, store.Take(p + "mlp.c_proj.bias", {h}));
     w.layers.push_back(std::move(l));
   }

@@ -44,10 +44,14 @@ class HfTensorList {
 
 const char* TorchDtypeName(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return nullptr;
+    case at::kFloat:
+      return "float32";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    default:
+      return nullptr;
   }
 }
 
@@ -138,8 +142,8 @@ void AddLlama(const ModelConfig& c, const ModelWeights& w, HfTensorList& out) {
 
 }  // namespace
 
-Status SaveHfFolder(const std::string& dir, const ModelConfig& config,
-                    const ModelWeights& weights, at::ScalarType dtype) {
+Status SaveHfFolder(const std::string& dir, const ModelConfig& config, const ModelWeights& weights,
+                    at::ScalarType dtype) {
   const char* torch_dtype = TorchDtypeName(dtype);
   if (torch_dtype == nullptr) {
     return InvalidArgument(std::string("SaveHfFolder: dtype ") + c10::toString(dtype) +

@@ -17,7 +17,7 @@ namespace kvpool {
 
 // Creates `dir` if needed and overwrites its config.json and model.safetensors.
 // `dtype`: at::kFloat, at::kHalf or at::kBFloat16 (also written as torch_dtype).
-Status SaveHfFolder(const std::string& dir, const ModelConfig& config,
-                    const ModelWeights& weights, at::ScalarType dtype = at::kFloat);
+Status SaveHfFolder(const std::string& dir, const ModelConfig& config, const ModelWeights& weights,
+                    at::ScalarType dtype = at::kFloat);
 
 }  // namespace kvpool

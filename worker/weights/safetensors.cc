@@ -31,11 +31,11 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {SafetensorsDType::kF64, "F64", 8},   {SafetensorsDType::kF32, "F32", 4},
-    {SafetensorsDType::kF16, "F16", 2},   {SafetensorsDType::kBF16, "BF16", 2},
-    {SafetensorsDType::kI64, "I64", 8},   {SafetensorsDType::kI32, "I32", 4},
-    {SafetensorsDType::kI16, "I16", 2},   {SafetensorsDType::kI8, "I8", 1},
-    {SafetensorsDType::kU8, "U8", 1},     {SafetensorsDType::kBool, "BOOL", 1},
+    {SafetensorsDType::kF64, "F64", 8}, {SafetensorsDType::kF32, "F32", 4},
+    {SafetensorsDType::kF16, "F16", 2}, {SafetensorsDType::kBF16, "BF16", 2},
+    {SafetensorsDType::kI64, "I64", 8}, {SafetensorsDType::kI32, "I32", 4},
+    {SafetensorsDType::kI16, "I16", 2}, {SafetensorsDType::kI8, "I8", 1},
+    {SafetensorsDType::kU8, "U8", 1},   {SafetensorsDType::kBool, "BOOL", 1},
 };
 
 const DTypeInfo& Info(SafetensorsDType dtype) {
@@ -43,15 +43,6 @@ const DTypeInfo& Info(SafetensorsDType dtype) {
     if (info.dtype == dtype) return info;
   }
   return kDTypes[1];  // unreachable: every enumerator is in the table
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
 }
 
 // Elements of `shape`, or -1 if a dim is negative or the product overflows.
@@ -75,6 +66,15 @@ bool GetUnsigned(const nlohmann::json& j, uint64_t limit, uint64_t* out) {
 const char* SafetensorsDTypeName(SafetensorsDType dtype) { return Info(dtype).name; }
 
 int64_t SafetensorsDTypeBytes(SafetensorsDType dtype) { return Info(dtype).bytes; }
+
+std::string FormatShape(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
 
 StatusOr<SafetensorsDType> ParseSafetensorsDType(const std::string& name) {
   for (const DTypeInfo& info : kDTypes) {
@@ -170,9 +170,9 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
     if (numel < 0 || __builtin_mul_overflow(numel, SafetensorsDTypeBytes(entry.dtype), &need) ||
         static_cast<uint64_t>(need) != end - begin) {
       return DataLoss(tensor + ": data_offsets " + value["data_offsets"].dump() + " span " +
-                      std::to_string(end - begin) + " bytes but shape " +
-                      ShapeString(entry.shape) + " of " + SafetensorsDTypeName(entry.dtype) +
-                      " needs " + std::to_string(need));
+                      std::to_string(end - begin) + " bytes but shape " + FormatShape(entry.shape) +
+                      " of " + SafetensorsDTypeName(entry.dtype) + " needs " +
+                      std::to_string(need));
     }
     entry.begin = begin;
     entry.end = end;
@@ -258,7 +258,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<NamedBuffer>&
     const int64_t numel = CheckedNumElements(t.shape);
     int64_t bytes = 0;
     if (numel < 0 || __builtin_mul_overflow(numel, SafetensorsDTypeBytes(t.dtype), &bytes)) {
-      return InvalidArgument(tensor + ": bad shape " + ShapeString(t.shape));
+      return InvalidArgument(tensor + ": bad shape " + FormatShape(t.shape));
     }
     if (bytes > 0 && t.data == nullptr) return InvalidArgument(tensor + ": null data");
     header[t.name] = {{"dtype", SafetensorsDTypeName(t.dtype)},

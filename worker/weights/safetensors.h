@@ -24,6 +24,8 @@ enum class SafetensorsDType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU
 const char* SafetensorsDTypeName(SafetensorsDType dtype);
 StatusOr<SafetensorsDType> ParseSafetensorsDType(const std::string& name);
 int64_t SafetensorsDTypeBytes(SafetensorsDType dtype);
+// "[2, 3]": shapes as error messages print them.
+std::string FormatShape(const std::vector<int64_t>& shape);
 
 // One tensor inside a mapped file. `data` is valid while the SafetensorsFile lives;
 // it is only as aligned as the writer made it, so copy with memcpy.

@@ -2,53 +2,42 @@
 #include "weights/safetensors_aten.h"
 
 #include <cstring>
+#include <utility>
 
 namespace kvpool {
+namespace {
+
+constexpr std::pair<SafetensorsDType, at::ScalarType> kDTypePairs[] = {
+    {SafetensorsDType::kF64, at::kDouble}, {SafetensorsDType::kF32, at::kFloat},
+    {SafetensorsDType::kF16, at::kHalf},   {SafetensorsDType::kBF16, at::kBFloat16},
+    {SafetensorsDType::kI64, at::kLong},   {SafetensorsDType::kI32, at::kInt},
+    {SafetensorsDType::kI16, at::kShort},  {SafetensorsDType::kI8, at::kChar},
+    {SafetensorsDType::kU8, at::kByte},    {SafetensorsDType::kBool, at::kBool},
+};
+
+}  // namespace
 
 StatusOr<at::ScalarType> ScalarTypeFromSafetensors(SafetensorsDType dtype) {
-  switch (dtype) {
-    case SafetensorsDType::kF64: return at::kDouble;
-    case SafetensorsDType::kF32: return at::kFloat;
-    case SafetensorsDType::kF16: return at::kHalf;
-    case SafetensorsDType::kBF16: return at::kBFloat16;
-    case SafetensorsDType::kI64: return at::kLong;
-    case SafetensorsDType::kI32: return at::kInt;
-    case SafetensorsDType::kI16: return at::kShort;
-    case SafetensorsDType::kI8: return at::kChar;
-    case SafetensorsDType::kU8: return at::kByte;
-    case SafetensorsDType::kBool: return at::kBool;
+  for (const auto& [st, at_type] : kDTypePairs) {
+    if (st == dtype) return at_type;
   }
-  return InvalidArgument("unmapped safetensors dtype");
+  return InvalidArgument(std::string("no ATen type for safetensors dtype ") +
+                         SafetensorsDTypeName(dtype));
 }
 
 StatusOr<SafetensorsDType> SafetensorsFromScalarType(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble: return SafetensorsDType::kF64;
-    case at::kFloat: return SafetensorsDType::kF32;
-    case at::kHalf: return SafetensorsDType::kF16;
-    case at::kBFloat16: return SafetensorsDType::kBF16;
-    case at::kLong: return SafetensorsDType::kI64;
-    case at::kInt: return SafetensorsDType::kI32;
-    case at::kShort: return SafetensorsDType::kI16;
-    case at::kChar: return SafetensorsDType::kI8;
-    case at::kByte: return SafetensorsDType::kU8;
-    case at::kBool: return SafetensorsDType::kBool;
-    default: break;
+  for (const auto& [st, at_type] : kDTypePairs) {
+    if (at_type == dtype) return st;
   }
   return InvalidArgument(std::string("no safetensors dtype for ") + c10::toString(dtype));
 }
 
 StatusOr<at::Tensor> FloatTensorFromView(const TensorView& view) {
-  switch (view.dtype) {
-    case SafetensorsDType::kF64:
-    case SafetensorsDType::kF32:
-    case SafetensorsDType::kF16:
-    case SafetensorsDType::kBF16: break;
-    default:
-      return InvalidArgument("tensor '" + view.name + "' has dtype " +
-                             SafetensorsDTypeName(view.dtype) + ", not a floating type");
-  }
   KVPOOL_ASSIGN_OR_RETURN(at::ScalarType stored, ScalarTypeFromSafetensors(view.dtype));
+  if (!at::isFloatingType(stored)) {
+    return InvalidArgument("tensor '" + view.name + "' has dtype " +
+                           SafetensorsDTypeName(view.dtype) + ", not a floating type");
+  }
   at::Tensor raw = at::empty(view.shape, at::TensorOptions().dtype(stored));
   if (view.byte_size != static_cast<int64_t>(raw.nbytes())) {
     return Internal("tensor '" + view.name + "': view of " + std::to_string(view.byte_size) +
