@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -25,6 +26,10 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMinPartitionTokens = 128;
 constexpr int kMaxSplits = 128;
+// Blocks of 4 warps the planner aims to put on each SM before it stops splitting:
+// enough warps in flight to keep HBM busy (a block uses at most ~1/4 of an SM's
+// registers for head tiles up to 4).
+constexpr int kTargetBlocksPerSm = 4;
 
 // Per (seq, head, split) partial results of the split path: the normalized output
 // row (fp32, head_dim) and (max, sum) of the split's scores in the log2 domain.
@@ -270,24 +275,33 @@ Status Validate(const PagedAttentionDecodeParams& p) {
   return Status::Ok();
 }
 
+// The SM count of the current device, cached per ordinal (it is queried every step).
 StatusOr<int> CurrentSmCount() {
-  int device = 0, sms = 0;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device), "PagedAttentionDecode: cudaGetDevice");
+  if (device >= 0 && device < kMaxDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int sms = 0;
   KVPOOL_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
       "PagedAttentionDecode: multiprocessor count");
+  if (device >= 0 && device < kMaxDevices) cache[device].store(sms, std::memory_order_relaxed);
   return sms;
 }
 
-// Splits only when the unsplit grid would leave SMs idle: aim at two blocks per SM,
-// each split holding at least kMinPartitionTokens tokens.
+// Splits only when the unsplit grid would leave SMs idle: aim at kTargetBlocksPerSm
+// blocks per SM, each split holding at least kMinPartitionTokens tokens.
 DecodePlan Plan(const PagedAttentionDecodeParams& p, int sm_count) {
   DecodePlan plan;
   const int group = p.num_heads / p.geometry.num_kv_heads;
   plan.head_tile = HeadTile(group);
   const int64_t blocks = int64_t{p.num_seqs} * p.geometry.num_kv_heads * (group / plan.head_tile);
   const int max_ctx = std::max(1, p.max_context_len);
-  const int64_t wanted = (2 * int64_t{sm_count} + blocks - 1) / std::max<int64_t>(blocks, 1);
+  const int64_t wanted = (kTargetBlocksPerSm * int64_t{sm_count} + blocks - 1) / std::max<int64_t>(blocks, 1);
   const int64_t by_length = (max_ctx + kMinPartitionTokens - 1) / kMinPartitionTokens;
   const int splits = static_cast<int>(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplits));
   if (splits == 1) {
