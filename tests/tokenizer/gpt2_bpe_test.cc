@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "test_util.h"
+#include "tokenizer/byte_level_bpe.h"
 #include "tokenizer/gpt2_pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -135,15 +136,7 @@ std::unordered_map<std::string, int32_t> RanksOf(const Tokenizer& tokenizer, int
 
 // GPT-2's bytes_to_unicode() spelling of a byte string, as vocab.json and merges.txt use it.
 std::string SpellGpt2(const std::string& bytes) {
-  static const std::array<char32_t, 256> kTable = [] {
-    std::array<char32_t, 256> table{};
-    char32_t next_extra = 256;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-      table[b] = printable ? static_cast<char32_t>(b) : next_extra++;
-    }
-    return table;
-  }();
+  static const std::array<char32_t, 256> kTable = Gpt2BytesToUnicode();
   std::string out;
   for (unsigned char b : bytes) unicode::AppendUtf8(kTable[b], &out);
   return out;

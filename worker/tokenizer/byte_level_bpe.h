@@ -38,6 +38,10 @@ struct ByteLevelBpeVocab {
   }
 };
 
+// GPT-2's bytes_to_unicode(): the printable character vocab.json and merges.txt spell each byte
+// with (printable bytes stand for themselves, the rest for U+0100 onwards).
+std::array<char32_t, 256> Gpt2BytesToUnicode();
+
 class ByteLevelBpe final : public Tokenizer {
  public:
   // Throws std::runtime_error when the vocab breaks the invariants above.

@@ -61,17 +61,6 @@ bool DecodeBase64(std::string_view in, std::string* out) {
   return !out->empty();
 }
 
-// GPT-2's bytes_to_unicode(): printable bytes stand for themselves, the rest for 256 + n.
-std::array<char32_t, 256> BytesToUnicode() {
-  std::array<char32_t, 256> table{};
-  char32_t next_extra = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-    table[b] = printable ? static_cast<char32_t>(b) : next_extra++;
-  }
-  return table;
-}
-
 // Turns a vocab.json token into its bytes. A character outside the byte table (an added token
 // such as a CJK special token) stands for its own UTF-8.
 std::string UnicodeTokenToBytes(const std::string& token,
@@ -91,6 +80,16 @@ std::string UnicodeTokenToBytes(const std::string& token,
 }
 
 }  // namespace
+
+std::array<char32_t, 256> Gpt2BytesToUnicode() {
+  std::array<char32_t, 256> table{};
+  char32_t next_extra = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    table[b] = printable ? static_cast<char32_t>(b) : next_extra++;
+  }
+  return table;
+}
 
 std::unique_ptr<Tokenizer> LoadGpt2TiktokenFile(const std::string& path) {
   const std::string text = ReadTokenizerFile(path, "tiktoken rank file");
@@ -167,7 +166,7 @@ std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::string& vocab_json,
     throw std::runtime_error(vocab_json + ": expected a JSON object of token -> id");
   }
 
-  const std::array<char32_t, 256> unicode_of = BytesToUnicode();
+  const std::array<char32_t, 256> unicode_of = Gpt2BytesToUnicode();
   std::unordered_map<char32_t, char> byte_of;
   for (int b = 0; b < 256; ++b) byte_of.emplace(unicode_of[b], static_cast<char>(b));
 
