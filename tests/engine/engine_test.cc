@@ -47,7 +47,7 @@ Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths,
   std::vector<SequenceId> ids;
   for (size_t i = 0; i < lengths.size(); ++i) {
     GenerationRequest r;
-    r.prompt = RandomPrompt(lengths[i], engine.model().config().vocab_size, first_seed + i);
+    r.prompt = RandomPrompt(lengths[i], engine.config().vocab_size, first_seed + i);
     r.max_tokens = steps + 1;
     r.mode = mode;
     r.ignore_eos = true;
@@ -135,7 +135,7 @@ class EngineTest : public ::testing::Test {
   }
   GenerationRequest Request(int64_t prompt_len, int32_t max_tokens, KvMode mode) {
     GenerationRequest r;
-    r.prompt = RandomPrompt(prompt_len, engine_->model().config().vocab_size, 3);
+    r.prompt = RandomPrompt(prompt_len, engine_->config().vocab_size, 3);
     r.max_tokens = max_tokens;
     r.mode = mode;
     r.ignore_eos = true;
@@ -254,6 +254,27 @@ TEST(EngineStopTest, StopStringEndsGeneration) {
   ASSERT_TRUE(stopped.ok());
   EXPECT_EQ((*stopped)[0].finish, FinishReason::kStop);
   EXPECT_LE((*stopped)[0].tokens.size(), 4u);
+}
+
+}  // namespace
+}  // namespace kvpool
+
+namespace kvpool {
+namespace {
+
+// libsentencepiece bundles protobuf-lite; in a process that also has LibTorch's
+// libprotobuf, linking it directly crashed at start-up. It is loaded as an isolated
+// module instead: this binary links LibTorch and must still tokenize.
+TEST(SentencePieceBesideTorchTest, LoadsAndEncodesInATorchProcess) {
+#if KVPOOL_HAVE_SENTENCEPIECE
+  auto tok = LoadSentencePiece(KVPOOL_TEST_DATA_DIR "/tokenizer/sentencepiece/tokenizer.model");
+  const std::vector<int32_t> ids = tok->Encode("hello world");
+  EXPECT_FALSE(ids.empty());
+  EXPECT_EQ(tok->Decode(ids), "hello world");
+  EXPECT_GT(at::ones({2}).sum().item<float>(), 1.5f);  // LibTorch still works beside it
+#else
+  GTEST_SKIP() << "built without libsentencepiece";
+#endif
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 
+#include "engine/model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -62,28 +64,40 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   if (options.threads < 0) return InvalidArgument("threads must be >= 0");
   if (options.threads > 0) at::set_num_threads(options.threads);
   if (options.num_blocks <= 0) options.num_blocks = 4 * CeilDiv(config.max_position, options.block_size);
+  std::unique_ptr<ModelRunner> runner;
+  if (options.device == "cpu") {
+    runner = std::make_unique<Model>(std::move(config), std::move(weights));
+  } else if (options.device.rfind("cuda", 0) == 0) {
+    int index = 0;
+    if (options.device.size() > 5 && options.device[4] == ':') index = std::atoi(options.device.c_str() + 5);
+    KVPOOL_ASSIGN_OR_RETURN(runner, CreateCudaModelRunner(config, weights, index, options.dtype,
+                                                          options.cuda_graphs));
+  } else {
+    return InvalidArgument("unknown device '" + options.device + "' (cpu, cuda, cuda:N)");
+  }
+  const ModelConfig& c = runner->config();
   PoolGeometry g;
-  g.num_layers = static_cast<int32_t>(config.num_layers);
-  g.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
-  g.head_dim = static_cast<int32_t>(config.head_dim);
+  g.num_layers = static_cast<int32_t>(c.num_layers);
+  g.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
+  g.head_dim = static_cast<int32_t>(c.head_dim);
   g.block_size = options.block_size;
   g.num_blocks = options.num_blocks;
-  g.dtype = KvDtype::kFloat32;
-  KVPOOL_ASSIGN_OR_RETURN(KvPool pool, KvPool::Create(g));
-  return std::unique_ptr<Engine>(new Engine(Model(std::move(config), std::move(weights)),
-                                            std::move(pool), options, std::move(tokenizer)));
+  g.dtype = runner->kv_dtype();
+  KVPOOL_ASSIGN_OR_RETURN(KvPool pool, runner->CreatePool(g));
+  return std::unique_ptr<Engine>(
+      new Engine(std::move(runner), std::move(pool), options, std::move(tokenizer)));
 }
 
-Engine::Engine(Model model, KvPool pool, EngineOptions options,
+Engine::Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions options,
                std::shared_ptr<const Tokenizer> tok)
-    : model_(std::move(model)),
+    : runner_(std::move(runner)),
       pool_(std::move(pool)),
       allocator_(pool_.geometry().num_blocks),
       options_(options),
       tokenizer_(std::move(tok)) {}
 
 Status Engine::ValidateRequest(const GenerationRequest& r) const {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = runner_->config();
   const int64_t n = static_cast<int64_t>(r.prompt.size());
   if (n == 0) return InvalidArgument("prompt is empty: give at least one token");
   for (int64_t i = 0; i < n; ++i) {
@@ -158,7 +172,7 @@ at::Tensor Engine::Recompute(const std::vector<Sequence*>& seqs) {
   if (!scratch_ || scratch_->geometry().num_blocks < blocks) {
     PoolGeometry sg = g;
     sg.num_blocks = blocks;
-    scratch_ = std::move(KvPool::Create(sg).value());
+    scratch_ = std::move(runner_->CreatePool(sg).value());
   }
   scratch_bytes_ = static_cast<int64_t>(g.block_bytes()) * blocks;
   // Consecutive scratch blocks per sequence; tables must outlive the forward.
@@ -170,12 +184,12 @@ at::Tensor Engine::Recompute(const std::vector<Sequence*>& seqs) {
     for (int64_t b = 0; b < CeilDiv(n, g.block_size); ++b) tables[i].push_back(next_block++);
     batch_.AddTokens(seqs[i]->tokens, 0, n, tables[i], g.block_size, /*want_logits=*/true);
   }
-  return model_.Forward(batch_, *scratch_);
+  return runner_->Forward(batch_, *scratch_);
 }
 
 void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
   seq.last_logits = logits_row;
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = runner_->config();
   const int32_t token =
       SampleToken(logits_row.data_ptr<float>(), c.vocab_size, seq.request.sampling, seq.rng);
   seq.tokens.push_back(token);
@@ -215,7 +229,7 @@ Status Engine::Prefill(const std::vector<SequenceId>& ids) {
     for (Sequence* s : cached) {
       batch_.AddTokens(s->tokens, 0, s->prompt_len(), s->block_table, options_.block_size, true);
     }
-    at::Tensor logits = model_.Forward(batch_, pool_);
+    at::Tensor logits = runner_->Forward(batch_, pool_);
     for (size_t i = 0; i < cached.size(); ++i) {
       cached[i]->num_kv_tokens = cached[i]->prompt_len();
       cached[i]->prefilled = true;
@@ -252,7 +266,7 @@ Status Engine::Decode(const std::vector<SequenceId>& ids) {
       batch_.AddTokens(s->tokens, s->num_kv_tokens, s->tokens.size(), s->block_table,
                        options_.block_size, true);
     }
-    at::Tensor logits = model_.Forward(batch_, pool_);
+    at::Tensor logits = runner_->Forward(batch_, pool_);
     for (size_t i = 0; i < cached.size(); ++i) {
       cached[i]->num_kv_tokens = cached[i]->tokens.size();
       SampleNext(*cached[i], logits[i]);

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "engine/kv_pool.h"
-#include "engine/model.h"
+#include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/status.h"
 
@@ -49,6 +49,9 @@ struct GenerationRequest {
 };
 
 struct EngineOptions {
+  std::string device = "cpu";  // "cpu" or "cuda[:N]"
+  at::ScalarType dtype = at::kFloat;  // weights and KV on CUDA (fp32 on the CPU)
+  bool cuda_graphs = true;            // capture decode steps (CUDA only)
   int32_t block_size = 16;
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
   int32_t threads = 0;     // 0: leave LibTorch's default
@@ -107,7 +110,8 @@ class Engine {
 
   const Sequence& sequence(SequenceId id) const { return sequences_.at(id); }
   KvUsage Usage() const;
-  const Model& model() const { return model_; }
+  const ModelConfig& config() const { return runner_->config(); }
+  ModelRunner& runner() { return *runner_; }
   const PoolGeometry& geometry() const { return pool_.geometry(); }
   const BlockAllocator& allocator() const { return allocator_; }
 
@@ -116,13 +120,14 @@ class Engine {
   StatusOr<std::vector<GenerationResult>> Generate(std::vector<GenerationRequest> requests);
 
  private:
-  Engine(Model model, KvPool pool, EngineOptions options, std::shared_ptr<const Tokenizer> tok);
+  Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions options,
+         std::shared_ptr<const Tokenizer> tok);
   Status EnsureBlocks(Sequence& seq, int64_t num_tokens);
   // `none` mode: recomputes whole sequences in the scratch area.
   at::Tensor Recompute(const std::vector<Sequence*>& seqs);
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
 
-  Model model_;
+  std::unique_ptr<ModelRunner> runner_;
   KvPool pool_;
   BlockAllocator allocator_;
   EngineOptions options_;

@@ -5,7 +5,6 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
-#include <utility>
 
 namespace kvpool {
 
@@ -20,31 +19,11 @@ StatusOr<KvPool> KvPool::Create(const PoolGeometry& geometry) {
     return ResourceExhausted("cannot map a KV pool of " + std::to_string(bytes) +
                              " bytes: " + std::strerror(errno));
   }
-  return KvPool(geometry, base, /*owned=*/true);
+  return KvPool(geometry, base, std::shared_ptr<void>(base, [bytes](void* p) { munmap(p, bytes); }));
 }
 
-KvPool KvPool::Borrow(const PoolGeometry& geometry, void* base) {
-  return KvPool(geometry, base, /*owned=*/false);
-}
-
-KvPool::KvPool(KvPool&& other) noexcept
-    : geometry_(other.geometry_),
-      base_(std::exchange(other.base_, nullptr)),
-      owned_(std::exchange(other.owned_, false)) {}
-
-KvPool& KvPool::operator=(KvPool&& other) noexcept {
-  if (this != &other) {
-    this->~KvPool();
-    geometry_ = other.geometry_;
-    base_ = std::exchange(other.base_, nullptr);
-    owned_ = std::exchange(other.owned_, false);
-  }
-  return *this;
-}
-
-KvPool::~KvPool() {
-  if (owned_ && base_ != nullptr) munmap(base_, geometry_.pool_bytes());
-  base_ = nullptr;
+KvPool KvPool::Adopt(const PoolGeometry& geometry, void* base, std::shared_ptr<void> owner) {
+  return KvPool(geometry, base, std::move(owner));
 }
 
 BlockAllocator::BlockAllocator(int64_t num_blocks) : num_blocks_(num_blocks) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -22,27 +23,32 @@ class KvPool {
   // Maps anonymous, lazily zeroed memory for the geometry (pages cost RSS only when
   // written, so an unused tail of the pool costs nothing).
   static StatusOr<KvPool> Create(const PoolGeometry& geometry);
-  // Borrows memory that someone else owns (shared memory, a device allocation).
-  static KvPool Borrow(const PoolGeometry& geometry, void* base);
+  // Memory that `owner` keeps alive (shared memory, a device allocation, an IPC
+  // mapping); null `owner` borrows memory that outlives the pool.
+  static KvPool Adopt(const PoolGeometry& geometry, void* base, std::shared_ptr<void> owner);
 
-  KvPool(KvPool&& other) noexcept;
-  KvPool& operator=(KvPool&& other) noexcept;
+  KvPool(KvPool&&) noexcept = default;
+  KvPool& operator=(KvPool&&) noexcept = default;
   KvPool(const KvPool&) = delete;
   KvPool& operator=(const KvPool&) = delete;
-  ~KvPool();
 
   const PoolGeometry& geometry() const { return geometry_; }
   void* base() const { return base_; }
+  // One layer's K or V region (fp32 pools; device pools use RegionBytes).
   float* Region(int32_t layer, KvPart part) const {
     return static_cast<float*>(base_) + geometry_.region_offset(layer, part);
   }
+  void* RegionBytes(int32_t layer, KvPart part) const {
+    return static_cast<char*>(base_) +
+           geometry_.region_offset(layer, part) * KvDtypeBytes(geometry_.dtype);
+  }
 
  private:
-  KvPool(const PoolGeometry& geometry, void* base, bool owned)
-      : geometry_(geometry), base_(base), owned_(owned) {}
+  KvPool(const PoolGeometry& geometry, void* base, std::shared_ptr<void> owner)
+      : geometry_(geometry), base_(base), owner_(std::move(owner)) {}
   PoolGeometry geometry_;
   void* base_ = nullptr;
-  bool owned_ = false;
+  std::shared_ptr<void> owner_;
 };
 
 // First-fit allocator over block ids 0..num_blocks-1, kept ordered so that

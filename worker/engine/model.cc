@@ -28,26 +28,6 @@ at::Tensor ToTensor(const std::vector<int64_t>& v) {
 
 }  // namespace
 
-void ForwardBatch::Clear() {
-  token_ids.clear();
-  positions.clear();
-  slots.clear();
-  queries.clear();
-  logit_rows.clear();
-}
-
-void ForwardBatch::AddTokens(const std::vector<int32_t>& tokens, int64_t begin, int64_t end,
-                             const std::vector<int32_t>& block_table, int32_t block_size,
-                             bool want_logits) {
-  for (int64_t p = begin; p < end; ++p) {
-    token_ids.push_back(tokens[p]);
-    positions.push_back(p);
-    slots.push_back(int64_t{block_table[p / block_size]} * block_size + p % block_size);
-    queries.push_back({block_table.data(), static_cast<int32_t>(p + 1)});
-  }
-  if (want_logits) logit_rows.push_back(static_cast<int64_t>(token_ids.size()) - 1);
-}
-
 Model::Model(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   if (config_.arch == Architecture::kLlama) {
@@ -114,7 +94,7 @@ void Model::WriteKv(const at::Tensor& qkv, const ForwardBatch& batch, const KvPo
   }
 }
 
-at::Tensor Model::Forward(const ForwardBatch& batch, const KvPool& pool) const {
+at::Tensor Model::Forward(const ForwardBatch& batch, const KvPool& pool) {
   const ModelConfig& c = config_;
   const bool gpt2 = c.arch == Architecture::kGpt2;
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());

@@ -1,92 +1,49 @@
-// LoadSentencePiece: a Tokenizer over libsentencepiece's processor (LLaMA-family and other
-// tokenizer.model files). The library owns the model; this file only adapts ids and errors.
-// Built without libsentencepiece, the factory throws a message saying so.
+// LoadSentencePiece: opens the kvpool_spm module (tokenizer/spm/spm_module.cc) in its
+// own symbol scope and asks it for a Tokenizer over a tokenizer.model file. See the
+// module for why libsentencepiece is never linked into a process directly.
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
-#include "tokenizer/file_io.h"
 #include "tokenizer/tokenizer.h"
-
-#if KVPOOL_HAVE_SENTENCEPIECE
-#include <sentencepiece_processor.h>
-#endif
 
 namespace kvpool {
 
 #if KVPOOL_HAVE_SENTENCEPIECE
 namespace {
 
-class SentencePieceTokenizer final : public Tokenizer {
- public:
-  explicit SentencePieceTokenizer(const std::string& model_file)
-      : name_("sentencepiece(" + model_file + ")") {
-    if (!FileExists(model_file)) {
-      throw std::runtime_error("cannot open SentencePiece model '" + model_file + "'");
+using CreateFn = Tokenizer* (*)(const char*, char*, size_t);
+
+CreateFn LoadModule() {
+  static std::once_flag once;
+  static CreateFn create = nullptr;
+  static std::string error;
+  std::call_once(once, [] {
+    const char* env = std::getenv("KVPOOL_SPM_MODULE");
+    const std::string path = env != nullptr && *env != '\0' ? env : KVPOOL_SPM_MODULE;
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (handle == nullptr) {
+      error = "cannot load the SentencePiece module '" + path + "': " + dlerror() +
+              " (set KVPOOL_SPM_MODULE to libkvpool_spm.so)";
+      return;
     }
-    const auto status = processor_.Load(model_file);
-    if (!status.ok()) {
-      throw std::runtime_error("cannot load SentencePiece model '" + model_file +
-                               "': " + status.ToString());
-    }
-  }
-
-  std::vector<int32_t> Encode(std::string_view text) const override {
-    std::vector<int> ids;
-    const auto status = processor_.Encode(text, &ids);
-    if (!status.ok()) throw std::runtime_error(name_ + ": encode failed: " + status.ToString());
-    return std::vector<int32_t>(ids.begin(), ids.end());
-  }
-
-  std::string Decode(const std::vector<int32_t>& ids) const override {
-    for (int32_t id : ids) CheckId(id);
-    std::string text;
-    const auto status = processor_.Decode(std::vector<int>(ids.begin(), ids.end()), &text);
-    if (!status.ok()) throw std::runtime_error(name_ + ": decode failed: " + status.ToString());
-    return text;
-  }
-
-  // The piece as it reads mid-text: "▁" is a space, <0xAB> byte pieces are that byte, and
-  // control pieces such as <s> are empty.
-  std::string TokenText(int32_t id) const override {
-    CheckId(id);
-    if (processor_.IsControl(id)) return "";
-    const std::string& piece = processor_.IdToPiece(id);
-    if (processor_.IsByte(id)) {
-      return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
-    }
-    static const std::string kSpaceMark = "\xE2\x96\x81";  // U+2581, SentencePiece's space.
-    std::string text;
-    for (size_t pos = 0; pos < piece.size();) {
-      if (piece.compare(pos, kSpaceMark.size(), kSpaceMark) == 0) {
-        text.push_back(' ');
-        pos += kSpaceMark.size();
-      } else {
-        text.push_back(piece[pos++]);
-      }
-    }
-    return text;
-  }
-
-  int64_t VocabSize() const override { return processor_.GetPieceSize(); }
-  int32_t EosId() const override { return processor_.eos_id(); }
-  std::string Name() const override { return name_; }
-
- private:
-  void CheckId(int32_t id) const {
-    if (id < 0 || id >= VocabSize()) {
-      throw std::out_of_range(name_ + ": token id " + std::to_string(id) +
-                              " is not in the vocabulary");
-    }
-  }
-
-  sentencepiece::SentencePieceProcessor processor_;
-  std::string name_;
-};
+    create = reinterpret_cast<CreateFn>(dlsym(handle, "kvpool_spm_create"));
+    if (create == nullptr) error = "'" + path + "' has no kvpool_spm_create";
+  });
+  if (create == nullptr) throw std::runtime_error(error);
+  return create;
+}
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> LoadSentencePiece(const std::string& model_file) {
-  return std::make_unique<SentencePieceTokenizer>(model_file);
+  char error[1024] = {0};
+  Tokenizer* tok = LoadModule()(model_file.c_str(), error, sizeof(error));
+  if (tok == nullptr) throw std::runtime_error(error);
+  return std::unique_ptr<Tokenizer>(tok);
 }
 
 #else

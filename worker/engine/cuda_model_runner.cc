@@ -1,0 +1,354 @@
+// The CUDA model runner: the same GPT-2 / Llama forward as the CPU runner
+// (engine/model.cc), on a GPU through LibTorch CUDA (cuBLAS for the linear layers),
+// with kvpool's CUDA kernels (cuda/paged_attention.h) writing K/V into and reading
+// it from the pool through the block tables. Decode steps of up to kMaxGraphBatch
+// sequences replay a captured CUDA graph: one launch per step instead of ~150.
+//
+// Built only against a CUDA LibTorch (KVPOOL_HAVE_CUDA_TORCH). The pool memory comes
+// from cuda/cuda_pool.h (cudaMalloc + an IPC handle), so other processes can map it.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "cuda/cuda_pool.h"
+#include "cuda/paged_attention.h"
+#include "engine/model_runner.h"
+
+namespace kvpool {
+namespace {
+
+constexpr int64_t kGraphBatches[] = {1, 2, 4, 8};
+constexpr int64_t kMaxGraphBatch = 8;
+
+KvDtype ToKvDtype(at::ScalarType t) {
+  return t == at::kHalf ? KvDtype::kFloat16 : t == at::kBFloat16 ? KvDtype::kBFloat16 : KvDtype::kFloat32;
+}
+
+// Device-side inputs of one forward. Decode graphs keep one of these alive as the
+// static buffers their replays read.
+struct DeviceInputs {
+  at::Tensor token_ids, positions, slots, logit_rows;          // int64
+  at::Tensor context_lens, query_start, block_tables;          // int32
+  at::Tensor decode_workspace;                                 // bytes, may be empty
+  int64_t num_seqs = 0, num_tokens = 0, max_blocks = 0;
+  int32_t max_query_len = 0, max_context_len = 0;
+  bool decode = false;
+};
+
+class CudaModelRunner : public ModelRunner {
+ public:
+  CudaModelRunner(ModelConfig config, ModelWeights weights, int device, at::ScalarType dtype,
+                  bool graphs)
+      : config_(std::move(config)),
+        weights_(std::move(weights)),
+        device_(device),
+        dtype_(dtype),
+        graphs_(graphs) {
+    if (config_.arch == Architecture::kLlama) {
+      const int64_t half = config_.head_dim / 2;
+      at::Tensor inv = at::empty({half}, at::kFloat);
+      for (int64_t i = 0; i < half; ++i) {
+        inv[i] = 1.0f / std::pow(static_cast<float>(config_.rope_theta),
+                                 static_cast<float>(2 * i) / static_cast<float>(config_.head_dim));
+      }
+      at::Tensor angles = at::outer(at::arange(config_.max_position, at::kFloat), inv);
+      rope_cos_ = angles.cos().to(Device(), dtype_);
+      rope_sin_ = angles.sin().to(Device(), dtype_);
+    }
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  std::string device() const override { return "cuda:" + std::to_string(device_); }
+  KvDtype kv_dtype() const override { return ToKvDtype(dtype_); }
+
+  StatusOr<KvPool> CreatePool(const PoolGeometry& geometry) const override {
+    KVPOOL_ASSIGN_OR_RETURN(gpu::CudaPoolHost host, gpu::CudaPoolHost::Create(device_, geometry));
+    auto owner = std::make_shared<gpu::CudaPoolHost>(std::move(host));
+    void* base = owner->base();
+    return KvPool::Adopt(geometry, base, std::move(owner));
+  }
+
+  at::Tensor Forward(const ForwardBatch& batch, const KvPool& pool) override {
+    c10::cuda::CUDAGuard guard(device_);
+    const bool use_graph = graphs_ && batch.decode_only() && batch.num_seqs() <= kMaxGraphBatch;
+    if (!use_graph) {
+      DeviceInputs in = Upload(batch, pool.geometry(), batch.num_seqs());
+      return RunLayers(in, pool).to(at::kCPU, at::kFloat);
+    }
+    int64_t bucket = kMaxGraphBatch;
+    for (int64_t b : kGraphBatches) {
+      if (b >= batch.num_seqs()) {
+        bucket = b;
+        break;
+      }
+    }
+    const int32_t max_blocks = static_cast<int32_t>(
+        (config_.max_position + pool.geometry().block_size - 1) / pool.geometry().block_size);
+    auto key = std::make_pair(bucket, pool.base());
+    auto it = graphs_by_batch_.find(key);
+    if (it == graphs_by_batch_.end()) it = graphs_by_batch_.emplace(key, Capture(bucket, max_blocks, pool)).first;
+    DecodeGraph& g = *it->second;
+    // New inputs into the graph's static buffers, then one replay.
+    DeviceInputs fresh = Upload(batch, pool.geometry(), bucket, max_blocks);
+    g.inputs.token_ids.copy_(fresh.token_ids, true);
+    g.inputs.positions.copy_(fresh.positions, true);
+    g.inputs.slots.copy_(fresh.slots, true);
+    g.inputs.context_lens.copy_(fresh.context_lens, true);
+    g.inputs.block_tables.copy_(fresh.block_tables, true);
+    g.graph.replay();
+    return g.logits.narrow(0, 0, batch.num_seqs()).to(at::kCPU, at::kFloat);
+  }
+
+ private:
+  struct DecodeGraph {
+    at::cuda::CUDAGraph graph;
+    DeviceInputs inputs;
+    at::Tensor logits;
+  };
+
+  at::Device Device() const { return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_)); }
+
+  // Packs the batch's metadata into two pinned host tensors and copies each to the
+  // device at once. `pad_seqs` >= num_seqs pads a decode batch: padded rows write no
+  // K/V (slot -1) and attend to nothing (context 0).
+  DeviceInputs Upload(const ForwardBatch& b, const PoolGeometry& g, int64_t pad_seqs,
+                      int64_t max_blocks = 0) {
+    DeviceInputs in;
+    const int64_t seqs = b.num_seqs();
+    const int64_t pad_tokens = static_cast<int64_t>(b.token_ids.size()) + (pad_seqs - seqs);
+    for (const auto* t : b.block_tables) max_blocks = std::max<int64_t>(max_blocks, t->size());
+    in.num_seqs = pad_seqs;
+    in.num_tokens = pad_tokens;
+    in.max_blocks = std::max<int64_t>(max_blocks, 1);
+    in.decode = b.decode_only();
+    const int64_t rows = in.decode ? pad_seqs : static_cast<int64_t>(b.logit_rows.size());
+    at::Tensor h64 = at::empty({3 * pad_tokens + rows}, at::TensorOptions(at::kLong).pinned_memory(true));
+    int64_t* p = h64.data_ptr<int64_t>();
+    for (int64_t i = 0; i < pad_tokens; ++i) {
+      const bool real = i < static_cast<int64_t>(b.token_ids.size());
+      p[i] = real ? b.token_ids[i] : 0;
+      p[pad_tokens + i] = real ? b.positions[i] : 0;
+      p[2 * pad_tokens + i] = real ? b.slots[i] : -1;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      p[3 * pad_tokens + r] = r < static_cast<int64_t>(b.logit_rows.size()) ? b.logit_rows[r] : r;
+    }
+    at::Tensor h32 = at::zeros({pad_seqs + (pad_seqs + 1) + pad_seqs * in.max_blocks},
+                               at::TensorOptions(at::kInt).pinned_memory(true));
+    int32_t* q = h32.data_ptr<int32_t>();
+    int32_t* starts = q + pad_seqs;
+    int32_t* tables = starts + pad_seqs + 1;
+    for (int64_t s = 0; s < pad_seqs; ++s) {
+      const bool real = s < seqs;
+      q[s] = real ? b.context_lens[s] : 0;
+      starts[s + 1] = real ? b.query_start[s + 1] : starts[s] + 1;
+      if (real) {
+        std::copy(b.block_tables[s]->begin(), b.block_tables[s]->end(), tables + s * in.max_blocks);
+        in.max_query_len = std::max(in.max_query_len, b.query_start[s + 1] - b.query_start[s]);
+        in.max_context_len = std::max(in.max_context_len, b.context_lens[s]);
+      }
+    }
+    in.max_query_len = std::max(in.max_query_len, 1);
+    at::Tensor d64 = h64.to(Device(), /*non_blocking=*/true);
+    at::Tensor d32 = h32.to(Device(), /*non_blocking=*/true);
+    in.token_ids = d64.narrow(0, 0, pad_tokens);
+    in.positions = d64.narrow(0, pad_tokens, pad_tokens);
+    in.slots = d64.narrow(0, 2 * pad_tokens, pad_tokens);
+    in.logit_rows = d64.narrow(0, 3 * pad_tokens, rows);
+    in.context_lens = d32.narrow(0, 0, pad_seqs);
+    in.query_start = d32.narrow(0, pad_seqs, pad_seqs + 1);
+    in.block_tables = d32.narrow(0, 2 * pad_seqs + 1, pad_seqs * in.max_blocks).view({pad_seqs, in.max_blocks});
+    (void)g;
+    return in;
+  }
+
+  std::unique_ptr<DecodeGraph> Capture(int64_t bucket, int32_t max_blocks, const KvPool& pool) {
+    auto g = std::make_unique<DecodeGraph>();
+    // Static inputs: a padded batch of `bucket` empty sequences.
+    ForwardBatch empty;
+    empty.Clear();
+    g->inputs = Upload(empty, pool.geometry(), bucket, max_blocks);
+    g->inputs.token_ids = g->inputs.token_ids.clone();
+    g->inputs.positions = g->inputs.positions.clone();
+    g->inputs.slots = g->inputs.slots.clone();
+    g->inputs.logit_rows = g->inputs.logit_rows.clone();
+    g->inputs.context_lens = g->inputs.context_lens.clone();
+    g->inputs.query_start = g->inputs.query_start.clone();
+    g->inputs.block_tables = g->inputs.block_tables.clone();
+    g->inputs.decode = true;
+    g->inputs.max_context_len = static_cast<int32_t>(config_.max_position);
+    AllocateWorkspace(g->inputs, pool.geometry());
+    const auto index = static_cast<c10::DeviceIndex>(device_);
+    c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(index);
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
+    at::cuda::CUDAEvent ready;
+    ready.record(main);
+    ready.block(side);
+    {
+      c10::cuda::CUDAStreamGuard stream_guard(side);
+      for (int i = 0; i < 2; ++i) RunLayers(g->inputs, pool);  // warm-up (cuBLAS handles, plans)
+      g->graph.capture_begin();
+      g->logits = RunLayers(g->inputs, pool);
+      g->graph.capture_end();
+    }
+    at::cuda::CUDAEvent done;
+    done.record(side);
+    done.block(main);
+    return g;
+  }
+
+  void AllocateWorkspace(DeviceInputs& in, const PoolGeometry& geometry) {
+    gpu::PagedAttentionDecodeParams p;
+    p.geometry = geometry;
+    p.num_seqs = static_cast<int32_t>(in.num_seqs);
+    p.num_heads = static_cast<int32_t>(config_.num_heads);
+    p.max_context_len = in.max_context_len;
+    const size_t bytes = gpu::PagedAttentionDecodeWorkspaceBytes(p);
+    if (bytes > 0) in.decode_workspace = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(Device()));
+  }
+
+  static void Check(const Status& st, const char* what) {
+    TORCH_CHECK(st.ok(), what, ": ", st.ToString());
+  }
+
+  at::Tensor Norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+    if (config_.arch == Architecture::kGpt2) return at::layer_norm(x, {config_.hidden_size}, w, b, config_.norm_eps);
+    at::Tensor xf = x.to(at::kFloat);
+    at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + config_.norm_eps);
+    return w * normed.to(x.scalar_type());
+  }
+
+  at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+    const int64_t half = config_.head_dim / 2;
+    at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+    return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  }
+
+  // The forward on the current stream; no host synchronisation (capturable).
+  at::Tensor RunLayers(DeviceInputs& in, const KvPool& pool) {
+    if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
+    const ModelConfig& c = config_;
+    const bool gpt2 = c.arch == Architecture::kGpt2;
+    const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+    at::Tensor x = at::embedding(weights_.token_embedding, in.token_ids);
+    if (gpt2) x = x + at::embedding(weights_.position_embedding, in.positions);
+    at::Tensor cos, sin;
+    if (!gpt2) {
+      cos = rope_cos_.index_select(0, in.positions).unsqueeze(1);
+      sin = rope_sin_.index_select(0, in.positions).unsqueeze(1);
+    }
+    const PoolGeometry& g = pool.geometry();
+    for (int32_t l = 0; l < static_cast<int32_t>(c.num_layers); ++l) {
+      const LayerWeights& w = weights_.layers[l];
+      at::Tensor h = Norm(x, w.attn_norm_w, w.attn_norm_b);
+      at::Tensor qkv = at::linear(h, w.qkv_w, w.qkv_b);
+      at::Tensor q = qkv.narrow(1, 0, hd), k = qkv.narrow(1, hd, kvd);
+      at::Tensor v = qkv.narrow(1, hd + kvd, kvd).contiguous();
+      if (!gpt2) {
+        q = Rope(q.view({t, c.num_heads, c.head_dim}), cos, sin).view({t, hd});
+        k = Rope(k.view({t, c.num_kv_heads, c.head_dim}), cos, sin).view({t, kvd});
+      }
+      q = q.contiguous();
+      k = k.contiguous();
+      gpu::WriteKvCacheParams wp;
+      wp.geometry = g;
+      wp.k_cache = pool.RegionBytes(l, KvPart::kKey);
+      wp.v_cache = pool.RegionBytes(l, KvPart::kValue);
+      wp.k = k.data_ptr();
+      wp.v = v.data_ptr();
+      wp.slot_mapping = in.slots.data_ptr<int64_t>();
+      wp.num_tokens = t;
+      Check(gpu::WriteKvCache(wp, stream), "WriteKvCache");
+      at::Tensor attn = at::empty({t, hd}, q.options());
+      if (in.decode) {
+        gpu::PagedAttentionDecodeParams p;
+        p.geometry = g;
+        p.k_cache = wp.k_cache;
+        p.v_cache = wp.v_cache;
+        p.q = q.data_ptr();
+        p.out = attn.data_ptr();
+        p.block_tables = in.block_tables.data_ptr<int32_t>();
+        p.context_lens = in.context_lens.data_ptr<int32_t>();
+        p.num_seqs = static_cast<int32_t>(in.num_seqs);
+        p.num_heads = static_cast<int32_t>(c.num_heads);
+        p.max_blocks_per_seq = static_cast<int32_t>(in.max_blocks);
+        p.max_context_len = in.max_context_len;
+        p.scale = scale;
+        if (in.decode_workspace.defined()) {
+          p.workspace = in.decode_workspace.data_ptr();
+          p.workspace_bytes = static_cast<size_t>(in.decode_workspace.numel());
+        }
+        Check(gpu::PagedAttentionDecode(p, stream), "PagedAttentionDecode");
+      } else {
+        gpu::PagedAttentionPrefillParams p;
+        p.geometry = g;
+        p.k_cache = wp.k_cache;
+        p.v_cache = wp.v_cache;
+        p.q = q.data_ptr();
+        p.out = attn.data_ptr();
+        p.query_start_loc = in.query_start.data_ptr<int32_t>();
+        p.context_lens = in.context_lens.data_ptr<int32_t>();
+        p.block_tables = in.block_tables.data_ptr<int32_t>();
+        p.num_seqs = static_cast<int32_t>(in.num_seqs);
+        p.num_heads = static_cast<int32_t>(c.num_heads);
+        p.max_blocks_per_seq = static_cast<int32_t>(in.max_blocks);
+        p.max_query_len = in.max_query_len;
+        p.scale = scale;
+        Check(gpu::PagedAttentionPrefill(p, stream), "PagedAttentionPrefill");
+      }
+      x = x + at::linear(attn, w.o_w, w.o_b);
+      h = Norm(x, w.mlp_norm_w, w.mlp_norm_b);
+      at::Tensor up = at::linear(h, w.up_w, w.up_b);
+      if (gpt2) {
+        up = at::gelu(up, c.gelu_tanh ? "tanh" : "none");
+      } else {
+        auto parts = up.split(c.intermediate_size, 1);
+        up = at::silu(parts[0]) * parts[1];
+      }
+      x = x + at::linear(up, w.down_w, w.down_b);
+    }
+    at::Tensor last = x.index_select(0, in.logit_rows);
+    last = Norm(last, weights_.final_norm_w, weights_.final_norm_b);
+    return at::linear(last, weights_.lm_head);
+  }
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  int device_;
+  at::ScalarType dtype_;
+  bool graphs_;
+  at::Tensor rope_cos_, rope_sin_;
+  std::map<std::pair<int64_t, void*>, std::unique_ptr<DecodeGraph>> graphs_by_batch_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ModelRunner>> CreateCudaModelRunner(const ModelConfig& config,
+                                                             const ModelWeights& weights,
+                                                             int device_index,
+                                                             at::ScalarType dtype,
+                                                             bool use_cuda_graphs) {
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) {
+    return InvalidArgument("CUDA runner dtype must be fp16, bf16 or fp32");
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device_index < 0 || device_index >= count) {
+    return FailedPrecondition("no CUDA device " + std::to_string(device_index) + " (" +
+                              std::to_string(count) + " visible)");
+  }
+  const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+  return std::unique_ptr<ModelRunner>(new CudaModelRunner(config, weights.To(device, dtype),
+                                                          device_index, dtype, use_cuda_graphs));
+}
+
+}  // namespace kvpool
