@@ -82,54 +82,56 @@ class TensorStore {
   std::set<std::string> taken_;
 };
 
+// The shards named by an index's "weight_map", each opened once, in first-mention order.
+StatusOr<std::vector<SafetensorsFile>> OpenShards(const fs::path& dir, const fs::path& index_path) {
+  KVPOOL_ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path));
+  const nlohmann::json index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
+      !index["weight_map"].is_object()) {
+    return DataLoss(index_path.string() + ": not a JSON object with a \"weight_map\" object");
+  }
+  std::vector<SafetensorsFile> files;
+  std::map<std::string, size_t> file_of_shard;
+  for (const auto& [tensor, shard] : index["weight_map"].items()) {
+    if (!shard.is_string() || shard.get<std::string>().empty()) {
+      return DataLoss(index_path.string() + ": weight_map entry for tensor '" + tensor +
+                      "' is not a file name");
+    }
+    const std::string shard_name = shard.get<std::string>();
+    if (!file_of_shard.count(shard_name)) {
+      StatusOr<SafetensorsFile> file = SafetensorsFile::Open((dir / shard_name).string());
+      if (!file.ok()) {
+        return Status(file.status().code(), "shard '" + shard_name + "' (holding tensor '" +
+                                                tensor + "', listed in " + index_path.string() +
+                                                "): " + file.status().message());
+      }
+      file_of_shard[shard_name] = files.size();
+      files.push_back(std::move(file).value());
+    }
+    if (!files[file_of_shard[shard_name]].Contains(tensor)) {
+      return DataLoss(index_path.string() + ": tensor '" + tensor + "' is listed in shard '" +
+                      shard_name + "' but that file does not hold it");
+    }
+  }
+  return files;
+}
+
+// Like transformers: model.safetensors if present, else the index and its shards.
 StatusOr<TensorStore> TensorStore::Open(const fs::path& dir, const std::string& strip_prefix,
                                         const std::function<bool(const std::string&)>& ignored) {
   TensorStore store;
   store.dir_ = dir.string();
-  const fs::path index_path = dir / kIndexFile;
+  const fs::path single = dir / kSingleFile;
+  const fs::path index = dir / kIndexFile;
   std::error_code ec;
-  if (fs::exists(index_path, ec)) {
-    KVPOOL_ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path));
-    const nlohmann::json index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-        !index["weight_map"].is_object()) {
-      return DataLoss(index_path.string() + ": not a JSON object with a \"weight_map\" object");
-    }
-    std::map<std::string, size_t> file_of_shard;
-    std::vector<std::pair<std::string, std::string>> listed;  // (tensor, shard)
-    for (const auto& [tensor, shard] : index["weight_map"].items()) {
-      if (!shard.is_string() || shard.get<std::string>().empty()) {
-        return DataLoss(index_path.string() + ": weight_map entry for tensor '" + tensor +
-                        "' is not a file name");
-      }
-      const std::string shard_name = shard.get<std::string>();
-      if (!file_of_shard.count(shard_name)) {
-        const fs::path shard_path = dir / shard_name;
-        StatusOr<SafetensorsFile> file = SafetensorsFile::Open(shard_path.string());
-        if (!file.ok()) {
-          return Status(file.status().code(), "shard '" + shard_name + "' (holding tensor '" +
-                                                  tensor + "', listed in " + index_path.string() +
-                                                  "): " + file.status().message());
-        }
-        file_of_shard[shard_name] = store.files_.size();
-        store.files_.push_back(std::move(file).value());
-      }
-      listed.emplace_back(tensor, shard_name);
-    }
-    for (const auto& [tensor, shard] : listed) {
-      if (!store.files_[file_of_shard[shard]].Contains(tensor)) {
-        return DataLoss(index_path.string() + ": tensor '" + tensor + "' is listed in shard '" +
-                        shard + "' but that file does not hold it");
-      }
-    }
-  } else {
-    const fs::path single = dir / kSingleFile;
-    if (!fs::exists(single, ec)) {
-      return NotFound("model folder " + dir.string() + ": neither " + kSingleFile + " nor " +
-                      kIndexFile + " (only safetensors weights are supported)");
-    }
+  if (fs::exists(single, ec)) {
     KVPOOL_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(single.string()));
     store.files_.push_back(std::move(file));
+  } else if (fs::exists(index, ec)) {
+    KVPOOL_ASSIGN_OR_RETURN(store.files_, OpenShards(dir, index));
+  } else {
+    return NotFound("model folder " + dir.string() + ": neither " + kSingleFile + " nor " +
+                    kIndexFile + " (only safetensors weights are supported)");
   }
   for (size_t f = 0; f < store.files_.size(); ++f) {
     for (const std::string& name : store.files_[f].TensorNames()) {

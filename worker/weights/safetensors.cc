@@ -13,6 +13,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 #include <utility>
 
 namespace kvpool {
@@ -126,7 +127,7 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   }
 
   const uint64_t data_bytes = file_bytes - file.data_start_;
-  std::vector<std::pair<size_t, std::string>> spans;  // (begin, name), to find overlaps
+  std::vector<std::tuple<size_t, size_t, std::string>> spans;  // (begin, end, name)
   for (const auto& [name, value] : j.items()) {
     const std::string tensor = where + ": tensor '" + name + "'";
     if (name == "__metadata__") {
@@ -176,22 +177,30 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
     }
     entry.begin = begin;
     entry.end = end;
-    spans.emplace_back(begin, name);
+    spans.emplace_back(begin, end, name);
     file.entries_.emplace(name, std::move(entry));
   }
 
+  // The format requires the tensors to tile the data section exactly, as the
+  // reference implementation checks: no overlap, no gap, nothing after the last.
   std::sort(spans.begin(), spans.end());
   size_t covered = 0;  // end of the previous span
   std::string previous;
-  for (const auto& [begin, name] : spans) {
-    const Entry& entry = file.entries_.at(name);
-    if (begin < covered && entry.end > entry.begin) {
+  for (const auto& [begin, end, name] : spans) {
+    if (begin < covered) {
       return DataLoss(where + ": tensor '" + name + "' overlaps tensor '" + previous + "'");
     }
-    if (entry.end > covered) {
-      covered = entry.end;
-      previous = name;
+    if (begin > covered) {
+      return DataLoss(where + ": tensor '" + name + "' starts at data byte " +
+                      std::to_string(begin) + " but the tensors before it end at " +
+                      std::to_string(covered) + " (gap)");
     }
+    covered = end;
+    previous = name;
+  }
+  if (covered != data_bytes) {
+    return DataLoss(where + ": " + std::to_string(data_bytes - covered) +
+                    " bytes after the last tensor's data");
   }
   return file;
 }

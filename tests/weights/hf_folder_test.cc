@@ -1,20 +1,13 @@
-// Safetensors reader/writer (hand-built bytes, round trips, corrupt files) and the
-// Hugging Face folder writer/loader (tiny GPT-2 and GQA Llama configs, exact
-// round trips, shards, wrong/missing/extra tensors).
-#include "weights/weights.h"
-
+// The Hugging Face folder writer and loader on tiny GPT-2 and GQA Llama configs:
+// exact fp32 round trips, fp16/bf16 within rounding, shards, and wrong, missing and
+// extra tensors failing with messages that name the tensor.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,37 +15,15 @@
 #include "weights/hf_loader.h"
 #include "weights/hf_writer.h"
 #include "weights/safetensors.h"
-#include "weights/safetensors_aten.h"
+#include "weights/weights.h"
+#include "weights_test_files.h"
 
 namespace kvpool {
+namespace weights_test {
 namespace {
 
-namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-// Bytes of a safetensors file with `header` (padded to 8 with spaces) and `data`.
-std::string FileBytes(std::string header, const std::string& data) {
-  header.append((8 - header.size() % 8) % 8, ' ');
-  const uint64_t n = header.size();
-  std::string bytes(reinterpret_cast<const char*>(&n), 8);
-  return bytes + header + data;
-}
-
-std::string FloatBytes(const std::vector<float>& v) {
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-}
-
-void WriteBytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string ReadBytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // A tensor copied out of a file, so a folder can be edited and written back.
 struct StoredTensor {
@@ -172,17 +143,8 @@ void ExpectSameWeights(const ModelWeights& want, const ModelWeights& got,
   }
 }
 
-class WeightsTest : public ::testing::Test {
+class HfFolderTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("kvpool_weights_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // A folder `name` holding `config` with seeded random weights.
   fs::path SaveModel(const std::string& name, const ModelConfig& config,
                      ModelWeights* weights = nullptr, at::ScalarType dtype = at::kFloat) {
@@ -201,240 +163,9 @@ class WeightsTest : public ::testing::Test {
     edit(tensors);
     WriteAll(folder / "model.safetensors", tensors);
   }
-
-  fs::path dir_;
 };
 
-// ---------------------------------------------------------------- safetensors
-
-TEST_F(WeightsTest, ReadsHandBuiltFile) {
-  const fs::path path = dir_ / "hand.safetensors";
-  const std::string header = R"({"__metadata__":{"format":"pt"},)"
-                             R"("b":{"dtype":"I64","shape":[1],"data_offsets":[8,16]},)"
-                             R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
-  const int64_t i64 = -5;
-  WriteBytes(path, FileBytes(header, FloatBytes({1.5f, -2.0f}) +
-                                         std::string(reinterpret_cast<const char*>(&i64), 8)));
-
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_TRUE(file.ok()) << file.status().ToString();
-  EXPECT_THAT(file->TensorNames(), ElementsAre("a", "b"));
-  EXPECT_EQ(file->metadata().at("format"), "pt");
-  EXPECT_EQ(file->metadata().size(), 1u);
-
-  StatusOr<TensorView> a = file->Get("a");
-  ASSERT_TRUE(a.ok());
-  EXPECT_EQ(a->dtype, SafetensorsDType::kF32);
-  EXPECT_THAT(a->shape, ElementsAre(2));
-  EXPECT_EQ(a->byte_size, 8);
-  float values[2];
-  std::memcpy(values, a->data, 8);
-  EXPECT_EQ(values[0], 1.5f);
-  EXPECT_EQ(values[1], -2.0f);
-
-  StatusOr<TensorView> b = file->Get("b");
-  ASSERT_TRUE(b.ok());
-  EXPECT_EQ(b->dtype, SafetensorsDType::kI64);
-  int64_t got = 0;
-  std::memcpy(&got, b->data, 8);
-  EXPECT_EQ(got, -5);
-
-  StatusOr<TensorView> missing = file->Get("c");
-  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
-  EXPECT_THAT(missing.status().message(), HasSubstr("'c'"));
-
-  // Moving keeps the mapping valid.
-  SafetensorsFile moved = std::move(file).value();
-  EXPECT_TRUE(moved.Get("a").ok());
-}
-
-TEST_F(WeightsTest, WriterRoundTripsEveryFloatDtype) {
-  const fs::path path = dir_ / "rt.safetensors";
-  const at::Tensor source = at::arange(0, 24, at::kFloat).reshape({2, 3, 4}) * 0.37 - 3.1;
-  std::vector<at::Tensor> keep;
-  std::vector<NamedBuffer> buffers;
-  for (auto [name, dtype] : std::vector<std::pair<const char*, at::ScalarType>>{
-           {"z_f32", at::kFloat}, {"a_f16", at::kHalf}, {"m_bf16", at::kBFloat16}}) {
-    keep.push_back(source.to(dtype).contiguous());
-    buffers.push_back(BufferFromTensor(name, keep.back()).value());
-  }
-  ASSERT_TRUE(WriteSafetensors(path.string(), buffers, {{"format", "pt"}}).ok());
-
-  const std::string bytes = ReadBytes(path);
-  uint64_t header_bytes = 0;
-  std::memcpy(&header_bytes, bytes.data(), 8);
-  EXPECT_EQ(header_bytes % 8, 0u);
-  EXPECT_EQ(bytes[8], '{');
-  EXPECT_EQ(bytes.size(), 8 + header_bytes + 24 * (4 + 2 + 2));
-
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_TRUE(file.ok()) << file.status().ToString();
-  EXPECT_THAT(file->TensorNames(), ElementsAre("a_f16", "m_bf16", "z_f32"));
-  EXPECT_EQ(file->Get("a_f16")->dtype, SafetensorsDType::kF16);
-  EXPECT_EQ(file->Get("m_bf16")->dtype, SafetensorsDType::kBF16);
-  EXPECT_EQ(file->Get("z_f32")->dtype, SafetensorsDType::kF32);
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    SCOPED_TRACE(buffers[i].name);
-    TensorView view = file->Get(buffers[i].name).value();
-    EXPECT_THAT(view.shape, ElementsAre(2, 3, 4));
-    at::Tensor back = FloatTensorFromView(view).value();
-    EXPECT_TRUE(at::equal(back, keep[i].to(at::kFloat)));
-  }
-}
-
-TEST_F(WeightsTest, BadJsonIsDataLoss) {
-  const fs::path path = dir_ / "badjson.safetensors";
-  WriteBytes(path, FileBytes(R"({"a":{"dtype":"F32",)", FloatBytes({1})));
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  EXPECT_THAT(file.status().message(), HasSubstr("JSON"));
-}
-
-TEST_F(WeightsTest, HeaderLengthBeyondFileIsDataLoss) {
-  const fs::path path = dir_ / "longheader.safetensors";
-  std::string bytes =
-      FileBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", FloatBytes({1}));
-  const uint64_t huge = bytes.size();  // 8 + header + data > file size
-  std::memcpy(bytes.data(), &huge, 8);
-  WriteBytes(path, bytes);
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  EXPECT_THAT(file.status().message(), HasSubstr("header length"));
-
-  const uint64_t absurd = ~uint64_t{0};
-  std::memcpy(bytes.data(), &absurd, 8);
-  WriteBytes(path, bytes);
-  EXPECT_EQ(SafetensorsFile::Open(path.string()).status().code(), StatusCode::kDataLoss);
-}
-
-TEST_F(WeightsTest, ShortOrMissingFile) {
-  const fs::path path = dir_ / "short.safetensors";
-  WriteBytes(path, "abc");
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-
-  const fs::path missing = dir_ / "nope.safetensors";
-  file = SafetensorsFile::Open(missing.string());
-  EXPECT_EQ(file.status().code(), StatusCode::kNotFound);
-  EXPECT_THAT(file.status().message(), HasSubstr(missing.string()));
-}
-
-TEST_F(WeightsTest, TruncatedDataIsDataLossNamingTheTensor) {
-  const fs::path path = dir_ / "truncated.safetensors";
-  std::string bytes = FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                                R"("big":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
-                                FloatBytes({1, 2, 3, 4}));
-  bytes.resize(bytes.size() - 3);
-  WriteBytes(path, bytes);
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  EXPECT_THAT(file.status().message(), HasSubstr("'big'"));
-  EXPECT_THAT(file.status().message(), HasSubstr("truncated"));
-}
-
-TEST_F(WeightsTest, OffsetsNotMatchingShapeIsDataLoss) {
-  const fs::path path = dir_ / "mismatch.safetensors";
-  WriteBytes(path, FileBytes(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                             FloatBytes({1, 2, 3})));
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  EXPECT_THAT(file.status().message(), HasSubstr("'w'"));
-  EXPECT_THAT(file.status().message(), HasSubstr("needs 12"));
-}
-
-TEST_F(WeightsTest, OverlappingTensorsAreDataLoss) {
-  const fs::path path = dir_ / "overlap.safetensors";
-  WriteBytes(path, FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                             FloatBytes({1, 2, 3})));
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-  EXPECT_THAT(file.status().message(), HasSubstr("'b' overlaps tensor 'a'"));
-}
-
-TEST_F(WeightsTest, UnknownDtypeIsInvalidArgument) {
-  const fs::path path = dir_ / "dtype.safetensors";
-  WriteBytes(path, FileBytes(R"({"q":{"dtype":"F8_E9M9","shape":[4],"data_offsets":[0,4]}})",
-                             FloatBytes({1})));
-  StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-  ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  EXPECT_THAT(file.status().message(), HasSubstr("'q'"));
-  EXPECT_THAT(file.status().message(), HasSubstr("F8_E9M9"));
-}
-
-TEST_F(WeightsTest, MalformedEntriesAreDataLoss) {
-  const fs::path path = dir_ / "malformed.safetensors";
-  for (const char* header :
-       {R"([1, 2])", R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
-        R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})",
-        R"({"a":{"dtype":"F32","shape":[1]}})", R"({"__metadata__":{"format":3}})",
-        R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})"}) {
-    SCOPED_TRACE(header);
-    WriteBytes(path, FileBytes(header, FloatBytes({1})));
-    StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-    EXPECT_EQ(file.status().code(), StatusCode::kDataLoss);
-    EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-  }
-}
-
-TEST_F(WeightsTest, EveryTruncationAndByteFlipFailsCleanly) {
-  const fs::path good = dir_ / "good.safetensors";
-  const std::vector<float> a = {1, 2, 3, 4, 5, 6};
-  const uint16_t b[3] = {1, 2, 3};
-  ASSERT_TRUE(WriteSafetensors(good.string(),
-                               {{"a", SafetensorsDType::kF32, {2, 3}, a.data()},
-                                {"b", SafetensorsDType::kF16, {3}, b}},
-                               {{"format", "pt"}})
-                  .ok());
-  const std::string bytes = ReadBytes(good);
-  const fs::path path = dir_ / "bad.safetensors";
-  for (size_t n = 0; n < bytes.size(); ++n) {
-    SCOPED_TRACE(n);
-    WriteBytes(path, bytes.substr(0, n));
-    EXPECT_EQ(SafetensorsFile::Open(path.string()).status().code(), StatusCode::kDataLoss);
-  }
-  std::mt19937 rng(1234);
-  for (int trial = 0; trial < 2000; ++trial) {
-    std::string corrupt = bytes;
-    corrupt[rng() % corrupt.size()] = static_cast<char>(rng() % 256);
-    WriteBytes(path, corrupt);
-    StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path.string());
-    if (!file.ok()) {
-      EXPECT_THAT(file.status().message(), HasSubstr(path.string()));
-      continue;
-    }
-    for (const std::string& name : file->TensorNames()) {  // every view must be readable
-      TensorView view = file->Get(name).value();
-      EXPECT_EQ(view.byte_size, view.NumElements() * SafetensorsDTypeBytes(view.dtype));
-      std::string copy(static_cast<const char*>(view.data), view.byte_size);
-    }
-  }
-}
-
-TEST_F(WeightsTest, WriterRejectsDuplicateNames) {
-  const float x = 1;
-  const Status s = WriteSafetensors(
-      (dir_ / "dup.safetensors").string(),
-      {{"a", SafetensorsDType::kF32, {1}, &x}, {"a", SafetensorsDType::kF32, {1}, &x}});
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("'a'"));
-}
-
-// ---------------------------------------------------------------- HF folders
-
-TEST_F(WeightsTest, Gpt2FolderRoundTripsExactly) {
+TEST_F(HfFolderTest, Gpt2FolderRoundTripsExactly) {
   const ModelConfig config = TinyGpt2();
   ModelWeights want;
   const fs::path folder = SaveModel("tiny-gpt2-folder", config, &want);
@@ -475,7 +206,7 @@ TEST_F(WeightsTest, Gpt2FolderRoundTripsExactly) {
   EXPECT_EQ(file->metadata().at("format"), "pt");
 }
 
-TEST_F(WeightsTest, LlamaGqaFolderRoundTripsExactly) {
+TEST_F(HfFolderTest, LlamaGqaFolderRoundTripsExactly) {
   const ModelConfig config = TinyLlama();
   ModelWeights want;
   const fs::path folder = SaveModel("tiny-llama-folder", config, &want);
@@ -505,7 +236,7 @@ TEST_F(WeightsTest, LlamaGqaFolderRoundTripsExactly) {
   EXPECT_EQ(file->TensorNames().size(), 3u + 2 * 9);
 }
 
-TEST_F(WeightsTest, HalfPrecisionFoldersLoadWithinRounding) {
+TEST_F(HfFolderTest, HalfPrecisionFoldersLoadWithinRounding) {
   for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
     for (const ModelConfig& config : {TinyGpt2(), TinyLlama()}) {
       SCOPED_TRACE(config.name + " " + c10::toString(dtype));
@@ -525,7 +256,7 @@ TEST_F(WeightsTest, HalfPrecisionFoldersLoadWithinRounding) {
   }
 }
 
-TEST_F(WeightsTest, ShardedFolderLoads) {
+TEST_F(HfFolderTest, ShardedFolderLoads) {
   const ModelConfig config = TinyLlama();
   ModelWeights want;
   const fs::path folder = SaveModel("sharded", config, &want);
@@ -555,7 +286,7 @@ TEST_F(WeightsTest, ShardedFolderLoads) {
   EXPECT_THAT(got.status().message(), HasSubstr("model-00002-of-00002.safetensors"));
 }
 
-TEST_F(WeightsTest, IndexNamingAnAbsentTensorIsDataLoss) {
+TEST_F(HfFolderTest, IndexNamingAnAbsentTensorIsDataLoss) {
   const ModelConfig config = TinyGpt2();
   const fs::path folder = SaveModel("badindex", config);
   fs::rename(folder / "model.safetensors", folder / "only.safetensors");
@@ -566,7 +297,7 @@ TEST_F(WeightsTest, IndexNamingAnAbsentTensorIsDataLoss) {
   EXPECT_THAT(got.status().message(), HasSubstr("'transformer.ghost.weight'"));
 }
 
-TEST_F(WeightsTest, WrongShapeNamesTensorAndShapes) {
+TEST_F(HfFolderTest, WrongShapeNamesTensorAndShapes) {
   const ModelConfig config = TinyGpt2();
   const fs::path folder = SaveModel("wrongshape", config);
   EditModel(folder, [](std::vector<StoredTensor>& t) {
@@ -581,7 +312,7 @@ TEST_F(WeightsTest, WrongShapeNamesTensorAndShapes) {
   EXPECT_THAT(got.status().message(), HasSubstr("shape [31], expected [32]"));
 }
 
-TEST_F(WeightsTest, MissingTensorIsNotFound) {
+TEST_F(HfFolderTest, MissingTensorIsNotFound) {
   const ModelConfig config = TinyLlama();
   const fs::path folder = SaveModel("missing", config);
   EditModel(folder, [](std::vector<StoredTensor>& t) {
@@ -594,7 +325,7 @@ TEST_F(WeightsTest, MissingTensorIsNotFound) {
   EXPECT_THAT(got.status().message(), HasSubstr("[16, 32]"));
 }
 
-TEST_F(WeightsTest, ExtraTensorIsInvalidArgument) {
+TEST_F(HfFolderTest, ExtraTensorIsInvalidArgument) {
   const ModelConfig config = TinyGpt2();
   const fs::path folder = SaveModel("extra", config);
   EditModel(folder, [](std::vector<StoredTensor>& t) {
@@ -608,7 +339,7 @@ TEST_F(WeightsTest, ExtraTensorIsInvalidArgument) {
   EXPECT_THAT(got.status().message(), HasSubstr("'transformer.h.0.attn.q_norm.weight'"));
 }
 
-TEST_F(WeightsTest, Gpt2WithoutPrefixBuffersAndTiedHeadLoads) {
+TEST_F(HfFolderTest, Gpt2WithoutPrefixBuffersAndTiedHeadLoads) {
   const ModelConfig config = TinyGpt2();
   ModelWeights want;
   const fs::path folder = SaveModel("noprefix", config, &want);
@@ -632,7 +363,7 @@ TEST_F(WeightsTest, Gpt2WithoutPrefixBuffersAndTiedHeadLoads) {
   EXPECT_THAT(got.status().message(), HasSubstr("'lm_head.weight'"));
 }
 
-TEST_F(WeightsTest, LlamaRotaryBuffersAreIgnored) {
+TEST_F(HfFolderTest, LlamaRotaryBuffersAreIgnored) {
   const ModelConfig config = TinyLlama();
   ModelWeights want;
   const fs::path folder = SaveModel("rotary", config, &want);
@@ -647,7 +378,7 @@ TEST_F(WeightsTest, LlamaRotaryBuffersAreIgnored) {
   ExpectSameWeights(want, *got);
 }
 
-TEST_F(WeightsTest, FolderWithoutWeightsIsNotFound) {
+TEST_F(HfFolderTest, FolderWithoutWeightsIsNotFound) {
   fs::create_directories(dir_ / "empty");
   StatusOr<ModelWeights> got = LoadHfWeights((dir_ / "empty").string(), TinyGpt2());
   EXPECT_EQ(got.status().code(), StatusCode::kNotFound);
@@ -658,4 +389,5 @@ TEST_F(WeightsTest, FolderWithoutWeightsIsNotFound) {
 }
 
 }  // namespace
+}  // namespace weights_test
 }  // namespace kvpool
