@@ -231,6 +231,38 @@ TEST_F(EngineTest, FinishesAtMaxTokensAndRejectsFurtherSteps) {
   EXPECT_EQ(engine_->Decode({12345}).code(), StatusCode::kNotFound);
 }
 
+TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
+  EngineOptions options;
+  options.block_size = 8;
+  auto engine = MakeEngine("gpt2", options);
+  GenerationRequest r;
+  r.prompt = RandomPrompt(37, 50257, 11);
+  r.max_tokens = 4;
+  r.ignore_eos = true;
+  SequenceId first = *engine->AddSequence(r);
+  ASSERT_TRUE(engine->Prefill({first}).ok());
+  const std::vector<int32_t> table = engine->sequence(first).block_table;
+  // Four full blocks (32 tokens) hold the prefix; the second request computes 5 tokens.
+  r.prefix_blocks.assign(table.begin(), table.begin() + 4);
+  SequenceId second = *engine->AddSequence(r);
+  EXPECT_EQ(engine->sequence(second).num_kv_tokens, 32);
+  ASSERT_TRUE(engine->Prefill({second}).ok());
+  EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
+                .abs().max().item<double>(), 1e-4);
+  ASSERT_TRUE(engine->Decode({first, second}).ok());
+  EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
+                .abs().max().item<double>(), 1e-4);
+  // Releasing the second frees only its own block; the shared ones stay with the first.
+  const int64_t free_before = engine->allocator().num_free();
+  engine->Release(second);
+  EXPECT_EQ(engine->allocator().num_free(), free_before + 1);
+  r.prefix_blocks.assign(table.begin(), table.begin() + 5);  // 40 >= 37 prompt tokens
+  EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("at least one prompt token"));
+  r.prefix_blocks = {0};
+  r.mode = KvMode::kContiguous;
+  EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("paged"));
+}
+
 TEST(EngineStopTest, StopStringEndsGeneration) {
   std::shared_ptr<const Tokenizer> tok;
   try {

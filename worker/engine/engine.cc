@@ -50,7 +50,8 @@ const char* FinishReasonName(FinishReason reason) {
 
 StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeights weights,
                                                  EngineOptions options,
-                                                 std::shared_ptr<const Tokenizer> tokenizer) {
+                                                 std::shared_ptr<const Tokenizer> tokenizer,
+                                                 std::optional<KvPool> external_pool) {
   KVPOOL_RETURN_IF_ERROR(config.Validate());
   if (!config.runnable) {
     return InvalidArgument("model '" + config.name +
@@ -63,7 +64,6 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   }
   if (options.threads < 0) return InvalidArgument("threads must be >= 0");
   if (options.threads > 0) at::set_num_threads(options.threads);
-  if (options.num_blocks <= 0) options.num_blocks = 4 * CeilDiv(config.max_position, options.block_size);
   std::unique_ptr<ModelRunner> runner;
   if (options.device == "cpu") {
     runner = std::make_unique<Model>(std::move(config), std::move(weights));
@@ -75,17 +75,36 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   } else {
     return InvalidArgument("unknown device '" + options.device + "' (cpu, cuda, cuda:N)");
   }
-  const ModelConfig& c = runner->config();
+  const PoolGeometry g = GeometryFor(runner->config(), options, runner->kv_dtype());
+  if (external_pool && external_pool->geometry() != g) {
+    return FailedPrecondition("the shared KV pool's geometry does not match model '" +
+                              runner->config().name + "' with block size " +
+                              std::to_string(options.block_size));
+  }
+  std::optional<KvPool> pool = std::move(external_pool);
+  if (!pool) {
+    KVPOOL_ASSIGN_OR_RETURN(KvPool own, runner->CreatePool(g));
+    pool.emplace(std::move(own));
+  }
+  return std::unique_ptr<Engine>(
+      new Engine(std::move(runner), std::move(*pool), options, std::move(tokenizer)));
+}
+
+PoolGeometry Engine::GeometryFor(const ModelConfig& c, const EngineOptions& options,
+                                 KvDtype dtype) {
   PoolGeometry g;
   g.num_layers = static_cast<int32_t>(c.num_layers);
   g.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
   g.head_dim = static_cast<int32_t>(c.head_dim);
   g.block_size = options.block_size;
-  g.num_blocks = options.num_blocks;
-  g.dtype = runner->kv_dtype();
-  KVPOOL_ASSIGN_OR_RETURN(KvPool pool, runner->CreatePool(g));
-  return std::unique_ptr<Engine>(
-      new Engine(std::move(runner), std::move(pool), options, std::move(tokenizer)));
+  g.num_blocks = options.num_blocks > 0 ? options.num_blocks
+                                        : 4 * CeilDiv(c.max_position, options.block_size);
+  g.dtype = dtype;
+  return g;
+}
+
+Status Engine::ReserveBlocks(const std::vector<int32_t>& blocks) {
+  return allocator_.Claim(blocks);
 }
 
 Engine::Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions options,
@@ -121,6 +140,19 @@ Status Engine::ValidateRequest(const GenerationRequest& r) const {
                            std::to_string(c.max_position));
   }
   KVPOOL_RETURN_IF_ERROR(r.sampling.Validate());
+  if (!r.prefix_blocks.empty()) {
+    if (r.mode != KvMode::kPaged) return InvalidArgument("prefix blocks need the paged mode");
+    const int64_t cached = static_cast<int64_t>(r.prefix_blocks.size()) * options_.block_size;
+    if (cached >= n) {
+      return InvalidArgument("a prefix hit must leave at least one prompt token to compute (" +
+                             std::to_string(cached) + " cached of " + std::to_string(n) + ")");
+    }
+    for (int32_t b : r.prefix_blocks) {
+      if (b < 0 || b >= pool_.geometry().num_blocks) {
+        return InvalidArgument("prefix block " + std::to_string(b) + " is outside the pool");
+      }
+    }
+  }
   if (!r.stop.empty() && tokenizer_ == nullptr) {
     return InvalidArgument("stop strings need a tokenizer; this engine has none");
   }
@@ -151,6 +183,9 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
                             allocator_.AllocateContiguous(CeilDiv(
                                 prompt_len + seq.request.max_tokens, options_.block_size)));
   } else if (seq.request.mode == KvMode::kPaged) {
+    seq.block_table = seq.request.prefix_blocks;
+    seq.num_shared_blocks = static_cast<int64_t>(seq.block_table.size());
+    seq.num_kv_tokens = seq.num_shared_blocks * options_.block_size;
     KVPOOL_RETURN_IF_ERROR(EnsureBlocks(seq, prompt_len));
   }
   const SequenceId id = next_id_++;
@@ -161,7 +196,9 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
 void Engine::Release(SequenceId id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
-  allocator_.Free(it->second.block_table);
+  const Sequence& s = it->second;
+  allocator_.Free(std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks,
+                                       s.block_table.end()));
   sequences_.erase(it);
 }
 
@@ -227,7 +264,8 @@ Status Engine::Prefill(const std::vector<SequenceId>& ids) {
   if (!cached.empty()) {
     batch_.Clear();
     for (Sequence* s : cached) {
-      batch_.AddTokens(s->tokens, 0, s->prompt_len(), s->block_table, options_.block_size, true);
+      batch_.AddTokens(s->tokens, s->num_kv_tokens, s->prompt_len(), s->block_table,
+                       options_.block_size, true);
     }
     at::Tensor logits = runner_->Forward(batch_, pool_);
     for (size_t i = 0; i < cached.size(); ++i) {

@@ -46,6 +46,11 @@ struct GenerationRequest {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings (needs the engine's tokenizer)
   bool ignore_eos = false;
+  // A prefix-cache hit (paged mode): full blocks that already hold the K/V of the
+  // prompt's first prefix_blocks.size() * block_size tokens, written by this or
+  // another process sharing the pool. They are shared, never freed by this engine,
+  // and their tokens are not prefilled again.
+  std::vector<int32_t> prefix_blocks;
 };
 
 struct EngineOptions {
@@ -64,6 +69,7 @@ struct Sequence {
   std::vector<int32_t> tokens;       // prompt, then generated tokens
   std::vector<int32_t> block_table;  // pool blocks (empty in `none` mode)
   int64_t num_kv_tokens = 0;         // tokens whose K/V are in the pool
+  int64_t num_shared_blocks = 0;     // leading blocks of the table owned elsewhere
   bool prefilled = false;
   FinishReason finish = FinishReason::kRunning;
   at::Tensor last_logits;            // [vocab], from the latest forward
@@ -93,9 +99,18 @@ struct GenerationResult {
 
 class Engine {
  public:
+  // `pool`, when given, is memory someone else set up (an attached shared pool); its
+  // geometry must match the model and options.
   static StatusOr<std::unique_ptr<Engine>> Create(ModelConfig config, ModelWeights weights,
                                                   EngineOptions options,
-                                                  std::shared_ptr<const Tokenizer> tokenizer = {});
+                                                  std::shared_ptr<const Tokenizer> tokenizer = {},
+                                                  std::optional<KvPool> pool = std::nullopt);
+  // The geometry this engine's pool has for a model and options.
+  static PoolGeometry GeometryFor(const ModelConfig& config, const EngineOptions& options,
+                                  KvDtype dtype);
+  // Takes blocks out of this engine's free list: in a pool shared with another
+  // process, the blocks that process owns.
+  Status ReserveBlocks(const std::vector<int32_t>& blocks);
 
   Status ValidateRequest(const GenerationRequest& request) const;
   // Validates and admits a request, reserving its blocks as its mode says.

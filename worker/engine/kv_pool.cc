@@ -70,6 +70,16 @@ StatusOr<std::vector<int32_t>> BlockAllocator::AllocateContiguous(int64_t n) {
                            " in total: fragmentation)");
 }
 
+Status BlockAllocator::Claim(const std::vector<int32_t>& blocks) {
+  for (int32_t b : blocks) {
+    if (free_ids_.count(b) == 0) {
+      return FailedPrecondition("block " + std::to_string(b) + " is not free");
+    }
+  }
+  for (int32_t b : blocks) free_ids_.erase(b);
+  return Status::Ok();
+}
+
 void BlockAllocator::Free(const std::vector<int32_t>& blocks) {
   for (int32_t b : blocks) {
     if (b < 0 || b >= num_blocks_ || !free_ids_.insert(b).second) {

@@ -63,6 +63,8 @@ class BlockAllocator {
   // RESOURCE_EXHAUSTED when no run is long enough, even if enough blocks are free.
   StatusOr<std::vector<int32_t>> AllocateContiguous(int64_t n);
   void Free(const std::vector<int32_t>& blocks);
+  // Marks these free blocks as taken (FAILED_PRECONDITION if one is not free).
+  Status Claim(const std::vector<int32_t>& blocks);
 
   int64_t num_blocks() const { return num_blocks_; }
   int64_t num_free() const { return static_cast<int64_t>(free_ids_.size()); }
