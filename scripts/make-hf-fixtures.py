@@ -63,7 +63,15 @@ def reference(model, out_dir, note):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/data/hf")
+    ap.add_argument("--reference-dir", help="only write reference.safetensors for this existing "
+                    "Hugging Face folder (e.g. one written by kvpool-export-hf)")
     args = ap.parse_args()
+    if args.reference_dir:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(args.reference_dir, torch_dtype=torch.float32)
+        reference(model, args.reference_dir, "folder written by kvpool-export-hf")
+        print("wrote", os.path.join(args.reference_dir, "reference.safetensors"))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(4)
 

@@ -26,8 +26,8 @@ double Median(std::vector<double> v) {
 }
 
 // Best of several parallel sums over a buffer far larger than the caches: bytes/s.
-double MeasureReadBandwidth() {
-  at::Tensor buf = at::ones({int64_t{1} << 28}, at::kFloat);  // 1 GiB, touched
+double MeasureReadBandwidth(const std::string& device) {
+  at::Tensor buf = at::ones({int64_t{1} << 28}, at::TensorOptions(at::kFloat).device(device));  // 1 GiB
   double best_s = 1e9;
   for (int i = 0; i < 7; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -44,7 +44,7 @@ StatusOr<double> DecodeSecondsPerToken(Engine& engine, KvMode mode, int64_t cont
                                        int32_t warmup, int32_t steps) {
   GenerationRequest r;
   std::mt19937 rng(context);
-  std::uniform_int_distribution<int32_t> dist(0, engine.model().config().vocab_size - 1);
+  std::uniform_int_distribution<int32_t> dist(0, engine.config().vocab_size - 1);
   for (int64_t i = 0; i < context; ++i) r.prompt.push_back(dist(rng));
   r.max_tokens = warmup + steps + 1;
   r.mode = mode;
@@ -66,7 +66,7 @@ StatusOr<double> DecodeSecondsPerToken(Engine& engine, KvMode mode, int64_t cont
 
 int Main(int argc, char** argv) {
   CLI::App app{"In-process decode latency of kvpool's three KV modes"};
-  std::string model = "gpt2";
+  std::string model = "gpt2", device = "cpu", dtype_name = "fp32";
   int threads = 2, steps = 20, warmup = 3, block_size = 16;
   bool json = false, quick = false;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
@@ -74,6 +74,9 @@ int Main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed decode steps per point (median)")->check(CLI::Range(1, 10000));
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(0, 1000));
   app.add_option("--block-size", block_size, "tokens per KV block")->check(CLI::Range(1, 1024));
+  app.add_option("--device", device, "cpu, cuda or cuda:N");
+  app.add_option("--dtype", dtype_name, "weights and KV on CUDA: fp32, fp16 or bf16")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
   CLI11_PARSE(app, argc, argv);
@@ -83,11 +86,16 @@ int Main(int argc, char** argv) {
     std::cerr << "kvpool-engine-bench: " << loaded.status().ToString() << "\n";
     return 2;
   }
-  const int64_t weight_bytes = loaded->weights.ParameterBytes();
+  const at::ScalarType dtype = dtype_name == "fp16" ? at::kHalf
+                              : dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+  const int64_t weight_bytes =
+      loaded->weights.ParameterBytes() / 4 * static_cast<int64_t>(c10::elementSize(dtype));
   const ModelConfig config = loaded->config;
   EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
+  options.device = device;
+  options.dtype = dtype;
   auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
   if (!engine_or.ok()) {
     std::cerr << "kvpool-engine-bench: " << engine_or.status().ToString() << "\n";
@@ -130,11 +138,13 @@ int Main(int argc, char** argv) {
   }
   none_curve.push_back({{"context", ctx_small}, {"ms_per_token", per_mode["none"]}});
   none_curve.push_back({{"context", ctx_none}, {"ms_per_token", *none_512 * 1e3}});
-  const double bandwidth = MeasureReadBandwidth();
+  const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.runner().device());
 
   out["model"] = config.name;
   out["weights"] = loaded->source;
   out["threads"] = threads;
+  out["device"] = engine.runner().device();
+  out["dtype"] = dtype_name;
   out["block_size"] = block_size;
   out["batch"] = 1;
   out["steps_per_point"] = steps;
@@ -156,8 +166,9 @@ int Main(int argc, char** argv) {
     std::cout << out.dump(2) << std::endl;
     return 0;
   }
-  std::printf("model %s (%s), %d threads, block size %d, batch 1, median of %d steps\n",
-              config.name.c_str(), loaded->source.c_str(), threads, block_size, steps);
+  std::printf("model %s (%s) on %s %s, %d threads, block size %d, batch 1, median of %d steps\n",
+              config.name.c_str(), loaded->source.c_str(), engine.runner().device().c_str(),
+              dtype_name.c_str(), threads, block_size, steps);
   std::printf("%-34s %10s\n", "measure", "ms/token");
   for (const char* m : {"none", "contiguous", "paged"}) {
     std::printf("%-34s %10.2f\n", (std::string(m) + " @ context " + std::to_string(ctx_small)).c_str(),

@@ -56,7 +56,7 @@ int Main(int argc, char** argv) {
   Engine& engine = **engine_or;
 
   nlohmann::json report;
-  report["model"] = engine.model().config().name;
+  report["model"] = engine.config().name;
   report["weights"] = source;
   report["prompt"] = prompt;
   report["prompt_tokens"] = prompt_ids.size();

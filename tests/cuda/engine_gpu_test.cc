@@ -1,0 +1,286 @@
+// The engine on a GPU (LibTorch CUDA + kvpool's CUDA kernels + CUDA graphs):
+// the three modes give the same greedy tokens; GPU fp32 logits equal the CPU engine's
+// and Hugging Face's; graphs equal eager; and a second process that maps the pool
+// through CUDA IPC reuses a prefix the first process wrote (a prefix hit across
+// processes). Skips without a CUDA device.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "cuda/cuda_pool.h"
+#include "engine/engine.h"
+#include "engine/model_loader.h"
+#include "gpu_test_util.h"
+#include "weights/safetensors.h"
+#include "weights/safetensors_aten.h"
+
+extern char** environ;
+
+namespace kvpool {
+namespace {
+
+std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> out(n);
+  for (auto& t : out) t = dist(rng);
+  return out;
+}
+
+std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& device,
+                                   at::ScalarType dtype, bool graphs = true,
+                                   int32_t block_size = 16, std::optional<KvPool> pool = {}) {
+  ModelConfig config = BuiltinModelConfig(model).value();
+  EngineOptions options;
+  options.device = device;
+  options.dtype = dtype;
+  options.cuda_graphs = graphs;
+  options.block_size = block_size;
+  options.num_blocks = 256;
+  auto engine = Engine::Create(config, RandomWeights(config, 7), options, {}, std::move(pool));
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  return std::move(engine).value();
+}
+
+struct Trace {
+  std::vector<std::vector<at::Tensor>> logits;
+  std::vector<std::vector<int32_t>> tokens;
+};
+
+Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths, int32_t steps) {
+  std::vector<SequenceId> ids;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    GenerationRequest r;
+    r.prompt = RandomPrompt(lengths[i], engine.config().vocab_size, 100 + i);
+    r.max_tokens = steps + 1;
+    r.mode = mode;
+    r.ignore_eos = true;
+    ids.push_back(engine.AddSequence(std::move(r)).value());
+  }
+  Trace t;
+  t.logits.resize(ids.size());
+  auto collect = [&] {
+    for (size_t i = 0; i < ids.size(); ++i) t.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
+  };
+  EXPECT_TRUE(engine.Prefill(ids).ok());
+  collect();
+  for (int32_t s = 0; s < steps; ++s) {
+    Status st = engine.Decode(ids);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    collect();
+  }
+  for (SequenceId id : ids) {
+    const Sequence& seq = engine.sequence(id);
+    t.tokens.emplace_back(seq.tokens.begin() + seq.prompt_len(), seq.tokens.end());
+    engine.Release(id);
+  }
+  return t;
+}
+
+double MaxDiff(const Trace& a, const Trace& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.logits.size(); ++i) {
+    for (size_t s = 0; s < a.logits[i].size(); ++s) {
+      worst = std::max(worst, (a.logits[i][s] - b.logits[i][s]).abs().max().item<double>());
+    }
+  }
+  return worst;
+}
+
+TEST(EngineGpuTest, ThreeModesSameGreedyTokensFp16) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  auto engine = MakeEngine("gpt2", "cuda", at::kHalf);
+  for (const std::vector<int64_t>& lengths : std::vector<std::vector<int64_t>>{{23}, {5, 17, 33, 9}}) {
+    const Trace none = RunBatch(*engine, KvMode::kNone, lengths, 8);
+    const Trace contiguous = RunBatch(*engine, KvMode::kContiguous, lengths, 8);
+    const Trace paged = RunBatch(*engine, KvMode::kPaged, lengths, 8);
+    EXPECT_EQ(none.tokens, contiguous.tokens) << "batch " << lengths.size();
+    EXPECT_EQ(none.tokens, paged.tokens) << "batch " << lengths.size();
+    EXPECT_LE(MaxDiff(contiguous, paged), 1e-6) << "same kernel, same K/V: bitwise equal";
+  }
+}
+
+class GpuVsCpuTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuVsCpuTest, Fp32LogitsEqualTheCpuEngine) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  auto gpu = MakeEngine(GetParam(), "cuda", at::kFloat);
+  auto cpu = MakeEngine(GetParam(), "cpu", at::kFloat);
+  for (KvMode mode : {KvMode::kNone, KvMode::kPaged}) {
+    const Trace g = RunBatch(*gpu, mode, {5, 40, 17}, 6);
+    const Trace c = RunBatch(*cpu, mode, {5, 40, 17}, 6);
+    EXPECT_LE(MaxDiff(g, c), 1e-3) << KvModeName(mode);
+    EXPECT_EQ(g.tokens, c.tokens) << KvModeName(mode);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GpuVsCpuTest, ::testing::Values("gpt2", "llama-gqa-small"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) ch = ch == '-' ? '_' : ch;
+                           return n;
+                         });
+
+TEST(EngineGpuTest, CudaGraphsEqualEager) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  auto graphs = MakeEngine("gpt2", "cuda", at::kHalf, /*graphs=*/true);
+  auto eager = MakeEngine("gpt2", "cuda", at::kHalf, /*graphs=*/false);
+  // Batch sizes 1, 3 (padded to 4) and 8 exercise three captured graphs.
+  for (const std::vector<int64_t>& lengths :
+       std::vector<std::vector<int64_t>>{{30}, {5, 70, 12}, {3, 9, 27, 81, 11, 50, 7, 20}}) {
+    const Trace a = RunBatch(*graphs, KvMode::kPaged, lengths, 10);
+    const Trace b = RunBatch(*eager, KvMode::kPaged, lengths, 10);
+    EXPECT_EQ(a.tokens, b.tokens);
+    EXPECT_LE(MaxDiff(a, b), 1e-2);
+  }
+}
+
+// Hugging Face's logits for folders made by transformers: the committed tiny ones and,
+// when KVPOOL_HF_GPT2_DIR is set (scripts/gpu-check.sh does), full-size GPT-2 on our
+// own random weights exported with kvpool-export-hf.
+TEST(EngineGpuTest, Fp32LogitsEqualHuggingFace) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  std::vector<std::string> dirs = {KVPOOL_TEST_DATA_DIR "/hf/tiny-gpt2", KVPOOL_TEST_DATA_DIR "/hf/tiny-llama-gqa"};
+  if (const char* extra = std::getenv("KVPOOL_HF_GPT2_DIR")) dirs.push_back(extra);
+  for (const std::string& dir : dirs) {
+    if (!std::filesystem::exists(dir + "/reference.safetensors")) {
+      ADD_FAILURE() << dir << "/reference.safetensors is missing";
+      continue;
+    }
+    auto loaded = LoadModel(dir);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    EngineOptions options;
+    options.device = "cuda";
+    options.dtype = at::kFloat;
+    options.block_size = 16;
+    auto engine = Engine::Create(loaded->config, std::move(loaded->weights), options).value();
+    auto ref = SafetensorsFile::Open(dir + "/reference.safetensors").value();
+    double worst = 0;
+    for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
+      const std::string key = "prompt" + std::to_string(p);
+      auto read_ids = [&](const std::string& name) {
+        TensorView v = ref.Get(name).value();
+        std::vector<int64_t> raw(v.NumElements());
+        std::memcpy(raw.data(), v.data, raw.size() * sizeof(int64_t));
+        return std::vector<int32_t>(raw.begin(), raw.end());
+      };
+      const std::vector<int32_t> prompt = read_ids(key + ".ids");
+      const std::vector<int32_t> want = read_ids(key + ".greedy_use_cache");
+      const at::Tensor logits = FloatTensorFromView(ref.Get(key + ".logits").value()).value();
+      GenerationRequest r;
+      r.prompt = prompt;
+      r.max_tokens = static_cast<int32_t>(want.size());
+      r.ignore_eos = true;
+      SequenceId id = engine->AddSequence(r).value();
+      ASSERT_TRUE(engine->Prefill({id}).ok());
+      for (size_t step = 0;; ++step) {
+        const at::Tensor w = logits[static_cast<int64_t>(prompt.size() + step) - 1];
+        worst = std::max(worst, (engine->sequence(id).last_logits - w).abs().max().item<double>());
+        if (engine->sequence(id).finished()) break;
+        ASSERT_TRUE(engine->Decode({id}).ok());
+      }
+      const Sequence& s = engine->sequence(id);
+      EXPECT_EQ(std::vector<int32_t>(s.tokens.begin() + s.prompt_len(), s.tokens.end()), want) << dir;
+      engine->Release(id);
+    }
+    std::printf("[ hf ] %s: max |logit diff| vs transformers = %.3g\n", dir.c_str(), worst);
+    EXPECT_LE(worst, 1e-3) << dir;
+  }
+}
+
+// ---- a prefix hit across processes through CUDA IPC ----
+constexpr char kChildEnv[] = "KVPOOL_ENGINE_IPC_CHILD";
+constexpr int kBlockSize = 16;
+constexpr int kPromptLen = 40;  // 2 full blocks of prefix + 8 tokens
+
+GenerationRequest IpcRequest() {
+  GenerationRequest r;
+  r.prompt = RandomPrompt(kPromptLen, 50257, 99);
+  r.max_tokens = 6;
+  r.ignore_eos = true;
+  return r;
+}
+
+TEST(EngineGpuIpcTest, SecondProcessReusesThePrefixTheFirstWrote) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "child process";
+  ModelConfig config = BuiltinModelConfig("gpt2").value();
+  EngineOptions options;
+  options.block_size = kBlockSize;
+  options.num_blocks = 64;
+  const PoolGeometry g = Engine::GeometryFor(config, options, KvDtype::kFloat16);
+  auto host = std::make_shared<gpu::CudaPoolHost>(gpu::CudaPoolHost::Create(0, g).value());
+  auto engine = MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize,
+                           KvPool::Adopt(g, host->base(), host));
+  SequenceId id = engine->AddSequence(IpcRequest()).value();
+  ASSERT_TRUE(engine->Prefill({id}).ok());
+  std::vector<int32_t> generated = {engine->sequence(id).tokens.back()};
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(engine->Decode({id}).ok());
+    generated.push_back(engine->sequence(id).tokens.back());
+  }
+  // The child gets the handle, the blocks this process holds and the tokens it expects.
+  std::ostringstream spec;
+  spec << gpu::IpcHandleToHex(host->ipc_handle()) << " " << host->gpu_uuid();
+  for (int32_t b : engine->sequence(id).block_table) spec << " b" << b;
+  for (int32_t t : generated) spec << " t" << t;
+  const std::string env_entry = std::string(kChildEnv) + "=" + spec.str();
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  envp.push_back(const_cast<char*>(env_entry.c_str()));
+  envp.push_back(nullptr);
+  std::string filter = "--gtest_filter=EngineGpuIpcTest.Child";
+  char* argv[] = {const_cast<char*>("engine_gpu_test"), filter.data(), nullptr};
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, envp.data()), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child process failed: see its output above";
+}
+
+TEST(EngineGpuIpcTest, Child) {
+  const char* spec_env = std::getenv(kChildEnv);
+  if (spec_env == nullptr) GTEST_SKIP() << "runs only as the child of the test above";
+  std::istringstream spec(spec_env);
+  std::string hex, uuid, item;
+  spec >> hex >> uuid;
+  std::vector<int32_t> parent_blocks, want_tokens;
+  while (spec >> item) (item[0] == 'b' ? parent_blocks : want_tokens).push_back(std::stoi(item.substr(1)));
+  ModelConfig config = BuiltinModelConfig("gpt2").value();
+  EngineOptions options;
+  options.block_size = kBlockSize;
+  options.num_blocks = 64;
+  const PoolGeometry g = Engine::GeometryFor(config, options, KvDtype::kFloat16);
+  auto handle = gpu::IpcHandleFromHex(hex).value();
+  auto attached = std::make_shared<gpu::CudaPoolAttachment>(gpu::CudaPoolAttachment::Open(handle, uuid, g).value());
+  auto engine = MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize,
+                           KvPool::Adopt(g, attached->base(), attached));
+  ASSERT_TRUE(engine->ReserveBlocks(parent_blocks).ok());  // the parent owns them
+  GenerationRequest r = IpcRequest();
+  r.prefix_blocks = {parent_blocks[0], parent_blocks[1]};  // 32 tokens written by the parent
+  SequenceId id = engine->AddSequence(r).value();
+  EXPECT_EQ(engine->sequence(id).num_kv_tokens, 2 * kBlockSize);
+  ASSERT_TRUE(engine->Prefill({id}).ok());  // computes only the last 8 prompt tokens
+  std::vector<int32_t> got = {engine->sequence(id).tokens.back()};
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(engine->Decode({id}).ok());
+    got.push_back(engine->sequence(id).tokens.back());
+  }
+  EXPECT_EQ(got, want_tokens) << "greedy tokens from the shared prefix differ from the parent's";
+  for (int32_t b : engine->sequence(id).block_table) {
+    EXPECT_TRUE(std::find(parent_blocks.begin() + 2, parent_blocks.end(), b) == parent_blocks.end())
+        << "the child wrote into a block the parent owns";
+  }
+}
+
+}  // namespace
+}  // namespace kvpool
