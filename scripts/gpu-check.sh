@@ -33,7 +33,7 @@ log "build"
 ninja -C build-gpu -j "$(nproc)" engine_gpu_test kvpool_cuda_kernels_test kvpool_cuda_pool_test \
   engine_test hf_reference_test kvpool-cuda-attention-bench kvpool-engine-bench kvpool-export-hf \
   >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -n 60; exit 1; }
-grep -c "warning:" "$OUT/build.log" | xargs -I{} echo "   {} compiler warnings (see build.log)"
+echo "   $(grep -c "warning:" "$OUT/build.log" || true) compiler warnings (see build.log)"
 
 status=0
 run_test() {
