@@ -28,21 +28,31 @@ fi
 log "configure (PyTorch $(python3 -c 'import torch; print(torch.__version__)'), $(nvcc --version | tail -n 2 | head -n 1))"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$prefix_path" -DKVPOOL_WERROR=OFF -DKVPOOL_SERVICES=OFF \
-  -DKVPOOL_TEST_AREAS="engine;weights;cuda" >"$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; exit 1; }
+  -DKVPOOL_TEST_AREAS="tokenizer;engine;weights;cuda" >"$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; exit 1; }
 log "build"
 ninja -C build-gpu -j "$(nproc)" engine_gpu_test kvpool_cuda_kernels_test kvpool_cuda_pool_test \
-  engine_test hf_reference_test kvpool-cuda-attention-bench kvpool-engine-bench kvpool-export-hf \
+  engine_test hf_reference_test tokenizer_test kvpool-cuda-attention-bench kvpool-engine-bench kvpool-export-hf \
   >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -n 60; exit 1; }
 echo "   $(grep -c "warning:" "$OUT/build.log" || true) compiler warnings (see build.log)"
+grep -E "^(SENTENCEPIECE_LIB|KVPOOL_SENTENCEPIECE)" build-gpu/CMakeCache.txt | sed 's/^/   /' || true
 
 status=0
 run_test() {
   log "test $*"
-  if ! "$@" >>"$OUT/tests.log" 2>&1; then status=1; echo "   FAILED: $*"; fi
-  tail -n 3 "$OUT/tests.log" | sed 's/^/   /'
+  local one="$OUT/test-$(basename "$1").log"
+  if "$@" >"$one" 2>&1; then
+    tail -n 3 "$one" | sed 's/^/   /'
+  else
+    status=1
+    echo "   FAILED: $*"
+    grep -E "FAILED|Failure|error|Which is|Expected|Actual|\[ RUN" "$one" | tail -n 30 | sed 's/^/   /'
+    tail -n 5 "$one" | sed 's/^/   /'
+  fi
+  cat "$one" >>"$OUT/tests.log"
 }
 run_test build-gpu/bin/kvpool_cuda_kernels_test
 run_test build-gpu/bin/kvpool_cuda_pool_test
+run_test build-gpu/bin/tokenizer_test
 run_test build-gpu/bin/engine_test
 run_test build-gpu/bin/hf_reference_test
 gpt2_dir="$here/build-gpu/gpt2-random"
@@ -53,6 +63,8 @@ grep "\[ hf \]" "$OUT/tests.log" | sed 's/^/   /' || true
 
 log "bench"
 build-gpu/bin/kvpool-cuda-attention-bench >"$OUT/attention-bench.txt" 2>&1 || status=1
+build-gpu/bin/kvpool-engine-bench --model gpt2 --device cuda --dtype fp16 --no-cuda-graphs --quick \
+  --json >"$OUT/engine-bench-cuda-fp16-eager.json" 2>>"$OUT/bench.log" || status=1
 for dtype in fp16 fp32; do
   build-gpu/bin/kvpool-engine-bench --model gpt2 --device cuda --dtype "$dtype" --json \
     >"$OUT/engine-bench-cuda-$dtype.json" 2>>"$OUT/bench.log" || status=1
@@ -79,6 +91,11 @@ for dtype in ("fp16", "fp32"):
     rows.setdefault("bandwidth floor", {})[dtype] = k["bandwidth_floor_ms_per_token"]
 for name, v in rows.items():
     print(f"{name:24}" + "".join(f"{v.get(d, float('nan')):>10.3f}" for d in ("fp16", "fp32")))
+try:
+    e = json.load(open(os.path.join(out, "engine-bench-cuda-fp16-eager.json")))
+    print(f"kvpool paged fp16 without CUDA graphs: {e['decode_ms_per_token']['paged']:.3f} ms")
+except Exception:
+    pass
 for dtype in ("fp16",):
     try:
         k = json.load(open(os.path.join(out, f"engine-bench-cuda-{dtype}.json")))

@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -44,7 +45,7 @@ std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& 
   options.dtype = dtype;
   options.cuda_graphs = graphs;
   options.block_size = block_size;
-  options.num_blocks = 256;
+  options.num_blocks = pool ? pool->geometry().num_blocks : 256;
   auto engine = Engine::Create(config, RandomWeights(config, 7), options, {}, std::move(pool));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();

@@ -35,6 +35,7 @@ KvDtype ToKvDtype(at::ScalarType t) {
 // Device-side inputs of one forward. Decode graphs keep one of these alive as the
 // static buffers their replays read.
 struct DeviceInputs {
+  at::Tensor packed64, packed32;                               // what the views below slice
   at::Tensor token_ids, positions, slots, logit_rows;          // int64
   at::Tensor context_lens, query_start, block_tables;          // int32
   at::Tensor decode_workspace;                                 // bytes, may be empty
@@ -80,7 +81,7 @@ class CudaModelRunner : public ModelRunner {
     c10::cuda::CUDAGuard guard(device_);
     const bool use_graph = graphs_ && batch.decode_only() && batch.num_seqs() <= kMaxGraphBatch;
     if (!use_graph) {
-      DeviceInputs in = Upload(batch, pool.geometry(), batch.num_seqs());
+      DeviceInputs in = Upload(batch, batch.num_seqs());
       return RunLayers(in, pool).to(at::kCPU, at::kFloat);
     }
     int64_t bucket = kMaxGraphBatch;
@@ -97,12 +98,11 @@ class CudaModelRunner : public ModelRunner {
     if (it == graphs_by_batch_.end()) it = graphs_by_batch_.emplace(key, Capture(bucket, max_blocks, pool)).first;
     DecodeGraph& g = *it->second;
     // New inputs into the graph's static buffers, then one replay.
-    DeviceInputs fresh = Upload(batch, pool.geometry(), bucket, max_blocks);
-    g.inputs.token_ids.copy_(fresh.token_ids, true);
-    g.inputs.positions.copy_(fresh.positions, true);
-    g.inputs.slots.copy_(fresh.slots, true);
-    g.inputs.context_lens.copy_(fresh.context_lens, true);
-    g.inputs.block_tables.copy_(fresh.block_tables, true);
+    // The host packing of a padded decode batch has the static buffers' layout: two
+    // copies refresh every input.
+    auto [h64, h32] = PackHost(batch, bucket, max_blocks);
+    g.inputs.packed64.copy_(h64, /*non_blocking=*/true);
+    g.inputs.packed32.copy_(h32, /*non_blocking=*/true);
     g.graph.replay();
     return g.logits.narrow(0, 0, batch.num_seqs()).to(at::kCPU, at::kFloat);
   }
@@ -116,57 +116,84 @@ class CudaModelRunner : public ModelRunner {
 
   at::Device Device() const { return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_)); }
 
-  // Packs the batch's metadata into two pinned host tensors and copies each to the
-  // device at once. `pad_seqs` >= num_seqs pads a decode batch: padded rows write no
-  // K/V (slot -1) and attend to nothing (context 0).
-  DeviceInputs Upload(const ForwardBatch& b, const PoolGeometry& g, int64_t pad_seqs,
-                      int64_t max_blocks = 0) {
-    DeviceInputs in;
-    const int64_t seqs = b.num_seqs();
-    const int64_t pad_tokens = static_cast<int64_t>(b.token_ids.size()) + (pad_seqs - seqs);
+  struct Layout {
+    int64_t seqs = 0, tokens = 0, rows = 0, max_blocks = 1;
+    int32_t max_query_len = 1, max_context_len = 0;
+  };
+
+  Layout LayoutOf(const ForwardBatch& b, int64_t pad_seqs, int64_t max_blocks) const {
+    Layout l;
     for (const auto* t : b.block_tables) max_blocks = std::max<int64_t>(max_blocks, t->size());
-    in.num_seqs = pad_seqs;
-    in.num_tokens = pad_tokens;
-    in.max_blocks = std::max<int64_t>(max_blocks, 1);
-    in.decode = b.decode_only();
-    const int64_t rows = in.decode ? pad_seqs : static_cast<int64_t>(b.logit_rows.size());
-    at::Tensor h64 = at::empty({3 * pad_tokens + rows}, at::TensorOptions(at::kLong).pinned_memory(true));
-    int64_t* p = h64.data_ptr<int64_t>();
-    for (int64_t i = 0; i < pad_tokens; ++i) {
-      const bool real = i < static_cast<int64_t>(b.token_ids.size());
+    l.seqs = pad_seqs;
+    l.tokens = static_cast<int64_t>(b.token_ids.size()) + (pad_seqs - b.num_seqs());
+    l.rows = b.decode_only() ? pad_seqs : static_cast<int64_t>(b.logit_rows.size());
+    l.max_blocks = std::max<int64_t>(max_blocks, 1);
+    for (int64_t s = 0; s < b.num_seqs(); ++s) {
+      l.max_query_len = std::max(l.max_query_len, b.query_start[s + 1] - b.query_start[s]);
+      l.max_context_len = std::max(l.max_context_len, b.context_lens[s]);
+    }
+    return l;
+  }
+
+  // Packs the batch's metadata into two reused pinned host buffers (int64: ids,
+  // positions, slots, logit rows; int32: context lengths, query starts, block tables).
+  // `pad_seqs` >= num_seqs pads a decode batch: padded rows write no K/V (slot -1) and
+  // attend to nothing (context 0). The buffers are rewritten only after the previous
+  // step's logits came back, so no copy from them is still in flight.
+  std::pair<at::Tensor, at::Tensor> PackHost(const ForwardBatch& b, int64_t pad_seqs,
+                                             int64_t max_blocks) {
+    const Layout l = LayoutOf(b, pad_seqs, max_blocks);
+    const int64_t n64 = 3 * l.tokens + l.rows, n32 = 2 * l.seqs + 1 + l.seqs * l.max_blocks;
+    if (!host64_.defined() || host64_.numel() < n64) {
+      host64_ = at::empty({std::max<int64_t>(n64, 4096)}, at::TensorOptions(at::kLong).pinned_memory(true));
+    }
+    if (!host32_.defined() || host32_.numel() < n32) {
+      host32_ = at::empty({std::max<int64_t>(n32, 4096)}, at::TensorOptions(at::kInt).pinned_memory(true));
+    }
+    int64_t* p = host64_.data_ptr<int64_t>();
+    const int64_t real_tokens = static_cast<int64_t>(b.token_ids.size());
+    for (int64_t i = 0; i < l.tokens; ++i) {
+      const bool real = i < real_tokens;
       p[i] = real ? b.token_ids[i] : 0;
-      p[pad_tokens + i] = real ? b.positions[i] : 0;
-      p[2 * pad_tokens + i] = real ? b.slots[i] : -1;
+      p[l.tokens + i] = real ? b.positions[i] : 0;
+      p[2 * l.tokens + i] = real ? b.slots[i] : -1;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      p[3 * pad_tokens + r] = r < static_cast<int64_t>(b.logit_rows.size()) ? b.logit_rows[r] : r;
+    for (int64_t r = 0; r < l.rows; ++r) {
+      p[3 * l.tokens + r] = r < static_cast<int64_t>(b.logit_rows.size()) ? b.logit_rows[r] : r;
     }
-    at::Tensor h32 = at::zeros({pad_seqs + (pad_seqs + 1) + pad_seqs * in.max_blocks},
-                               at::TensorOptions(at::kInt).pinned_memory(true));
-    int32_t* q = h32.data_ptr<int32_t>();
-    int32_t* starts = q + pad_seqs;
-    int32_t* tables = starts + pad_seqs + 1;
-    for (int64_t s = 0; s < pad_seqs; ++s) {
-      const bool real = s < seqs;
+    int32_t* q = host32_.data_ptr<int32_t>();
+    int32_t* starts = q + l.seqs;
+    int32_t* tables = starts + l.seqs + 1;
+    std::fill(q, q + n32, 0);
+    for (int64_t s = 0; s < l.seqs; ++s) {
+      const bool real = s < b.num_seqs();
       q[s] = real ? b.context_lens[s] : 0;
       starts[s + 1] = real ? b.query_start[s + 1] : starts[s] + 1;
-      if (real) {
-        std::copy(b.block_tables[s]->begin(), b.block_tables[s]->end(), tables + s * in.max_blocks);
-        in.max_query_len = std::max(in.max_query_len, b.query_start[s + 1] - b.query_start[s]);
-        in.max_context_len = std::max(in.max_context_len, b.context_lens[s]);
-      }
+      if (real) std::copy(b.block_tables[s]->begin(), b.block_tables[s]->end(), tables + s * l.max_blocks);
     }
-    in.max_query_len = std::max(in.max_query_len, 1);
-    at::Tensor d64 = h64.to(Device(), /*non_blocking=*/true);
-    at::Tensor d32 = h32.to(Device(), /*non_blocking=*/true);
-    in.token_ids = d64.narrow(0, 0, pad_tokens);
-    in.positions = d64.narrow(0, pad_tokens, pad_tokens);
-    in.slots = d64.narrow(0, 2 * pad_tokens, pad_tokens);
-    in.logit_rows = d64.narrow(0, 3 * pad_tokens, rows);
-    in.context_lens = d32.narrow(0, 0, pad_seqs);
-    in.query_start = d32.narrow(0, pad_seqs, pad_seqs + 1);
-    in.block_tables = d32.narrow(0, 2 * pad_seqs + 1, pad_seqs * in.max_blocks).view({pad_seqs, in.max_blocks});
-    (void)g;
+    return {host64_.narrow(0, 0, n64), host32_.narrow(0, 0, n32)};
+  }
+
+  // Device inputs for one forward: views into two device buffers laid out like PackHost's.
+  DeviceInputs Upload(const ForwardBatch& b, int64_t pad_seqs, int64_t max_blocks = 0) {
+    const Layout l = LayoutOf(b, pad_seqs, max_blocks);
+    auto [h64, h32] = PackHost(b, pad_seqs, max_blocks);
+    DeviceInputs in;
+    in.num_seqs = l.seqs;
+    in.num_tokens = l.tokens;
+    in.max_blocks = l.max_blocks;
+    in.max_query_len = l.max_query_len;
+    in.max_context_len = l.max_context_len;
+    in.decode = b.decode_only();
+    in.packed64 = h64.to(Device(), /*non_blocking=*/true);
+    in.packed32 = h32.to(Device(), /*non_blocking=*/true);
+    in.token_ids = in.packed64.narrow(0, 0, l.tokens);
+    in.positions = in.packed64.narrow(0, l.tokens, l.tokens);
+    in.slots = in.packed64.narrow(0, 2 * l.tokens, l.tokens);
+    in.logit_rows = in.packed64.narrow(0, 3 * l.tokens, l.rows);
+    in.context_lens = in.packed32.narrow(0, 0, l.seqs);
+    in.query_start = in.packed32.narrow(0, l.seqs, l.seqs + 1);
+    in.block_tables = in.packed32.narrow(0, 2 * l.seqs + 1, l.seqs * l.max_blocks).view({l.seqs, l.max_blocks});
     return in;
   }
 
@@ -175,14 +202,7 @@ class CudaModelRunner : public ModelRunner {
     // Static inputs: a padded batch of `bucket` empty sequences.
     ForwardBatch empty;
     empty.Clear();
-    g->inputs = Upload(empty, pool.geometry(), bucket, max_blocks);
-    g->inputs.token_ids = g->inputs.token_ids.clone();
-    g->inputs.positions = g->inputs.positions.clone();
-    g->inputs.slots = g->inputs.slots.clone();
-    g->inputs.logit_rows = g->inputs.logit_rows.clone();
-    g->inputs.context_lens = g->inputs.context_lens.clone();
-    g->inputs.query_start = g->inputs.query_start.clone();
-    g->inputs.block_tables = g->inputs.block_tables.clone();
+    g->inputs = Upload(empty, bucket, max_blocks);  // owns its packed buffers: static
     g->inputs.decode = true;
     g->inputs.max_context_len = static_cast<int32_t>(config_.max_position);
     AllocateWorkspace(g->inputs, pool.geometry());
@@ -319,7 +339,7 @@ class CudaModelRunner : public ModelRunner {
     }
     at::Tensor last = x.index_select(0, in.logit_rows);
     last = Norm(last, weights_.final_norm_w, weights_.final_norm_b);
-    return at::linear(last, weights_.lm_head);
+    return at::linear(last, weights_.lm_head).to(at::kFloat);
   }
 
   ModelConfig config_;
@@ -328,6 +348,7 @@ class CudaModelRunner : public ModelRunner {
   at::ScalarType dtype_;
   bool graphs_;
   at::Tensor rope_cos_, rope_sin_;
+  at::Tensor host64_, host32_;  // pinned staging for the per-step metadata
   std::map<std::pair<int64_t, void*>, std::unique_ptr<DecodeGraph>> graphs_by_batch_;
 };
 

@@ -68,7 +68,7 @@ int Main(int argc, char** argv) {
   CLI::App app{"In-process decode latency of kvpool's three KV modes"};
   std::string model = "gpt2", device = "cpu", dtype_name = "fp32";
   int threads = 2, steps = 20, warmup = 3, block_size = 16;
-  bool json = false, quick = false;
+  bool json = false, quick = false, no_graphs = false;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed decode steps per point (median)")->check(CLI::Range(1, 10000));
@@ -77,6 +77,7 @@ int Main(int argc, char** argv) {
   app.add_option("--device", device, "cpu, cuda or cuda:N");
   app.add_option("--dtype", dtype_name, "weights and KV on CUDA: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  app.add_flag("--no-cuda-graphs", no_graphs, "CUDA: run decode steps eagerly");
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
   CLI11_PARSE(app, argc, argv);
@@ -96,6 +97,7 @@ int Main(int argc, char** argv) {
   options.block_size = block_size;
   options.device = device;
   options.dtype = dtype;
+  options.cuda_graphs = !no_graphs;
   auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
   if (!engine_or.ok()) {
     std::cerr << "kvpool-engine-bench: " << engine_or.status().ToString() << "\n";
@@ -145,6 +147,7 @@ int Main(int argc, char** argv) {
   out["threads"] = threads;
   out["device"] = engine.runner().device();
   out["dtype"] = dtype_name;
+  out["cuda_graphs"] = device != "cpu" && !no_graphs;
   out["block_size"] = block_size;
   out["batch"] = 1;
   out["steps_per_point"] = steps;
