@@ -144,13 +144,24 @@ TEST(EngineGpuTest, CudaGraphsEqualEager) {
   }
 }
 
-// Hugging Face's logits for folders made by transformers: the committed tiny ones and,
-// when KVPOOL_HF_GPT2_DIR is set (scripts/gpu-check.sh does), full-size GPT-2 on our
-// own random weights exported with kvpool-export-hf.
+TEST(EngineGpuTest, UnsupportedHeadDimIsRefusedUpFront) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  ModelConfig tiny = BuiltinModelConfig("tiny-gpt2").value();  // head_dim 16
+  EngineOptions options;
+  options.device = "cuda";
+  auto engine = Engine::Create(tiny, RandomWeights(tiny, 1), options);
+  EXPECT_EQ(engine.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(engine.status().message(), ::testing::HasSubstr("head_dim 16"));
+}
+
+// Hugging Face's logits for full-size GPT-2 on our own random weights, exported with
+// kvpool-export-hf, when KVPOOL_HF_GPT2_DIR names that folder (scripts/gpu-check.sh
+// sets it). The committed tiny fixtures (head_dim 16) are checked on the CPU.
 TEST(EngineGpuTest, Fp32LogitsEqualHuggingFace) {
   KVPOOL_SKIP_WITHOUT_GPU();
-  std::vector<std::string> dirs = {KVPOOL_TEST_DATA_DIR "/hf/tiny-gpt2", KVPOOL_TEST_DATA_DIR "/hf/tiny-llama-gqa"};
+  std::vector<std::string> dirs;
   if (const char* extra = std::getenv("KVPOOL_HF_GPT2_DIR")) dirs.push_back(extra);
+  if (dirs.empty()) GTEST_SKIP() << "set KVPOOL_HF_GPT2_DIR (scripts/gpu-check.sh does)";
   for (const std::string& dir : dirs) {
     if (!std::filesystem::exists(dir + "/reference.safetensors")) {
       ADD_FAILURE() << dir << "/reference.safetensors is missing";

@@ -362,6 +362,11 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateCudaModelRunner(const ModelConfig& 
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) {
     return InvalidArgument("CUDA runner dtype must be fp16, bf16 or fp32");
   }
+  if (config.head_dim != 64 && config.head_dim != 128) {
+    return FailedPrecondition("model '" + config.name + "' has head_dim " +
+                              std::to_string(config.head_dim) +
+                              "; the CUDA attention kernels support 64 and 128");
+  }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || device_index < 0 || device_index >= count) {
     return FailedPrecondition("no CUDA device " + std::to_string(device_index) + " (" +

@@ -38,30 +38,59 @@ double MeasureReadBandwidth(const std::string& device) {
   return static_cast<double>(buf.numel() * sizeof(float)) / best_s;
 }
 
-// Median seconds of one decode step for a batch-1 sequence whose context starts at
-// `context` tokens (it grows by one per step).
-StatusOr<double> DecodeSecondsPerToken(Engine& engine, KvMode mode, int64_t context,
-                                       int32_t warmup, int32_t steps) {
-  GenerationRequest r;
-  std::mt19937 rng(context);
-  std::uniform_int_distribution<int32_t> dist(0, engine.config().vocab_size - 1);
-  for (int64_t i = 0; i < context; ++i) r.prompt.push_back(dist(rng));
-  r.max_tokens = warmup + steps + 1;
-  r.mode = mode;
-  r.ignore_eos = true;
-  KVPOOL_ASSIGN_OR_RETURN(SequenceId id, engine.AddSequence(std::move(r)));
-  Status st = engine.Prefill({id});
-  std::vector<double> times;
-  for (int32_t i = 0; st.ok() && i < warmup + steps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    st = engine.Decode({id});
-    if (i >= warmup) {
-      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+struct Point {
+  KvMode mode;
+  int64_t context;
+};
+
+// Median seconds of one decode step for batch-1 sequences whose contexts start at
+// each point's `context` (growing by one per step). The points' steps are interleaved
+// (a step of each in turn), so that a slow spell of a noisy machine hits them all
+// alike and their ratios stay honest.
+StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine, const std::vector<Point>& points,
+                                                    int32_t warmup, int32_t steps) {
+  std::vector<SequenceId> ids;
+  auto release = [&] {
+    for (SequenceId id : ids) engine.Release(id);
+  };
+  for (const Point& p : points) {
+    GenerationRequest r;
+    std::mt19937 rng(static_cast<uint32_t>(p.context));
+    std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(engine.config().vocab_size) - 1);
+    for (int64_t i = 0; i < p.context; ++i) r.prompt.push_back(dist(rng));
+    r.max_tokens = warmup + steps + 1;
+    r.mode = p.mode;
+    r.ignore_eos = true;
+    auto id = engine.AddSequence(std::move(r));
+    if (!id.ok()) {
+      release();
+      return id.status();
+    }
+    ids.push_back(*id);
+    Status st = engine.Prefill({*id});
+    if (!st.ok()) {
+      release();
+      return st;
     }
   }
-  engine.Release(id);
-  KVPOOL_RETURN_IF_ERROR(st);
-  return Median(times);
+  std::vector<std::vector<double>> times(points.size());
+  for (int32_t i = 0; i < warmup + steps; ++i) {
+    for (size_t p = 0; p < points.size(); ++p) {
+      const auto t0 = std::chrono::steady_clock::now();
+      Status st = engine.Decode({ids[p]});
+      if (!st.ok()) {
+        release();
+        return st;
+      }
+      if (i >= warmup) {
+        times[p].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+    }
+  }
+  release();
+  std::vector<double> medians;
+  for (auto& t : times) medians.push_back(Median(t));
+  return medians;
 }
 
 int Main(int argc, char** argv) {
@@ -113,33 +142,31 @@ int Main(int argc, char** argv) {
     std::cerr << "kvpool-engine-bench: " << st.ToString() << "\n";
     return 1;
   };
-  auto measure = [&](KvMode mode, int64_t ctx, int32_t n) -> StatusOr<double> {
-    if (!json) std::fprintf(stderr, "  %-10s context %5ld ...\n", KvModeName(mode), static_cast<long>(ctx));
-    return DecodeSecondsPerToken(engine, mode, ctx, warmup, n);
-  };
+  if (!json) std::fprintf(stderr, "measuring contiguous and paged at %ld and %ld tokens ...\n",
+                          static_cast<long>(ctx_small), static_cast<long>(ctx_large));
+  auto cached = DecodeSecondsPerToken(engine, {{KvMode::kContiguous, ctx_small}, {KvMode::kPaged, ctx_small},
+                                              {KvMode::kContiguous, ctx_large}, {KvMode::kPaged, ctx_large}},
+                                      warmup, steps);
+  if (!cached.ok()) return fail(cached.status());
+  if (!json) std::fprintf(stderr, "measuring none (recompute) ...\n");
+  std::vector<int64_t> none_contexts = {ctx_small, ctx_none};
+  if (!quick) none_contexts.insert(none_contexts.begin(), {32, 64, 128, 256});
+  std::vector<Point> none_points;
+  for (int64_t ctx : none_contexts) {
+    if (ctx <= ctx_max) none_points.push_back({KvMode::kNone, ctx});
+  }
+  auto none = DecodeSecondsPerToken(engine, none_points, 1, quick ? std::min(steps, 5) : steps);
+  if (!none.ok()) return fail(none.status());
   nlohmann::json per_mode;
-  for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
-    auto s = measure(mode, ctx_small, steps);
-    if (!s.ok()) return fail(s.status());
-    per_mode[KvModeName(mode)] = *s * 1e3;
-  }
-  auto paged_large = measure(KvMode::kPaged, ctx_large, steps);
-  if (!paged_large.ok()) return fail(paged_large.status());
-  auto contiguous_large = measure(KvMode::kContiguous, ctx_large, steps);
-  if (!contiguous_large.ok()) return fail(contiguous_large.status());
-  auto none_512 = measure(KvMode::kNone, ctx_none, quick ? std::min(steps, 5) : steps);
-  if (!none_512.ok()) return fail(none_512.status());
+  per_mode["contiguous"] = (*cached)[0] * 1e3;
+  per_mode["paged"] = (*cached)[1] * 1e3;
+  per_mode["none"] = (*none)[none_points.size() - 2] * 1e3;
+  const double contiguous_large = (*cached)[2], paged_large = (*cached)[3];
+  const double none_512 = none->back();
   nlohmann::json none_curve = nlohmann::json::array();
-  if (!quick) {
-    for (int64_t ctx : {32, 64, 128, 256}) {
-      if (ctx > ctx_max) break;
-      auto s = measure(KvMode::kNone, ctx, std::min(steps, 7));
-      if (!s.ok()) return fail(s.status());
-      none_curve.push_back({{"context", ctx}, {"ms_per_token", *s * 1e3}});
-    }
+  for (size_t i = 0; i < none_points.size(); ++i) {
+    none_curve.push_back({{"context", none_points[i].context}, {"ms_per_token", (*none)[i] * 1e3}});
   }
-  none_curve.push_back({{"context", ctx_small}, {"ms_per_token", per_mode["none"]}});
-  none_curve.push_back({{"context", ctx_none}, {"ms_per_token", *none_512 * 1e3}});
   const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.runner().device());
 
   out["model"] = config.name;
@@ -152,19 +179,22 @@ int Main(int argc, char** argv) {
   out["batch"] = 1;
   out["steps_per_point"] = steps;
   out["context"] = ctx_small;
+  out["context_large"] = ctx_large;
+  out["method"] = "batch 1; median of timed single decode steps after warm-up; the points of "
+                  "each group (contiguous/paged at both contexts; none at every context) interleaved";
   out["decode_ms_per_token"] = per_mode;
   out["paged_over_contiguous"] = per_mode["paged"].get<double>() / per_mode["contiguous"].get<double>();
-  out["paged_ms_per_token_at_1000"] = *paged_large * 1e3;
-  out["contiguous_ms_per_token_at_1000"] = *contiguous_large * 1e3;
-  out["paged_growth_200_to_1000"] = *paged_large * 1e3 / per_mode["paged"].get<double>();
-  out["none_ms_per_token_at_512"] = *none_512 * 1e3;
+  out["paged_ms_per_token_at_1000"] = paged_large * 1e3;
+  out["contiguous_ms_per_token_at_1000"] = contiguous_large * 1e3;
+  out["paged_growth_200_to_1000"] = paged_large * 1e3 / per_mode["paged"].get<double>();
+  out["none_ms_per_token_at_512"] = none_512 * 1e3;
   out["none_curve"] = none_curve;
   out["weight_bytes"] = weight_bytes;
   out["kv_bytes_per_token"] = config.KvBytesPerToken();
   out["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
   out["bandwidth_floor_ms_per_token"] = weight_bytes / bandwidth * 1e3;
   out["paged_over_floor"] = per_mode["paged"].get<double>() / out["bandwidth_floor_ms_per_token"].get<double>();
-  out["contiguous_over_none_at_512"] = *none_512 / (per_mode["contiguous"].get<double>() / 1e3);
+  out["contiguous_over_none_at_512"] = none_512 / (per_mode["contiguous"].get<double>() / 1e3);
   if (json) {
     std::cout << out.dump(2) << std::endl;
     return 0;
@@ -177,9 +207,9 @@ int Main(int argc, char** argv) {
     std::printf("%-34s %10.2f\n", (std::string(m) + " @ context " + std::to_string(ctx_small)).c_str(),
                 per_mode[m].get<double>());
   }
-  std::printf("%-34s %10.2f\n", ("contiguous @ context " + std::to_string(ctx_large)).c_str(), *contiguous_large * 1e3);
-  std::printf("%-34s %10.2f\n", ("paged @ context " + std::to_string(ctx_large)).c_str(), *paged_large * 1e3);
-  std::printf("%-34s %10.2f\n", ("none @ context " + std::to_string(ctx_none)).c_str(), *none_512 * 1e3);
+  std::printf("%-34s %10.2f\n", ("contiguous @ context " + std::to_string(ctx_large)).c_str(), contiguous_large * 1e3);
+  std::printf("%-34s %10.2f\n", ("paged @ context " + std::to_string(ctx_large)).c_str(), paged_large * 1e3);
+  std::printf("%-34s %10.2f\n", ("none @ context " + std::to_string(ctx_none)).c_str(), none_512 * 1e3);
   std::printf("%-34s %10.2f  (%.1f MB at %.1f GB/s)\n", "bandwidth floor",
               out["bandwidth_floor_ms_per_token"].get<double>(), weight_bytes / 1e6, bandwidth / 1e9);
   std::printf("paged / contiguous = %.3f, paged growth %ld->%ld = %.3f, paged / floor = %.2f\n",
