@@ -66,7 +66,7 @@ build-gpu/bin/kvpool-cuda-attention-bench >"$OUT/attention-bench.txt" 2>&1 || st
 build-gpu/bin/kvpool-engine-bench --model gpt2 --device cuda --dtype fp16 --no-cuda-graphs --quick \
   --json >"$OUT/engine-bench-cuda-fp16-eager.json" 2>>"$OUT/bench.log" || status=1
 for dtype in fp16 fp32; do
-  build-gpu/bin/kvpool-engine-bench --model gpt2 --device cuda --dtype "$dtype" --json \
+  KVPOOL_CUDA_TIMING=1 build-gpu/bin/kvpool-engine-bench --model gpt2 --device cuda --dtype "$dtype" --json \
     >"$OUT/engine-bench-cuda-$dtype.json" 2>>"$OUT/bench.log" || status=1
   python3 scripts/hf-baseline.py "$gpt2_dir" --device cuda --dtype "$dtype" \
     >"$OUT/hf-baseline-cuda-$dtype.json" 2>>"$OUT/bench.log" || status=1

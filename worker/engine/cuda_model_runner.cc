@@ -13,7 +13,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <utility>
@@ -53,6 +56,9 @@ class CudaModelRunner : public ModelRunner {
         device_(device),
         dtype_(dtype),
         graphs_(graphs) {
+    if (const char* t = std::getenv("KVPOOL_CUDA_TIMING"); t != nullptr && *t == '1') {
+      timing_ = std::make_unique<Timing>();
+    }
     if (config_.arch == Architecture::kLlama) {
       const int64_t half = config_.head_dim / 2;
       at::Tensor inv = at::empty({half}, at::kFloat);
@@ -100,14 +106,49 @@ class CudaModelRunner : public ModelRunner {
     // New inputs into the graph's static buffers, then one replay.
     // The host packing of a padded decode batch has the static buffers' layout: two
     // copies refresh every input.
+    const auto t0 = std::chrono::steady_clock::now();
     auto [h64, h32] = PackHost(batch, bucket, max_blocks);
     g.inputs.packed64.copy_(h64, /*non_blocking=*/true);
     g.inputs.packed32.copy_(h32, /*non_blocking=*/true);
+    if (timing_) timing_->before.record();
     g.graph.replay();
-    return g.logits.narrow(0, 0, batch.num_seqs()).to(at::kCPU, at::kFloat);
+    if (timing_) timing_->after.record();
+    // Through reused pinned memory: a pageable copy would stage and sync twice.
+    const int64_t n = batch.num_seqs(), vocab = g.logits.size(1);
+    if (!host_logits_.defined() || host_logits_.numel() < n * vocab) {
+      host_logits_ = at::empty({kMaxGraphBatch * vocab}, at::TensorOptions(at::kFloat).pinned_memory(true));
+    }
+    at::Tensor staged = host_logits_.narrow(0, 0, n * vocab).view({n, vocab});
+    staged.copy_(g.logits.narrow(0, 0, n), /*non_blocking=*/true);
+    c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).synchronize();
+    at::Tensor logits = staged.clone();
+    if (timing_) timing_->Add(t0);
+    return logits;
+  }
+
+  ~CudaModelRunner() override {
+    if (timing_ && timing_->steps > 0) {
+      std::fprintf(stderr,
+                   "[kvpool cuda] %ld graph steps: %.1f us per step host wall, %.1f us of it "
+                   "the graph on the GPU\n",
+                   static_cast<long>(timing_->steps), timing_->wall_us / timing_->steps,
+                   timing_->graph_us / timing_->steps);
+    }
   }
 
  private:
+  // KVPOOL_CUDA_TIMING=1: where a graph step's time goes (host wall vs GPU graph).
+  struct Timing {
+    at::cuda::CUDAEvent before{cudaEventDefault}, after{cudaEventDefault};
+    int64_t steps = 0;
+    double wall_us = 0, graph_us = 0;
+    void Add(std::chrono::steady_clock::time_point t0) {
+      ++steps;
+      wall_us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      graph_us += 1e3 * before.elapsed_time(after);
+    }
+  };
+
   struct DecodeGraph {
     at::cuda::CUDAGraph graph;
     DeviceInputs inputs;
@@ -349,6 +390,8 @@ class CudaModelRunner : public ModelRunner {
   bool graphs_;
   at::Tensor rope_cos_, rope_sin_;
   at::Tensor host64_, host32_;  // pinned staging for the per-step metadata
+  at::Tensor host_logits_;      // pinned staging for a graph step's logits
+  std::unique_ptr<Timing> timing_;
   std::map<std::pair<int64_t, void*>, std::unique_ptr<DecodeGraph>> graphs_by_batch_;
 };
 
