@@ -59,6 +59,14 @@ class CudaModelRunner : public ModelRunner {
     if (const char* t = std::getenv("KVPOOL_CUDA_TIMING"); t != nullptr && *t == '1') {
       timing_ = std::make_unique<Timing>();
     }
+    // Tuning knobs, measured by scripts/gpu-check.sh (docs/benchmarks.md has the numbers).
+    auto flag = [](const char* name, bool fallback) {
+      const char* v = std::getenv(name);
+      return v == nullptr || *v == '\0' ? fallback : *v == '1';
+    };
+    gemv_ = flag("KVPOOL_CUDA_GEMV", false);
+    split_decode_ = flag("KVPOOL_CUDA_SPLIT_DECODE", true);
+    fused_gelu_ = flag("KVPOOL_CUDA_FUSED_GELU", true);
     if (config_.arch == Architecture::kLlama) {
       const int64_t half = config_.head_dim / 2;
       at::Tensor inv = at::empty({half}, at::kFloat);
@@ -246,7 +254,7 @@ class CudaModelRunner : public ModelRunner {
     g->inputs = Upload(empty, bucket, max_blocks);  // owns its packed buffers: static
     g->inputs.decode = true;
     g->inputs.max_context_len = static_cast<int32_t>(config_.max_position);
-    AllocateWorkspace(g->inputs, pool.geometry());
+    if (split_decode_) AllocateWorkspace(g->inputs, pool.geometry());
     const auto index = static_cast<c10::DeviceIndex>(device_);
     c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(index);
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
@@ -276,6 +284,16 @@ class CudaModelRunner : public ModelRunner {
     if (bytes > 0) in.decode_workspace = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(Device()));
   }
 
+  // One row goes through gemv when KVPOOL_CUDA_GEMV=1 (cuBLAS picks GEMM kernels
+  // for M = 1 that are tuned for larger M).
+  at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+    if (gemv_ && x.size(0) == 1) {
+      at::Tensor y = b.defined() ? at::addmv(b, w, x[0]) : at::mv(w, x[0]);
+      return y.unsqueeze(0);
+    }
+    return at::linear(x, w, b);
+  }
+
   static void Check(const Status& st, const char* what) {
     TORCH_CHECK(st.ok(), what, ": ", st.ToString());
   }
@@ -295,7 +313,9 @@ class CudaModelRunner : public ModelRunner {
 
   // The forward on the current stream; no host synchronisation (capturable).
   at::Tensor RunLayers(DeviceInputs& in, const KvPool& pool) {
-    if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
+    if (in.decode && split_decode_ && !in.decode_workspace.defined()) {
+      AllocateWorkspace(in, pool.geometry());
+    }
     const ModelConfig& c = config_;
     const bool gpt2 = c.arch == Architecture::kGpt2;
     const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
@@ -312,7 +332,7 @@ class CudaModelRunner : public ModelRunner {
     for (int32_t l = 0; l < static_cast<int32_t>(c.num_layers); ++l) {
       const LayerWeights& w = weights_.layers[l];
       at::Tensor h = Norm(x, w.attn_norm_w, w.attn_norm_b);
-      at::Tensor qkv = at::linear(h, w.qkv_w, w.qkv_b);
+      at::Tensor qkv = Linear(h, w.qkv_w, w.qkv_b);
       at::Tensor q = qkv.narrow(1, 0, hd), k = qkv.narrow(1, hd, kvd);
       at::Tensor v = qkv.narrow(1, hd + kvd, kvd).contiguous();
       if (!gpt2) {
@@ -367,20 +387,24 @@ class CudaModelRunner : public ModelRunner {
         p.scale = scale;
         Check(gpu::PagedAttentionPrefill(p, stream), "PagedAttentionPrefill");
       }
-      x = x + at::linear(attn, w.o_w, w.o_b);
+      x = x + Linear(attn, w.o_w, w.o_b);
       h = Norm(x, w.mlp_norm_w, w.mlp_norm_b);
-      at::Tensor up = at::linear(h, w.up_w, w.up_b);
-      if (gpt2) {
-        up = at::gelu(up, c.gelu_tanh ? "tanh" : "none");
+      at::Tensor up;
+      if (gpt2 && fused_gelu_ && c.gelu_tanh && !(gemv_ && t == 1)) {
+        // cuBLASLt's GELU epilogue is the tanh form: bias + GELU in the GEMM.
+        up = at::_addmm_activation(w.up_b, h, w.up_w.t(), 1, 1, /*use_gelu=*/true);
+      } else if (gpt2) {
+        up = at::gelu(Linear(h, w.up_w, w.up_b), c.gelu_tanh ? "tanh" : "none");
       } else {
+        up = Linear(h, w.up_w, w.up_b);
         auto parts = up.split(c.intermediate_size, 1);
         up = at::silu(parts[0]) * parts[1];
       }
-      x = x + at::linear(up, w.down_w, w.down_b);
+      x = x + Linear(up, w.down_w, w.down_b);
     }
     at::Tensor last = x.index_select(0, in.logit_rows);
     last = Norm(last, weights_.final_norm_w, weights_.final_norm_b);
-    return at::linear(last, weights_.lm_head).to(at::kFloat);
+    return Linear(last, weights_.lm_head, at::Tensor()).to(at::kFloat);
   }
 
   ModelConfig config_;
@@ -392,6 +416,7 @@ class CudaModelRunner : public ModelRunner {
   at::Tensor host64_, host32_;  // pinned staging for the per-step metadata
   at::Tensor host_logits_;      // pinned staging for a graph step's logits
   std::unique_ptr<Timing> timing_;
+  bool gemv_ = false, split_decode_ = true, fused_gelu_ = true;
   std::map<std::pair<int64_t, void*>, std::unique_ptr<DecodeGraph>> graphs_by_batch_;
 };
 
