@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "cuda/cuda_pool.h"
+#include "cuda/gemv.h"
 #include "cuda/paged_attention.h"
 #include "engine/model_runner.h"
 
@@ -59,14 +60,10 @@ class CudaModelRunner : public ModelRunner {
     if (const char* t = std::getenv("KVPOOL_CUDA_TIMING"); t != nullptr && *t == '1') {
       timing_ = std::make_unique<Timing>();
     }
-    // Tuning knobs, measured by scripts/gpu-check.sh (docs/benchmarks.md has the numbers).
-    auto flag = [](const char* name, bool fallback) {
-      const char* v = std::getenv(name);
-      return v == nullptr || *v == '\0' ? fallback : *v == '1';
-    };
-    gemv_ = flag("KVPOOL_CUDA_GEMV", false);
-    split_decode_ = flag("KVPOOL_CUDA_SPLIT_DECODE", true);
-    fused_gelu_ = flag("KVPOOL_CUDA_FUSED_GELU", true);
+    // KVPOOL_CUDA_GEMV=0 sends skinny products to cuBLAS instead (for comparison:
+    // scripts/gpu-tune.sh; docs/benchmarks.md has the numbers).
+    const char* gemv = std::getenv("KVPOOL_CUDA_GEMV");
+    gemv_kernel_ = gemv == nullptr || *gemv != '0';
     if (config_.arch == Architecture::kLlama) {
       const int64_t half = config_.head_dim / 2;
       at::Tensor inv = at::empty({half}, at::kFloat);
@@ -254,7 +251,7 @@ class CudaModelRunner : public ModelRunner {
     g->inputs = Upload(empty, bucket, max_blocks);  // owns its packed buffers: static
     g->inputs.decode = true;
     g->inputs.max_context_len = static_cast<int32_t>(config_.max_position);
-    if (split_decode_) AllocateWorkspace(g->inputs, pool.geometry());
+    AllocateWorkspace(g->inputs, pool.geometry());
     const auto index = static_cast<c10::DeviceIndex>(device_);
     c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(index);
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
@@ -284,14 +281,36 @@ class CudaModelRunner : public ModelRunner {
     if (bytes > 0) in.decode_workspace = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(Device()));
   }
 
-  // One row goes through gemv when KVPOOL_CUDA_GEMV=1 (cuBLAS picks GEMM kernels
-  // for M = 1 that are tuned for larger M).
-  at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-    if (gemv_ && x.size(0) == 1) {
-      at::Tensor y = b.defined() ? at::addmv(b, w, x[0]) : at::mv(w, x[0]);
-      return y.unsqueeze(0);
+  // y = [gelu](x W^T + b) [+ residual]. Up to kGemvMaxRows rows (decode) go through
+  // kvpool's GEMV kernel with the epilogue fused; more rows through cuBLAS.
+  at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                    const at::Tensor& residual = {}, bool gelu_tanh = false) const {
+    const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+    const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                         (k * static_cast<int64_t>(x.element_size())) % 16 == 0;
+    if (gemv_kernel_ && m <= gpu::kGemvMaxRows && x.is_contiguous() && aligned) {
+      at::Tensor y = at::empty({m, n}, x.options());
+      gpu::GemvParams p;
+      p.dtype = ToKvDtype(x.scalar_type());
+      p.w = w.data_ptr();
+      p.x = x.data_ptr();
+      p.bias = b.defined() ? b.data_ptr() : nullptr;
+      p.residual = residual.defined() ? residual.contiguous().data_ptr() : nullptr;
+      p.y = y.data_ptr();
+      p.m = static_cast<int32_t>(m);
+      p.n = static_cast<int32_t>(n);
+      p.k = static_cast<int32_t>(k);
+      p.gelu_tanh = gelu_tanh;
+      Check(gpu::Gemv(p, Stream()), "Gemv");
+      return y;
     }
-    return at::linear(x, w, b);
+    at::Tensor y = at::linear(x, w, b);
+    if (gelu_tanh) y = at::gelu(y, "tanh");
+    return residual.defined() ? residual + y : y;
+  }
+
+  cudaStream_t Stream() const {
+    return c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
   }
 
   static void Check(const Status& st, const char* what) {
@@ -313,9 +332,7 @@ class CudaModelRunner : public ModelRunner {
 
   // The forward on the current stream; no host synchronisation (capturable).
   at::Tensor RunLayers(DeviceInputs& in, const KvPool& pool) {
-    if (in.decode && split_decode_ && !in.decode_workspace.defined()) {
-      AllocateWorkspace(in, pool.geometry());
-    }
+    if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
     const ModelConfig& c = config_;
     const bool gpt2 = c.arch == Architecture::kGpt2;
     const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
@@ -387,20 +404,18 @@ class CudaModelRunner : public ModelRunner {
         p.scale = scale;
         Check(gpu::PagedAttentionPrefill(p, stream), "PagedAttentionPrefill");
       }
-      x = x + Linear(attn, w.o_w, w.o_b);
+      x = Linear(attn, w.o_w, w.o_b, /*residual=*/x);
       h = Norm(x, w.mlp_norm_w, w.mlp_norm_b);
       at::Tensor up;
-      if (gpt2 && fused_gelu_ && c.gelu_tanh && !(gemv_ && t == 1)) {
-        // cuBLASLt's GELU epilogue is the tanh form: bias + GELU in the GEMM.
-        up = at::_addmm_activation(w.up_b, h, w.up_w.t(), 1, 1, /*use_gelu=*/true);
-      } else if (gpt2) {
-        up = at::gelu(Linear(h, w.up_w, w.up_b), c.gelu_tanh ? "tanh" : "none");
+      if (gpt2) {
+        up = Linear(h, w.up_w, w.up_b, {}, /*gelu_tanh=*/c.gelu_tanh);
+        if (!c.gelu_tanh) up = at::gelu(up, "none");
       } else {
         up = Linear(h, w.up_w, w.up_b);
         auto parts = up.split(c.intermediate_size, 1);
         up = at::silu(parts[0]) * parts[1];
       }
-      x = x + Linear(up, w.down_w, w.down_b);
+      x = Linear(up, w.down_w, w.down_b, /*residual=*/x);
     }
     at::Tensor last = x.index_select(0, in.logit_rows);
     last = Norm(last, weights_.final_norm_w, weights_.final_norm_b);
@@ -416,7 +431,7 @@ class CudaModelRunner : public ModelRunner {
   at::Tensor host64_, host32_;  // pinned staging for the per-step metadata
   at::Tensor host_logits_;      // pinned staging for a graph step's logits
   std::unique_ptr<Timing> timing_;
-  bool gemv_ = false, split_decode_ = true, fused_gelu_ = true;
+  bool gemv_kernel_ = true;
   std::map<std::pair<int64_t, void*>, std::unique_ptr<DecodeGraph>> graphs_by_batch_;
 };
 
