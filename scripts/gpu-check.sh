@@ -30,7 +30,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
   -DCMAKE_PREFIX_PATH="$prefix_path" -DKVPOOL_WERROR=OFF -DKVPOOL_SERVICES=OFF \
   -DKVPOOL_TEST_AREAS="tokenizer;engine;weights;cuda" >"$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; exit 1; }
 log "build"
-ninja -C build-gpu -j "$(nproc)" engine_gpu_test kvpool_cuda_kernels_test kvpool_cuda_pool_test \
+ninja -C build-gpu -j "$(nproc)" engine_gpu_test kvpool_cuda_kernels_test kvpool_cuda_pool_test kvpool_cuda_gemv_test \
   engine_test hf_reference_test tokenizer_test kvpool-cuda-attention-bench kvpool-engine-bench kvpool-export-hf \
   >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -n 60; exit 1; }
 echo "   $(grep -c "warning:" "$OUT/build.log" || true) compiler warnings (see build.log)"
@@ -53,6 +53,7 @@ run_test() {
 }
 run_test build-gpu/bin/kvpool_cuda_kernels_test
 run_test build-gpu/bin/kvpool_cuda_pool_test
+run_test build-gpu/bin/kvpool_cuda_gemv_test
 run_test build-gpu/bin/tokenizer_test
 run_test build-gpu/bin/engine_test
 run_test build-gpu/bin/hf_reference_test

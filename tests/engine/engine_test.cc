@@ -6,6 +6,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <execinfo.h>
+
+#include <csignal>
 #include <fstream>
 #include <random>
 
@@ -297,8 +300,19 @@ namespace {
 // libsentencepiece bundles protobuf-lite; in a process that also has LibTorch's
 // libprotobuf, linking it directly crashed at start-up. It is loaded as an isolated
 // module instead: this binary links LibTorch and must still tokenize.
+// A crash here must leave a trace: on the GPU machine (PyTorch's LibTorch, Ubuntu's
+// libsentencepiece) this test died with SIGSEGV and no debugger was at hand.
+void PrintBacktraceAndDie(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, 2);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 TEST(SentencePieceBesideTorchTest, LoadsAndEncodesInATorchProcess) {
 #if KVPOOL_HAVE_SENTENCEPIECE
+  std::signal(SIGSEGV, PrintBacktraceAndDie);
   auto tok = LoadSentencePiece(KVPOOL_TEST_DATA_DIR "/tokenizer/sentencepiece/tokenizer.model");
   const std::vector<int32_t> ids = tok->Encode("hello world");
   EXPECT_FALSE(ids.empty());

@@ -33,15 +33,30 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
   const T* w_row = w + static_cast<int64_t>(row) * k;
-  for (int i = lane * P::kElems; i < k; i += 32 * P::kElems) {
-    float wf[P::kElems];
-    P::ToFloat(detail::LoadPack(w_row + i), wf);
+  // Four 16-byte loads of the row in flight per lane before any arithmetic: with one
+  // at a time a long row (k = 3072) waits out memory latency a dozen times over.
+  constexpr int kChunk = 32 * P::kElems;
+  constexpr int kInFlight = 4;
+  for (int base = lane * P::kElems; base < k; base += kInFlight * kChunk) {
+    uint4 wv[kInFlight];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      float xf[P::kElems];
-      P::ToFloat(detail::LoadPack(x + static_cast<int64_t>(r) * k + i), xf);
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = base + u * kChunk;
+      wv[u] = i < k ? detail::LoadPack(w_row + i) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-      for (int j = 0; j < P::kElems; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = base + u * kChunk;
+      if (i >= k) break;
+      float wf[P::kElems];
+      P::ToFloat(wv[u], wf);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float xf[P::kElems];
+        P::ToFloat(detail::LoadPack(x + static_cast<int64_t>(r) * k + i), xf);
+#pragma unroll
+        for (int j = 0; j < P::kElems; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
+      }
     }
   }
 #pragma unroll

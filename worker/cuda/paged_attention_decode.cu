@@ -24,7 +24,7 @@ using detail::Pack;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kMinPartitionTokens = 128;
+constexpr int kMinPartitionTokens = 32;  // short splits: cold-cache K/V reads are latency-bound
 constexpr int kMaxSplits = 128;
 // Blocks of 4 warps the planner aims to put on each SM before it stops splitting:
 // enough warps in flight to keep HBM busy (a block uses at most ~1/4 of an SM's
