@@ -6,7 +6,7 @@ saved as Hugging Face folders, and Hugging Face's own logits and greedy continua
 (use_cache=True and use_cache=False) for a few prompts.
 
 Run it where PyPI is reachable, in a virtualenv outside the repo:
-    python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch==2.5.1 transformers==4.46.3 safetensors
+    python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch==2.11.0 transformers==5.17.0 safetensors
     /tmp/hf/bin/python scripts/make-hf-fixtures.py --out tests/data/hf
 (the committed fixtures were made on the GPU machine's PyPI torch + transformers; the
 versions are recorded in each reference.safetensors' metadata). Everything runs on

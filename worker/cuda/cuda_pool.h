@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
 
 namespace kvpool::gpu {

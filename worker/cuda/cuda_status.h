@@ -1,8 +1,8 @@
 // CUDA errors as kvpool::Status values: the one place where a cudaError_t becomes
 // an error a person can act on (the CUDA error name and string, plus what we were
 // doing). Every CUDA call of this library goes through KVPOOL_CUDA_RETURN_IF_ERROR.
-// Only the header-only part of engine/status.h is used, so this library links no
-// engine code (and no LibTorch).
+// kvpool/v1/status.h is header-only, so this library links no engine code (and no
+// LibTorch).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool::gpu {
 

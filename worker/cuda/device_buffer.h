@@ -5,7 +5,7 @@
 
 #include <cstddef>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool::gpu {
 

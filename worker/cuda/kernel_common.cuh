@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
 
 namespace kvpool::gpu::detail {

@@ -25,7 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
 
 namespace kvpool::gpu {

@@ -26,7 +26,7 @@
 #include "engine/kv_pool.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool {
 

@@ -12,7 +12,7 @@
 #include <set>
 #include <vector>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
 
 namespace kvpool {

@@ -13,7 +13,7 @@
 #include "engine/kv_pool.h"
 #include "engine/model_config.h"
 #include "engine/paged_attention_cpu.h"
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "weights/weights.h"
 
 namespace kvpool {

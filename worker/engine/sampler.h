@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <random>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool {
 

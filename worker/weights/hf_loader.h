@@ -10,7 +10,7 @@
 #include <string>
 
 #include "engine/model_config.h"
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "weights/weights.h"
 
 namespace kvpool {

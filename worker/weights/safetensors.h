@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool {
 

@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 #include "weights/safetensors.h"
 
 namespace kvpool {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "engine/model_config.h"
-#include "engine/status.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool {
 

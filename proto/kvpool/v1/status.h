@@ -1,5 +1,6 @@
 // Errors as values: a code plus a message a person can act on. The codes mirror
-// gRPC's so that the worker service maps them in one place.
+// gRPC's, so each service maps them to a grpc::Status in one place. Header-only and
+// free of any library: the manager, the workers and the CUDA kernels all use it.
 #pragma once
 
 #include <cassert>
@@ -30,7 +31,7 @@ class Status {
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
-  std::string ToString() const;
+  std::string ToString() const;  // "CODE_NAME: message"
 
  private:
   StatusCode code_ = StatusCode::kOk;
@@ -48,7 +49,24 @@ inline Status FailedPrecondition(std::string m) {
 inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 
-const char* StatusCodeName(StatusCode code);
+inline const char* StatusCodeName(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "OK";
+    case StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
+    case StatusCode::kNotFound: return "NOT_FOUND";
+    case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
+    case StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
+    case StatusCode::kInternal: return "INTERNAL";
+    case StatusCode::kUnavailable: return "UNAVAILABLE";
+    case StatusCode::kDataLoss: return "DATA_LOSS";
+  }
+  return "UNKNOWN";
+}
+
+inline std::string Status::ToString() const {
+  if (ok()) return "OK";
+  return std::string(StatusCodeName(code_)) + ": " + message_;
+}
 
 // A value or the Status saying why there is none.
 template <typename T>
