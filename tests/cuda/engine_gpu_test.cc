@@ -69,7 +69,8 @@ Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths,
   Trace t;
   t.logits.resize(ids.size());
   auto collect = [&] {
-    for (size_t i = 0; i < ids.size(); ++i) t.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
+    for (size_t i = 0; i < ids.size(); ++i)
+      t.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
   };
   EXPECT_TRUE(engine.Prefill(ids).ok());
   collect();
@@ -99,7 +100,8 @@ double MaxDiff(const Trace& a, const Trace& b) {
 TEST(EngineGpuTest, ThreeModesSameGreedyTokensFp16) {
   KVPOOL_SKIP_WITHOUT_GPU();
   auto engine = MakeEngine("gpt2", "cuda", at::kHalf);
-  for (const std::vector<int64_t>& lengths : std::vector<std::vector<int64_t>>{{23}, {5, 17, 33, 9}}) {
+  for (const std::vector<int64_t>& lengths :
+       std::vector<std::vector<int64_t>>{{23}, {5, 17, 33, 9}}) {
     const Trace none = RunBatch(*engine, KvMode::kNone, lengths, 8);
     const Trace contiguous = RunBatch(*engine, KvMode::kContiguous, lengths, 8);
     const Trace paged = RunBatch(*engine, KvMode::kPaged, lengths, 8);
@@ -200,7 +202,8 @@ TEST(EngineGpuTest, Fp32LogitsEqualHuggingFace) {
         ASSERT_TRUE(engine->Decode({id}).ok());
       }
       const Sequence& s = engine->sequence(id);
-      EXPECT_EQ(std::vector<int32_t>(s.tokens.begin() + s.prompt_len(), s.tokens.end()), want) << dir;
+      EXPECT_EQ(std::vector<int32_t>(s.tokens.begin() + s.prompt_len(), s.tokens.end()), want)
+          << dir;
       engine->Release(id);
     }
     std::printf("[ hf ] %s: max |logit diff| vs transformers = %.3g\n", dir.c_str(), worst);
@@ -230,8 +233,8 @@ TEST(EngineGpuIpcTest, SecondProcessReusesThePrefixTheFirstWrote) {
   options.num_blocks = 64;
   const PoolGeometry g = Engine::GeometryFor(config, options, KvDtype::kFloat16);
   auto host = std::make_shared<gpu::CudaPoolHost>(gpu::CudaPoolHost::Create(0, g).value());
-  auto engine = MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize,
-                           KvPool::Adopt(g, host->base(), host));
+  auto engine =
+      MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize, KvPool::Adopt(g, host->base(), host));
   SequenceId id = engine->AddSequence(IpcRequest()).value();
   ASSERT_TRUE(engine->Prefill({id}).ok());
   std::vector<int32_t> generated = {engine->sequence(id).tokens.back()};
@@ -266,14 +269,16 @@ TEST(EngineGpuIpcTest, Child) {
   std::string hex, uuid, item;
   spec >> hex >> uuid;
   std::vector<int32_t> parent_blocks, want_tokens;
-  while (spec >> item) (item[0] == 'b' ? parent_blocks : want_tokens).push_back(std::stoi(item.substr(1)));
+  while (spec >> item)
+    (item[0] == 'b' ? parent_blocks : want_tokens).push_back(std::stoi(item.substr(1)));
   ModelConfig config = BuiltinModelConfig("gpt2").value();
   EngineOptions options;
   options.block_size = kBlockSize;
   options.num_blocks = 64;
   const PoolGeometry g = Engine::GeometryFor(config, options, KvDtype::kFloat16);
   auto handle = gpu::IpcHandleFromHex(hex).value();
-  auto attached = std::make_shared<gpu::CudaPoolAttachment>(gpu::CudaPoolAttachment::Open(handle, uuid, g).value());
+  auto attached = std::make_shared<gpu::CudaPoolAttachment>(
+      gpu::CudaPoolAttachment::Open(handle, uuid, g).value());
   auto engine = MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize,
                            KvPool::Adopt(g, attached->base(), attached));
   ASSERT_TRUE(engine->ReserveBlocks(parent_blocks).ok());  // the parent owns them

@@ -1,14 +1,13 @@
 // The decode GEMV against a float64 reference over the same rounded inputs, for every
 // dtype, row counts 1..8 and each epilogue (bias, GELU, residual); plus its argument
 // checks. Skips without a CUDA device (except the argument checks).
-#include "cuda/gemv.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <string>
 
+#include "cuda/gemv.h"
 #include "gpu_test_util.h"
 
 namespace kvpool::gpu {
@@ -64,7 +63,8 @@ TEST_P(GemvTest, MatchesFloat64Reference) {
   for (int32_t r = 0; r < c.m; ++r) {
     for (int32_t i = 0; i < c.n; ++i) {
       double v = 0;
-      for (int32_t j = 0; j < c.k; ++j) v += double(w.value(size_t(i) * c.k + j)) * x.value(size_t(r) * c.k + j);
+      for (int32_t j = 0; j < c.k; ++j)
+        v += double(w.value(size_t(i) * c.k + j)) * x.value(size_t(r) * c.k + j);
       if (c.bias) v += b.value(i);
       if (c.gelu) v = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
       if (c.residual) v += res.value(size_t(r) * c.n + i);

@@ -3,10 +3,9 @@
 // validation, pool exhaustion and finish reasons.
 #include "engine/engine.h"
 
+#include <execinfo.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include <execinfo.h>
 
 #include <csignal>
 #include <fstream>
@@ -251,10 +250,16 @@ TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
   EXPECT_EQ(engine->sequence(second).num_kv_tokens, 32);
   ASSERT_TRUE(engine->Prefill({second}).ok());
   EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
-                .abs().max().item<double>(), 1e-4);
+                .abs()
+                .max()
+                .item<double>(),
+            1e-4);
   ASSERT_TRUE(engine->Decode({first, second}).ok());
   EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
-                .abs().max().item<double>(), 1e-4);
+                .abs()
+                .max()
+                .item<double>(),
+            1e-4);
   // Releasing the second frees only its own block; the shared ones stay with the first.
   const int64_t free_before = engine->allocator().num_free();
   engine->Release(second);
@@ -264,6 +269,26 @@ TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
   r.prefix_blocks = {0};
   r.mode = KvMode::kContiguous;
   EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("paged"));
+}
+
+TEST(EngineStopTest, EosEndsGenerationUnlessIgnored) {
+  // Find the greedy first token, then make it the model's EOS.
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  GenerationRequest r;
+  r.prompt = RandomPrompt(6, config.vocab_size, 5);
+  r.max_tokens = 5;
+  auto probe = Engine::Create(config, RandomWeights(config, 7), {}).value();
+  const int32_t first = (*probe->Generate({r}))[0].tokens[0];
+  config.eos_token_id = first;
+  auto engine = Engine::Create(config, RandomWeights(config, 7), {}).value();
+  auto stopped = engine->Generate({r});
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ((*stopped)[0].finish, FinishReason::kEos);
+  EXPECT_EQ((*stopped)[0].tokens, std::vector<int32_t>{first});
+  r.ignore_eos = true;
+  auto ignored = engine->Generate({r});
+  EXPECT_EQ((*ignored)[0].finish, FinishReason::kLength);
+  EXPECT_EQ((*ignored)[0].tokens.size(), 5u);
 }
 
 TEST(EngineStopTest, StopStringEndsGeneration) {

@@ -46,7 +46,8 @@ TEST_P(PagedAttentionCpuTest, MatchesNaiveDoubleAttention) {
   std::vector<std::vector<int32_t>> tables;
   size_t next = 0;
   for (int32_t len : context_lens) {
-    tables.emplace_back(ids.begin() + next, ids.begin() + next + (len + c.block_size - 1) / c.block_size);
+    tables.emplace_back(ids.begin() + next,
+                        ids.begin() + next + (len + c.block_size - 1) / c.block_size);
     next += tables.back().size();
   }
   const int64_t n = static_cast<int64_t>(context_lens.size());
@@ -96,15 +97,14 @@ TEST_P(PagedAttentionCpuTest, MatchesNaiveDoubleAttention) {
   EXPECT_LE(worst, 1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    BlockSizesAndGroups, PagedAttentionCpuTest,
-    ::testing::Values(Case{1, 12, 12}, Case{1, 12, 4}, Case{1, 12, 1}, Case{16, 12, 12},
-                      Case{16, 12, 4}, Case{16, 12, 1}, Case{32, 12, 12}, Case{32, 12, 4},
-                      Case{32, 12, 1}),
-    [](const ::testing::TestParamInfo<Case>& info) {
-      return "bs" + std::to_string(info.param.block_size) + "_group" +
-             std::to_string(info.param.num_heads / info.param.num_kv_heads);
-    });
+INSTANTIATE_TEST_SUITE_P(BlockSizesAndGroups, PagedAttentionCpuTest,
+                         ::testing::Values(Case{1, 12, 12}, Case{1, 12, 4}, Case{1, 12, 1},
+                                           Case{16, 12, 12}, Case{16, 12, 4}, Case{16, 12, 1},
+                                           Case{32, 12, 12}, Case{32, 12, 4}, Case{32, 12, 1}),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return "bs" + std::to_string(info.param.block_size) + "_group" +
+                                  std::to_string(info.param.num_heads / info.param.num_kv_heads);
+                         });
 
 }  // namespace
 }  // namespace kvpool

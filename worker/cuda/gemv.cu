@@ -1,8 +1,7 @@
-#include "cuda/gemv.h"
-
 #include <string>
 
 #include "cuda/cuda_status.h"
+#include "cuda/gemv.h"
 #include "cuda/kernel_common.cuh"
 
 namespace kvpool::gpu {
@@ -13,9 +12,13 @@ constexpr int kWarpsPerBlock = 8;
 template <typename T>
 __device__ __forceinline__ float ToFloat(T v);
 template <>
-__device__ __forceinline__ float ToFloat<float>(float v) { return v; }
+__device__ __forceinline__ float ToFloat<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float ToFloat<__half>(__half v) {
+  return __half2float(v);
+}
 template <>
 __device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat162float(v);
@@ -86,14 +89,22 @@ void Launch(const GemvParams& p, cudaStream_t stream) {
 template <typename T>
 void LaunchRows(const GemvParams& p, cudaStream_t stream) {
   switch (p.m) {
-    case 1: return Launch<T, 1>(p, stream);
-    case 2: return Launch<T, 2>(p, stream);
-    case 3: return Launch<T, 3>(p, stream);
-    case 4: return Launch<T, 4>(p, stream);
-    case 5: return Launch<T, 5>(p, stream);
-    case 6: return Launch<T, 6>(p, stream);
-    case 7: return Launch<T, 7>(p, stream);
-    default: return Launch<T, 8>(p, stream);
+    case 1:
+      return Launch<T, 1>(p, stream);
+    case 2:
+      return Launch<T, 2>(p, stream);
+    case 3:
+      return Launch<T, 3>(p, stream);
+    case 4:
+      return Launch<T, 4>(p, stream);
+    case 5:
+      return Launch<T, 5>(p, stream);
+    case 6:
+      return Launch<T, 6>(p, stream);
+    case 7:
+      return Launch<T, 7>(p, stream);
+    default:
+      return Launch<T, 8>(p, stream);
   }
 }
 
@@ -120,9 +131,15 @@ Status Gemv(const GemvParams& p, cudaStream_t stream) {
     return InvalidArgument(who + ": residual may not alias y");
   }
   switch (p.dtype) {
-    case KvDtype::kFloat32: LaunchRows<float>(p, stream); break;
-    case KvDtype::kFloat16: LaunchRows<__half>(p, stream); break;
-    case KvDtype::kBFloat16: LaunchRows<__nv_bfloat16>(p, stream); break;
+    case KvDtype::kFloat32:
+      LaunchRows<float>(p, stream);
+      break;
+    case KvDtype::kFloat16:
+      LaunchRows<__half>(p, stream);
+      break;
+    case KvDtype::kBFloat16:
+      LaunchRows<__nv_bfloat16>(p, stream);
+      break;
   }
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetLastError(), "Gemv: kernel launch");
   return Status::Ok();

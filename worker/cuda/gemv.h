@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool::gpu {
 
@@ -26,8 +26,8 @@ struct GemvParams {
   void* y = nullptr;                  // [m, n]
   int32_t m = 0;                      // 1..kGemvMaxRows
   int32_t n = 0;
-  int32_t k = 0;                      // a multiple of 16 bytes of the dtype
-  bool gelu_tanh = false;             // applied after the bias, before the residual
+  int32_t k = 0;           // a multiple of 16 bytes of the dtype
+  bool gelu_tanh = false;  // applied after the bias, before the residual
 };
 
 // INVALID_ARGUMENT naming the field for shapes or pointers it does not take.

@@ -33,16 +33,18 @@ constexpr int64_t kGraphBatches[] = {1, 2, 4, 8};
 constexpr int64_t kMaxGraphBatch = 8;
 
 KvDtype ToKvDtype(at::ScalarType t) {
-  return t == at::kHalf ? KvDtype::kFloat16 : t == at::kBFloat16 ? KvDtype::kBFloat16 : KvDtype::kFloat32;
+  return t == at::kHalf       ? KvDtype::kFloat16
+         : t == at::kBFloat16 ? KvDtype::kBFloat16
+                              : KvDtype::kFloat32;
 }
 
 // Device-side inputs of one forward. Decode graphs keep one of these alive as the
 // static buffers their replays read.
 struct DeviceInputs {
-  at::Tensor packed64, packed32;                               // what the views below slice
-  at::Tensor token_ids, positions, slots, logit_rows;          // int64
-  at::Tensor context_lens, query_start, block_tables;          // int32
-  at::Tensor decode_workspace;                                 // bytes, may be empty
+  at::Tensor packed64, packed32;                       // what the views below slice
+  at::Tensor token_ids, positions, slots, logit_rows;  // int64
+  at::Tensor context_lens, query_start, block_tables;  // int32
+  at::Tensor decode_workspace;                         // bytes, may be empty
   int64_t num_seqs = 0, num_tokens = 0, max_blocks = 0;
   int32_t max_query_len = 0, max_context_len = 0;
   bool decode = false;
@@ -106,7 +108,8 @@ class CudaModelRunner : public ModelRunner {
         (config_.max_position + pool.geometry().block_size - 1) / pool.geometry().block_size);
     auto key = std::make_pair(bucket, pool.base());
     auto it = graphs_by_batch_.find(key);
-    if (it == graphs_by_batch_.end()) it = graphs_by_batch_.emplace(key, Capture(bucket, max_blocks, pool)).first;
+    if (it == graphs_by_batch_.end())
+      it = graphs_by_batch_.emplace(key, Capture(bucket, max_blocks, pool)).first;
     DecodeGraph& g = *it->second;
     // New inputs into the graph's static buffers, then one replay.
     // The host packing of a padded decode batch has the static buffers' layout: two
@@ -121,7 +124,8 @@ class CudaModelRunner : public ModelRunner {
     // Through reused pinned memory: a pageable copy would stage and sync twice.
     const int64_t n = batch.num_seqs(), vocab = g.logits.size(1);
     if (!host_logits_.defined() || host_logits_.numel() < n * vocab) {
-      host_logits_ = at::empty({kMaxGraphBatch * vocab}, at::TensorOptions(at::kFloat).pinned_memory(true));
+      host_logits_ =
+          at::empty({kMaxGraphBatch * vocab}, at::TensorOptions(at::kFloat).pinned_memory(true));
     }
     at::Tensor staged = host_logits_.narrow(0, 0, n * vocab).view({n, vocab});
     staged.copy_(g.logits.narrow(0, 0, n), /*non_blocking=*/true);
@@ -149,7 +153,8 @@ class CudaModelRunner : public ModelRunner {
     double wall_us = 0, graph_us = 0;
     void Add(std::chrono::steady_clock::time_point t0) {
       ++steps;
-      wall_us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      wall_us +=
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
       graph_us += 1e3 * before.elapsed_time(after);
     }
   };
@@ -160,7 +165,9 @@ class CudaModelRunner : public ModelRunner {
     at::Tensor logits;
   };
 
-  at::Device Device() const { return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_)); }
+  at::Device Device() const {
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
+  }
 
   struct Layout {
     int64_t seqs = 0, tokens = 0, rows = 0, max_blocks = 1;
@@ -191,10 +198,12 @@ class CudaModelRunner : public ModelRunner {
     const Layout l = LayoutOf(b, pad_seqs, max_blocks);
     const int64_t n64 = 3 * l.tokens + l.rows, n32 = 2 * l.seqs + 1 + l.seqs * l.max_blocks;
     if (!host64_.defined() || host64_.numel() < n64) {
-      host64_ = at::empty({std::max<int64_t>(n64, 4096)}, at::TensorOptions(at::kLong).pinned_memory(true));
+      host64_ = at::empty({std::max<int64_t>(n64, 4096)},
+                          at::TensorOptions(at::kLong).pinned_memory(true));
     }
     if (!host32_.defined() || host32_.numel() < n32) {
-      host32_ = at::empty({std::max<int64_t>(n32, 4096)}, at::TensorOptions(at::kInt).pinned_memory(true));
+      host32_ = at::empty({std::max<int64_t>(n32, 4096)},
+                          at::TensorOptions(at::kInt).pinned_memory(true));
     }
     int64_t* p = host64_.data_ptr<int64_t>();
     const int64_t real_tokens = static_cast<int64_t>(b.token_ids.size());
@@ -215,7 +224,8 @@ class CudaModelRunner : public ModelRunner {
       const bool real = s < b.num_seqs();
       q[s] = real ? b.context_lens[s] : 0;
       starts[s + 1] = real ? b.query_start[s + 1] : starts[s] + 1;
-      if (real) std::copy(b.block_tables[s]->begin(), b.block_tables[s]->end(), tables + s * l.max_blocks);
+      if (real)
+        std::copy(b.block_tables[s]->begin(), b.block_tables[s]->end(), tables + s * l.max_blocks);
     }
     return {host64_.narrow(0, 0, n64), host32_.narrow(0, 0, n32)};
   }
@@ -239,7 +249,8 @@ class CudaModelRunner : public ModelRunner {
     in.logit_rows = in.packed64.narrow(0, 3 * l.tokens, l.rows);
     in.context_lens = in.packed32.narrow(0, 0, l.seqs);
     in.query_start = in.packed32.narrow(0, l.seqs, l.seqs + 1);
-    in.block_tables = in.packed32.narrow(0, 2 * l.seqs + 1, l.seqs * l.max_blocks).view({l.seqs, l.max_blocks});
+    in.block_tables =
+        in.packed32.narrow(0, 2 * l.seqs + 1, l.seqs * l.max_blocks).view({l.seqs, l.max_blocks});
     return in;
   }
 
@@ -278,7 +289,9 @@ class CudaModelRunner : public ModelRunner {
     p.num_heads = static_cast<int32_t>(config_.num_heads);
     p.max_context_len = in.max_context_len;
     const size_t bytes = gpu::PagedAttentionDecodeWorkspaceBytes(p);
-    if (bytes > 0) in.decode_workspace = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(Device()));
+    if (bytes > 0)
+      in.decode_workspace =
+          at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(Device()));
   }
 
   // y = [gelu](x W^T + b) [+ residual]. Up to kGemvMaxRows rows (decode) go through
@@ -318,7 +331,8 @@ class CudaModelRunner : public ModelRunner {
   }
 
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-    if (config_.arch == Architecture::kGpt2) return at::layer_norm(x, {config_.hidden_size}, w, b, config_.norm_eps);
+    if (config_.arch == Architecture::kGpt2)
+      return at::layer_norm(x, {config_.hidden_size}, w, b, config_.norm_eps);
     at::Tensor xf = x.to(at::kFloat);
     at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + config_.norm_eps);
     return w * normed.to(x.scalar_type());
@@ -335,9 +349,11 @@ class CudaModelRunner : public ModelRunner {
     if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
     const ModelConfig& c = config_;
     const bool gpt2 = c.arch == Architecture::kGpt2;
-    const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim,
+                  kvd = c.num_kv_heads * c.head_dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
+    cudaStream_t stream =
+        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
     at::Tensor x = at::embedding(weights_.token_embedding, in.token_ids);
     if (gpt2) x = x + at::embedding(weights_.position_embedding, in.positions);
     at::Tensor cos, sin;
@@ -439,8 +455,7 @@ class CudaModelRunner : public ModelRunner {
 
 StatusOr<std::unique_ptr<ModelRunner>> CreateCudaModelRunner(const ModelConfig& config,
                                                              const ModelWeights& weights,
-                                                             int device_index,
-                                                             at::ScalarType dtype,
+                                                             int device_index, at::ScalarType dtype,
                                                              bool use_cuda_graphs) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) {
     return InvalidArgument("CUDA runner dtype must be fp16, bf16 or fp32");
@@ -456,8 +471,8 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateCudaModelRunner(const ModelConfig& 
                               std::to_string(count) + " visible)");
   }
   const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
-  return std::unique_ptr<ModelRunner>(new CudaModelRunner(config, weights.To(device, dtype),
-                                                          device_index, dtype, use_cuda_graphs));
+  return std::unique_ptr<ModelRunner>(
+      new CudaModelRunner(config, weights.To(device, dtype), device_index, dtype, use_cuda_graphs));
 }
 
 }  // namespace kvpool

@@ -23,9 +23,12 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 
 const char* KvModeName(KvMode mode) {
   switch (mode) {
-    case KvMode::kNone: return "none";
-    case KvMode::kContiguous: return "contiguous";
-    case KvMode::kPaged: return "paged";
+    case KvMode::kNone:
+      return "none";
+    case KvMode::kContiguous:
+      return "contiguous";
+    case KvMode::kPaged:
+      return "paged";
   }
   return "?";
 }
@@ -39,11 +42,16 @@ StatusOr<KvMode> ParseKvMode(const std::string& name) {
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kRunning: return "running";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kContext: return "context";
+    case FinishReason::kRunning:
+      return "running";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kContext:
+      return "context";
   }
   return "?";
 }
@@ -69,9 +77,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
     runner = std::make_unique<Model>(std::move(config), std::move(weights));
   } else if (options.device.rfind("cuda", 0) == 0) {
     int index = 0;
-    if (options.device.size() > 5 && options.device[4] == ':') index = std::atoi(options.device.c_str() + 5);
-    KVPOOL_ASSIGN_OR_RETURN(runner, CreateCudaModelRunner(config, weights, index, options.dtype,
-                                                          options.cuda_graphs));
+    if (options.device.size() > 5 && options.device[4] == ':')
+      index = std::atoi(options.device.c_str() + 5);
+    KVPOOL_ASSIGN_OR_RETURN(
+        runner, CreateCudaModelRunner(config, weights, index, options.dtype, options.cuda_graphs));
   } else {
     return InvalidArgument("unknown device '" + options.device + "' (cpu, cuda, cuda:N)");
   }
@@ -97,8 +106,8 @@ PoolGeometry Engine::GeometryFor(const ModelConfig& c, const EngineOptions& opti
   g.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
   g.head_dim = static_cast<int32_t>(c.head_dim);
   g.block_size = options.block_size;
-  g.num_blocks = options.num_blocks > 0 ? options.num_blocks
-                                        : 4 * CeilDiv(c.max_position, options.block_size);
+  g.num_blocks =
+      options.num_blocks > 0 ? options.num_blocks : 4 * CeilDiv(c.max_position, options.block_size);
   g.dtype = dtype;
   return g;
 }
@@ -180,8 +189,8 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
   const int64_t prompt_len = seq.prompt_len();
   if (seq.request.mode == KvMode::kContiguous) {
     KVPOOL_ASSIGN_OR_RETURN(seq.block_table,
-                            allocator_.AllocateContiguous(CeilDiv(
-                                prompt_len + seq.request.max_tokens, options_.block_size)));
+                            allocator_.AllocateContiguous(
+                                CeilDiv(prompt_len + seq.request.max_tokens, options_.block_size)));
   } else if (seq.request.mode == KvMode::kPaged) {
     seq.block_table = seq.request.prefix_blocks;
     seq.num_shared_blocks = static_cast<int64_t>(seq.block_table.size());
@@ -197,8 +206,8 @@ void Engine::Release(SequenceId id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
   const Sequence& s = it->second;
-  allocator_.Free(std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks,
-                                       s.block_table.end()));
+  allocator_.Free(
+      std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks, s.block_table.end()));
   sequences_.erase(it);
 }
 

@@ -54,7 +54,7 @@ struct GenerationRequest {
 };
 
 struct EngineOptions {
-  std::string device = "cpu";  // "cpu" or "cuda[:N]"
+  std::string device = "cpu";         // "cpu" or "cuda[:N]"
   at::ScalarType dtype = at::kFloat;  // weights and KV on CUDA (fp32 on the CPU)
   bool cuda_graphs = true;            // capture decode steps (CUDA only)
   int32_t block_size = 16;
@@ -72,8 +72,8 @@ struct Sequence {
   int64_t num_shared_blocks = 0;     // leading blocks of the table owned elsewhere
   bool prefilled = false;
   FinishReason finish = FinishReason::kRunning;
-  at::Tensor last_logits;            // [vocab], from the latest forward
-  std::string text;                  // generated text, kept when stop strings are set
+  at::Tensor last_logits;  // [vocab], from the latest forward
+  std::string text;        // generated text, kept when stop strings are set
   std::mt19937_64 rng;
 
   int64_t prompt_len() const { return static_cast<int64_t>(request.prompt.size()); }
@@ -91,8 +91,8 @@ struct KvUsage {
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens only
   FinishReason finish = FinishReason::kRunning;
-  double ttft_s = 0;                 // prefill, to the first sampled token
-  std::vector<double> step_s;        // each later decode step
+  double ttft_s = 0;           // prefill, to the first sampled token
+  std::vector<double> step_s;  // each later decode step
   std::vector<int64_t> step_kv_reserved_bytes, step_kv_used_bytes;
   double total_s = 0;
 };

@@ -19,7 +19,8 @@ StatusOr<KvPool> KvPool::Create(const PoolGeometry& geometry) {
     return ResourceExhausted("cannot map a KV pool of " + std::to_string(bytes) +
                              " bytes: " + std::strerror(errno));
   }
-  return KvPool(geometry, base, std::shared_ptr<void>(base, [bytes](void* p) { munmap(p, bytes); }));
+  return KvPool(geometry, base,
+                std::shared_ptr<void>(base, [bytes](void* p) { munmap(p, bytes); }));
 }
 
 KvPool KvPool::Adopt(const PoolGeometry& geometry, void* base, std::shared_ptr<void> owner) {
@@ -27,7 +28,8 @@ KvPool KvPool::Adopt(const PoolGeometry& geometry, void* base, std::shared_ptr<v
 }
 
 BlockAllocator::BlockAllocator(int64_t num_blocks) : num_blocks_(num_blocks) {
-  for (int64_t i = 0; i < num_blocks; ++i) free_ids_.insert(free_ids_.end(), static_cast<int32_t>(i));
+  for (int64_t i = 0; i < num_blocks; ++i)
+    free_ids_.insert(free_ids_.end(), static_cast<int32_t>(i));
 }
 
 StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int64_t n) {

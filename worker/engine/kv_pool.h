@@ -12,8 +12,8 @@
 #include <set>
 #include <vector>
 
-#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool {
 

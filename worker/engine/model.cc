@@ -35,8 +35,9 @@ Model::Model(ModelConfig config, ModelWeights weights)
     const int64_t half = config_.head_dim / 2;
     std::vector<float> inv_freq(half);
     for (int64_t i = 0; i < half; ++i) {
-      inv_freq[i] = 1.0f / std::pow(static_cast<float>(config_.rope_theta),
-                                    static_cast<float>(2 * i) / static_cast<float>(config_.head_dim));
+      inv_freq[i] =
+          1.0f / std::pow(static_cast<float>(config_.rope_theta),
+                          static_cast<float>(2 * i) / static_cast<float>(config_.head_dim));
     }
     rope_cos_.resize(config_.max_position * half);
     rope_sin_.resize(config_.max_position * half);
@@ -103,16 +104,15 @@ at::Tensor Model::Forward(const ForwardBatch& batch, const KvPool& pool) {
   at::Tensor attn = at::empty({num_tokens, c.num_heads * c.head_dim}, at::kFloat);
   for (int32_t l = 0; l < static_cast<int32_t>(c.num_layers); ++l) {
     const LayerWeights& w = weights_.layers[l];
-    at::Tensor h = gpt2 ? at::layer_norm(x, {c.hidden_size}, w.attn_norm_w, w.attn_norm_b,
-                                         c.norm_eps)
-                        : RmsNorm(x, w.attn_norm_w, c.norm_eps);
+    at::Tensor h =
+        gpt2 ? at::layer_norm(x, {c.hidden_size}, w.attn_norm_w, w.attn_norm_b, c.norm_eps)
+             : RmsNorm(x, w.attn_norm_w, c.norm_eps);
     at::Tensor qkv = Linear(h, w.qkv_w, w.qkv_b).contiguous();
     if (!gpt2) ApplyRope(qkv, batch);
     WriteKv(qkv, batch, pool, l);
     PagedAttentionCpu(qkv.data_ptr<float>(), qkv.size(1), attn.data_ptr<float>(),
-                      pool.Region(l, KvPart::kKey), pool.Region(l, KvPart::kValue),
-                      pool.geometry(), batch.queries.data(), num_tokens,
-                      static_cast<int32_t>(c.num_heads), scale);
+                      pool.Region(l, KvPart::kKey), pool.Region(l, KvPart::kValue), pool.geometry(),
+                      batch.queries.data(), num_tokens, static_cast<int32_t>(c.num_heads), scale);
     x.add_(Linear(attn, w.o_w, w.o_b));
     h = gpt2 ? at::layer_norm(x, {c.hidden_size}, w.mlp_norm_w, w.mlp_norm_b, c.norm_eps)
              : RmsNorm(x, w.mlp_norm_w, c.norm_eps);
@@ -126,8 +126,8 @@ at::Tensor Model::Forward(const ForwardBatch& batch, const KvPool& pool) {
     x.add_(Linear(up, w.down_w, w.down_b));
   }
   at::Tensor last = x.index_select(0, ToTensor(batch.logit_rows));
-  last = gpt2 ? at::layer_norm(last, {c.hidden_size}, weights_.final_norm_w,
-                               weights_.final_norm_b, c.norm_eps)
+  last = gpt2 ? at::layer_norm(last, {c.hidden_size}, weights_.final_norm_w, weights_.final_norm_b,
+                               c.norm_eps)
               : RmsNorm(last, weights_.final_norm_w, c.norm_eps);
   return Linear(last, weights_.lm_head, at::Tensor());
 }

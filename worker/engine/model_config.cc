@@ -52,15 +52,14 @@ int64_t ModelConfig::NumParameters() const {
   const int64_t q = num_heads * head_dim, kv = num_kv_heads * head_dim;
   int64_t per_layer = hidden_size * (q + 2 * kv) + q * hidden_size;
   if (arch == Architecture::kGpt2) {
-    per_layer += (q + 2 * kv) + hidden_size;                                   // qkv, o biases
+    per_layer += (q + 2 * kv) + hidden_size;  // qkv, o biases
     per_layer += 2 * hidden_size * intermediate_size + intermediate_size + hidden_size;
-    per_layer += 4 * hidden_size;                                              // two LayerNorms
+    per_layer += 4 * hidden_size;  // two LayerNorms
   } else {
     per_layer += 3 * hidden_size * intermediate_size + 2 * hidden_size;
   }
   int64_t total = num_layers * per_layer + vocab_size * hidden_size;
-  total += arch == Architecture::kGpt2 ? max_position * hidden_size + 2 * hidden_size
-                                       : hidden_size;
+  total += arch == Architecture::kGpt2 ? max_position * hidden_size + 2 * hidden_size : hidden_size;
   if (!tie_word_embeddings) total += vocab_size * hidden_size;
   return total;
 }
@@ -74,8 +73,8 @@ Status ModelConfig::Validate() const {
     return bad("every size must be positive");
   }
   if (num_heads % num_kv_heads != 0) {
-    return bad("num_heads (" + std::to_string(num_heads) + ") must be a multiple of num_kv_heads (" +
-               std::to_string(num_kv_heads) + ")");
+    return bad("num_heads (" + std::to_string(num_heads) +
+               ") must be a multiple of num_kv_heads (" + std::to_string(num_kv_heads) + ")");
   }
   if (arch == Architecture::kGpt2 && num_heads * head_dim != hidden_size) {
     return bad("GPT-2 needs num_heads * head_dim == hidden_size");
@@ -85,9 +84,15 @@ Status ModelConfig::Validate() const {
 }
 
 std::vector<std::string> BuiltinModelNames() {
-  return {"gpt2",       "gpt2-medium", "gpt2-chinese-cluecorpussmall", "llama-gqa-small",
-          "tiny-gpt2",  "tiny-llama",  "llama-7b",
-          "llama-13b",  "llama-70b"};
+  return {"gpt2",
+          "gpt2-medium",
+          "gpt2-chinese-cluecorpussmall",
+          "llama-gqa-small",
+          "tiny-gpt2",
+          "tiny-llama",
+          "llama-7b",
+          "llama-13b",
+          "llama-70b"};
 }
 
 StatusOr<ModelConfig> BuiltinModelConfig(const std::string& name) {
@@ -123,8 +128,7 @@ StatusOr<ModelConfig> BuiltinModelConfig(const std::string& name) {
   return big;
 }
 
-StatusOr<ModelConfig> ModelConfigFromHfJson(const std::string& json_text,
-                                            const std::string& name) {
+StatusOr<ModelConfig> ModelConfigFromHfJson(const std::string& json_text, const std::string& name) {
   nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return InvalidArgument("config.json of '" + name + "' is not a JSON object");

@@ -25,10 +25,10 @@ struct ForwardBatch {
   std::vector<int64_t> slots;           // pool slot: block_id * block_size + offset
   std::vector<AttentionQuery> queries;  // block table and visible context of each token
   // Per sequence (the GPU kernels work per sequence).
-  std::vector<int32_t> query_start;     // [num_seqs + 1] first token of each sequence
+  std::vector<int32_t> query_start;  // [num_seqs + 1] first token of each sequence
   std::vector<const std::vector<int32_t>*> block_tables;
-  std::vector<int32_t> context_lens;    // tokens visible to the sequence's last query
-  std::vector<int64_t> logit_rows;      // rows whose next-token logits are wanted
+  std::vector<int32_t> context_lens;  // tokens visible to the sequence's last query
+  std::vector<int64_t> logit_rows;    // rows whose next-token logits are wanted
 
   void Clear();
   // Appends tokens[begin, end) of one sequence whose block table covers them. The
@@ -55,8 +55,7 @@ class ModelRunner {
 // in builds without CUDA LibTorch.
 StatusOr<std::unique_ptr<ModelRunner>> CreateCudaModelRunner(const ModelConfig& config,
                                                              const ModelWeights& weights,
-                                                             int device_index,
-                                                             at::ScalarType dtype,
+                                                             int device_index, at::ScalarType dtype,
                                                              bool use_cuda_graphs);
 
 }  // namespace kvpool

@@ -3,9 +3,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <iterator>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <vector>
 
@@ -64,8 +64,8 @@ struct Partial {
 // 0 reads it from the geometry.
 template <int32_t kHeadDim>
 void AttendPartition(const float* q, const float* k_region, const float* v_region,
-                     const PoolGeometry& g, const AttentionQuery& query, int32_t begin,
-                     int32_t end, int32_t num_heads, float scale, Partial part) {
+                     const PoolGeometry& g, const AttentionQuery& query, int32_t begin, int32_t end,
+                     int32_t num_heads, float scale, Partial part) {
   const int32_t d = kHeadDim > 0 ? kHeadDim : g.head_dim, bs = g.block_size, n = end - begin;
   const int32_t group = num_heads / g.num_kv_heads;
   thread_local std::vector<float> scores;  // [num_heads][n]
@@ -127,15 +127,17 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
     return Partial{p, p + num_heads, p + 2 * num_heads};
   };
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    int64_t i = std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
+    int64_t i =
+        std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
       while (task >= first_task[i + 1]) ++i;
       const int32_t from = static_cast<int32_t>(task - first_task[i]) * kPartitionTokens;
       const int32_t to = std::min(queries[i].context_len, from + kPartitionTokens);
-      auto* attend = d == 64 ? &AttendPartition<64> : d == 128 ? &AttendPartition<128>
-                                                                 : &AttendPartition<0>;
-      attend(q + i * q_row_stride, k_region, v_region, geometry, queries[i], from, to,
-             num_heads, scale, partial_of(task));
+      auto* attend = d == 64    ? &AttendPartition<64>
+                     : d == 128 ? &AttendPartition<128>
+                                : &AttendPartition<0>;
+      attend(q + i * q_row_stride, k_region, v_region, geometry, queries[i], from, to, num_heads,
+             scale, partial_of(task));
     }
   });
   // Merge the partitions of each query: rescale to the global max, then normalise.
@@ -143,7 +145,8 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
     for (int64_t i = begin; i < end; ++i) {
       for (int32_t h = 0; h < num_heads; ++h) {
         float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t t = first_task[i]; t < first_task[i + 1]; ++t) mx = std::max(mx, partial_of(t).max[h]);
+        for (int64_t t = first_task[i]; t < first_task[i + 1]; ++t)
+          mx = std::max(mx, partial_of(t).max[h]);
         float* o = out + (i * num_heads + h) * d;
         std::fill(o, o + d, 0.f);
         float total = 0.f;

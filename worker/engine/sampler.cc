@@ -15,7 +15,8 @@ Status SamplingParams::Validate() const {
   if (!(top_p > 0.0 && top_p <= 1.0)) {
     return InvalidArgument("top_p must be in (0, 1], got " + std::to_string(top_p));
   }
-  if (top_k < 0) return InvalidArgument("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
+  if (top_k < 0)
+    return InvalidArgument("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
   return Status::Ok();
 }
 

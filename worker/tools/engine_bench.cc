@@ -5,12 +5,11 @@
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "engine/engine.h"
@@ -27,13 +26,15 @@ double Median(std::vector<double> v) {
 
 // Best of several parallel sums over a buffer far larger than the caches: bytes/s.
 double MeasureReadBandwidth(const std::string& device) {
-  at::Tensor buf = at::ones({int64_t{1} << 28}, at::TensorOptions(at::kFloat).device(device));  // 1 GiB
+  at::Tensor buf =
+      at::ones({int64_t{1} << 28}, at::TensorOptions(at::kFloat).device(device));  // 1 GiB
   double best_s = 1e9;
   for (int i = 0; i < 7; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     volatile float s = buf.sum().item<float>();
     (void)s;
-    best_s = std::min(best_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best_s = std::min(best_s,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return static_cast<double>(buf.numel() * sizeof(float)) / best_s;
 }
@@ -47,7 +48,8 @@ struct Point {
 // each point's `context` (growing by one per step). The points' steps are interleaved
 // (a step of each in turn), so that a slow spell of a noisy machine hits them all
 // alike and their ratios stay honest.
-StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine, const std::vector<Point>& points,
+StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
+                                                    const std::vector<Point>& points,
                                                     int32_t warmup, int32_t steps) {
   std::vector<SequenceId> ids;
   auto release = [&] {
@@ -56,7 +58,8 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine, const std::v
   for (const Point& p : points) {
     GenerationRequest r;
     std::mt19937 rng(static_cast<uint32_t>(p.context));
-    std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(engine.config().vocab_size) - 1);
+    std::uniform_int_distribution<int32_t> dist(
+        0, static_cast<int32_t>(engine.config().vocab_size) - 1);
     for (int64_t i = 0; i < p.context; ++i) r.prompt.push_back(dist(rng));
     r.max_tokens = warmup + steps + 1;
     r.mode = p.mode;
@@ -83,7 +86,8 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine, const std::v
         return st;
       }
       if (i >= warmup) {
-        times[p].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        times[p].push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
     }
   }
@@ -100,7 +104,8 @@ int Main(int argc, char** argv) {
   bool json = false, quick = false, no_graphs = false;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
-  app.add_option("--steps", steps, "timed decode steps per point (median)")->check(CLI::Range(1, 10000));
+  app.add_option("--steps", steps, "timed decode steps per point (median)")
+      ->check(CLI::Range(1, 10000));
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(0, 1000));
   app.add_option("--block-size", block_size, "tokens per KV block")->check(CLI::Range(1, 1024));
   app.add_option("--device", device, "cpu, cuda or cuda:N");
@@ -116,8 +121,9 @@ int Main(int argc, char** argv) {
     std::cerr << "kvpool-engine-bench: " << loaded.status().ToString() << "\n";
     return 2;
   }
-  const at::ScalarType dtype = dtype_name == "fp16" ? at::kHalf
-                              : dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType dtype = dtype_name == "fp16"   ? at::kHalf
+                               : dtype_name == "bf16" ? at::kBFloat16
+                                                      : at::kFloat;
   const int64_t weight_bytes =
       loaded->weights.ParameterBytes() / 4 * static_cast<int64_t>(c10::elementSize(dtype));
   const ModelConfig config = loaded->config;
@@ -134,7 +140,8 @@ int Main(int argc, char** argv) {
   }
   Engine& engine = **engine_or;
   const int64_t ctx_max = config.max_position - warmup - steps - 2;
-  const int64_t ctx_small = std::min<int64_t>(200, ctx_max), ctx_large = std::min<int64_t>(1000, ctx_max);
+  const int64_t ctx_small = std::min<int64_t>(200, ctx_max),
+                ctx_large = std::min<int64_t>(1000, ctx_max);
   const int64_t ctx_none = std::min<int64_t>(512, ctx_max);
 
   nlohmann::json out;
@@ -142,11 +149,15 @@ int Main(int argc, char** argv) {
     std::cerr << "kvpool-engine-bench: " << st.ToString() << "\n";
     return 1;
   };
-  if (!json) std::fprintf(stderr, "measuring contiguous and paged at %ld and %ld tokens ...\n",
-                          static_cast<long>(ctx_small), static_cast<long>(ctx_large));
-  auto cached = DecodeSecondsPerToken(engine, {{KvMode::kContiguous, ctx_small}, {KvMode::kPaged, ctx_small},
-                                              {KvMode::kContiguous, ctx_large}, {KvMode::kPaged, ctx_large},
-                                              {KvMode::kContiguous, ctx_none}},
+  if (!json)
+    std::fprintf(stderr, "measuring contiguous and paged at %ld and %ld tokens ...\n",
+                 static_cast<long>(ctx_small), static_cast<long>(ctx_large));
+  auto cached = DecodeSecondsPerToken(engine,
+                                      {{KvMode::kContiguous, ctx_small},
+                                       {KvMode::kPaged, ctx_small},
+                                       {KvMode::kContiguous, ctx_large},
+                                       {KvMode::kPaged, ctx_large},
+                                       {KvMode::kContiguous, ctx_none}},
                                       warmup, steps);
   if (!cached.ok()) return fail(cached.status());
   if (!json) std::fprintf(stderr, "measuring none (recompute) ...\n");
@@ -181,10 +192,12 @@ int Main(int argc, char** argv) {
   out["steps_per_point"] = steps;
   out["context"] = ctx_small;
   out["context_large"] = ctx_large;
-  out["method"] = "batch 1; median of timed single decode steps after warm-up; the points of "
-                  "each group (contiguous/paged at both contexts; none at every context) interleaved";
+  out["method"] =
+      "batch 1; median of timed single decode steps after warm-up; the points of "
+      "each group (contiguous/paged at both contexts; none at every context) interleaved";
   out["decode_ms_per_token"] = per_mode;
-  out["paged_over_contiguous"] = per_mode["paged"].get<double>() / per_mode["contiguous"].get<double>();
+  out["paged_over_contiguous"] =
+      per_mode["paged"].get<double>() / per_mode["contiguous"].get<double>();
   out["paged_ms_per_token_at_1000"] = paged_large * 1e3;
   out["contiguous_ms_per_token_at_1000"] = contiguous_large * 1e3;
   out["paged_growth_200_to_1000"] = paged_large * 1e3 / per_mode["paged"].get<double>();
@@ -194,7 +207,8 @@ int Main(int argc, char** argv) {
   out["kv_bytes_per_token"] = config.KvBytesPerToken();
   out["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
   out["bandwidth_floor_ms_per_token"] = weight_bytes / bandwidth * 1e3;
-  out["paged_over_floor"] = per_mode["paged"].get<double>() / out["bandwidth_floor_ms_per_token"].get<double>();
+  out["paged_over_floor"] =
+      per_mode["paged"].get<double>() / out["bandwidth_floor_ms_per_token"].get<double>();
   out["contiguous_ms_per_token_at_512"] = (*cached)[4] * 1e3;
   out["contiguous_over_none_at_512"] = none_512 / (*cached)[4];
   if (json) {
@@ -206,14 +220,19 @@ int Main(int argc, char** argv) {
               dtype_name.c_str(), threads, block_size, steps);
   std::printf("%-34s %10s\n", "measure", "ms/token");
   for (const char* m : {"none", "contiguous", "paged"}) {
-    std::printf("%-34s %10.2f\n", (std::string(m) + " @ context " + std::to_string(ctx_small)).c_str(),
+    std::printf("%-34s %10.2f\n",
+                (std::string(m) + " @ context " + std::to_string(ctx_small)).c_str(),
                 per_mode[m].get<double>());
   }
-  std::printf("%-34s %10.2f\n", ("contiguous @ context " + std::to_string(ctx_large)).c_str(), contiguous_large * 1e3);
-  std::printf("%-34s %10.2f\n", ("paged @ context " + std::to_string(ctx_large)).c_str(), paged_large * 1e3);
-  std::printf("%-34s %10.2f\n", ("none @ context " + std::to_string(ctx_none)).c_str(), none_512 * 1e3);
+  std::printf("%-34s %10.2f\n", ("contiguous @ context " + std::to_string(ctx_large)).c_str(),
+              contiguous_large * 1e3);
+  std::printf("%-34s %10.2f\n", ("paged @ context " + std::to_string(ctx_large)).c_str(),
+              paged_large * 1e3);
+  std::printf("%-34s %10.2f\n", ("none @ context " + std::to_string(ctx_none)).c_str(),
+              none_512 * 1e3);
   std::printf("%-34s %10.2f  (%.1f MB at %.1f GB/s)\n", "bandwidth floor",
-              out["bandwidth_floor_ms_per_token"].get<double>(), weight_bytes / 1e6, bandwidth / 1e9);
+              out["bandwidth_floor_ms_per_token"].get<double>(), weight_bytes / 1e6,
+              bandwidth / 1e9);
   std::printf("paged / contiguous = %.3f, paged growth %ld->%ld = %.3f, paged / floor = %.2f\n",
               out["paged_over_contiguous"].get<double>(), static_cast<long>(ctx_small),
               static_cast<long>(ctx_large), out["paged_growth_200_to_1000"].get<double>(),

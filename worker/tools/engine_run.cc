@@ -4,10 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "engine/engine.h"
@@ -19,7 +18,8 @@ namespace {
 
 int Main(int argc, char** argv) {
   CLI::App app{"Generate from one prompt in each KV mode and compare latency and KV memory"};
-  std::string model = "gpt2", prompt = "深度学习中的注意力机制是一种", modes_arg = "none,contiguous,paged";
+  std::string model = "gpt2", prompt = "深度学习中的注意力机制是一种",
+              modes_arg = "none,contiguous,paged";
   int max_tokens = 50, threads = 2, block_size = 16;
   double temperature = 0.0, top_p = 1.0;
   int top_k = 0;
@@ -44,7 +44,8 @@ int Main(int argc, char** argv) {
   };
   auto loaded = LoadModel(model);
   if (!loaded.ok()) return fail(loaded.status().ToString());
-  if (!loaded->tokenizer) return fail("no tokenizer for '" + model + "': " + loaded->tokenizer_note);
+  if (!loaded->tokenizer)
+    return fail("no tokenizer for '" + model + "': " + loaded->tokenizer_note);
   std::shared_ptr<const Tokenizer> tok = loaded->tokenizer;
   std::vector<int32_t> prompt_ids = tok->Encode(prompt);
   EngineOptions options;
@@ -68,7 +69,8 @@ int Main(int argc, char** argv) {
               threads);
   std::string modes_list = modes_arg;
   std::vector<std::string> modes;
-  for (size_t pos; (pos = modes_list.find(',')) != std::string::npos; modes_list.erase(0, pos + 1)) {
+  for (size_t pos; (pos = modes_list.find(',')) != std::string::npos;
+       modes_list.erase(0, pos + 1)) {
     modes.push_back(modes_list.substr(0, pos));
   }
   modes.push_back(modes_list);
@@ -87,8 +89,10 @@ int Main(int argc, char** argv) {
     if (!results.ok()) return fail(results.status().ToString());
     const GenerationResult& g = (*results)[0];
     const double per_token = g.total_s / static_cast<double>(g.tokens.size());
-    const double peak_reserved = *std::max_element(g.step_kv_reserved_bytes.begin(), g.step_kv_reserved_bytes.end());
-    const double peak_used = *std::max_element(g.step_kv_used_bytes.begin(), g.step_kv_used_bytes.end());
+    const double peak_reserved =
+        *std::max_element(g.step_kv_reserved_bytes.begin(), g.step_kv_reserved_bytes.end());
+    const double peak_used =
+        *std::max_element(g.step_kv_used_bytes.begin(), g.step_kv_used_bytes.end());
     std::printf("%-11s %14.4f %10.4f %10.3f %16.2f %16.2f\n", name.c_str(), per_token, g.ttft_s,
                 g.total_s, peak_reserved / 1e6, peak_used / 1e6);
     report["modes"][name] = {{"avg_token_latency_s", per_token},
@@ -99,7 +103,9 @@ int Main(int argc, char** argv) {
                              {"step_latency_s", g.step_s},
                              {"text", tok->Decode(g.tokens)}};
   }
-  std::printf("\n(avg s/token = total time / new tokens, prefill included, as the original experiment measured)\n");
+  std::printf(
+      "\n(avg s/token = total time / new tokens, prefill included, as the original experiment "
+      "measured)\n");
   if (json) std::cout << report.dump(2) << std::endl;
   return 0;
 }

@@ -2,7 +2,6 @@
 // weights by default) as a Hugging Face folder, so that transformers can run exactly
 // the weights kvpool runs (the external check, and the Hugging Face baseline).
 #include <CLI/CLI.hpp>
-
 #include <filesystem>
 #include <iostream>
 
@@ -10,7 +9,8 @@
 #include "weights/hf_writer.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Write a model's weights as a Hugging Face folder (config.json + model.safetensors)"};
+  CLI::App app{
+      "Write a model's weights as a Hugging Face folder (config.json + model.safetensors)"};
   std::string model = "gpt2", out, dtype = "fp32";
   uint64_t seed = 42;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
@@ -24,7 +24,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::filesystem::create_directories(out);
-  const at::ScalarType t = dtype == "fp16" ? at::kHalf : dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType t = dtype == "fp16"   ? at::kHalf
+                           : dtype == "bf16" ? at::kBFloat16
+                                             : at::kFloat;
   kvpool::Status st = kvpool::SaveHfFolder(out, loaded->config, loaded->weights, t);
   if (!st.ok()) {
     std::cerr << "kvpool-export-hf: " << st.ToString() << "\n";

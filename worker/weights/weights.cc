@@ -98,9 +98,9 @@ int64_t ModelWeights::ParameterBytes() const {
   add(final_norm_b);
   if (!lm_head.is_same(token_embedding)) add(lm_head);
   for (const LayerWeights& l : layers) {
-    for (const at::Tensor* t : {&l.attn_norm_w, &l.attn_norm_b, &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b,
-                                &l.mlp_norm_w, &l.mlp_norm_b, &l.up_w, &l.up_b, &l.down_w,
-                                &l.down_b}) {
+    for (const at::Tensor* t :
+         {&l.attn_norm_w, &l.attn_norm_b, &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.mlp_norm_w,
+          &l.mlp_norm_b, &l.up_w, &l.up_b, &l.down_w, &l.down_b}) {
       add(*t);
     }
   }

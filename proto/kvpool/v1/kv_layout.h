@@ -21,9 +21,12 @@ constexpr size_t KvDtypeBytes(KvDtype dtype) { return dtype == KvDtype::kFloat32
 
 inline const char* KvDtypeName(KvDtype dtype) {
   switch (dtype) {
-    case KvDtype::kFloat32: return "fp32";
-    case KvDtype::kFloat16: return "fp16";
-    case KvDtype::kBFloat16: return "bf16";
+    case KvDtype::kFloat32:
+      return "fp32";
+    case KvDtype::kFloat16:
+      return "fp16";
+    case KvDtype::kBFloat16:
+      return "bf16";
   }
   return "?";
 }
@@ -64,9 +67,8 @@ struct PoolGeometry {
   }
 
   bool operator==(const PoolGeometry& o) const {
-    return num_layers == o.num_layers && num_kv_heads == o.num_kv_heads &&
-           head_dim == o.head_dim && block_size == o.block_size && num_blocks == o.num_blocks &&
-           dtype == o.dtype;
+    return num_layers == o.num_layers && num_kv_heads == o.num_kv_heads && head_dim == o.head_dim &&
+           block_size == o.block_size && num_blocks == o.num_blocks && dtype == o.dtype;
   }
   bool operator!=(const PoolGeometry& o) const { return !(*this == o); }
 };
