@@ -1,0 +1,105 @@
+// BlockPool: the state of every block id of the KV pool (after vLLM v1's block_pool.py
+// and kv_cache_utils.py). It owns the blocks' reference counts and hashes, the free
+// queue (free and cached blocks, least recently freed at the head) and the prefix index
+// that maps hashes to cached blocks. Allocation, touch and free are O(1) per block;
+// only the contiguous first-fit scan is O(num_blocks). It never knows about sequences,
+// workers or tokens, and never touches KV bytes.
+//
+// Invariants (checked by CheckInvariants):
+//   - a block is in the free queue exactly when its ref_cnt is 0;
+//   - a block has a hash exactly when the prefix index maps that hash to it; the hash is
+//     set once (CacheFullBlock) and cleared only when the block is evicted;
+//   - free (no hash) + cached (hash, ref 0) + in use (ref >= 1) == num_blocks.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "cache_service/block_hash.h"
+#include "cache_service/prefix_index.h"
+#include "kvpool/v1/status.h"
+
+namespace kvpool::manager {
+
+struct KvBlock {
+  int32_t block_id = 0;
+  int32_t ref_cnt = 0;
+  bool has_hash = false;
+  BlockHash hash;  // meaningful only when has_hash
+  // Intrusive links of the free queue; both null when the block is not in it (or is its
+  // only element: see in_free_queue).
+  KvBlock* prev_free = nullptr;
+  KvBlock* next_free = nullptr;
+  bool in_free_queue = false;
+};
+
+// Intrusive doubly linked list of blocks with ref_cnt 0. O(1) pop at the head, append at
+// the tail and removal from the middle (a prefix hit on a cached block).
+class FreeBlockQueue {
+ public:
+  int64_t size() const { return size_; }
+  KvBlock* front() const { return head_; }
+  KvBlock* PopFront();
+  void Append(KvBlock* block);
+  void Remove(KvBlock* block);
+
+ private:
+  KvBlock* head_ = nullptr;
+  KvBlock* tail_ = nullptr;
+  int64_t size_ = 0;
+};
+
+class BlockPool {
+ public:
+  explicit BlockPool(int64_t num_blocks);
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+
+  int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
+  // Blocks that an allocation may take: free plus cached.
+  int64_t num_allocatable() const { return free_queue_.size(); }
+  int64_t num_cached() const { return num_cached_; }
+  int64_t num_free() const { return free_queue_.size() - num_cached_; }
+  int64_t num_in_use() const { return num_blocks() - free_queue_.size(); }
+  int64_t evictions() const { return evictions_; }
+  const KvBlock& block(int32_t id) const { return blocks_[id]; }
+  const PrefixIndex& prefix_index() const { return index_; }
+
+  // Appends `n` blocks with ref_cnt 1 to `out`, popped from the free queue's head;
+  // cached ones are evicted (their hash leaves the index). RESOURCE_EXHAUSTED, with
+  // nothing taken, when fewer than `n` are free or cached.
+  Status Allocate(int64_t n, std::vector<int32_t>* out);
+  // Appends the first (lowest-id) run of `n` consecutive blocks that all have ref_cnt 0
+  // to `out`, evicting cached ones. RESOURCE_EXHAUSTED, nothing taken, when no run is
+  // long enough, saying so when enough blocks are free in total (fragmentation).
+  Status AllocateContiguous(int64_t n, std::vector<int32_t>* out);
+  // ref_cnt++ on a block that already holds data (prefix hit, fork); a block at 0 leaves
+  // the free queue (it stays cached: its hash is kept).
+  void Touch(int32_t block);
+  // ref_cnt--; at 0 the block joins the free queue's tail (cached if it has a hash).
+  // Callers free a sequence's blocks last first, so its tail is evicted before its prefix.
+  void Free(int32_t block);
+  // The block holding `hash`, if any.
+  std::optional<int32_t> Lookup(const BlockHash& hash) const { return index_.Lookup(hash); }
+  // Gives an in-use, full, committed block its hash unless some block holds that hash
+  // already (or this one has a hash); returns whether it did.
+  bool CacheFullBlock(int32_t block, const BlockHash& hash);
+
+  // The invariants above, plus ref_cnt == expected_ref_cnt[b] for every block. INTERNAL
+  // naming the first violation.
+  Status CheckInvariants(const std::vector<int32_t>& expected_ref_cnt) const;
+
+ private:
+  // Takes a block with ref_cnt 0 out of the free queue for a new owner, evicting it if
+  // it is cached.
+  void TakeForAllocation(KvBlock* block);
+
+  std::vector<KvBlock> blocks_;
+  FreeBlockQueue free_queue_;
+  PrefixIndex index_;
+  int64_t num_cached_ = 0;  // blocks in the free queue with a hash
+  int64_t evictions_ = 0;
+};
+
+}  // namespace kvpool::manager

@@ -1,0 +1,431 @@
+// CacheManager: the manager's RPCs as plain C++ calls over the block pool, the sequence
+// table and the lease tracker, all behind mu_. See cache_manager.h for the semantics.
+// Every public call either succeeds or leaves the state as it found it (per item for
+// Step). It never touches KV bytes, never reads a clock (`now` comes in) and never
+// includes gRPC.
+#include "cache_service/cache_manager.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "cache_service/block_hash.h"
+#include "cache_service/block_pool.h"
+#include "cache_service/lease_tracker.h"
+#include "cache_service/sequence_table.h"
+
+namespace kvpool::manager {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+Status WorkerNotFound(WorkerId worker) {
+  return NotFound("worker " + Str(worker) +
+                  " is not registered (or its lease expired): register again");
+}
+
+Status CheckTokenIds(const std::vector<int32_t>& ids, const char* field) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0) {
+      return InvalidArgument(std::string(field) + "[" + Str(static_cast<int64_t>(i)) +
+                             "] = " + Str(ids[i]) + " is negative: token ids are >= 0");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct CacheManager::State {
+  explicit State(CacheManagerOptions o)
+      : options(std::move(o)), pool(options.geometry.num_blocks), leases(options.lease_ttl) {}
+
+  // Looks up `id` for `worker`: NOT_FOUND if no such sequence is open,
+  // FAILED_PRECONDITION if another worker owns it.
+  StatusOr<Sequence*> OwnedSequence(WorkerId worker, SequenceId id) {
+    Sequence* sequence = sequences.Find(id);
+    if (sequence == nullptr) {
+      return NotFound("sequence " + Str(id) +
+                      " is not open (never opened, closed, or its worker's lease expired)");
+    }
+    if (sequence->worker != worker) {
+      return FailedPrecondition("sequence " + Str(id) + " belongs to worker " +
+                                Str(sequence->worker) + ", not worker " + Str(worker));
+    }
+    return sequence;
+  }
+
+  Status CheckSequenceLimit(WorkerId worker) const {
+    if (sequences.CountOf(worker) >= options.max_sequences_per_worker) {
+      return ResourceExhausted("worker " + Str(worker) + " already holds " +
+                               Str(sequences.CountOf(worker)) +
+                               " sequences, the max_sequences_per_worker limit: close some first");
+    }
+    return Status::Ok();
+  }
+
+  // Drops the sequence's references, last block first (its tail is evicted before its
+  // prefix), and forgets it.
+  void Release(SequenceId id) {
+    Sequence* sequence = sequences.Find(id);
+    for (auto it = sequence->block_table.rbegin(); it != sequence->block_table.rend(); ++it) {
+      pool.Free(*it);
+    }
+    sequences.Remove(id);
+  }
+
+  // Hashes the blocks that the committed tokens have filled since the last call and
+  // registers each in the prefix index unless a block with that hash is there already.
+  void PublishFullBlocks(Sequence* sequence) {
+    const int32_t block_size = options.geometry.block_size;
+    const size_t full = sequence->committed_token_ids.size() / block_size;
+    const size_t known = sequence->block_hashes.size();
+    if (full <= known) return;
+    HashFullBlocks(sequence->salt, sequence->committed_token_ids, block_size, known, full - known,
+                   &sequence->block_hashes);
+    for (size_t i = known; i < full; ++i) {
+      pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i]);
+    }
+  }
+
+  StepItemResult StepOne(WorkerId worker, const StepItem& item);
+
+  const CacheManagerOptions options;
+  BlockPool pool;
+  SequenceTable sequences;
+  LeaseTracker leases;
+  int64_t prefix_queries_tokens = 0;
+  int64_t prefix_hits_tokens = 0;
+  int64_t expired_leases = 0;
+};
+
+CacheManager::CacheManager(CacheManagerOptions options) {
+  const PoolGeometry& g = options.geometry;
+  if (g.block_size <= 0 || g.num_blocks < 0 || g.num_blocks > INT32_MAX) {
+    throw std::invalid_argument("CacheManager: block_size must be > 0 and num_blocks in [0, 2^31)");
+  }
+  state_ = std::make_unique<State>(std::move(options));
+}
+
+CacheManager::~CacheManager() = default;
+
+const CacheManagerOptions& CacheManager::options() const { return state_->options; }
+
+WorkerLease CacheManager::RegisterWorker(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return WorkerLease{state_->leases.Register(now), state_->options.lease_ttl};
+}
+
+Status CacheManager::Heartbeat(WorkerId worker, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!state_->leases.Renew(worker, now)) return WorkerNotFound(worker);
+  return Status::Ok();
+}
+
+StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& s = *state_;
+  const CacheManagerOptions& o = s.options;
+  if (!s.leases.Renew(request.worker_id, now)) return WorkerNotFound(request.worker_id);
+
+  const auto prompt_tokens = static_cast<int64_t>(request.token_ids.size());
+  if (prompt_tokens == 0) return InvalidArgument("token_ids is empty: the prompt needs a token");
+  if (prompt_tokens > o.max_tokens_per_call) {
+    return InvalidArgument("token_ids has " + Str(prompt_tokens) +
+                           " tokens, over max_tokens_per_call " + Str(o.max_tokens_per_call));
+  }
+  KVPOOL_RETURN_IF_ERROR(CheckTokenIds(request.token_ids, "token_ids"));
+  if (request.max_tokens <= 0) {
+    return InvalidArgument("max_tokens must be > 0, got " + Str(request.max_tokens));
+  }
+  if (request.max_tokens > o.max_context_tokens - prompt_tokens) {
+    return InvalidArgument("prompt (" + Str(prompt_tokens) + " tokens) + max_tokens (" +
+                           Str(request.max_tokens) + ") exceeds max_context_tokens " +
+                           Str(o.max_context_tokens));
+  }
+  KVPOOL_RETURN_IF_ERROR(s.CheckSequenceLimit(request.worker_id));
+
+  const int32_t block_size = o.geometry.block_size;
+  Sequence sequence;
+  sequence.worker = request.worker_id;
+  sequence.mode = request.mode;
+  sequence.max_total_tokens = prompt_tokens + request.max_tokens;
+  sequence.num_tokens = prompt_tokens;
+  int64_t hit_blocks = 0;
+
+  if (request.mode == SequenceMode::kContiguous) {
+    KVPOOL_RETURN_IF_ERROR(s.pool.AllocateContiguous(CeilDiv(sequence.max_total_tokens, block_size),
+                                                     &sequence.block_table));
+  } else {
+    sequence.salt = TenantSalt(request.tenant);
+    // Longest cached run of the prompt's full blocks, leaving at least one token to
+    // compute (the last position's logits are needed).
+    const int64_t max_hit = (prompt_tokens - 1) / block_size;
+    std::vector<BlockHash> hashes;
+    HashFullBlocks(sequence.salt, request.token_ids, block_size, 0, max_hit, &hashes);
+    std::vector<int32_t> hits;
+    int64_t hits_in_free_queue = 0;
+    for (const BlockHash& hash : hashes) {
+      auto block = s.pool.Lookup(hash);
+      if (!block) break;
+      hits.push_back(*block);
+      if (s.pool.block(*block).ref_cnt == 0) ++hits_in_free_queue;
+    }
+    hit_blocks = static_cast<int64_t>(hits.size());
+    const int64_t need = CeilDiv(prompt_tokens, block_size) - hit_blocks;
+    const int64_t available = s.pool.num_allocatable() - hits_in_free_queue;
+    if (need > available) {
+      return ResourceExhausted("out of KV blocks: the prompt needs " + Str(need) + " new blocks (" +
+                               Str(hit_blocks) + " cached), " + Str(available) +
+                               " free or evictable of " + Str(s.pool.num_blocks()));
+    }
+    // Touch the hits first so the allocation cannot evict them.
+    for (int32_t block : hits) s.pool.Touch(block);
+    sequence.block_table = hits;
+    const Status allocated = s.pool.Allocate(need, &sequence.block_table);
+    (void)allocated;  // cannot fail: checked above
+    sequence.block_hashes.assign(hashes.begin(), hashes.begin() + hit_blocks);
+    sequence.committed_token_ids.assign(request.token_ids.begin(),
+                                        request.token_ids.begin() + hit_blocks * block_size);
+    s.prefix_queries_tokens += prompt_tokens;
+    s.prefix_hits_tokens += hit_blocks * block_size;
+  }
+
+  Sequence& stored = s.sequences.Add(std::move(sequence));
+  OpenResult result;
+  result.sequence_id = stored.id;
+  result.block_table = stored.block_table;
+  result.cached_tokens = hit_blocks * block_size;
+  return result;
+}
+
+StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& item) {
+  StepItemResult result;
+  result.sequence_id = item.sequence_id;
+  auto found = OwnedSequence(worker, item.sequence_id);
+  if (!found.ok()) {
+    result.status = found.status();
+    return result;
+  }
+  Sequence* sequence = *found;
+  const std::string name = "sequence " + Str(sequence->id) + ": ";
+  if (item.num_tokens < 0 || item.num_tokens > sequence->max_total_tokens) {
+    result.status = InvalidArgument(
+        name + "num_tokens " + Str(item.num_tokens) +
+        " is outside [0, prompt + max_tokens = " + Str(sequence->max_total_tokens) + "]");
+    return result;
+  }
+  result.status = CheckTokenIds(item.commit_token_ids, "commit_token_ids");
+  if (!result.status.ok()) return result;
+  const int64_t num_tokens = std::max(sequence->num_tokens, item.num_tokens);
+  const auto committed = static_cast<int64_t>(sequence->committed_token_ids.size());
+  const auto committing = static_cast<int64_t>(item.commit_token_ids.size());
+  if (committed + committing > num_tokens) {
+    result.status = InvalidArgument(name + "committing " + Str(committing) + " tokens after " +
+                                    Str(committed) + " exceeds the " + Str(num_tokens) +
+                                    " slots it holds: raise num_tokens first");
+    return result;
+  }
+  if (sequence->mode == SequenceMode::kPaged) {
+    const int64_t need = CeilDiv(num_tokens, options.geometry.block_size) -
+                         static_cast<int64_t>(sequence->block_table.size());
+    if (need > 0) {
+      Status allocated = pool.Allocate(need, &result.new_blocks);
+      if (!allocated.ok()) {
+        result.status = Status(allocated.code(), name + allocated.message());
+        return result;
+      }
+      sequence->block_table.insert(sequence->block_table.end(), result.new_blocks.begin(),
+                                   result.new_blocks.end());
+    }
+  }
+  sequence->num_tokens = num_tokens;
+  sequence->committed_token_ids.insert(sequence->committed_token_ids.end(),
+                                       item.commit_token_ids.begin(), item.commit_token_ids.end());
+  if (sequence->mode == SequenceMode::kPaged) PublishFullBlocks(sequence);
+  return result;
+}
+
+StatusOr<std::vector<StepItemResult>> CacheManager::Step(WorkerId worker,
+                                                         const std::vector<StepItem>& items,
+                                                         Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& s = *state_;
+  if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
+  int64_t committing = 0;
+  for (const StepItem& item : items)
+    committing += static_cast<int64_t>(item.commit_token_ids.size());
+  if (committing > s.options.max_tokens_per_call) {
+    return InvalidArgument("the step commits " + Str(committing) +
+                           " tokens, over max_tokens_per_call " +
+                           Str(s.options.max_tokens_per_call) + ": split it");
+  }
+  std::vector<StepItemResult> results;
+  results.reserve(items.size());
+  for (const StepItem& item : items) results.push_back(s.StepOne(worker, item));
+  return results;
+}
+
+StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
+                                        Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& s = *state_;
+  if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
+  KVPOOL_ASSIGN_OR_RETURN(Sequence * parent, s.OwnedSequence(worker, parent_id));
+  if (parent->mode != SequenceMode::kPaged) {
+    return FailedPrecondition("sequence " + Str(parent_id) +
+                              " is contiguous: only paged sequences can be forked");
+  }
+  KVPOOL_RETURN_IF_ERROR(s.CheckSequenceLimit(worker));
+  const int32_t block_size = s.options.geometry.block_size;
+  const auto committed = static_cast<int64_t>(parent->committed_token_ids.size());
+  const int64_t full = committed / block_size;
+
+  ForkResult result;
+  Sequence child;
+  if (committed % block_size != 0) {
+    std::vector<int32_t> fresh;
+    KVPOOL_RETURN_IF_ERROR(s.pool.Allocate(1, &fresh));
+    result.copy_src_block = parent->block_table[full];
+    result.copy_dst_block = fresh[0];
+  }
+  child.worker = worker;
+  child.mode = SequenceMode::kPaged;
+  child.salt = parent->salt;
+  child.max_total_tokens = parent->max_total_tokens;
+  child.num_tokens = committed;
+  child.committed_token_ids = parent->committed_token_ids;
+  child.block_hashes = parent->block_hashes;
+  child.block_table.assign(parent->block_table.begin(), parent->block_table.begin() + full);
+  for (int32_t block : child.block_table) s.pool.Touch(block);
+  if (result.copy_dst_block >= 0) child.block_table.push_back(result.copy_dst_block);
+
+  Sequence& stored = s.sequences.Add(std::move(child));
+  result.sequence_id = stored.id;
+  result.block_table = stored.block_table;
+  return result;
+}
+
+Status CacheManager::CloseSequence(WorkerId worker, SequenceId sequence, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& s = *state_;
+  if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
+  KVPOOL_ASSIGN_OR_RETURN(Sequence * found, s.OwnedSequence(worker, sequence));
+  s.Release(found->id);
+  return Status::Ok();
+}
+
+std::vector<WorkerId> CacheManager::ExpireLeases(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& s = *state_;
+  std::vector<WorkerId> expired = s.leases.TakeExpired(now);
+  for (WorkerId worker : expired) {
+    std::vector<SequenceId> ids = s.sequences.SequencesOf(worker);
+    std::sort(ids.begin(), ids.end());
+    for (SequenceId id : ids) s.Release(id);
+  }
+  s.expired_leases += static_cast<int64_t>(expired.size());
+  return expired;
+}
+
+ManagerStats CacheManager::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const State& s = *state_;
+  const PoolGeometry& g = s.options.geometry;
+  ManagerStats stats;
+  stats.num_blocks = s.pool.num_blocks();
+  stats.free_blocks = s.pool.num_free();
+  stats.cached_blocks = s.pool.num_cached();
+  stats.in_use_blocks = s.pool.num_in_use();
+  stats.num_sequences = s.sequences.size();
+  stats.num_workers = s.leases.size();
+  stats.prefix_queries_tokens = s.prefix_queries_tokens;
+  stats.prefix_hits_tokens = s.prefix_hits_tokens;
+  stats.evictions = s.pool.evictions();
+  stats.expired_leases = s.expired_leases;
+  stats.bytes_reserved = stats.in_use_blocks * static_cast<int64_t>(g.block_bytes());
+  // A shared block counts once, with the most committed slots any holder has in it.
+  // O(num_blocks + table entries): Stats is not on the per-token path.
+  std::vector<int32_t> filled(static_cast<size_t>(stats.num_blocks), 0);
+  s.sequences.ForEach([&](const Sequence& sequence) {
+    const auto committed = static_cast<int64_t>(sequence.committed_token_ids.size());
+    for (size_t i = 0; i < sequence.block_table.size(); ++i) {
+      const int64_t in_block =
+          std::clamp<int64_t>(committed - static_cast<int64_t>(i) * g.block_size, 0, g.block_size);
+      int32_t& slot = filled[sequence.block_table[i]];
+      slot = std::max(slot, static_cast<int32_t>(in_block));
+    }
+  });
+  int64_t used_tokens = 0;
+  for (int32_t f : filled) used_tokens += f;
+  stats.bytes_used = used_tokens * static_cast<int64_t>(g.token_bytes());
+  return stats;
+}
+
+Status CacheManager::CheckInvariants() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const State& s = *state_;
+  const int32_t block_size = s.options.geometry.block_size;
+  std::vector<int32_t> refs(static_cast<size_t>(s.pool.num_blocks()), 0);
+  std::unordered_map<WorkerId, int64_t> per_worker;
+  Status status;
+  s.sequences.ForEach([&](const Sequence& q) {
+    if (!status.ok()) return;
+    const std::string name = "sequence " + Str(q.id) + ": ";
+    auto fail = [&](const std::string& what) { status = Internal(name + what); };
+    ++per_worker[q.worker];
+    const auto committed = static_cast<int64_t>(q.committed_token_ids.size());
+    const auto table = static_cast<int64_t>(q.block_table.size());
+    if (!s.leases.Contains(q.worker))
+      return fail("owner worker " + Str(q.worker) + " unregistered");
+    if (committed > q.num_tokens || q.num_tokens > q.max_total_tokens) {
+      return fail("committed " + Str(committed) + " <= num_tokens " + Str(q.num_tokens) +
+                  " <= max_total " + Str(q.max_total_tokens) + " broken");
+    }
+    for (int32_t b : q.block_table) {
+      if (b < 0 || b >= s.pool.num_blocks()) return fail("block id " + Str(b) + " out of range");
+      ++refs[b];
+    }
+    if (q.mode == SequenceMode::kContiguous) {
+      if (table != CeilDiv(q.max_total_tokens, block_size)) return fail("reservation size wrong");
+      for (int64_t i = 1; i < table; ++i) {
+        if (q.block_table[i] != q.block_table[i - 1] + 1) return fail("reservation not contiguous");
+      }
+      if (!q.block_hashes.empty()) return fail("contiguous sequence has block hashes");
+    } else {
+      if (table != CeilDiv(q.num_tokens, block_size)) {
+        return fail(Str(table) + " blocks for " + Str(q.num_tokens) + " tokens");
+      }
+      if (static_cast<int64_t>(q.block_hashes.size()) != committed / block_size) {
+        return fail(Str(q.block_hashes.size()) + " hashes for " + Str(committed) + " committed");
+      }
+    }
+    // A block that is not full and committed belongs to this sequence alone, unhashed; a
+    // hashed full block holds exactly the content this sequence committed there.
+    for (int64_t i = 0; i < table; ++i) {
+      const KvBlock& block = s.pool.block(q.block_table[i]);
+      const bool full_committed =
+          q.mode == SequenceMode::kPaged && i < static_cast<int64_t>(q.block_hashes.size());
+      if (!full_committed && (block.ref_cnt != 1 || block.has_hash)) {
+        return fail("block " + Str(block.block_id) +
+                    " (partial or uncommitted) is shared or hashed");
+      }
+      if (full_committed && block.has_hash && block.hash != q.block_hashes[i]) {
+        return fail("block " + Str(block.block_id) + " holds another content's hash");
+      }
+    }
+  });
+  KVPOOL_RETURN_IF_ERROR(status);
+  for (const auto& [worker, count] : per_worker) {
+    if (s.sequences.CountOf(worker) != count) {
+      return Internal("worker " + Str(worker) + " indexed with " +
+                      Str(s.sequences.CountOf(worker)) + " sequences, holds " + Str(count));
+    }
+  }
+  return s.pool.CheckInvariants(refs);
+}
+
+}  // namespace kvpool::manager

@@ -1,0 +1,146 @@
+// CacheManager: every fact about the KV pool, behind one mutex. It owns the block
+// pool (free / cached / in-use blocks and the LRU of evictable cached blocks), the
+// prefix index, the sequence table and the worker leases, and answers the manager's
+// RPCs as plain C++ calls (grpc_service.cc maps them to gRPC). It never touches KV
+// bytes and never runs the model: the pool memory belongs to the pool host.
+//
+// Block states (after vLLM v1's block_pool.py):
+//   free    no hash, ref_cnt 0, in the free queue
+//   cached  hash set, ref_cnt 0, in the free queue (evictable, least recent first)
+//   in use  ref_cnt >= 1, not in the free queue
+// A block gets a hash only when it is full and a worker has committed its K/V.
+// Allocation pops the free queue's head; if that block is cached its hash leaves the
+// prefix index in the same step (eviction).
+//
+// Semantics decided here (the service relies on them):
+//   - paged OpenSequence reuses the longest cached run of the prompt's full blocks,
+//     capped so that at least one prompt token is computed; those cached tokens count
+//     as committed, so the worker's first commit_token_ids start at cached_tokens;
+//   - contiguous sequences neither look up nor publish prefix blocks (cached_tokens 0)
+//     and cannot be forked (FAILED_PRECONDITION);
+//   - a call by an unknown or expired worker is NOT_FOUND; a sequence id that is not
+//     open is NOT_FOUND; another worker's sequence is FAILED_PRECONDITION;
+//   - a lease expires only when ExpireLeases finds it silent for longer than the TTL;
+//     every call by the worker renews it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kvpool/v1/kv_layout.h"
+#include "kvpool/v1/status.h"
+
+namespace kvpool::manager {
+
+enum class SequenceMode { kContiguous, kPaged };  // `none` never asks the manager
+
+using Clock = std::chrono::steady_clock;
+using WorkerId = int64_t;
+using SequenceId = int64_t;
+
+struct CacheManagerOptions {
+  PoolGeometry geometry;                       // num_blocks, block_size, ... of the pool
+  std::chrono::milliseconds lease_ttl{10000};  // a silent worker loses its sequences after this
+  int64_t max_tokens_per_call = 1 << 20;       // prompt tokens + committed tokens in one call
+  int64_t max_sequences_per_worker = 4096;
+  int64_t max_context_tokens = 1 << 20;  // prompt + max_tokens of one sequence
+};
+
+struct WorkerLease {
+  WorkerId worker_id = 0;
+  std::chrono::milliseconds ttl{0};
+};
+
+struct OpenRequest {
+  WorkerId worker_id = 0;
+  std::string tenant;              // from the authenticated caller, never the request body
+  std::vector<int32_t> token_ids;  // the prompt
+  SequenceMode mode = SequenceMode::kPaged;
+  int64_t max_tokens = 0;  // new tokens the sequence may generate
+};
+
+struct OpenResult {
+  SequenceId sequence_id = 0;
+  std::vector<int32_t> block_table;  // covers the prompt (contiguous: prompt + max_tokens)
+  int64_t cached_tokens = 0;         // prompt tokens whose K/V are already in the pool
+};
+
+// One sequence's part of a batched step.
+struct StepItem {
+  SequenceId sequence_id = 0;
+  // Slots the sequence needs after this step (tokens it will hold); the manager
+  // appends blocks until the table covers them (paged), or checks the reservation.
+  int64_t num_tokens = 0;
+  // Token ids whose K/V the worker has now written, in order, following those already
+  // committed. Blocks they fill become cached (hashed, shareable).
+  std::vector<int32_t> commit_token_ids;
+};
+
+struct StepItemResult {
+  SequenceId sequence_id = 0;
+  Status status;                    // per sequence: RESOURCE_EXHAUSTED means preempt it
+  std::vector<int32_t> new_blocks;  // appended to the sequence's table by this step
+};
+
+struct ForkResult {
+  SequenceId sequence_id = 0;        // the child
+  std::vector<int32_t> block_table;  // shared full blocks + a fresh last block
+  // Copy on write: the worker copies K/V of src_block into dst_block (both in every
+  // layer) before the child writes; -1 when the parent's last block was full.
+  int32_t copy_src_block = -1, copy_dst_block = -1;
+};
+
+struct ManagerStats {
+  int64_t num_blocks = 0, free_blocks = 0, cached_blocks = 0, in_use_blocks = 0;
+  int64_t num_sequences = 0, num_workers = 0;
+  int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
+  int64_t evictions = 0, expired_leases = 0;
+  int64_t bytes_reserved = 0;  // blocks held by sequences
+  int64_t bytes_used = 0;      // of those, bytes holding committed tokens' K/V
+};
+
+class CacheManager {
+ public:
+  // Throws std::invalid_argument unless geometry.block_size > 0 and num_blocks fits
+  // in [0, 2^31).
+  explicit CacheManager(CacheManagerOptions options);
+  ~CacheManager();
+  CacheManager(const CacheManager&) = delete;
+  CacheManager& operator=(const CacheManager&) = delete;
+
+  const CacheManagerOptions& options() const;
+
+  WorkerLease RegisterWorker(Clock::time_point now);
+  // NOT_FOUND for an unknown or expired worker (it must register anew).
+  Status Heartbeat(WorkerId worker, Clock::time_point now);
+
+  StatusOr<OpenResult> OpenSequence(const OpenRequest& request, Clock::time_point now);
+  // One call per scheduler step for many sequences. The call fails as a whole only
+  // for a bad worker or an oversized request; per-sequence problems are in the results.
+  StatusOr<std::vector<StepItemResult>> Step(WorkerId worker, const std::vector<StepItem>& items,
+                                             Clock::time_point now);
+  StatusOr<ForkResult> Fork(WorkerId worker, SequenceId parent, Clock::time_point now);
+  // Committed full blocks stay cached; the rest return to the free queue.
+  Status CloseSequence(WorkerId worker, SequenceId sequence, Clock::time_point now);
+
+  // Frees every sequence of every worker silent for longer than the TTL; returns the
+  // workers expired.
+  std::vector<WorkerId> ExpireLeases(Clock::time_point now);
+
+  ManagerStats Stats() const;
+  // free + cached + in-use == total; every refcount equals the references held by
+  // sequences; every hash in the index points at a cached or in-use block that holds
+  // it; no block is in the free queue twice. INTERNAL naming the first violation.
+  Status CheckInvariants() const;
+
+ private:
+  struct State;
+  mutable std::mutex mu_;
+  std::unique_ptr<State> state_;  // GUARDED_BY(mu_)
+};
+
+}  // namespace kvpool::manager
