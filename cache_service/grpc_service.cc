@@ -1,0 +1,342 @@
+// ManagerService: request validation, auth, Status mapping and proto <-> core
+// conversion for the kvpool.v1.CacheManager service. See grpc_service.h.
+#include "cache_service/grpc_service.h"
+
+#include <exception>
+
+namespace kvpool::manager {
+namespace {
+
+// A Step call may carry at most this many items; more is a malformed request.
+constexpr int kMaxStepItems = 1 << 16;
+
+v1::KvDtype ToProto(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kFloat32:
+      return v1::KV_DTYPE_FP32;
+    case KvDtype::kFloat16:
+      return v1::KV_DTYPE_FP16;
+    case KvDtype::kBFloat16:
+      return v1::KV_DTYPE_BF16;
+  }
+  return v1::KV_DTYPE_UNSPECIFIED;
+}
+
+// First field where the worker's expected geometry differs from the pool's.
+Status CheckGeometry(const v1::PoolGeometry& want, const v1::PoolDescriptor& have) {
+  auto differ = [](const char* field, int64_t w, int64_t h) {
+    return FailedPrecondition("worker expects " + std::string(field) + " = " + std::to_string(w) +
+                              " but the pool has " + std::to_string(h) +
+                              "; start the worker with the manager's model and pool settings");
+  };
+  if (want.num_layers() != have.num_layers())
+    return differ("num_layers", want.num_layers(), have.num_layers());
+  if (want.num_kv_heads() != have.num_kv_heads())
+    return differ("num_kv_heads", want.num_kv_heads(), have.num_kv_heads());
+  if (want.head_dim() != have.head_dim())
+    return differ("head_dim", want.head_dim(), have.head_dim());
+  if (want.block_size() != have.block_size())
+    return differ("block_size", want.block_size(), have.block_size());
+  if (want.num_blocks() != 0 && want.num_blocks() != have.num_blocks())
+    return differ("num_blocks", want.num_blocks(), have.num_blocks());
+  if (want.dtype() != v1::KV_DTYPE_UNSPECIFIED && want.dtype() != have.dtype())
+    return differ("dtype", want.dtype(), have.dtype());
+  return Status::Ok();
+}
+
+Status CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, const char* field) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0) {
+      return InvalidArgument(std::string(field) + "[" + std::to_string(i) +
+                             "] = " + std::to_string(ids[i]) + " is negative; token ids are >= 0");
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckStepItem(const v1::StepItem& item) {
+  if (item.sequence_id() < 0) {
+    return InvalidArgument("sequence_id " + std::to_string(item.sequence_id()) +
+                           " is negative; use the id OpenSequence returned");
+  }
+  if (item.num_tokens() < 0) {
+    return InvalidArgument("num_tokens " + std::to_string(item.num_tokens()) + " is negative");
+  }
+  return CheckTokenIds(item.commit_token_ids(), "commit_token_ids");
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+
+v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
+                                const std::string& model_name) {
+  v1::PoolDescriptor pool;
+  pool.set_backend(host.backend_name());
+  pool.set_shm_name(host.shm_name());
+  pool.set_model_name(model_name);
+  pool.set_num_layers(g.num_layers);
+  pool.set_num_kv_heads(g.num_kv_heads);
+  pool.set_head_dim(g.head_dim);
+  pool.set_block_size(g.block_size);
+  pool.set_num_blocks(g.num_blocks);
+  pool.set_dtype(ToProto(g.dtype));
+  const int64_t elem_bytes = static_cast<int64_t>(KvDtypeBytes(g.dtype));
+  pool.set_token_stride_bytes(g.token_elems() * elem_bytes);
+  pool.set_block_stride_bytes(g.block_elems() * elem_bytes);
+  pool.set_region_bytes(static_cast<int64_t>(g.region_bytes()));
+  pool.set_block_bytes(static_cast<int64_t>(g.block_bytes()));
+  pool.set_pool_bytes(static_cast<int64_t>(g.pool_bytes()));
+  return pool;
+}
+
+std::vector<std::string> ManagerService::MethodNames() {
+  return {"RegisterWorker", "Heartbeat",     "OpenSequence", "Step",
+          "Fork",           "CloseSequence", "GetStats",     "CheckInvariants"};
+}
+
+ManagerService::ManagerService(CacheManager* core, v1::PoolDescriptor pool,
+                               const Authenticator* auth, ServiceMetrics* metrics)
+    : core_(core), pool_(std::move(pool)), auth_(auth), metrics_(metrics) {}
+
+grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* context,
+                                   const std::function<Status(const std::string&)>& body) {
+  const auto start = Clock::now();
+  std::optional<std::string> authorization;
+  const auto& metadata = context->client_metadata();
+  if (const auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization.emplace(it->second.data(), it->second.size());
+  }
+  std::string auth_error;
+  const std::optional<std::string> tenant = auth_->Authenticate(authorization, &auth_error);
+  grpc::Status result;
+  if (!tenant.has_value()) {
+    result = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth_error);
+  } else {
+    try {
+      result = ToGrpcStatus(body(*tenant));
+    } catch (const std::exception& e) {
+      result = ToGrpcStatus(Internal(std::string("unexpected error: ") + e.what()));
+    }
+  }
+  metrics_->ObserveRpc(method, std::chrono::duration<double>(Clock::now() - start).count());
+  return result;
+}
+
+Status ManagerService::CheckWorker(const std::string& tenant, int64_t worker_id) const {
+  if (worker_id <= 0) {
+    return InvalidArgument("worker_id " + std::to_string(worker_id) +
+                           " is not valid; use the id RegisterWorker returned");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = tenant_by_worker_.find(worker_id);
+  if (it == tenant_by_worker_.end() || it->second != tenant) {
+    return NotFound("unknown worker " + std::to_string(worker_id) +
+                    "; its lease may have expired: call RegisterWorker again");
+  }
+  return Status::Ok();
+}
+
+void ManagerService::ExpireLeases(Clock::time_point now) {
+  const std::vector<WorkerId> expired = core_->ExpireLeases(now);
+  if (expired.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (WorkerId id : expired) tenant_by_worker_.erase(id);
+}
+
+grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
+                                            const v1::RegisterWorkerRequest* request,
+                                            v1::RegisterWorkerResponse* response) {
+  return Serve(kRegisterWorker, context, [&](const std::string& tenant) -> Status {
+    if (!request->model_name().empty() && request->model_name() != pool_.model_name()) {
+      return FailedPrecondition("worker serves model \"" + request->model_name() +
+                                "\" but this manager's pool holds \"" + pool_.model_name() +
+                                "\"; start the manager with --model " + request->model_name());
+    }
+    if (request->has_expected_geometry()) {
+      KVPOOL_RETURN_IF_ERROR(CheckGeometry(request->expected_geometry(), pool_));
+    }
+    const WorkerLease lease = core_->RegisterWorker(Clock::now());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tenant_by_worker_[lease.worker_id] = tenant;
+    }
+    response->set_worker_id(lease.worker_id);
+    response->set_lease_ttl_ms(lease.ttl.count());
+    *response->mutable_pool() = pool_;
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::Heartbeat(grpc::ServerContext* context,
+                                       const v1::HeartbeatRequest* request,
+                                       v1::HeartbeatResponse* response) {
+  return Serve(kHeartbeat, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    KVPOOL_RETURN_IF_ERROR(core_->Heartbeat(request->worker_id(), Clock::now()));
+    response->set_lease_ttl_ms(core_->options().lease_ttl.count());
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
+                                          const v1::OpenSequenceRequest* request,
+                                          v1::OpenSequenceResponse* response) {
+  return Serve(kOpenSequence, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    const CacheManagerOptions& options = core_->options();
+    const int64_t prompt = request->token_ids_size();
+    if (prompt == 0) {
+      return InvalidArgument("token_ids is empty; a sequence needs at least one prompt token");
+    }
+    if (prompt > options.max_tokens_per_call) {
+      return InvalidArgument("prompt of " + std::to_string(prompt) + " tokens is over the " +
+                             std::to_string(options.max_tokens_per_call) + "-token limit");
+    }
+    KVPOOL_RETURN_IF_ERROR(CheckTokenIds(request->token_ids(), "token_ids"));
+    OpenRequest open;
+    switch (request->mode()) {
+      case v1::SEQUENCE_MODE_CONTIGUOUS:
+        open.mode = SequenceMode::kContiguous;
+        break;
+      case v1::SEQUENCE_MODE_PAGED:
+        open.mode = SequenceMode::kPaged;
+        break;
+      default:
+        return InvalidArgument("mode " + std::to_string(request->mode()) +
+                               " is not SEQUENCE_MODE_CONTIGUOUS (1) or SEQUENCE_MODE_PAGED (2)");
+    }
+    if (request->max_tokens() <= 0) {
+      return InvalidArgument("max_tokens must be >= 1, got " +
+                             std::to_string(request->max_tokens()));
+    }
+    if (request->max_tokens() > options.max_context_tokens - prompt) {
+      return InvalidArgument("prompt (" + std::to_string(prompt) + ") + max_tokens (" +
+                             std::to_string(request->max_tokens()) +
+                             ") is over the manager's context limit of " +
+                             std::to_string(options.max_context_tokens) + " tokens");
+    }
+    open.worker_id = request->worker_id();
+    open.tenant = tenant;
+    open.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
+    open.max_tokens = request->max_tokens();
+    KVPOOL_ASSIGN_OR_RETURN(OpenResult result, core_->OpenSequence(open, Clock::now()));
+    response->set_sequence_id(result.sequence_id);
+    response->mutable_block_table()->Add(result.block_table.begin(), result.block_table.end());
+    response->set_cached_tokens(result.cached_tokens);
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
+                                  v1::StepResponse* response) {
+  return Serve(kStep, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    if (request->items_size() > kMaxStepItems) {
+      return InvalidArgument("a Step call carries at most " + std::to_string(kMaxStepItems) +
+                             " items, got " + std::to_string(request->items_size()));
+    }
+    // Malformed items get their own INVALID_ARGUMENT result; the rest go to the core.
+    std::vector<StepItem> items;
+    std::vector<Status> item_status(request->items_size());
+    items.reserve(request->items_size());
+    for (int i = 0; i < request->items_size(); ++i) {
+      const v1::StepItem& in = request->items(i);
+      item_status[i] = CheckStepItem(in);
+      if (!item_status[i].ok()) continue;
+      StepItem& item = items.emplace_back();
+      item.sequence_id = in.sequence_id();
+      item.num_tokens = in.num_tokens();
+      item.commit_token_ids.assign(in.commit_token_ids().begin(), in.commit_token_ids().end());
+    }
+    KVPOOL_ASSIGN_OR_RETURN(std::vector<StepItemResult> results,
+                            core_->Step(request->worker_id(), items, Clock::now()));
+    if (results.size() != items.size()) {
+      return Internal("core answered " + std::to_string(results.size()) + " step results for " +
+                      std::to_string(items.size()) + " items");
+    }
+    size_t next = 0;
+    for (int i = 0; i < request->items_size(); ++i) {
+      v1::StepItemResult* out = response->add_results();
+      out->set_sequence_id(request->items(i).sequence_id());
+      const Status* status = &item_status[i];
+      if (status->ok()) {
+        const StepItemResult& result = results[next++];
+        status = &result.status;
+        out->mutable_new_blocks()->Add(result.new_blocks.begin(), result.new_blocks.end());
+      }
+      out->set_code(static_cast<int32_t>(status->code()));
+      out->set_message(status->message());
+    }
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::Fork(grpc::ServerContext* context, const v1::ForkRequest* request,
+                                  v1::ForkResponse* response) {
+  return Serve(kFork, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    if (request->sequence_id() < 0) {
+      return InvalidArgument("sequence_id " + std::to_string(request->sequence_id()) +
+                             " is negative; use the id OpenSequence returned");
+    }
+    KVPOOL_ASSIGN_OR_RETURN(
+        ForkResult result, core_->Fork(request->worker_id(), request->sequence_id(), Clock::now()));
+    response->set_sequence_id(result.sequence_id);
+    response->mutable_block_table()->Add(result.block_table.begin(), result.block_table.end());
+    response->set_copy_src_block(result.copy_src_block);
+    response->set_copy_dst_block(result.copy_dst_block);
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::CloseSequence(grpc::ServerContext* context,
+                                           const v1::CloseSequenceRequest* request,
+                                           v1::CloseSequenceResponse*) {
+  return Serve(kCloseSequence, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    if (request->sequence_id() < 0) {
+      return InvalidArgument("sequence_id " + std::to_string(request->sequence_id()) +
+                             " is negative; use the id OpenSequence returned");
+    }
+    return core_->CloseSequence(request->worker_id(), request->sequence_id(), Clock::now());
+  });
+}
+
+grpc::Status ManagerService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*,
+                                      v1::GetStatsResponse* response) {
+  return Serve(kGetStats, context, [&](const std::string&) -> Status {
+    const ManagerStats s = core_->Stats();
+    response->set_num_blocks(s.num_blocks);
+    response->set_free_blocks(s.free_blocks);
+    response->set_cached_blocks(s.cached_blocks);
+    response->set_in_use_blocks(s.in_use_blocks);
+    response->set_num_sequences(s.num_sequences);
+    response->set_num_workers(s.num_workers);
+    response->set_prefix_queries_tokens(s.prefix_queries_tokens);
+    response->set_prefix_hits_tokens(s.prefix_hits_tokens);
+    response->set_evictions(s.evictions);
+    response->set_expired_leases(s.expired_leases);
+    response->set_bytes_reserved(s.bytes_reserved);
+    response->set_bytes_used(s.bytes_used);
+    response->set_kv_cache_usage_ratio(
+        s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0);
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::CheckInvariants(grpc::ServerContext* context,
+                                             const v1::CheckInvariantsRequest*,
+                                             v1::CheckInvariantsResponse* response) {
+  return Serve(kCheckInvariants, context, [&](const std::string&) -> Status {
+    const Status status = core_->CheckInvariants();
+    response->set_ok(status.ok());
+    response->set_violation(status.message());
+    return Status::Ok();
+  });
+}
+
+}  // namespace kvpool::manager

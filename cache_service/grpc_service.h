@@ -1,0 +1,93 @@
+// ManagerService: the kvpool.v1.CacheManager gRPC service (synchronous API) over a
+// CacheManager. It owns the request-shape checks (every bad input gets a code and a
+// message a person can act on, never a crash), authentication (the tenant comes from
+// the bearer token via Authenticator, never from the request), the worker -> tenant
+// map that keeps one tenant from using another's worker id, RPC latency metrics, and
+// the one mapping from kvpool::Status to grpc::Status. It holds no cache state of its
+// own: every fact about blocks and sequences is the CacheManager's.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cache_service/auth.h"
+#include "cache_service/cache_manager.h"
+#include "cache_service/metrics.h"
+#include "cache_service/pool_host.h"
+#include "kvpool/v1/manager.grpc.pb.h"
+
+namespace kvpool::manager {
+
+// The one place a kvpool::Status becomes a grpc::Status (codes mirror gRPC's).
+grpc::Status ToGrpcStatus(const Status& status);
+
+// The attach information a worker gets from RegisterWorker.
+v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& geometry,
+                                const std::string& model_name);
+
+class ManagerService final : public v1::CacheManager::Service {
+ public:
+  // Indices into MethodNames(), for the latency histogram.
+  enum Method {
+    kRegisterWorker,
+    kHeartbeat,
+    kOpenSequence,
+    kStep,
+    kFork,
+    kCloseSequence,
+    kGetStats,
+    kCheckInvariants,
+    kNumMethods
+  };
+  static std::vector<std::string> MethodNames();
+
+  // `core`, `auth` and `metrics` must outlive the service.
+  ManagerService(CacheManager* core, v1::PoolDescriptor pool, const Authenticator* auth,
+                 ServiceMetrics* metrics);
+
+  grpc::Status RegisterWorker(grpc::ServerContext* context,
+                              const v1::RegisterWorkerRequest* request,
+                              v1::RegisterWorkerResponse* response) override;
+  grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override;
+  grpc::Status OpenSequence(grpc::ServerContext* context, const v1::OpenSequenceRequest* request,
+                            v1::OpenSequenceResponse* response) override;
+  grpc::Status Step(grpc::ServerContext* context, const v1::StepRequest* request,
+                    v1::StepResponse* response) override;
+  grpc::Status Fork(grpc::ServerContext* context, const v1::ForkRequest* request,
+                    v1::ForkResponse* response) override;
+  grpc::Status CloseSequence(grpc::ServerContext* context, const v1::CloseSequenceRequest* request,
+                             v1::CloseSequenceResponse* response) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
+                        v1::GetStatsResponse* response) override;
+  grpc::Status CheckInvariants(grpc::ServerContext* context,
+                               const v1::CheckInvariantsRequest* request,
+                               v1::CheckInvariantsResponse* response) override;
+
+  // Runs the core's lease expiry and forgets the expired workers' tenants. Called by
+  // the lease timer.
+  void ExpireLeases(Clock::time_point now);
+
+ private:
+  // Authenticates, runs `body` with the caller's tenant, records latency, maps errors;
+  // an exception from `body` becomes INTERNAL rather than a crash.
+  grpc::Status Serve(Method method, const grpc::ServerContext* context,
+                     const std::function<Status(const std::string& tenant)>& body);
+  // INVALID_ARGUMENT for a non-positive id; NOT_FOUND unless `tenant` registered it.
+  Status CheckWorker(const std::string& tenant, int64_t worker_id) const;
+
+  CacheManager* core_;
+  const v1::PoolDescriptor pool_;
+  const Authenticator* auth_;
+  ServiceMetrics* metrics_;
+
+  mutable std::mutex mu_;
+  std::unordered_map<WorkerId, std::string> tenant_by_worker_;  // GUARDED_BY(mu_)
+};
+
+}  // namespace kvpool::manager

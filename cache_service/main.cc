@@ -1,0 +1,230 @@
+// kvpool-manager: the node's cache manager process. Parses flags, creates the pool
+// (POSIX shm), wires CacheManager into the gRPC service (plus grpc.health.v1 and
+// reflection) and the HTTP port (/metrics, /healthz), and runs an Asio loop for the
+// lease-expiry timer and SIGTERM/SIGINT. Prints "kvpool-manager listening on HOST:PORT"
+// and "http on HOST:PORT" once serving, so scripts and tests can use port 0. Never
+// links LibTorch.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+
+#include "cache_service/auth.h"
+#include "cache_service/cache_manager.h"
+#include "cache_service/grpc_service.h"
+#include "cache_service/http_server.h"
+#include "cache_service/metrics.h"
+#include "cache_service/pool_host.h"
+
+namespace kvpool::manager {
+namespace {
+
+struct ModelShape {
+  int32_t num_layers, num_kv_heads, head_dim;
+};
+
+const std::map<std::string, ModelShape>& BuiltinModels() {
+  static const std::map<std::string, ModelShape> models = {
+      {"gpt2", {12, 12, 64}},
+      {"gpt2-medium", {24, 16, 64}},
+      {"gpt2-chinese-cluecorpussmall", {12, 12, 64}},
+      {"llama-gqa-small", {12, 4, 64}},
+      {"tiny-gpt2", {2, 4, 16}},
+      {"tiny-llama", {2, 2, 16}}};
+  return models;
+}
+
+struct Flags {
+  std::string listen = "127.0.0.1:50051";
+  std::string http = "127.0.0.1:0";
+  std::string model;
+  int32_t num_layers = 0, num_kv_heads = 0, head_dim = 0;
+  int32_t block_size = 16;
+  int64_t num_blocks = 0;
+  int64_t pool_bytes = 256ll << 20;
+  std::string dtype = "fp32";
+  int64_t lease_ttl_ms = 10000;
+  std::string auth_token_file;
+  std::string backend = "shm";
+};
+
+int Fail(const std::string& message) {
+  std::cerr << "kvpool-manager: " << message << "\n";
+  return 1;
+}
+
+StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
+  if (!flags.model.empty()) {
+    const auto it = BuiltinModels().find(flags.model);
+    if (it != BuiltinModels().end()) {
+      if (flags.num_layers == 0) flags.num_layers = it->second.num_layers;
+      if (flags.num_kv_heads == 0) flags.num_kv_heads = it->second.num_kv_heads;
+      if (flags.head_dim == 0) flags.head_dim = it->second.head_dim;
+    }
+  }
+  if (flags.num_layers <= 0 || flags.num_kv_heads <= 0 || flags.head_dim <= 0) {
+    std::string known;
+    for (const auto& [name, shape] : BuiltinModels()) known += " " + name;
+    return InvalidArgument("give --model (one of:" + known +
+                           ") or all of --num-layers --num-kv-heads --head-dim (> 0)");
+  }
+  if (flags.model.empty()) flags.model = "custom";
+  PoolGeometry g;
+  g.num_layers = flags.num_layers;
+  g.num_kv_heads = flags.num_kv_heads;
+  g.head_dim = flags.head_dim;
+  g.block_size = flags.block_size;
+  if (g.block_size <= 0) return InvalidArgument("--block-size must be > 0");
+  if (flags.dtype == "fp32") {
+    g.dtype = KvDtype::kFloat32;
+  } else if (flags.dtype == "fp16") {
+    g.dtype = KvDtype::kFloat16;
+  } else if (flags.dtype == "bf16") {
+    g.dtype = KvDtype::kBFloat16;
+  } else {
+    return InvalidArgument("--dtype must be fp32, fp16 or bf16");
+  }
+  g.num_blocks = 1;
+  const int64_t block_bytes = static_cast<int64_t>(g.block_bytes());
+  g.num_blocks = flags.num_blocks > 0 ? flags.num_blocks : flags.pool_bytes / block_bytes;
+  if (g.num_blocks <= 0) {
+    return InvalidArgument("the pool holds no block: --pool-bytes " +
+                           std::to_string(flags.pool_bytes) + " < one block of " +
+                           std::to_string(block_bytes) + " bytes");
+  }
+  return g;
+}
+
+int Run(int argc, char** argv) {
+  Flags flags;
+  CLI::App app{"kvpool-manager: the node's KV cache manager (block pool, prefix cache, leases)"};
+  app.add_option("--listen", flags.listen, "gRPC address HOST:PORT (port 0: pick a free one)")
+      ->capture_default_str();
+  app.add_option("--http", flags.http, "HTTP address for /metrics and /healthz")
+      ->capture_default_str();
+  app.add_option("--model", flags.model,
+                 "built-in geometry: gpt2, gpt2-medium, "
+                 "gpt2-chinese-cluecorpussmall, llama-gqa-small, "
+                 "tiny-gpt2, tiny-llama (or a name for explicit shapes)");
+  app.add_option("--num-layers", flags.num_layers, "layers (overrides --model)");
+  app.add_option("--num-kv-heads", flags.num_kv_heads, "K/V heads per layer (overrides --model)");
+  app.add_option("--head-dim", flags.head_dim, "elements per head (overrides --model)");
+  app.add_option("--block-size", flags.block_size, "tokens per block")->capture_default_str();
+  auto* num_blocks = app.add_option("--num-blocks", flags.num_blocks, "blocks in the pool");
+  app.add_option("--pool-bytes", flags.pool_bytes, "pool size in bytes (when no --num-blocks)")
+      ->capture_default_str()
+      ->excludes(num_blocks);
+  app.add_option("--dtype", flags.dtype, "fp32 | fp16 | bf16")->capture_default_str();
+  app.add_option("--lease-ttl-ms", flags.lease_ttl_ms, "worker lease TTL in milliseconds")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{10}, int64_t{86400000}));
+  app.add_option("--auth-token-file", flags.auth_token_file,
+                 "lines \"TOKEN TENANT\"; every call then needs authorization: Bearer TOKEN");
+  app.add_option("--backend", flags.backend, "pool memory: shm (cuda: future work)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  StatusOr<PoolGeometry> geometry = GeometryFromFlags(flags);
+  if (!geometry.ok()) return Fail(geometry.status().message());
+  Authenticator auth;
+  if (!flags.auth_token_file.empty()) {
+    StatusOr<Authenticator> loaded = Authenticator::FromTokenFile(flags.auth_token_file);
+    if (!loaded.ok()) return Fail(loaded.status().message());
+    auth = std::move(loaded).value();
+  }
+  PoolBackend backend;
+  if (flags.backend == "shm") {
+    backend = PoolBackend::kShm;
+  } else if (flags.backend == "cuda") {
+    backend = PoolBackend::kCuda;
+  } else {
+    return Fail("--backend must be shm or cuda");
+  }
+
+  if (const int removed = PoolHost::RemoveStaleSegments(); removed > 0) {
+    std::cerr << "kvpool-manager: removed " << removed << " stale /dev/shm/kvpool-* segments\n";
+  }
+  StatusOr<PoolHost> pool = PoolHost::Create(backend, *geometry);
+  if (!pool.ok()) return Fail(pool.status().ToString());
+
+  CacheManagerOptions options;
+  options.geometry = *geometry;
+  options.lease_ttl = std::chrono::milliseconds(flags.lease_ttl_ms);
+  CacheManager core(options);
+  ServiceMetrics metrics(ManagerService::MethodNames());
+  ManagerService service(&core, DescribePool(*pool, *geometry, flags.model), &auth, &metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(flags.listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) return Fail("cannot listen on " + flags.listen);
+
+  boost::asio::io_context io;
+  HttpServer http(io, [&](const std::string& target) -> HttpResponse {
+    if (target == "/metrics") {
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
+    }
+    if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+    return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
+  });
+  StatusOr<boost::asio::ip::tcp::endpoint> http_endpoint = http.Listen(flags.http);
+  if (!http_endpoint.ok()) {
+    server->Shutdown();
+    return Fail(http_endpoint.status().message());
+  }
+
+  std::string host;
+  unsigned short unused_port = 0;
+  if (!SplitHostPort(flags.listen, &host, &unused_port)) host = flags.listen;
+  std::printf("kvpool-manager listening on %s:%d\nhttp on %s:%d\n", host.c_str(), grpc_port,
+              http_endpoint->address().to_string().c_str(), http_endpoint->port());
+  std::fflush(stdout);
+  std::cerr << "kvpool-manager: model " << flags.model << ", " << geometry->num_blocks
+            << " blocks of " << geometry->block_size << " tokens (" << pool->pool_bytes()
+            << " bytes, " << KvDtypeName(geometry->dtype) << ") in " << pool->shm_name()
+            << ", lease ttl " << flags.lease_ttl_ms << " ms\n";
+
+  // Leases are checked four times per TTL, so a dead worker's blocks come back
+  // within 1.25 TTL of its last heartbeat.
+  boost::asio::steady_timer lease_timer(io);
+  const auto lease_period = std::chrono::milliseconds(std::max<int64_t>(1, flags.lease_ttl_ms / 4));
+  std::function<void()> arm_lease_timer = [&] {
+    lease_timer.expires_after(lease_period);
+    lease_timer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      service.ExpireLeases(Clock::now());
+      arm_lease_timer();
+    });
+  };
+  arm_lease_timer();
+
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+    if (ec) return;
+    std::cerr << "kvpool-manager: signal " << signal << ", shutting down\n";
+    lease_timer.cancel();
+    http.Close();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    io.stop();
+  });
+  io.run();
+  server->Wait();
+  return 0;  // `pool` unmaps and unlinks the shm segment on the way out
+}
+
+}  // namespace
+}  // namespace kvpool::manager
+
+int main(int argc, char** argv) { return kvpool::manager::Run(argc, argv); }

@@ -1,0 +1,121 @@
+// PoolHost: POSIX shared-memory pool creation, naming, cleanup of stale segments.
+// See pool_host.h for what it owns.
+#include "cache_service/pool_host.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+namespace kvpool::manager {
+namespace {
+
+constexpr char kShmPrefix[] = "kvpool-";
+
+std::string ErrnoText(int err) { return std::string(std::strerror(err)); }
+
+std::string UniqueShmName() {
+  std::random_device rd;
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "/%s%d-%08x", kShmPrefix, static_cast<int>(getpid()), rd());
+  return buf;
+}
+
+}  // namespace
+
+StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geometry) {
+  if (backend == PoolBackend::kCuda) {
+    return FailedPrecondition(
+        "--backend cuda is not implemented in kvpool-manager yet (the CUDA pool host "
+        "lives in worker/cuda); use --backend shm");
+  }
+  if (geometry.num_layers <= 0 || geometry.num_kv_heads <= 0 || geometry.head_dim <= 0 ||
+      geometry.block_size <= 0 || geometry.num_blocks <= 0) {
+    return InvalidArgument("pool geometry has a zero or negative dimension");
+  }
+  const size_t bytes = geometry.pool_bytes();
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const std::string name = UniqueShmName();
+    const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      return FailedPrecondition("shm_open(" + name + ") failed: " + ErrnoText(errno));
+    }
+    // posix_fallocate reserves tmpfs pages now (fresh pages read as zero), so an
+    // undersized /dev/shm is an error at start rather than SIGBUS at first write.
+    int err = ftruncate(fd, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+    if (err == 0) err = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+    if (err != 0) {
+      close(fd);
+      shm_unlink(name.c_str());
+      return ResourceExhausted("cannot size shared memory " + name + " to " +
+                               std::to_string(bytes) + " bytes: " + ErrnoText(err) +
+                               " (is /dev/shm large enough? lower --num-blocks)");
+    }
+    void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    err = errno;
+    close(fd);  // the mapping keeps the segment alive
+    if (data == MAP_FAILED) {
+      shm_unlink(name.c_str());
+      return FailedPrecondition("mmap of " + name + " failed: " + ErrnoText(err));
+    }
+    PoolHost host;
+    host.backend_name_ = "shm";
+    host.shm_name_ = name;
+    host.data_ = data;
+    host.pool_bytes_ = bytes;
+    return host;
+  }
+  return FailedPrecondition("could not find an unused shared-memory name");
+}
+
+int PoolHost::RemoveStaleSegments() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  int removed = 0;
+  const size_t prefix_len = std::strlen(kShmPrefix);
+  while (dirent* entry = readdir(dir)) {
+    const std::string file = entry->d_name;
+    if (file.compare(0, prefix_len, kShmPrefix) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(file.c_str() + prefix_len, &end, 10);
+    if (end == file.c_str() + prefix_len || *end != '-' || pid <= 0) continue;
+    // EPERM means the process exists under another user: not stale.
+    if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    if (shm_unlink(("/" + file).c_str()) == 0) ++removed;
+  }
+  closedir(dir);
+  return removed;
+}
+
+PoolHost::PoolHost(PoolHost&& other) noexcept { *this = std::move(other); }
+
+PoolHost& PoolHost::operator=(PoolHost&& other) noexcept {
+  if (this != &other) {
+    Release();
+    backend_name_ = std::move(other.backend_name_);
+    shm_name_ = std::move(other.shm_name_);
+    data_ = other.data_;
+    pool_bytes_ = other.pool_bytes_;
+    other.shm_name_.clear();
+    other.data_ = nullptr;
+    other.pool_bytes_ = 0;
+  }
+  return *this;
+}
+
+PoolHost::~PoolHost() { Release(); }
+
+void PoolHost::Release() {
+  if (data_ != nullptr) munmap(data_, pool_bytes_);
+  if (!shm_name_.empty()) shm_unlink(shm_name_.c_str());
+  data_ = nullptr;
+  shm_name_.clear();
+}
+
+}  // namespace kvpool::manager

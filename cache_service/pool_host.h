@@ -1,0 +1,54 @@
+// PoolHost: owns the memory of the KV pool the manager hosts. On the CPU backend it is
+// one POSIX shared-memory segment named "/kvpool-<pid>-<random>", created exclusively
+// with mode 0600, sized to PoolGeometry::pool_bytes() and mapped; workers attach by
+// name. The handle is RAII and move-only: destroying it unmaps and unlinks the segment
+// (clean shutdown). RemoveStaleSegments() unlinks segments whose creator process is
+// gone (a manager that was SIGKILLed), so a restart does not leak /dev/shm. The host
+// never interprets the bytes: the layout is kv_layout.h's, the bookkeeping is
+// CacheManager's.
+//
+// `--backend cuda` (a cudaMalloc'd pool exported through cudaIpcGetMemHandle, today
+// worker/cuda's CudaPoolHost) is future work: Create() answers FAILED_PRECONDITION.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "kvpool/v1/kv_layout.h"
+#include "kvpool/v1/status.h"
+
+namespace kvpool::manager {
+
+enum class PoolBackend { kShm, kCuda };
+
+class PoolHost {
+ public:
+  // Creates, sizes (reserving the pages: a /dev/shm too small fails here, not later
+  // with SIGBUS in a worker) and maps a fresh zeroed pool.
+  static StatusOr<PoolHost> Create(PoolBackend backend, const PoolGeometry& geometry);
+  // Unlinks /dev/shm/kvpool-<pid>-* whose <pid> no longer runs; returns how many.
+  static int RemoveStaleSegments();
+
+  PoolHost(PoolHost&& other) noexcept;
+  PoolHost& operator=(PoolHost&& other) noexcept;
+  PoolHost(const PoolHost&) = delete;
+  PoolHost& operator=(const PoolHost&) = delete;
+  ~PoolHost();
+
+  const std::string& backend_name() const { return backend_name_; }
+  const std::string& shm_name() const { return shm_name_; }  // "/kvpool-..."
+  void* data() const { return data_; }
+  size_t pool_bytes() const { return pool_bytes_; }
+
+ private:
+  PoolHost() = default;
+  void Release();
+
+  std::string backend_name_;
+  std::string shm_name_;
+  void* data_ = nullptr;
+  size_t pool_bytes_ = 0;
+};
+
+}  // namespace kvpool::manager
