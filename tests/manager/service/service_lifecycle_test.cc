@@ -1,0 +1,133 @@
+// The process-level contract of kvpool-manager: a SIGKILLed worker's blocks come back
+// within 2 x lease TTL; SIGTERM exits 0 and unlinks the shm pool; a restart removes
+// segments left by a dead manager; /metrics exposes the documented names after
+// traffic; grpc.health.v1 Check answers SERVING.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "service/grpc/health/v1/health.grpc.pb.h"
+#include "tests/manager/service/manager_process.h"
+
+namespace kvpool::manager::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+bool ShmExists(const std::string& name) { return access(("/dev/shm" + name).c_str(), F_OK) == 0; }
+
+TEST(ServiceLifecycleTest, KilledWorkersBlocksReturnWithinTwoLeaseTtls) {
+  constexpr int kTtlMs = 300;
+  ManagerProcess manager(
+      {"--model", "tiny-llama", "--num-blocks", "256", "--lease-ttl-ms", std::to_string(kTtlMs)});
+  ASSERT_FALSE(manager.address().empty());
+  auto stub = manager.NewStub();
+  Subprocess worker({KVPOOL_TEST_CLIENT_BIN, manager.address(), "6"});
+  const std::optional<std::string> ready = worker.ReadLine(std::chrono::seconds(10));
+  ASSERT_TRUE(ready.has_value());
+  ASSERT_THAT(*ready, HasSubstr("ready"));
+
+  // Heartbeats keep it alive across several TTLs.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3 * kTtlMs));
+  v1::GetStatsResponse stats;
+  ASSERT_TRUE(stub->GetStats(Ctx().get(), {}, &stats).ok());
+  EXPECT_EQ(stats.num_workers(), 1);
+  EXPECT_EQ(stats.num_sequences(), 6);
+  EXPECT_GT(stats.in_use_blocks(), 0);
+
+  ASSERT_TRUE(worker.SignalAndWait(SIGKILL, std::chrono::seconds(5)).has_value());
+  const auto killed = Clock::now();
+  while (true) {
+    ASSERT_TRUE(stub->GetStats(Ctx().get(), {}, &stats).ok());
+    if (stats.in_use_blocks() == 0) break;
+    ASSERT_LT(Clock::now() - killed, std::chrono::milliseconds(2 * kTtlMs))
+        << stats.in_use_blocks() << " blocks still in use";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(stats.num_sequences(), 0);
+  EXPECT_EQ(stats.num_workers(), 0);
+  EXPECT_EQ(stats.expired_leases(), 1);
+  v1::CheckInvariantsResponse check;
+  ASSERT_TRUE(stub->CheckInvariants(Ctx().get(), {}, &check).ok());
+  EXPECT_TRUE(check.ok()) << check.violation();
+}
+
+TEST(ServiceLifecycleTest, SigtermExitsZeroAndUnlinksThePool) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "32"});
+  ASSERT_FALSE(manager.address().empty());
+  auto stub = manager.NewStub();
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), {}, &worker).ok());
+  const std::string shm = worker.pool().shm_name();
+  ASSERT_TRUE(ShmExists(shm)) << shm;
+
+  const std::optional<int> status =
+      manager.process().SignalAndWait(SIGTERM, std::chrono::seconds(5));
+  ASSERT_TRUE(status.has_value()) << "kvpool-manager did not exit within 5 s of SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  EXPECT_FALSE(ShmExists(shm)) << shm;
+}
+
+TEST(ServiceLifecycleTest, RestartRemovesSegmentsOfDeadManagers) {
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
+  const std::string stale = "/kvpool-" + std::to_string(dead) + "-deadbeef";
+  std::ofstream("/dev/shm" + stale) << "stale";
+  ASSERT_TRUE(ShmExists(stale));
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "8"});
+  ASSERT_FALSE(manager.address().empty());
+  EXPECT_FALSE(ShmExists(stale));
+}
+
+TEST(ServiceLifecycleTest, MetricsAfterTraffic) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "64"});
+  ASSERT_FALSE(manager.address().empty());
+  auto stub = manager.NewStub();
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), {}, &worker).ok());
+  v1::OpenSequenceRequest open;
+  open.set_worker_id(worker.worker_id());
+  for (int i = 0; i < 20; ++i) open.add_token_ids(i);
+  open.set_max_tokens(4);
+  open.set_mode(v1::SEQUENCE_MODE_PAGED);
+  v1::OpenSequenceResponse opened;
+  ASSERT_TRUE(stub->OpenSequence(Ctx().get(), open, &opened).ok());
+
+  const std::string scrape = HttpGet(manager.http_address(), "/metrics");
+  EXPECT_THAT(scrape, HasSubstr("HTTP/1.1 200"));
+  for (const char* name :
+       {"kvpool_kv_cache_usage_ratio ", "kvpool_prefix_cache_queries_tokens_total 20",
+        "kvpool_prefix_cache_hits_tokens_total 0", "kvpool_evictions_total 0",
+        "kvpool_blocks{state=\"free\"} 62", "kvpool_blocks{state=\"cached\"} 0",
+        "kvpool_blocks{state=\"in_use\"} 2", "kvpool_sequences 1", "kvpool_workers 1",
+        "kvpool_expired_leases_total 0",
+        "kvpool_rpc_latency_seconds_bucket{method=\"OpenSequence\",le=\"+Inf\"} 1",
+        "kvpool_rpc_latency_seconds_count{method=\"RegisterWorker\"} 1",
+        "# TYPE kvpool_rpc_latency_seconds histogram"}) {
+    EXPECT_THAT(scrape, HasSubstr(name));
+  }
+  EXPECT_THAT(HttpGet(manager.http_address(), "/healthz"), HasSubstr("ok"));
+  EXPECT_THAT(HttpGet(manager.http_address(), "/nope"), HasSubstr("404"));
+}
+
+TEST(ServiceLifecycleTest, HealthCheckIsServing) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "8"});
+  ASSERT_FALSE(manager.address().empty());
+  auto health = grpc::health::v1::Health::NewStub(manager.channel());
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = health->Check(Ctx().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+}  // namespace
+}  // namespace kvpool::manager::testing

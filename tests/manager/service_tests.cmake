@@ -1,0 +1,35 @@
+# Service tests: the real kvpool-manager binary on loopback, driven through the
+# generated stub (errors + auth, 16-client load, leases, SIGTERM, metrics, health).
+if(TARGET kvpool-manager)
+  # grpc.health.v1 client stub (the system gRPC ships none); generated code, no warnings.
+  set(KVPOOL_HEALTH_PROTO_DIR ${CMAKE_CURRENT_LIST_DIR})
+  add_library(kvpool_test_health_proto STATIC
+    ${KVPOOL_HEALTH_PROTO_DIR}/service/grpc/health/v1/health.proto)
+  set(KVPOOL_HEALTH_OUT ${CMAKE_CURRENT_BINARY_DIR}/health_gen)
+  file(MAKE_DIRECTORY ${KVPOOL_HEALTH_OUT})
+  protobuf_generate(TARGET kvpool_test_health_proto LANGUAGE cpp
+    IMPORT_DIRS ${KVPOOL_HEALTH_PROTO_DIR} PROTOC_OUT_DIR ${KVPOOL_HEALTH_OUT})
+  protobuf_generate(TARGET kvpool_test_health_proto LANGUAGE grpc
+    GENERATE_EXTENSIONS .grpc.pb.h .grpc.pb.cc
+    PLUGIN "protoc-gen-grpc=$<TARGET_FILE:gRPC::grpc_cpp_plugin>"
+    IMPORT_DIRS ${KVPOOL_HEALTH_PROTO_DIR} PROTOC_OUT_DIR ${KVPOOL_HEALTH_OUT})
+  target_include_directories(kvpool_test_health_proto SYSTEM PUBLIC ${KVPOOL_HEALTH_OUT})
+  target_link_libraries(kvpool_test_health_proto PUBLIC protobuf::libprotobuf gRPC::grpc++)
+
+  add_executable(kvpool-manager-test-client ${CMAKE_CURRENT_LIST_DIR}/service/lease_client_main.cc)
+  target_link_libraries(kvpool-manager-test-client PRIVATE kvpool_proto kvpool_warnings)
+
+  kvpool_add_test(manager_service_test
+    SOURCES
+      ${CMAKE_CURRENT_LIST_DIR}/service/manager_process.cc
+      ${CMAKE_CURRENT_LIST_DIR}/service/service_errors_test.cc
+      ${CMAKE_CURRENT_LIST_DIR}/service/service_load_test.cc
+      ${CMAKE_CURRENT_LIST_DIR}/service/service_lifecycle_test.cc
+    LIBS kvpool_proto kvpool_test_health_proto
+    LABELS manager)
+  target_include_directories(manager_service_test PRIVATE ${KVPOOL_SOURCE_DIR})
+  target_compile_definitions(manager_service_test PRIVATE
+    KVPOOL_MANAGER_BIN="$<TARGET_FILE:kvpool-manager>"
+    KVPOOL_TEST_CLIENT_BIN="$<TARGET_FILE:kvpool-manager-test-client>")
+  add_dependencies(manager_service_test kvpool-manager kvpool-manager-test-client)
+endif()
