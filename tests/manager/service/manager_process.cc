@@ -91,6 +91,9 @@ ManagerProcess::ManagerProcess(std::vector<std::string> args) {
 }
 
 ManagerProcess::~ManagerProcess() {
+  // Our channel goes first: the manager's graceful shutdown waits (up to 2 s) for
+  // connected clients.
+  channel_.reset();
   if (process_->pid() > 0) process_->SignalAndWait(SIGTERM, std::chrono::seconds(5));
 }
 
