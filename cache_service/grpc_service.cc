@@ -54,11 +54,16 @@ Status CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, const 
   return Status::Ok();
 }
 
-Status CheckStepItem(const v1::StepItem& item) {
-  if (item.sequence_id() < 0) {
-    return InvalidArgument("sequence_id " + std::to_string(item.sequence_id()) +
+Status CheckSequenceId(int64_t sequence_id) {
+  if (sequence_id < 0) {
+    return InvalidArgument("sequence_id " + std::to_string(sequence_id) +
                            " is negative; use the id OpenSequence returned");
   }
+  return Status::Ok();
+}
+
+Status CheckStepItem(const v1::StepItem& item) {
+  KVPOOL_RETURN_IF_ERROR(CheckSequenceId(item.sequence_id()));
   if (item.num_tokens() < 0) {
     return InvalidArgument("num_tokens " + std::to_string(item.num_tokens()) + " is negative");
   }
@@ -279,10 +284,7 @@ grpc::Status ManagerService::Fork(grpc::ServerContext* context, const v1::ForkRe
                                   v1::ForkResponse* response) {
   return Serve(kFork, context, [&](const std::string& tenant) -> Status {
     KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
-    if (request->sequence_id() < 0) {
-      return InvalidArgument("sequence_id " + std::to_string(request->sequence_id()) +
-                             " is negative; use the id OpenSequence returned");
-    }
+    KVPOOL_RETURN_IF_ERROR(CheckSequenceId(request->sequence_id()));
     KVPOOL_ASSIGN_OR_RETURN(
         ForkResult result, core_->Fork(request->worker_id(), request->sequence_id(), Clock::now()));
     response->set_sequence_id(result.sequence_id);
@@ -298,10 +300,7 @@ grpc::Status ManagerService::CloseSequence(grpc::ServerContext* context,
                                            v1::CloseSequenceResponse*) {
   return Serve(kCloseSequence, context, [&](const std::string& tenant) -> Status {
     KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
-    if (request->sequence_id() < 0) {
-      return InvalidArgument("sequence_id " + std::to_string(request->sequence_id()) +
-                             " is negative; use the id OpenSequence returned");
-    }
+    KVPOOL_RETURN_IF_ERROR(CheckSequenceId(request->sequence_id()));
     return core_->CloseSequence(request->worker_id(), request->sequence_id(), Clock::now());
   });
 }

@@ -33,35 +33,39 @@ void ServiceMetrics::ObserveRpc(size_t method_index, double seconds) {
 
 std::string ServiceMetrics::Render(const ManagerStats& s) const {
   std::ostringstream out;
-  Metric(out, "kvpool_kv_cache_usage_ratio", "gauge",
-         "Fraction of pool blocks in use by sequences (0..1).");
-  out << "kvpool_kv_cache_usage_ratio "
-      << Double(s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0)
-      << '\n';
+  auto sample = [&](const char* name, const char* type, const char* help,
+                    const std::string& value) {
+    Metric(out, name, type, help);
+    out << name << ' ' << value << '\n';
+  };
+  sample("kvpool_kv_cache_usage_ratio", "gauge",
+         "Fraction of pool blocks in use by sequences (0..1).",
+         Double(s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0));
   Metric(out, "kvpool_blocks", "gauge", "Pool blocks by state.");
   out << "kvpool_blocks{state=\"free\"} " << s.free_blocks << '\n'
       << "kvpool_blocks{state=\"cached\"} " << s.cached_blocks << '\n'
       << "kvpool_blocks{state=\"in_use\"} " << s.in_use_blocks << '\n';
-  Metric(out, "kvpool_sequences", "gauge", "Open sequences.");
-  out << "kvpool_sequences " << s.num_sequences << '\n';
-  Metric(out, "kvpool_workers", "gauge", "Workers holding a live lease.");
-  out << "kvpool_workers " << s.num_workers << '\n';
-  Metric(out, "kvpool_kv_cache_reserved_bytes", "gauge", "Bytes of blocks held by sequences.");
-  out << "kvpool_kv_cache_reserved_bytes " << s.bytes_reserved << '\n';
-  Metric(out, "kvpool_kv_cache_used_bytes", "gauge",
-         "Bytes of held blocks that hold committed tokens' K/V.");
-  out << "kvpool_kv_cache_used_bytes " << s.bytes_used << '\n';
-  Metric(out, "kvpool_prefix_cache_queries_tokens_total", "counter",
-         "Prompt tokens looked up in the prefix cache.");
-  out << "kvpool_prefix_cache_queries_tokens_total " << s.prefix_queries_tokens << '\n';
-  Metric(out, "kvpool_prefix_cache_hits_tokens_total", "counter",
-         "Prompt tokens found in the prefix cache.");
-  out << "kvpool_prefix_cache_hits_tokens_total " << s.prefix_hits_tokens << '\n';
-  Metric(out, "kvpool_evictions_total", "counter", "Cached blocks evicted for new data.");
-  out << "kvpool_evictions_total " << s.evictions << '\n';
-  Metric(out, "kvpool_expired_leases_total", "counter",
-         "Workers whose lease expired (their sequences were freed).");
-  out << "kvpool_expired_leases_total " << s.expired_leases << '\n';
+  const struct {
+    const char* name;
+    const char* type;
+    const char* help;
+    int64_t value;
+  } samples[] = {
+      {"kvpool_sequences", "gauge", "Open sequences.", s.num_sequences},
+      {"kvpool_workers", "gauge", "Workers holding a live lease.", s.num_workers},
+      {"kvpool_kv_cache_reserved_bytes", "gauge", "Bytes of blocks held by sequences.",
+       s.bytes_reserved},
+      {"kvpool_kv_cache_used_bytes", "gauge",
+       "Bytes of held blocks that hold committed tokens' K/V.", s.bytes_used},
+      {"kvpool_prefix_cache_queries_tokens_total", "counter",
+       "Prompt tokens looked up in the prefix cache.", s.prefix_queries_tokens},
+      {"kvpool_prefix_cache_hits_tokens_total", "counter",
+       "Prompt tokens found in the prefix cache.", s.prefix_hits_tokens},
+      {"kvpool_evictions_total", "counter", "Cached blocks evicted for new data.", s.evictions},
+      {"kvpool_expired_leases_total", "counter",
+       "Workers whose lease expired (their sequences were freed).", s.expired_leases},
+  };
+  for (const auto& m : samples) sample(m.name, m.type, m.help, std::to_string(m.value));
 
   Metric(out, "kvpool_rpc_latency_seconds", "histogram",
          "Manager RPC handling time by method, seconds.");

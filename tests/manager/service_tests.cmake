@@ -1,20 +1,10 @@
 # Service tests: the real kvpool-manager binary on loopback, driven through the
 # generated stub (errors + auth, 16-client load, leases, SIGTERM, metrics, health).
 if(TARGET kvpool-manager)
-  # grpc.health.v1 client stub (the system gRPC ships none); generated code, no warnings.
-  set(KVPOOL_HEALTH_PROTO_DIR ${CMAKE_CURRENT_LIST_DIR})
-  add_library(kvpool_test_health_proto STATIC
-    ${KVPOOL_HEALTH_PROTO_DIR}/service/grpc/health/v1/health.proto)
-  set(KVPOOL_HEALTH_OUT ${CMAKE_CURRENT_BINARY_DIR}/health_gen)
-  file(MAKE_DIRECTORY ${KVPOOL_HEALTH_OUT})
-  protobuf_generate(TARGET kvpool_test_health_proto LANGUAGE cpp
-    IMPORT_DIRS ${KVPOOL_HEALTH_PROTO_DIR} PROTOC_OUT_DIR ${KVPOOL_HEALTH_OUT})
-  protobuf_generate(TARGET kvpool_test_health_proto LANGUAGE grpc
-    GENERATE_EXTENSIONS .grpc.pb.h .grpc.pb.cc
-    PLUGIN "protoc-gen-grpc=$<TARGET_FILE:gRPC::grpc_cpp_plugin>"
-    IMPORT_DIRS ${KVPOOL_HEALTH_PROTO_DIR} PROTOC_OUT_DIR ${KVPOOL_HEALTH_OUT})
-  target_include_directories(kvpool_test_health_proto SYSTEM PUBLIC ${KVPOOL_HEALTH_OUT})
-  target_link_libraries(kvpool_test_health_proto PUBLIC protobuf::libprotobuf gRPC::grpc++)
+  # grpc.health.v1 client stub (the system gRPC ships none).
+  kvpool_grpc_proto_library(kvpool_test_health_proto
+    IMPORT_DIR ${CMAKE_CURRENT_LIST_DIR} OUT_DIR ${CMAKE_CURRENT_BINARY_DIR}/health_gen
+    PROTOS ${CMAKE_CURRENT_LIST_DIR}/service/grpc/health/v1/health.proto)
 
   add_executable(kvpool-manager-test-client ${CMAKE_CURRENT_LIST_DIR}/service/lease_client_main.cc)
   target_link_libraries(kvpool-manager-test-client PRIVATE kvpool_proto kvpool_warnings)
