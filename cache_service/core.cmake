@@ -1,0 +1,12 @@
+# kvpool_manager_core: block pool, prefix index, sequence table, leases, CacheManager.
+set(KVPOOL_MANAGER_CORE_SRC
+  block_pool.cc
+  block_hash.cc
+  prefix_index.cc
+  sequence_table.cc
+  lease_tracker.cc
+  cache_manager.cc)
+list(TRANSFORM KVPOOL_MANAGER_CORE_SRC PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/)
+add_library(kvpool_manager_core STATIC ${KVPOOL_MANAGER_CORE_SRC})
+target_include_directories(kvpool_manager_core PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(kvpool_manager_core PUBLIC kvpool_layout Threads::Threads PRIVATE kvpool_warnings)
