@@ -119,7 +119,7 @@ grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* con
   const std::optional<std::string> tenant = auth_->Authenticate(authorization, &auth_error);
   grpc::Status result;
   if (!tenant.has_value()) {
-    result = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth_error);
+    result = ToGrpcStatus(Unauthenticated(auth_error));
   } else {
     try {
       result = ToGrpcStatus(body(*tenant));

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds and runs the cache manager's tests under sanitizers, in their own build dir:
+#   scripts/sanitize.sh address   # ASan + UBSan (CI runs this): build-asan/
+#   scripts/sanitize.sh thread    # TSan on the manager's tests: build-tsan/
+set -euo pipefail
+mode="${1:-address}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+case "$mode" in
+  address) dir=build-asan; flags="address,undefined"
+           export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
+  thread)  dir=build-tsan; flags="thread"; export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ;;
+  *) echo "usage: $0 address|thread" >&2; exit 2 ;;
+esac
+cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPOOL_CUDA=OFF \
+  -DKVPOOL_SANITIZE="$flags" -DKVPOOL_TEST_AREAS=manager >"$dir.configure.log" 2>&1 ||
+  { cat "$dir.configure.log"; exit 1; }
+rm -f "$dir.configure.log"
+ninja -C "$dir" -j "$(nproc)" kvpool-manager manager_core_test manager_core_property_test \
+  manager_service_test kvpool-manager-test-client
+cd "$dir"
+ctest -L manager --output-on-failure -j "$(nproc)" --timeout 600
