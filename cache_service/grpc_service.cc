@@ -82,6 +82,8 @@ v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
   v1::PoolDescriptor pool;
   pool.set_backend(host.backend_name());
   pool.set_shm_name(host.shm_name());
+  pool.set_cuda_ipc_handle(host.cuda_ipc_handle());
+  pool.set_gpu_uuid(host.gpu_uuid());
   pool.set_model_name(model_name);
   pool.set_num_layers(g.num_layers);
   pool.set_num_kv_heads(g.num_kv_heads);

@@ -54,6 +54,7 @@ struct Flags {
   int64_t lease_ttl_ms = 10000;
   std::string auth_token_file;
   std::string backend = "shm";
+  int cuda_device = 0;
 };
 
 int Fail(const std::string& message) {
@@ -128,7 +129,9 @@ int Run(int argc, char** argv) {
       ->check(CLI::Range(int64_t{10}, int64_t{86400000}));
   app.add_option("--auth-token-file", flags.auth_token_file,
                  "lines \"TOKEN TENANT\"; every call then needs authorization: Bearer TOKEN");
-  app.add_option("--backend", flags.backend, "pool memory: shm (cuda: future work)")
+  app.add_option("--cuda-device", flags.cuda_device, "--backend cuda: the device ordinal")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", flags.backend, "pool memory: shm, or cuda (device memory + IPC)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -152,7 +155,7 @@ int Run(int argc, char** argv) {
   if (const int removed = PoolHost::RemoveStaleSegments(); removed > 0) {
     std::cerr << "kvpool-manager: removed " << removed << " stale /dev/shm/kvpool-* segments\n";
   }
-  StatusOr<PoolHost> pool = PoolHost::Create(backend, *geometry);
+  StatusOr<PoolHost> pool = PoolHost::Create(backend, *geometry, flags.cuda_device);
   if (!pool.ok()) return Fail(pool.status().ToString());
 
   CacheManagerOptions options;

@@ -2,6 +2,10 @@
 // See pool_host.h for what it owns.
 #include "cache_service/pool_host.h"
 
+#if KVPOOL_MANAGER_HAVE_CUDA
+#include "cache_service/cuda_pool_host.h"
+#endif
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -28,15 +32,27 @@ std::string UniqueShmName() {
 
 }  // namespace
 
-StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geometry) {
-  if (backend == PoolBackend::kCuda) {
-    return FailedPrecondition(
-        "--backend cuda is not implemented in kvpool-manager yet (the CUDA pool host "
-        "lives in worker/cuda); use --backend shm");
-  }
+StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geometry,
+                                    int cuda_device) {
   if (geometry.num_layers <= 0 || geometry.num_kv_heads <= 0 || geometry.head_dim <= 0 ||
       geometry.block_size <= 0 || geometry.num_blocks <= 0) {
     return InvalidArgument("pool geometry has a zero or negative dimension");
+  }
+  if (backend == PoolBackend::kCuda) {
+#if KVPOOL_MANAGER_HAVE_CUDA
+    KVPOOL_ASSIGN_OR_RETURN(CudaPoolHost cuda, CudaPoolHost::Create(cuda_device, geometry));
+    PoolHost host;
+    host.cuda_ = std::make_shared<CudaPoolHost>(std::move(cuda));
+    host.backend_name_ = "cuda";
+    host.data_ = host.cuda_->base();
+    host.pool_bytes_ = host.cuda_->pool_bytes();
+    return host;
+#else
+    (void)cuda_device;
+    return FailedPrecondition(
+        "this kvpool-manager was built without CUDA (no CUDA toolkit was found at build "
+        "time); use --backend shm or rebuild where nvcc is installed");
+#endif
   }
   const size_t bytes = geometry.pool_bytes();
   for (int attempt = 0; attempt < 8; ++attempt) {
@@ -98,6 +114,7 @@ PoolHost::PoolHost(PoolHost&& other) noexcept { *this = std::move(other); }
 PoolHost& PoolHost::operator=(PoolHost&& other) noexcept {
   if (this != &other) {
     Release();
+    cuda_ = std::move(other.cuda_);
     backend_name_ = std::move(other.backend_name_);
     shm_name_ = std::move(other.shm_name_);
     data_ = other.data_;
@@ -111,7 +128,26 @@ PoolHost& PoolHost::operator=(PoolHost&& other) noexcept {
 
 PoolHost::~PoolHost() { Release(); }
 
+std::string PoolHost::cuda_ipc_handle() const {
+#if KVPOOL_MANAGER_HAVE_CUDA
+  if (cuda_) return std::string(cuda_->ipc_handle().begin(), cuda_->ipc_handle().end());
+#endif
+  return {};
+}
+
+std::string PoolHost::gpu_uuid() const {
+#if KVPOOL_MANAGER_HAVE_CUDA
+  if (cuda_) return cuda_->gpu_uuid();
+#endif
+  return {};
+}
+
 void PoolHost::Release() {
+  if (cuda_) {  // device memory: the CudaPoolHost frees it
+    cuda_.reset();
+    data_ = nullptr;
+    return;
+  }
   if (data_ != nullptr) munmap(data_, pool_bytes_);
   if (!shm_name_.empty()) shm_unlink(shm_name_.c_str());
   data_ = nullptr;

@@ -7,8 +7,10 @@
 // never interprets the bytes: the layout is kv_layout.h's, the bookkeeping is
 // CacheManager's.
 //
-// `--backend cuda` (a cudaMalloc'd pool exported through cudaIpcGetMemHandle, today
-// worker/cuda's CudaPoolHost) is future work: Create() answers FAILED_PRECONDITION.
+// On the CUDA backend (built wherever a CUDA toolkit is found) it holds a
+// CudaPoolHost (cache_service/cuda_pool_host.h): device memory on the chosen GPU,
+// exported with a CUDA IPC handle that workers open; the descriptor carries the
+// handle and the GPU's UUID.
 #pragma once
 
 #include <cstddef>
@@ -22,11 +24,14 @@ namespace kvpool::manager {
 
 enum class PoolBackend { kShm, kCuda };
 
+class CudaPoolHost;
+
 class PoolHost {
  public:
   // Creates, sizes (reserving the pages: a /dev/shm too small fails here, not later
   // with SIGBUS in a worker) and maps a fresh zeroed pool.
-  static StatusOr<PoolHost> Create(PoolBackend backend, const PoolGeometry& geometry);
+  static StatusOr<PoolHost> Create(PoolBackend backend, const PoolGeometry& geometry,
+                                   int cuda_device = 0);
   // Unlinks /dev/shm/kvpool-<pid>-* whose <pid> no longer runs; returns how many.
   static int RemoveStaleSegments();
 
@@ -38,13 +43,17 @@ class PoolHost {
 
   const std::string& backend_name() const { return backend_name_; }
   const std::string& shm_name() const { return shm_name_; }  // "/kvpool-..."
-  void* data() const { return data_; }
+  void* data() const { return data_; }  // a device pointer on the CUDA backend
+  // CUDA backend: the cudaIpcMemHandle_t bytes and the GPU's UUID; empty otherwise.
+  std::string cuda_ipc_handle() const;
+  std::string gpu_uuid() const;
   size_t pool_bytes() const { return pool_bytes_; }
 
  private:
   PoolHost() = default;
   void Release();
 
+  std::shared_ptr<CudaPoolHost> cuda_;  // CUDA backend only
   std::string backend_name_;
   std::string shm_name_;
   void* data_ = nullptr;

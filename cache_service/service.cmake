@@ -12,6 +12,11 @@ target_link_libraries(kvpool_manager_service
   PUBLIC kvpool_manager_core kvpool_proto gRPC::grpc++ Boost::system Threads::Threads rt
   PRIVATE kvpool_warnings)
 
+if(TARGET kvpool_manager_cuda)
+  target_link_libraries(kvpool_manager_service PUBLIC kvpool_manager_cuda)
+  target_compile_definitions(kvpool_manager_service PRIVATE KVPOOL_MANAGER_HAVE_CUDA=1)
+endif()
+
 add_executable(kvpool-manager ${CMAKE_CURRENT_LIST_DIR}/main.cc)
 target_link_libraries(kvpool-manager PRIVATE kvpool_manager_service gRPC::grpc++_reflection
   kvpool_warnings)

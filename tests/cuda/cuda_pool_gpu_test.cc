@@ -1,4 +1,5 @@
-// CudaPoolHost / CudaPoolAttachment across two processes. The parent hosts a pool and
+// The manager's CudaPoolHost and the worker's CudaPoolAttachment across two processes.
+// The parent hosts a pool and
 // writes a pattern; it re-executes this test binary (/proc/self/exe: a fork without
 // exec is not allowed with CUDA) running only CudaPoolIpcChild.AttachVerifyWrite, with
 // the hex IPC handle and GPU UUID in KVPOOL_IPC_CHILD. The child attaches, checks the
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cache_service/cuda_pool_host.h"
 #include "cuda/cuda_pool.h"
 #include "gpu_test_util.h"
 
@@ -88,7 +90,7 @@ TEST(CudaPoolTest, AttachToUnknownUuidFailsWithNotFound) {
 
 TEST(CudaPoolTest, HostExposesUuidAndZeroedPool) {
   KVPOOL_SKIP_WITHOUT_GPU();
-  StatusOr<CudaPoolHost> host = CudaPoolHost::Create(0, SmallGeometry());
+  StatusOr<manager::CudaPoolHost> host = manager::CudaPoolHost::Create(0, SmallGeometry());
   ASSERT_TRUE(host.ok()) << host.status().message();
   EXPECT_THAT(host->gpu_uuid(), ::testing::MatchesRegex("GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                                                         "[0-9a-f]{4}-[0-9a-f]{12}"));
@@ -98,7 +100,7 @@ TEST(CudaPoolTest, HostExposesUuidAndZeroedPool) {
   std::vector<uint8_t> bytes(host->pool_bytes(), 0xAB);
   KVPOOL_CUDA_ASSERT(cudaMemcpy(bytes.data(), host->base(), bytes.size(), cudaMemcpyDeviceToHost));
   EXPECT_EQ(FirstMismatch(bytes, std::vector<uint8_t>(bytes.size(), 0)), -1);
-  CudaPoolHost moved = std::move(host).value();  // move-only ownership transfer
+  manager::CudaPoolHost moved = std::move(host).value();  // move-only ownership transfer
   EXPECT_NE(moved.base(), nullptr);
 }
 
@@ -106,7 +108,7 @@ TEST(CudaPoolIpcTest, ChildProcessAttachesReadsAndWrites) {
   KVPOOL_SKIP_WITHOUT_GPU();
   if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "parent side only";
   const PoolGeometry g = SmallGeometry();
-  StatusOr<CudaPoolHost> host = CudaPoolHost::Create(0, g);
+  StatusOr<manager::CudaPoolHost> host = manager::CudaPoolHost::Create(0, g);
   ASSERT_TRUE(host.ok()) << host.status().message();
   const std::vector<uint8_t> parent_pattern = Pattern(BlockBytes(g), 3);
   char* base = static_cast<char*>(host->base());
@@ -169,7 +171,7 @@ TEST(CudaPoolIpcChild, AttachVerifyWrite) {
                                 got.size(), cudaMemcpyDeviceToHost));
   const int64_t bad = FirstMismatch(got, Pattern(BlockBytes(g), 3));
   ASSERT_EQ(bad, -1) << "child read a wrong byte " << bad << " of the parent's pattern";
-  // The rest of the pool is still zero (CudaPoolHost zeroes it).
+  // The rest of the pool is still zero (the host zeroes it).
   std::vector<uint8_t> other(BlockBytes(g));
   KVPOOL_CUDA_ASSERT(cudaMemcpy(other.data(), base + BlockByteOffset(g, 0, KvPart::kKey, 2),
                                 other.size(), cudaMemcpyDeviceToHost));

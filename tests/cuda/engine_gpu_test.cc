@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "cache_service/cuda_pool_host.h"
 #include "cuda/cuda_pool.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
@@ -232,7 +233,8 @@ TEST(EngineGpuIpcTest, SecondProcessReusesThePrefixTheFirstWrote) {
   options.block_size = kBlockSize;
   options.num_blocks = 64;
   const PoolGeometry g = Engine::GeometryFor(config, options, KvDtype::kFloat16);
-  auto host = std::make_shared<gpu::CudaPoolHost>(gpu::CudaPoolHost::Create(0, g).value());
+  // This process plays the manager: it hosts the pool (and also runs an engine on it).
+  auto host = std::make_shared<manager::CudaPoolHost>(manager::CudaPoolHost::Create(0, g).value());
   auto engine =
       MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize, KvPool::Adopt(g, host->base(), host));
   SequenceId id = engine->AddSequence(IpcRequest()).value();

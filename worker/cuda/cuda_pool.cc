@@ -1,5 +1,4 @@
-// CudaPoolHost / CudaPoolAttachment: the pool's device memory and its CUDA IPC
-// export and import (see cuda_pool.h).
+// CudaPoolAttachment: a worker's mapping of the manager's CUDA pool (see cuda_pool.h).
 #include "cuda/cuda_pool.h"
 
 #include <cuda_runtime_api.h>
@@ -87,52 +86,6 @@ StatusOr<int> FindDeviceByUuid(std::string_view uuid) {
   }
   return NotFound("no visible CUDA device has UUID " + std::string(uuid) + " (visible: " +
                   (seen.empty() ? "none" : seen) + ")");
-}
-
-// ---- CudaPoolHost ----
-
-StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geometry) {
-  if (geometry.pool_bytes() == 0) {
-    return InvalidArgument("CudaPoolHost: the pool geometry describes 0 bytes");
-  }
-  KVPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device),
-                              "CudaPoolHost: cudaSetDevice(" + std::to_string(device) + ")");
-  CudaPoolHost host;
-  host.geometry_ = geometry;
-  host.device_ = device;
-  KVPOOL_ASSIGN_OR_RETURN(host.gpu_uuid_, GpuUuid(device));
-  KVPOOL_CUDA_RETURN_IF_ERROR(
-      cudaMalloc(&host.base_, geometry.pool_bytes()),
-      "CudaPoolHost: cudaMalloc of " + std::to_string(geometry.pool_bytes()) + " bytes");
-  KVPOOL_CUDA_RETURN_IF_ERROR(cudaMemset(host.base_, 0, geometry.pool_bytes()),
-                              "CudaPoolHost: cudaMemset");
-  cudaIpcMemHandle_t handle;
-  KVPOOL_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&handle, host.base_),
-                              "CudaPoolHost: cudaIpcGetMemHandle");
-  std::memcpy(host.ipc_handle_.data(), &handle, sizeof(handle));
-  return host;
-}
-
-CudaPoolHost::CudaPoolHost(CudaPoolHost&& other) noexcept { *this = std::move(other); }
-
-CudaPoolHost& CudaPoolHost::operator=(CudaPoolHost&& other) noexcept {
-  if (this != &other) {
-    Reset();
-    base_ = std::exchange(other.base_, nullptr);
-    geometry_ = other.geometry_;
-    device_ = std::exchange(other.device_, -1);
-    gpu_uuid_ = std::move(other.gpu_uuid_);
-    ipc_handle_ = other.ipc_handle_;
-  }
-  return *this;
-}
-
-CudaPoolHost::~CudaPoolHost() { Reset(); }
-
-void CudaPoolHost::Reset() {
-  if (base_ == nullptr) return;
-  WithDevice(device_, [this] { cudaFree(base_); });
-  base_ = nullptr;
 }
 
 // ---- CudaPoolAttachment ----

@@ -1,8 +1,7 @@
-// The KV pool on a GPU, shared between processes with CUDA IPC. CudaPoolHost owns
-// the one cudaMalloc'd allocation (the manager's side: allocate, zero, export the
-// 64-byte IPC handle); CudaPoolAttachment owns one process's mapping of it (the
-// worker's side: find the GPU by UUID, open the handle). Both are move-only and
-// release on destruction. Neither reads or writes KV bytes; RegionPointer turns a
+// The worker's side of the KV pool on a GPU: CudaPoolAttachment owns one process's
+// mapping of the pool the manager hosts (cache_service/cuda_pool_host.h: cudaMalloc +
+// the 64-byte IPC handle): find the GPU by UUID, open the handle. Move-only; closes the
+// mapping on destruction. It never reads or writes KV bytes; RegionPointer turns a
 // pool base into one (layer, K|V) region base through kv_layout.h, which is what
 // the kernels of cuda/paged_attention.h take.
 #pragma once
@@ -40,36 +39,6 @@ inline const void* RegionPointer(const void* pool_base, const PoolGeometry& geom
                                  int32_t layer, KvPart part) {
   return RegionPointer(const_cast<void*>(pool_base), geometry, layer, part);
 }
-
-class CudaPoolHost {
- public:
-  // Makes `device` current on the calling thread, allocates geometry.pool_bytes(),
-  // zeroes it and exports its IPC handle.
-  static StatusOr<CudaPoolHost> Create(int device, const PoolGeometry& geometry);
-
-  CudaPoolHost(CudaPoolHost&& other) noexcept;
-  CudaPoolHost& operator=(CudaPoolHost&& other) noexcept;
-  CudaPoolHost(const CudaPoolHost&) = delete;
-  CudaPoolHost& operator=(const CudaPoolHost&) = delete;
-  ~CudaPoolHost();
-
-  void* base() const { return base_; }
-  size_t pool_bytes() const { return geometry_.pool_bytes(); }
-  const PoolGeometry& geometry() const { return geometry_; }
-  int device() const { return device_; }
-  const std::string& gpu_uuid() const { return gpu_uuid_; }
-  const IpcHandleBytes& ipc_handle() const { return ipc_handle_; }
-
- private:
-  CudaPoolHost() = default;
-  void Reset();
-
-  void* base_ = nullptr;
-  PoolGeometry geometry_;
-  int device_ = -1;
-  std::string gpu_uuid_;
-  IpcHandleBytes ipc_handle_{};
-};
 
 class CudaPoolAttachment {
  public:

@@ -4,8 +4,9 @@
 // it from the pool through the block tables. Decode steps of up to kMaxGraphBatch
 // sequences replay a captured CUDA graph: one launch per step instead of ~150.
 //
-// Built only against a CUDA LibTorch (KVPOOL_HAVE_CUDA_TORCH). The pool memory comes
-// from cuda/cuda_pool.h (cudaMalloc + an IPC handle), so other processes can map it.
+// Built only against a CUDA LibTorch (KVPOOL_HAVE_CUDA_TORCH). A private pool is plain
+// device memory; a shared one is the manager's (cache_service/cuda_pool_host.h),
+// mapped through cuda/cuda_pool.h's CudaPoolAttachment and handed to the Engine.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -21,7 +22,7 @@
 #include <memory>
 #include <utility>
 
-#include "cuda/cuda_pool.h"
+#include "cuda/device_buffer.h"
 #include "cuda/gemv.h"
 #include "cuda/paged_attention.h"
 #include "engine/model_runner.h"
@@ -84,9 +85,15 @@ class CudaModelRunner : public ModelRunner {
   KvDtype kv_dtype() const override { return ToKvDtype(dtype_); }
 
   StatusOr<KvPool> CreatePool(const PoolGeometry& geometry) const override {
-    KVPOOL_ASSIGN_OR_RETURN(gpu::CudaPoolHost host, gpu::CudaPoolHost::Create(device_, geometry));
-    auto owner = std::make_shared<gpu::CudaPoolHost>(std::move(host));
-    void* base = owner->base();
+    // A private pool (no manager): plain device memory. A pool shared with other
+    // processes comes from the manager's CudaPoolHost and is attached instead.
+    c10::cuda::CUDAGuard guard(device_);
+    KVPOOL_ASSIGN_OR_RETURN(gpu::DeviceBuffer buffer, gpu::DeviceBuffer::Allocate(geometry.pool_bytes()));
+    if (cudaMemset(buffer.data(), 0, geometry.pool_bytes()) != cudaSuccess) {
+      return Internal("cudaMemset of the KV pool failed");
+    }
+    auto owner = std::make_shared<gpu::DeviceBuffer>(std::move(buffer));
+    void* base = owner->data();
     return KvPool::Adopt(geometry, base, std::move(owner));
   }
 

@@ -1,0 +1,83 @@
+#include "cache_service/cuda_pool_host.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+namespace kvpool::manager {
+namespace {
+
+static_assert(sizeof(cudaIpcMemHandle_t) == std::tuple_size<CudaPoolHost::IpcHandle>::value,
+              "IpcHandle must hold a cudaIpcMemHandle_t");
+
+Status CudaError(cudaError_t error, const std::string& what) {
+  std::string message = "CudaPoolHost: " + what + ": " + cudaGetErrorName(error) + " (" +
+                        cudaGetErrorString(error) + ")";
+  if (error == cudaErrorMemoryAllocation) return ResourceExhausted(std::move(message));
+  if (error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver) {
+    return Status(StatusCode::kUnavailable, std::move(message));
+  }
+  return Internal(std::move(message));
+}
+
+#define KVPOOL_RETURN_IF_CUDA_ERROR(call, what)              \
+  do {                                                       \
+    const cudaError_t _error = (call);                       \
+    if (_error != cudaSuccess) return CudaError(_error, what); \
+  } while (0)
+
+}  // namespace
+
+StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geometry) {
+  if (geometry.pool_bytes() == 0) return InvalidArgument("CudaPoolHost: the pool has 0 bytes");
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  CudaPoolHost host;
+  host.geometry_ = geometry;
+  host.device_ = device;
+  cudaDeviceProp prop;
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+  char uuid[64];
+  std::snprintf(uuid, sizeof(uuid),
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                b[14], b[15]);
+  host.gpu_uuid_ = uuid;
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaMalloc(&host.base_, geometry.pool_bytes()),
+                              "cudaMalloc of " + std::to_string(geometry.pool_bytes()) + " bytes");
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaMemset(host.base_, 0, geometry.pool_bytes()), "cudaMemset");
+  cudaIpcMemHandle_t handle;
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, host.base_), "cudaIpcGetMemHandle");
+  std::memcpy(host.ipc_handle_.data(), &handle, sizeof(handle));
+  return host;
+}
+
+CudaPoolHost::CudaPoolHost(CudaPoolHost&& other) noexcept { *this = std::move(other); }
+
+CudaPoolHost& CudaPoolHost::operator=(CudaPoolHost&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    base_ = std::exchange(other.base_, nullptr);
+    geometry_ = other.geometry_;
+    device_ = std::exchange(other.device_, -1);
+    gpu_uuid_ = std::move(other.gpu_uuid_);
+    ipc_handle_ = other.ipc_handle_;
+  }
+  return *this;
+}
+
+CudaPoolHost::~CudaPoolHost() { Reset(); }
+
+void CudaPoolHost::Reset() {
+  if (base_ == nullptr) return;
+  int previous = -1;
+  const bool restore = cudaGetDevice(&previous) == cudaSuccess && previous != device_;
+  if (restore) cudaSetDevice(device_);
+  cudaFree(base_);
+  if (restore) cudaSetDevice(previous);
+  base_ = nullptr;
+}
+
+}  // namespace kvpool::manager
