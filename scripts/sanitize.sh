@@ -9,7 +9,8 @@ cd "$here"
 case "$mode" in
   address) dir=build-asan; flags="address,undefined"
            export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
-  thread)  dir=build-tsan; flags="thread"; export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ;;
+  thread)  dir=build-tsan; flags="thread"
+           export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$here/tests/manager/tsan.supp" ;;
   *) echo "usage: $0 address|thread" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPOOL_CUDA=OFF \
