@@ -22,9 +22,9 @@ Status CudaError(cudaError_t error, const std::string& what) {
   return Internal(std::move(message));
 }
 
-#define KVPOOL_RETURN_IF_CUDA_ERROR(call, what)              \
-  do {                                                       \
-    const cudaError_t _error = (call);                       \
+#define KVPOOL_RETURN_IF_CUDA_ERROR(call, what)                \
+  do {                                                         \
+    const cudaError_t _error = (call);                         \
     if (_error != cudaSuccess) return CudaError(_error, what); \
   } while (0)
 
@@ -32,7 +32,8 @@ Status CudaError(cudaError_t error, const std::string& what) {
 
 StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geometry) {
   if (geometry.pool_bytes() == 0) return InvalidArgument("CudaPoolHost: the pool has 0 bytes");
-  KVPOOL_RETURN_IF_CUDA_ERROR(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaSetDevice(device),
+                              "cudaSetDevice(" + std::to_string(device) + ")");
   CudaPoolHost host;
   host.geometry_ = geometry;
   host.device_ = device;

@@ -14,7 +14,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <memory>
 
 #include "cache_service/auth.h"
@@ -23,24 +22,10 @@
 #include "cache_service/http_server.h"
 #include "cache_service/metrics.h"
 #include "cache_service/pool_host.h"
+#include "kvpool/v1/model_shapes.h"
 
 namespace kvpool::manager {
 namespace {
-
-struct ModelShape {
-  int32_t num_layers, num_kv_heads, head_dim;
-};
-
-const std::map<std::string, ModelShape>& BuiltinModels() {
-  static const std::map<std::string, ModelShape> models = {
-      {"gpt2", {12, 12, 64}},
-      {"gpt2-medium", {24, 16, 64}},
-      {"gpt2-chinese-cluecorpussmall", {12, 12, 64}},
-      {"llama-gqa-small", {12, 4, 64}},
-      {"tiny-gpt2", {2, 4, 16}},
-      {"tiny-llama", {2, 2, 16}}};
-  return models;
-}
 
 struct Flags {
   std::string listen = "127.0.0.1:50051";
@@ -64,16 +49,15 @@ int Fail(const std::string& message) {
 
 StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
   if (!flags.model.empty()) {
-    const auto it = BuiltinModels().find(flags.model);
-    if (it != BuiltinModels().end()) {
-      if (flags.num_layers == 0) flags.num_layers = it->second.num_layers;
-      if (flags.num_kv_heads == 0) flags.num_kv_heads = it->second.num_kv_heads;
-      if (flags.head_dim == 0) flags.head_dim = it->second.head_dim;
+    if (const KvShape* shape = FindKvShape(flags.model)) {
+      if (flags.num_layers == 0) flags.num_layers = shape->num_layers;
+      if (flags.num_kv_heads == 0) flags.num_kv_heads = shape->num_kv_heads;
+      if (flags.head_dim == 0) flags.head_dim = shape->head_dim;
     }
   }
   if (flags.num_layers <= 0 || flags.num_kv_heads <= 0 || flags.head_dim <= 0) {
     std::string known;
-    for (const auto& [name, shape] : BuiltinModels()) known += " " + name;
+    for (const KvShape& shape : kBuiltinKvShapes) known += " " + std::string(shape.model);
     return InvalidArgument("give --model (one of:" + known +
                            ") or all of --num-layers --num-kv-heads --head-dim (> 0)");
   }

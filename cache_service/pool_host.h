@@ -43,7 +43,7 @@ class PoolHost {
 
   const std::string& backend_name() const { return backend_name_; }
   const std::string& shm_name() const { return shm_name_; }  // "/kvpool-..."
-  void* data() const { return data_; }  // a device pointer on the CUDA backend
+  void* data() const { return data_; }                       // a device pointer on the CUDA backend
   // CUDA backend: the cudaIpcMemHandle_t bytes and the GPU's UUID; empty otherwise.
   std::string cuda_ipc_handle() const;
   std::string gpu_uuid() const;

@@ -5,12 +5,11 @@
 // the hex IPC handle and GPU UUID in KVPOOL_IPC_CHILD. The child attaches, checks the
 // pattern, writes a second one into another block and exits 0; the parent then checks
 // the second pattern. Also: handle hex round trip, region pointers, unknown UUIDs.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <string>
@@ -134,9 +133,9 @@ TEST(CudaPoolIpcTest, ChildProcessAttachesReadsAndWrites) {
       << "posix_spawn of /proc/self/exe failed";
   int wait_status = 0;
   ASSERT_EQ(waitpid(pid, &wait_status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(wait_status)) << "child did not exit normally (signal "
-                                      << (WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0)
-                                      << ")";
+  ASSERT_TRUE(WIFEXITED(wait_status))
+      << "child did not exit normally (signal "
+      << (WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0) << ")";
   ASSERT_EQ(WEXITSTATUS(wait_status), 0) << "the child test failed: see its output above";
 
   std::vector<uint8_t> got(BlockBytes(g));

@@ -84,8 +84,8 @@ StatusOr<int> FindDeviceByUuid(std::string_view uuid) {
     if (candidate == uuid) return device;
     seen += (seen.empty() ? "" : ", ") + candidate;
   }
-  return NotFound("no visible CUDA device has UUID " + std::string(uuid) + " (visible: " +
-                  (seen.empty() ? "none" : seen) + ")");
+  return NotFound("no visible CUDA device has UUID " + std::string(uuid) +
+                  " (visible: " + (seen.empty() ? "none" : seen) + ")");
 }
 
 // ---- CudaPoolAttachment ----

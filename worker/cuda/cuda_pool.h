@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "kvpool/v1/status.h"
 #include "kvpool/v1/kv_layout.h"
+#include "kvpool/v1/status.h"
 
 namespace kvpool::gpu {
 
@@ -35,8 +35,8 @@ inline void* RegionPointer(void* pool_base, const PoolGeometry& geometry, int32_
   return static_cast<char*>(pool_base) +
          geometry.region_offset(layer, part) * static_cast<int64_t>(KvDtypeBytes(geometry.dtype));
 }
-inline const void* RegionPointer(const void* pool_base, const PoolGeometry& geometry,
-                                 int32_t layer, KvPart part) {
+inline const void* RegionPointer(const void* pool_base, const PoolGeometry& geometry, int32_t layer,
+                                 KvPart part) {
   return RegionPointer(const_cast<void*>(pool_base), geometry, layer, part);
 }
 

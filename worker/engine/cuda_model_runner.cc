@@ -88,7 +88,8 @@ class CudaModelRunner : public ModelRunner {
     // A private pool (no manager): plain device memory. A pool shared with other
     // processes comes from the manager's CudaPoolHost and is attached instead.
     c10::cuda::CUDAGuard guard(device_);
-    KVPOOL_ASSIGN_OR_RETURN(gpu::DeviceBuffer buffer, gpu::DeviceBuffer::Allocate(geometry.pool_bytes()));
+    KVPOOL_ASSIGN_OR_RETURN(gpu::DeviceBuffer buffer,
+                            gpu::DeviceBuffer::Allocate(geometry.pool_bytes()));
     if (cudaMemset(buffer.data(), 0, geometry.pool_bytes()) != cudaSuccess) {
       return Internal("cudaMemset of the KV pool failed");
     }

@@ -60,15 +60,39 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint8_t* body = data + pos + 3;
     pos += 3 + len;
     switch (method % 9) {
-      case 0: Call<v1::RegisterWorkerRequest, v1::RegisterWorkerResponse>(service, body, len, &ManagerService::RegisterWorker); break;
-      case 1: Call<v1::HeartbeatRequest, v1::HeartbeatResponse>(service, body, len, &ManagerService::Heartbeat); break;
-      case 2: Call<v1::OpenSequenceRequest, v1::OpenSequenceResponse>(service, body, len, &ManagerService::OpenSequence); break;
-      case 3: Call<v1::StepRequest, v1::StepResponse>(service, body, len, &ManagerService::Step); break;
-      case 4: Call<v1::ForkRequest, v1::ForkResponse>(service, body, len, &ManagerService::Fork); break;
-      case 5: Call<v1::CloseSequenceRequest, v1::CloseSequenceResponse>(service, body, len, &ManagerService::CloseSequence); break;
-      case 6: Call<v1::GetStatsRequest, v1::GetStatsResponse>(service, body, len, &ManagerService::GetStats); break;
-      case 7: Call<v1::CheckInvariantsRequest, v1::CheckInvariantsResponse>(service, body, len, &ManagerService::CheckInvariants); break;
-      case 8: service.ExpireLeases(kvpool::manager::Clock::now() + std::chrono::milliseconds(len)); break;
+      case 0:
+        Call<v1::RegisterWorkerRequest, v1::RegisterWorkerResponse>(
+            service, body, len, &ManagerService::RegisterWorker);
+        break;
+      case 1:
+        Call<v1::HeartbeatRequest, v1::HeartbeatResponse>(service, body, len,
+                                                          &ManagerService::Heartbeat);
+        break;
+      case 2:
+        Call<v1::OpenSequenceRequest, v1::OpenSequenceResponse>(service, body, len,
+                                                                &ManagerService::OpenSequence);
+        break;
+      case 3:
+        Call<v1::StepRequest, v1::StepResponse>(service, body, len, &ManagerService::Step);
+        break;
+      case 4:
+        Call<v1::ForkRequest, v1::ForkResponse>(service, body, len, &ManagerService::Fork);
+        break;
+      case 5:
+        Call<v1::CloseSequenceRequest, v1::CloseSequenceResponse>(service, body, len,
+                                                                  &ManagerService::CloseSequence);
+        break;
+      case 6:
+        Call<v1::GetStatsRequest, v1::GetStatsResponse>(service, body, len,
+                                                        &ManagerService::GetStats);
+        break;
+      case 7:
+        Call<v1::CheckInvariantsRequest, v1::CheckInvariantsResponse>(
+            service, body, len, &ManagerService::CheckInvariants);
+        break;
+      case 8:
+        service.ExpireLeases(kvpool::manager::Clock::now() + std::chrono::milliseconds(len));
+        break;
     }
     const kvpool::Status invariants = core.CheckInvariants();
     if (!invariants.ok()) {

@@ -1,0 +1,34 @@
+// The KV-cache shape (layers, K/V heads, head size) of each built-in model name: what
+// the manager needs to size a pool for `--model NAME`, and what a worker's model must
+// match to attach. Part of the contract between the processes; the engine's full
+// configs (worker/engine/model_config.cc) are checked against this table by a test.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace kvpool {
+
+struct KvShape {
+  std::string_view model;
+  int32_t num_layers, num_kv_heads, head_dim;
+};
+
+inline constexpr KvShape kBuiltinKvShapes[] = {
+    {"gpt2", 12, 12, 64},
+    {"gpt2-medium", 24, 16, 64},
+    {"gpt2-chinese-cluecorpussmall", 12, 12, 64},
+    {"llama-gqa-small", 12, 4, 64},
+    {"tiny-gpt2", 2, 4, 16},
+    {"tiny-llama", 2, 2, 16},
+};
+
+// Null when `model` is not a runnable built-in name.
+inline const KvShape* FindKvShape(std::string_view model) {
+  for (const KvShape& s : kBuiltinKvShapes) {
+    if (s.model == model) return &s;
+  }
+  return nullptr;
+}
+
+}  // namespace kvpool
