@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "../engine/engine_trace.h"
 #include "cache_service/cuda_pool_host.h"
 #include "cuda/cuda_pool.h"
 #include "engine/engine.h"
@@ -29,13 +30,10 @@ extern char** environ;
 namespace kvpool {
 namespace {
 
-std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab) - 1);
-  std::vector<int32_t> out(n);
-  for (auto& t : out) t = dist(rng);
-  return out;
-}
+using testing::MaxDiff;
+using testing::RandomPrompt;
+using testing::RunBatch;
+using testing::Trace;
 
 std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& device,
                                    at::ScalarType dtype, bool graphs = true,
@@ -50,52 +48,6 @@ std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& 
   auto engine = Engine::Create(config, RandomWeights(config, 7), options, {}, std::move(pool));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();
-}
-
-struct Trace {
-  std::vector<std::vector<at::Tensor>> logits;
-  std::vector<std::vector<int32_t>> tokens;
-};
-
-Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths, int32_t steps) {
-  std::vector<SequenceId> ids;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    GenerationRequest r;
-    r.prompt = RandomPrompt(lengths[i], engine.config().vocab_size, 100 + i);
-    r.max_tokens = steps + 1;
-    r.mode = mode;
-    r.ignore_eos = true;
-    ids.push_back(engine.AddSequence(std::move(r)).value());
-  }
-  Trace t;
-  t.logits.resize(ids.size());
-  auto collect = [&] {
-    for (size_t i = 0; i < ids.size(); ++i)
-      t.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
-  };
-  EXPECT_TRUE(engine.Prefill(ids).ok());
-  collect();
-  for (int32_t s = 0; s < steps; ++s) {
-    Status st = engine.Decode(ids);
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    collect();
-  }
-  for (SequenceId id : ids) {
-    const Sequence& seq = engine.sequence(id);
-    t.tokens.emplace_back(seq.tokens.begin() + seq.prompt_len(), seq.tokens.end());
-    engine.Release(id);
-  }
-  return t;
-}
-
-double MaxDiff(const Trace& a, const Trace& b) {
-  double worst = 0;
-  for (size_t i = 0; i < a.logits.size(); ++i) {
-    for (size_t s = 0; s < a.logits[i].size(); ++s) {
-      worst = std::max(worst, (a.logits[i][s] - b.logits[i][s]).abs().max().item<double>());
-    }
-  }
-  return worst;
 }
 
 TEST(EngineGpuTest, ThreeModesSameGreedyTokensFp16) {

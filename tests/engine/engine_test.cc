@@ -11,6 +11,7 @@
 #include <fstream>
 #include <random>
 
+#include "engine_trace.h"
 #include "kvpool/v1/model_shapes.h"
 #include "tokenizer/tokenizer.h"
 
@@ -18,8 +19,9 @@ namespace kvpool {
 namespace {
 
 using ::testing::HasSubstr;
-
-constexpr KvMode kModes[] = {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged};
+using testing::RandomPrompt;
+using testing::RunBatch;
+using testing::Trace;
 
 std::unique_ptr<Engine> MakeEngine(const std::string& model, EngineOptions options = {},
                                    std::shared_ptr<const Tokenizer> tok = {}) {
@@ -28,56 +30,6 @@ std::unique_ptr<Engine> MakeEngine(const std::string& model, EngineOptions optio
   auto engine = Engine::Create(config, std::move(weights), options, std::move(tok));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();
-}
-
-std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab) - 1);
-  std::vector<int32_t> out(n);
-  for (auto& t : out) t = dist(rng);
-  return out;
-}
-
-// Greedy-decodes `lengths.size()` prompts together in `mode`; returns per sequence the
-// logits after prefill and after each decode step, and the generated tokens.
-struct Trace {
-  std::vector<std::vector<at::Tensor>> logits;
-  std::vector<std::vector<int32_t>> tokens;
-};
-
-Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths, int32_t steps,
-               uint32_t first_seed = 100) {
-  std::vector<SequenceId> ids;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    GenerationRequest r;
-    r.prompt = RandomPrompt(lengths[i], engine.config().vocab_size, first_seed + i);
-    r.max_tokens = steps + 1;
-    r.mode = mode;
-    r.ignore_eos = true;
-    auto id = engine.AddSequence(std::move(r));
-    EXPECT_TRUE(id.ok()) << id.status().ToString();
-    ids.push_back(*id);
-  }
-  Trace trace;
-  trace.logits.resize(ids.size());
-  auto collect = [&] {
-    for (size_t i = 0; i < ids.size(); ++i) {
-      trace.logits[i].push_back(engine.sequence(ids[i]).last_logits.clone());
-    }
-  };
-  EXPECT_TRUE(engine.Prefill(ids).ok());
-  collect();
-  for (int32_t s = 0; s < steps; ++s) {
-    Status st = engine.Decode(ids);
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    collect();
-  }
-  for (SequenceId id : ids) {
-    const Sequence& seq = engine.sequence(id);
-    trace.tokens.emplace_back(seq.tokens.begin() + seq.prompt_len(), seq.tokens.end());
-    engine.Release(id);
-  }
-  return trace;
 }
 
 void ExpectSameTraces(const Trace& a, const Trace& b, const std::string& what) {
