@@ -37,6 +37,9 @@ struct Flags {
   int64_t pool_bytes = 256ll << 20;
   std::string dtype = "fp32";
   int64_t lease_ttl_ms = 10000;
+  int64_t max_tokens_per_call = 1 << 20;
+  int64_t max_sequences_per_worker = 4096;
+  int64_t max_context_tokens = 1 << 20;
   std::string auth_token_file;
   std::string backend = "shm";
   int cuda_device = 0;
@@ -108,6 +111,15 @@ int Run(int argc, char** argv) {
       ->capture_default_str()
       ->excludes(num_blocks);
   app.add_option("--dtype", flags.dtype, "fp32 | fp16 | bf16")->capture_default_str();
+  app.add_option("--max-tokens-per-call", flags.max_tokens_per_call,
+                 "limit on prompt + committed tokens in one call")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-sequences-per-worker", flags.max_sequences_per_worker,
+                 "limit on open sequences of one worker")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-context-tokens", flags.max_context_tokens,
+                 "limit on prompt + max_tokens of one sequence")
+      ->check(CLI::PositiveNumber);
   app.add_option("--lease-ttl-ms", flags.lease_ttl_ms, "worker lease TTL in milliseconds")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{10}, int64_t{86400000}));
@@ -145,6 +157,9 @@ int Run(int argc, char** argv) {
   CacheManagerOptions options;
   options.geometry = *geometry;
   options.lease_ttl = std::chrono::milliseconds(flags.lease_ttl_ms);
+  options.max_tokens_per_call = flags.max_tokens_per_call;
+  options.max_sequences_per_worker = flags.max_sequences_per_worker;
+  options.max_context_tokens = flags.max_context_tokens;
   CacheManager core(options);
   ServiceMetrics metrics(ManagerService::MethodNames());
   ManagerService service(&core, DescribePool(*pool, *geometry, flags.model), &auth, &metrics);
