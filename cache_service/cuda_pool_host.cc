@@ -2,9 +2,10 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
 #include <cstring>
 #include <utility>
+
+#include "kvpool/v1/gpu_uuid.h"
 
 namespace kvpool::manager {
 namespace {
@@ -39,13 +40,7 @@ StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geom
   host.device_ = device;
   cudaDeviceProp prop;
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
-  char uuid[64];
-  std::snprintf(uuid, sizeof(uuid),
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
-  host.gpu_uuid_ = uuid;
+  host.gpu_uuid_ = FormatGpuUuid(reinterpret_cast<const unsigned char(&)[16]>(prop.uuid.bytes));
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaMalloc(&host.base_, geometry.pool_bytes()),
                               "cudaMalloc of " + std::to_string(geometry.pool_bytes()) + " bytes");
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaMemset(host.base_, 0, geometry.pool_bytes()), "cudaMemset");

@@ -5,6 +5,7 @@ kvpool_add_test(manager_core_test
     ${CMAKE_CURRENT_SOURCE_DIR}/core/block_hash_test.cc
     ${CMAKE_CURRENT_SOURCE_DIR}/core/block_pool_test.cc
     ${CMAKE_CURRENT_SOURCE_DIR}/core/cache_manager_test.cc
+    ${CMAKE_CURRENT_SOURCE_DIR}/core/gpu_uuid_test.cc
   LIBS kvpool_manager_core
   LABELS manager)
 kvpool_add_test(manager_core_property_test

@@ -3,11 +3,11 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
 #include <cstring>
 #include <utility>
 
 #include "cuda/cuda_status.h"
+#include "kvpool/v1/gpu_uuid.h"
 
 namespace kvpool::gpu {
 namespace {
@@ -62,13 +62,7 @@ StatusOr<std::string> GpuUuid(int device) {
   cudaDeviceProp prop;
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device),
                               "cudaGetDeviceProperties(" + std::to_string(device) + ")");
-  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
-  char text[64];
-  std::snprintf(text, sizeof(text),
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
-  return std::string(text);
+  return FormatGpuUuid(reinterpret_cast<const unsigned char(&)[16]>(prop.uuid.bytes));
 }
 
 StatusOr<int> FindDeviceByUuid(std::string_view uuid) {
