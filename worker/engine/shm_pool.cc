@@ -1,0 +1,71 @@
+#include "engine/shm_pool.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace kvpool {
+
+StatusOr<ShmPoolAttachment> ShmPoolAttachment::Open(const std::string& shm_name,
+                                                    const PoolGeometry& geometry) {
+  if (geometry.dtype != KvDtype::kFloat32) {
+    return FailedPrecondition("the CPU engine reads fp32 pools; this pool is " +
+                              std::string(KvDtypeName(geometry.dtype)));
+  }
+  const int fd = shm_open(shm_name.c_str(), O_RDWR, 0);
+  if (fd < 0) {
+    return FailedPrecondition("cannot open the manager's pool '" + shm_name +
+                              "': " + std::strerror(errno) +
+                              " (is the manager on this node, in this IPC namespace?)");
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    const std::string error = std::strerror(errno);
+    close(fd);
+    return Internal("fstat of '" + shm_name + "' failed: " + error);
+  }
+  if (static_cast<size_t>(st.st_size) != geometry.pool_bytes()) {
+    close(fd);
+    return FailedPrecondition("pool '" + shm_name + "' holds " + std::to_string(st.st_size) +
+                              " bytes but this model's geometry needs " +
+                              std::to_string(geometry.pool_bytes()) +
+                              ": the worker's model does not match the manager's pool");
+  }
+  void* base = mmap(nullptr, geometry.pool_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int map_errno = errno;
+  close(fd);  // the mapping keeps the segment
+  if (base == MAP_FAILED) {
+    return Internal("mmap of '" + shm_name + "' failed: " + std::strerror(map_errno));
+  }
+  ShmPoolAttachment a;
+  a.base_ = base;
+  a.geometry_ = geometry;
+  return a;
+}
+
+ShmPoolAttachment::ShmPoolAttachment(ShmPoolAttachment&& other) noexcept {
+  *this = std::move(other);
+}
+
+ShmPoolAttachment& ShmPoolAttachment::operator=(ShmPoolAttachment&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    base_ = std::exchange(other.base_, nullptr);
+    geometry_ = other.geometry_;
+  }
+  return *this;
+}
+
+ShmPoolAttachment::~ShmPoolAttachment() { Reset(); }
+
+void ShmPoolAttachment::Reset() {
+  if (base_ != nullptr) munmap(base_, geometry_.pool_bytes());
+  base_ = nullptr;
+}
+
+}  // namespace kvpool
