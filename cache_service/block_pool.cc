@@ -96,8 +96,8 @@ Status BlockPool::AllocateContiguous(int64_t n, std::vector<int32_t>* out) {
       run = 0;
     }
   }
-  if (run < n || n <= 0) {
-    if (n <= 0) return Status::Ok();
+  if (n <= 0) return InvalidArgument("a contiguous reservation needs at least one block");
+  if (run < n) {
     return ResourceExhausted("external fragmentation: " + std::to_string(free_queue_.size()) +
                              " blocks free in total but no run of " + std::to_string(n) +
                              " consecutive blocks for a contiguous reservation");

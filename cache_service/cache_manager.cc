@@ -18,7 +18,8 @@
 namespace kvpool::manager {
 namespace {
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Overflow-free for any a >= 0, b > 0 (request fields are bounded, but not trusted).
+int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 std::string Str(int64_t v) { return std::to_string(v); }
 
@@ -52,8 +53,8 @@ struct CacheManager::State {
                       " is not open (never opened, closed, or its worker's lease expired)");
     }
     if (sequence->worker != worker) {
-      return FailedPrecondition("sequence " + Str(id) + " belongs to worker " +
-                                Str(sequence->worker) + ", not worker " + Str(worker));
+      // Same answer as for an unknown id: another worker's ids are none of its business.
+      return NotFound("sequence " + Str(id) + " is not open for worker " + Str(worker));
     }
     return sequence;
   }

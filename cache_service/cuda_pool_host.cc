@@ -44,6 +44,9 @@ StatusOr<CudaPoolHost> CudaPoolHost::Create(int device, const PoolGeometry& geom
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaMalloc(&host.base_, geometry.pool_bytes()),
                               "cudaMalloc of " + std::to_string(geometry.pool_bytes()) + " bytes");
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaMemset(host.base_, 0, geometry.pool_bytes()), "cudaMemset");
+  // cudaMemset is asynchronous: the pool is zero (and any error known) before a worker
+  // can map it.
+  KVPOOL_RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize(), "cudaDeviceSynchronize after cudaMemset");
   cudaIpcMemHandle_t handle;
   KVPOOL_RETURN_IF_CUDA_ERROR(cudaIpcGetMemHandle(&handle, host.base_), "cudaIpcGetMemHandle");
   std::memcpy(host.ipc_handle_.data(), &handle, sizeof(handle));

@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 
 #include "cache_service/auth.h"
@@ -34,6 +35,7 @@ struct Flags {
   int32_t num_layers = 0, num_kv_heads = 0, head_dim = 0;
   int32_t block_size = 16;
   int64_t num_blocks = 0;
+  bool num_blocks_given = false;
   int64_t pool_bytes = 256ll << 20;
   std::string dtype = "fp32";
   int64_t lease_ttl_ms = 10000;
@@ -80,9 +82,23 @@ StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
   } else {
     return InvalidArgument("--dtype must be fp32, fp16 or bf16");
   }
+  if (g.num_layers > 4096 || g.num_kv_heads > 4096 || g.head_dim > 4096 || g.block_size > 4096) {
+    return InvalidArgument(
+        "--num-layers, --num-kv-heads, --head-dim and --block-size must be <= 4096");
+  }
   g.num_blocks = 1;
-  const int64_t block_bytes = static_cast<int64_t>(g.block_bytes());
-  g.num_blocks = flags.num_blocks > 0 ? flags.num_blocks : flags.pool_bytes / block_bytes;
+  const int64_t block_bytes = static_cast<int64_t>(g.block_bytes());  // < 2^51: no overflow
+  if (flags.num_blocks_given && flags.num_blocks <= 0) {
+    return InvalidArgument("--num-blocks must be > 0, got " + std::to_string(flags.num_blocks));
+  }
+  g.num_blocks = flags.num_blocks_given ? flags.num_blocks : flags.pool_bytes / block_bytes;
+  if (g.num_blocks > std::numeric_limits<int32_t>::max()) {
+    return InvalidArgument("the pool would hold " + std::to_string(g.num_blocks) +
+                           " blocks; block ids are int32: use fewer or larger blocks");
+  }
+  if (int64_t bytes = 0; __builtin_mul_overflow(g.num_blocks, block_bytes, &bytes)) {
+    return InvalidArgument("the pool size overflows: fewer blocks");
+  }
   if (g.num_blocks <= 0) {
     return InvalidArgument("the pool holds no block: --pool-bytes " +
                            std::to_string(flags.pool_bytes) + " < one block of " +
@@ -119,7 +135,7 @@ int Run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-context-tokens", flags.max_context_tokens,
                  "limit on prompt + max_tokens of one sequence")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--lease-ttl-ms", flags.lease_ttl_ms, "worker lease TTL in milliseconds")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{10}, int64_t{86400000}));
@@ -130,6 +146,7 @@ int Run(int argc, char** argv) {
   app.add_option("--backend", flags.backend, "pool memory: shm, or cuda (device memory + IPC)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  flags.num_blocks_given = num_blocks->count() > 0;
 
   StatusOr<PoolGeometry> geometry = GeometryFromFlags(flags);
   if (!geometry.ok()) return Fail(geometry.status().message());
