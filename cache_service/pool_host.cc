@@ -8,13 +8,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <utility>
 
 namespace kvpool::manager {
 namespace {
@@ -28,6 +28,15 @@ std::string UniqueShmName() {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "/%s%d-%08x", kShmPrefix, static_cast<int>(getpid()), rd());
   return buf;
+}
+
+// Takes the whole-file OFD write lock without waiting; false if another open file
+// description holds it (errno EAGAIN) or locking failed.
+bool LockLiveness(int fd) {
+  struct flock lock {};
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  return fcntl(fd, F_OFD_SETLK, &lock) == 0;
 }
 
 }  // namespace
@@ -75,12 +84,23 @@ StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geo
     }
     void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     err = errno;
-    close(fd);  // the mapping keeps the segment alive
     if (data == MAP_FAILED) {
+      close(fd);
       shm_unlink(name.c_str());
       return FailedPrecondition("mmap of " + name + " failed: " + ErrnoText(err));
     }
+    // The liveness mark: an open-file-description lock held while this host lives and
+    // dropped by the kernel when the process dies, however it dies. Unlike a pid it
+    // means the same thing across PID namespaces (a DaemonSet pod with hostIPC).
+    if (!LockLiveness(fd)) {
+      err = errno;
+      munmap(data, bytes);
+      close(fd);
+      shm_unlink(name.c_str());
+      return FailedPrecondition("cannot lock " + name + ": " + ErrnoText(err));
+    }
     PoolHost host;
+    host.lock_fd_ = fd;
     host.backend_name_ = "shm";
     host.shm_name_ = name;
     host.data_ = data;
@@ -98,12 +118,13 @@ int PoolHost::RemoveStaleSegments() {
   while (dirent* entry = readdir(dir)) {
     const std::string file = entry->d_name;
     if (file.compare(0, prefix_len, kShmPrefix) != 0) continue;
-    char* end = nullptr;
-    const long pid = std::strtol(file.c_str() + prefix_len, &end, 10);
-    if (end == file.c_str() + prefix_len || *end != '-' || pid <= 0) continue;
-    // EPERM means the process exists under another user: not stale.
-    if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-    if (shm_unlink(("/" + file).c_str()) == 0) ++removed;
+    // Stale = nobody holds its liveness lock (its manager is gone, whatever its pid
+    // meant in whichever PID namespace).
+    const int fd = shm_open(("/" + file).c_str(), O_RDWR, 0);
+    if (fd < 0) continue;
+    const bool stale = LockLiveness(fd);
+    if (stale && shm_unlink(("/" + file).c_str()) == 0) ++removed;
+    close(fd);
   }
   closedir(dir);
   return removed;
@@ -115,6 +136,7 @@ PoolHost& PoolHost::operator=(PoolHost&& other) noexcept {
   if (this != &other) {
     Release();
     cuda_ = std::move(other.cuda_);
+    lock_fd_ = std::exchange(other.lock_fd_, -1);
     backend_name_ = std::move(other.backend_name_);
     shm_name_ = std::move(other.shm_name_);
     data_ = other.data_;
@@ -150,6 +172,8 @@ void PoolHost::Release() {
   }
   if (data_ != nullptr) munmap(data_, pool_bytes_);
   if (!shm_name_.empty()) shm_unlink(shm_name_.c_str());
+  if (lock_fd_ >= 0) close(lock_fd_);
+  lock_fd_ = -1;
   data_ = nullptr;
   shm_name_.clear();
 }

@@ -3,7 +3,9 @@
 // with mode 0600, sized to PoolGeometry::pool_bytes() and mapped; workers attach by
 // name. The handle is RAII and move-only: destroying it unmaps and unlinks the segment
 // (clean shutdown). RemoveStaleSegments() unlinks segments whose creator process is
-// gone (a manager that was SIGKILLed), so a restart does not leak /dev/shm. The host
+// gone (a manager that was SIGKILLed), so a restart does not leak /dev/shm: the host
+// holds an open-file-description lock on its segment for its whole life, and a
+// segment nobody holds that lock on is stale (pids are not, across PID namespaces). The host
 // never interprets the bytes: the layout is kv_layout.h's, the bookkeeping is
 // CacheManager's.
 //
@@ -32,7 +34,7 @@ class PoolHost {
   // with SIGBUS in a worker) and maps a fresh zeroed pool.
   static StatusOr<PoolHost> Create(PoolBackend backend, const PoolGeometry& geometry,
                                    int cuda_device = 0);
-  // Unlinks /dev/shm/kvpool-<pid>-* whose <pid> no longer runs; returns how many.
+  // Unlinks /dev/shm/kvpool-* segments whose host no longer lives; returns how many.
   static int RemoveStaleSegments();
 
   PoolHost(PoolHost&& other) noexcept;
@@ -54,6 +56,7 @@ class PoolHost {
   void Release();
 
   std::shared_ptr<CudaPoolHost> cuda_;  // CUDA backend only
+  int lock_fd_ = -1;                    // shm backend: holds the liveness lock
   std::string backend_name_;
   std::string shm_name_;
   void* data_ = nullptr;

@@ -87,6 +87,21 @@ TEST(ServiceLifecycleTest, RestartRemovesSegmentsOfDeadManagers) {
   EXPECT_FALSE(ShmExists(stale));
 }
 
+// A second manager on the node (a rolling update, another pod sharing the host's IPC
+// namespace) must never take a live manager's pool for a stale one.
+TEST(ServiceLifecycleTest, RestartKeepsSegmentsOfLiveManagers) {
+  ManagerProcess first({"--model", "tiny-gpt2", "--num-blocks", "8"});
+  ASSERT_FALSE(first.address().empty());
+  auto stub = first.NewStub();
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), {}, &worker).ok());
+  const std::string live = worker.pool().shm_name();
+  ASSERT_TRUE(ShmExists(live));
+  ManagerProcess second({"--model", "tiny-gpt2", "--num-blocks", "8"});
+  ASSERT_FALSE(second.address().empty());
+  EXPECT_TRUE(ShmExists(live));
+}
+
 TEST(ServiceLifecycleTest, MetricsAfterTraffic) {
   ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "64"});
   ASSERT_FALSE(manager.address().empty());
