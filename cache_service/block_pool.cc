@@ -29,6 +29,20 @@ void FreeBlockQueue::Append(KvBlock* block) {
   ++size_;
 }
 
+void FreeBlockQueue::PushFront(KvBlock* block) {
+  assert(!block->in_free_queue);
+  block->prev_free = nullptr;
+  block->next_free = head_;
+  if (head_ != nullptr) {
+    head_->prev_free = block;
+  } else {
+    tail_ = block;
+  }
+  head_ = block;
+  block->in_free_queue = true;
+  ++size_;
+}
+
 void FreeBlockQueue::Remove(KvBlock* block) {
   assert(block->in_free_queue);
   if (block->prev_free != nullptr) {
@@ -122,8 +136,13 @@ void BlockPool::Free(int32_t id) {
   KvBlock& block = blocks_[id];
   assert(block.ref_cnt > 0);
   if (--block.ref_cnt == 0) {
-    free_queue_.Append(&block);
-    if (block.has_hash) ++num_cached_;
+    // Cached blocks queue for eviction (least recent first); free ones are taken first.
+    if (block.has_hash) {
+      free_queue_.Append(&block);
+      ++num_cached_;
+    } else {
+      free_queue_.PushFront(&block);
+    }
   }
 }
 

@@ -34,14 +34,17 @@ struct KvBlock {
   bool in_free_queue = false;
 };
 
-// Intrusive doubly linked list of blocks with ref_cnt 0. O(1) pop at the head, append at
-// the tail and removal from the middle (a prefix hit on a cached block).
+// Intrusive doubly linked list of blocks with ref_cnt 0. O(1) pop at the head, insert at
+// either end and removal from the middle (a prefix hit on a cached block). Free blocks
+// (no hash) go to the head and cached ones to the tail, so allocation takes every free
+// block before it evicts a cached one, and evicts cached ones least recent first.
 class FreeBlockQueue {
  public:
   int64_t size() const { return size_; }
   KvBlock* front() const { return head_; }
   KvBlock* PopFront();
   void Append(KvBlock* block);
+  void PushFront(KvBlock* block);
   void Remove(KvBlock* block);
 
  private:

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -71,6 +72,17 @@ StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geo
       if (errno == EEXIST) continue;
       return FailedPrecondition("shm_open(" + name + ") failed: " + ErrnoText(errno));
     }
+    // The liveness mark, taken before the segment has a size (RemoveStaleSegments skips
+    // empty segments, so no cleaner can see this one unlocked): an open-file-description
+    // lock held while this host lives and dropped by the kernel when the process dies,
+    // however it dies. Unlike a pid it means the same thing across PID namespaces (a
+    // DaemonSet pod with hostIPC).
+    if (!LockLiveness(fd)) {
+      const int lock_errno = errno;
+      close(fd);
+      shm_unlink(name.c_str());
+      return FailedPrecondition("cannot lock " + name + ": " + ErrnoText(lock_errno));
+    }
     // posix_fallocate reserves tmpfs pages now (fresh pages read as zero), so an
     // undersized /dev/shm is an error at start rather than SIGBUS at first write.
     int err = ftruncate(fd, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
@@ -88,16 +100,6 @@ StatusOr<PoolHost> PoolHost::Create(PoolBackend backend, const PoolGeometry& geo
       close(fd);
       shm_unlink(name.c_str());
       return FailedPrecondition("mmap of " + name + " failed: " + ErrnoText(err));
-    }
-    // The liveness mark: an open-file-description lock held while this host lives and
-    // dropped by the kernel when the process dies, however it dies. Unlike a pid it
-    // means the same thing across PID namespaces (a DaemonSet pod with hostIPC).
-    if (!LockLiveness(fd)) {
-      err = errno;
-      munmap(data, bytes);
-      close(fd);
-      shm_unlink(name.c_str());
-      return FailedPrecondition("cannot lock " + name + ": " + ErrnoText(err));
     }
     PoolHost host;
     host.lock_fd_ = fd;
@@ -122,7 +124,10 @@ int PoolHost::RemoveStaleSegments() {
     // meant in whichever PID namespace).
     const int fd = shm_open(("/" + file).c_str(), O_RDWR, 0);
     if (fd < 0) continue;
-    const bool stale = LockLiveness(fd);
+    struct stat st {};
+    // An empty segment is one being created right now (its lock comes before its size).
+    const bool sized = fstat(fd, &st) == 0 && st.st_size > 0;
+    const bool stale = sized && LockLiveness(fd);
     if (stale && shm_unlink(("/" + file).c_str()) == 0) ++removed;
     close(fd);
   }

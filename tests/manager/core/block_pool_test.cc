@@ -11,6 +11,7 @@
 namespace kvpool::manager {
 namespace {
 
+using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -42,12 +43,25 @@ class BlockPoolTest : public ::testing::Test {
   std::vector<int32_t> held_;
 };
 
-TEST_F(BlockPoolTest, AllocatesInIdOrderThenLeastRecentlyFreed) {
+// DESIGN: allocation pops the free list and evicts a cached block only when no free
+// block is left.
+TEST_F(BlockPoolTest, EvictsCachedBlocksOnlyWhenNoFreeBlockIsLeft) {
+  EXPECT_THAT(Allocate(2), ElementsAre(0, 1));
+  ASSERT_TRUE(pool_.CacheFullBlock(0, Hash(10)));
+  Free(0);                                                        // cached, evictable
+  Free(1);                                                        // free
+  EXPECT_THAT(Allocate(kNumBlocks - 1), Each(::testing::Ne(0)));  // every free one first
+  EXPECT_EQ(pool_.evictions(), 0);
+  EXPECT_THAT(Allocate(1), ElementsAre(0));  // then the cached one, evicted
+  EXPECT_EQ(pool_.evictions(), 1);
+}
+
+TEST_F(BlockPoolTest, AllocatesFreedBlocksFirstThenInIdOrder) {
   EXPECT_THAT(Allocate(3), ElementsAre(0, 1, 2));
   Free(1);
-  Free(0);
-  EXPECT_THAT(Allocate(5), ElementsAre(3, 4, 5, 6, 7));
-  EXPECT_THAT(Allocate(2), ElementsAre(1, 0));
+  Free(0);  // free (unhashed) blocks go to the head of the queue
+  EXPECT_THAT(Allocate(5), ElementsAre(0, 1, 3, 4, 5));
+  EXPECT_THAT(Allocate(2), ElementsAre(6, 7));
   EXPECT_EQ(pool_.num_in_use(), kNumBlocks);
   std::vector<int32_t> none;
   Status s = pool_.Allocate(1, &none);
