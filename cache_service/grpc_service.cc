@@ -4,6 +4,8 @@
 
 #include <exception>
 
+#include "kvpool/v1/metadata.h"
+
 namespace kvpool::manager {
 namespace {
 
@@ -114,7 +116,7 @@ grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* con
   const auto start = Clock::now();
   std::optional<std::string> authorization;
   const auto& metadata = context->client_metadata();
-  if (const auto it = metadata.find("authorization"); it != metadata.end()) {
+  if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
     authorization.emplace(it->second.data(), it->second.size());
   }
   std::string auth_error;
@@ -227,7 +229,18 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
                              std::to_string(options.max_context_tokens) + " tokens");
     }
     open.worker_id = request->worker_id();
+    // A worker serving end clients forwards the client's own bearer token; the prefix
+    // cache is then salted by the client's tenant (authenticated here, like any token),
+    // while the worker id stays the worker's.
     open.tenant = tenant;
+    const auto& metadata = context->client_metadata();
+    if (const auto it = metadata.find(v1::kClientAuthorizationHeader); it != metadata.end()) {
+      std::string error;
+      const std::optional<std::string> client_tenant =
+          auth_->Authenticate(std::string(it->second.data(), it->second.size()), &error);
+      if (!client_tenant) return Unauthenticated("the client's token (" + error + ")");
+      open.tenant = *client_tenant;
+    }
     open.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
     open.max_tokens = request->max_tokens();
     KVPOOL_ASSIGN_OR_RETURN(OpenResult result, core_->OpenSequence(open, Clock::now()));

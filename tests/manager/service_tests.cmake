@@ -1,11 +1,6 @@
 # Service tests: the real kvpool-manager binary on loopback, driven through the
 # generated stub (errors + auth, 16-client load, leases, SIGTERM, metrics, health).
 if(TARGET kvpool-manager)
-  # grpc.health.v1 client stub (the system gRPC ships none).
-  kvpool_grpc_proto_library(kvpool_test_health_proto
-    IMPORT_DIR ${CMAKE_CURRENT_LIST_DIR} OUT_DIR ${CMAKE_CURRENT_BINARY_DIR}/health_gen
-    PROTOS ${CMAKE_CURRENT_LIST_DIR}/service/grpc/health/v1/health.proto)
-
   add_executable(kvpool-manager-test-client ${CMAKE_CURRENT_LIST_DIR}/service/lease_client_main.cc)
   target_link_libraries(kvpool-manager-test-client PRIVATE kvpool_proto kvpool_warnings)
 
@@ -15,7 +10,7 @@ if(TARGET kvpool-manager)
       ${CMAKE_CURRENT_LIST_DIR}/service/service_errors_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_load_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_lifecycle_test.cc
-    LIBS kvpool_proto kvpool_test_health_proto
+    LIBS kvpool_proto kvpool_health_proto
     LABELS manager)
   target_include_directories(manager_service_test PRIVATE ${KVPOOL_SOURCE_DIR})
   target_compile_definitions(manager_service_test PRIVATE

@@ -162,6 +162,28 @@ Status Engine::ValidateRequest(const GenerationRequest& r) const {
       }
     }
   }
+  if (options_.external_blocks && r.mode != KvMode::kNone) {
+    if (!r.prefix_blocks.empty()) {
+      return InvalidArgument("an engine on external blocks takes block_table, not prefix_blocks");
+    }
+    const int64_t covered = r.mode == KvMode::kContiguous ? n + r.max_tokens : n;
+    const int64_t need = CeilDiv(covered, options_.block_size);
+    if (static_cast<int64_t>(r.block_table.size()) < need) {
+      return InvalidArgument("block_table has " + std::to_string(r.block_table.size()) +
+                             " blocks; the sequence needs " + std::to_string(need));
+    }
+    for (int32_t b : r.block_table) {
+      if (b < 0 || b >= pool_.geometry().num_blocks) {
+        return InvalidArgument("block " + std::to_string(b) + " is outside the pool");
+      }
+    }
+    if (r.cached_tokens < 0 || r.cached_tokens >= n) {
+      return InvalidArgument("cached_tokens must be in [0, prompt length), got " +
+                             std::to_string(r.cached_tokens));
+    }
+  } else if (!r.block_table.empty() || r.cached_tokens != 0) {
+    return InvalidArgument("block_table and cached_tokens need an engine on external blocks");
+  }
   if (!r.stop.empty() && tokenizer_ == nullptr) {
     return InvalidArgument("stop strings need a tokenizer; this engine has none");
   }
@@ -175,6 +197,11 @@ Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
   if (seq.request.mode == KvMode::kContiguous) {
     return Internal("contiguous sequence outgrew its reservation");  // ValidateRequest bounds it
   }
+  if (options_.external_blocks) {
+    return FailedPrecondition("the sequence needs " + std::to_string(need) +
+                              " blocks and holds " + std::to_string(have) +
+                              "; append the manager's blocks before the step");
+  }
   KVPOOL_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, allocator_.Allocate(need - have));
   seq.block_table.insert(seq.block_table.end(), fresh.begin(), fresh.end());
   return Status::Ok();
@@ -184,10 +211,18 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
   KVPOOL_RETURN_IF_ERROR(ValidateRequest(request));
   Sequence seq;
   seq.tokens = request.prompt;
-  seq.rng.seed(request.sampling.seed);
+  if (request.rng) {
+    seq.rng = *request.rng;
+  } else {
+    seq.rng.seed(request.sampling.seed);
+  }
+  seq.text = request.generated_text;
   seq.request = std::move(request);
   const int64_t prompt_len = seq.prompt_len();
-  if (seq.request.mode == KvMode::kContiguous) {
+  if (options_.external_blocks && seq.request.mode != KvMode::kNone) {
+    seq.block_table = seq.request.block_table;
+    seq.num_kv_tokens = seq.request.cached_tokens;
+  } else if (seq.request.mode == KvMode::kContiguous) {
     KVPOOL_ASSIGN_OR_RETURN(seq.block_table,
                             allocator_.AllocateContiguous(
                                 CeilDiv(prompt_len + seq.request.max_tokens, options_.block_size)));
@@ -206,9 +241,82 @@ void Engine::Release(SequenceId id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
   const Sequence& s = it->second;
-  allocator_.Free(
-      std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks, s.block_table.end()));
+  if (!options_.external_blocks) {
+    allocator_.Free(
+        std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks, s.block_table.end()));
+  }
   sequences_.erase(it);
+}
+
+Status Engine::AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
+  if (!options_.external_blocks) {
+    return FailedPrecondition("AppendBlocks needs an engine on external blocks");
+  }
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= pool_.geometry().num_blocks) {
+      return InvalidArgument("block " + std::to_string(b) + " is outside the pool");
+    }
+  }
+  it->second.block_table.insert(it->second.block_table.end(), blocks.begin(), blocks.end());
+  return Status::Ok();
+}
+
+StatusOr<SequenceId> Engine::Fork(SequenceId parent_id, std::vector<int32_t> block_table,
+                                  int32_t copy_src, int32_t copy_dst, uint64_t seed) {
+  auto it = sequences_.find(parent_id);
+  if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(parent_id));
+  const Sequence& parent = it->second;
+  if (!parent.prefilled || parent.num_generated() != 1) {
+    return FailedPrecondition("fork a sequence right after its prefill");
+  }
+  Sequence child;
+  child.request = parent.request;
+  child.request.sampling.seed = seed;
+  child.request.rng.reset();
+  child.rng.seed(seed);
+  child.tokens = parent.request.prompt;
+  child.prefilled = true;
+  if (parent.request.mode != KvMode::kNone) {
+    if (!options_.external_blocks || parent.request.mode != KvMode::kPaged) {
+      return FailedPrecondition("Fork shares blocks only for paged sequences on external blocks");
+    }
+    const PoolGeometry& g = pool_.geometry();
+    const int64_t need = CeilDiv(parent.num_kv_tokens, g.block_size);
+    if (static_cast<int64_t>(block_table.size()) < need) {
+      return InvalidArgument("fork table has " + std::to_string(block_table.size()) +
+                             " blocks; the prompt needs " + std::to_string(need));
+    }
+    if ((copy_src >= 0) != (copy_dst >= 0) || copy_src >= g.num_blocks ||
+        copy_dst >= g.num_blocks) {
+      return InvalidArgument("bad copy-on-write blocks " + std::to_string(copy_src) + " -> " +
+                             std::to_string(copy_dst));
+    }
+    if (copy_src >= 0) CopyBlock(copy_src, copy_dst);
+    child.block_table = std::move(block_table);
+    child.num_kv_tokens = parent.num_kv_tokens;
+  }
+  child.text.clear();
+  SampleNext(child, parent.last_logits);
+  const SequenceId id = next_id_++;
+  sequences_.emplace(id, std::move(child));
+  return id;
+}
+
+void Engine::CopyBlock(int32_t src, int32_t dst) {
+  const PoolGeometry& g = pool_.geometry();
+  const int64_t bytes = static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim *
+                        KvDtypeBytes(g.dtype);
+  const auto options = at::TensorOptions().dtype(at::kByte).device(runner_->device());
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (KvPart part : {KvPart::kKey, KvPart::kValue}) {
+      char* region = static_cast<char*>(pool_.RegionBytes(layer, part));
+      at::Tensor from = at::from_blob(region + src * bytes, {bytes}, options);
+      at::Tensor to = at::from_blob(region + dst * bytes, {bytes}, options);
+      to.copy_(from);
+    }
+  }
 }
 
 at::Tensor Engine::Recompute(const std::vector<Sequence*>& seqs) {

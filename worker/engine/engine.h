@@ -51,6 +51,17 @@ struct GenerationRequest {
   // another process sharing the pool. They are shared, never freed by this engine,
   // and their tokens are not prefilled again.
   std::vector<int32_t> prefix_blocks;
+  // Blocks handed out by the cache manager (engines with external_blocks): the table
+  // covering the prompt (contiguous: prompt + max_tokens), of whose tokens the first
+  // `cached_tokens` already hold K/V. The engine never allocates or frees blocks for
+  // such a sequence: the caller appends them (AppendBlocks) before a step needs them
+  // and gives them back to the manager.
+  std::vector<int32_t> block_table;
+  int64_t cached_tokens = 0;
+  // Resuming a preempted sequence whose prompt now ends with the tokens it had
+  // generated: its sampler state and generated text (for stop strings) carry over.
+  std::optional<std::mt19937_64> rng;
+  std::string generated_text;
 };
 
 struct EngineOptions {
@@ -60,6 +71,9 @@ struct EngineOptions {
   int32_t block_size = 16;
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
   int32_t threads = 0;     // 0: leave LibTorch's default
+  // Block ids come from outside (a kvpool-manager) in each request's block_table and
+  // through AppendBlocks; the engine's own allocator is unused.
+  bool external_blocks = false;
 };
 
 using SequenceId = int64_t;
@@ -120,10 +134,21 @@ class Engine {
   Status Prefill(const std::vector<SequenceId>& ids);
   // One decode step for these (prefilled, running) sequences: one token each.
   Status Decode(const std::vector<SequenceId>& ids);
-  // Frees the sequence's blocks.
+  // Frees the sequence's blocks (external blocks: forgets them; their owner frees).
   void Release(SequenceId id);
+  // External blocks: appends blocks the manager gave the sequence to its table.
+  Status AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks);
+  // Parallel sampling (n > 1) after `parent`'s prefill: a sequence with the parent's
+  // prompt and prompt K/V that samples its own first token from the parent's logits
+  // with `seed`. External blocks take the manager's Fork table: shared full blocks and
+  // a fresh last block, into which copy_src's K/V is first copied (-1: nothing to copy).
+  // `none` mode needs no table.
+  StatusOr<SequenceId> Fork(SequenceId parent, std::vector<int32_t> block_table,
+                            int32_t copy_src, int32_t copy_dst, uint64_t seed);
 
   const Sequence& sequence(SequenceId id) const { return sequences_.at(id); }
+  int64_t num_sequences() const { return static_cast<int64_t>(sequences_.size()); }
+  const EngineOptions& options() const { return options_; }
   KvUsage Usage() const;
   const ModelConfig& config() const { return runner_->config(); }
   ModelRunner& runner() { return *runner_; }
@@ -141,6 +166,8 @@ class Engine {
   // `none` mode: recomputes whole sequences in the scratch area.
   at::Tensor Recompute(const std::vector<Sequence*>& seqs);
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
+  // Copies one block's K/V (every layer) to another block of the pool.
+  void CopyBlock(int32_t src, int32_t dst);
 
   std::unique_ptr<ModelRunner> runner_;
   KvPool pool_;

@@ -11,7 +11,7 @@
 #include <fstream>
 #include <thread>
 
-#include "service/grpc/health/v1/health.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/manager/service/manager_process.h"
 
 namespace kvpool::manager::testing {

@@ -1,0 +1,119 @@
+// Failures of whole processes: a worker SIGKILLed mid-generation (its client gets
+// UNAVAILABLE or CANCELLED, the other worker keeps serving, the manager takes the dead
+// worker's blocks back within 2 x TTL) and a manager restarted under running workers
+// (they fail what was in flight with UNAVAILABLE and attach to the new one by
+// themselves).
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <thread>
+
+#include "system_harness.h"
+
+namespace kvpool::integration {
+namespace {
+
+// A loopback port that was free a moment ago.
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(FailureTest, KilledWorkerFailsItsClientAndItsBlocksComeBack) {
+  constexpr int kTtlMs = 1000;
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "256", "--lease-ttl-ms",
+                          std::to_string(kTtlMs)});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess doomed(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  WorkerProcess survivor(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(doomed.address().empty());
+  ASSERT_FALSE(survivor.address().empty());
+  auto manager_stub = manager.NewStub();
+  auto stub = doomed.NewStub();
+  int seen = 0;
+  std::chrono::steady_clock::time_point killed_at;
+  GenerateOutcome out = Generate(
+      *stub, GreedyRequest(RandomTokens(100, 21), 400, v1::KV_MODE_PAGED), "",
+      [&](const v1::GeneratedToken&) {
+        if (++seen == 3) {
+          EXPECT_GT(ManagerStats(*manager_stub).in_use_blocks(), 0);
+          kill(doomed.process().pid(), SIGKILL);
+          killed_at = std::chrono::steady_clock::now();
+        }
+        return true;
+      });
+  EXPECT_TRUE(out.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              out.status.error_code() == grpc::StatusCode::CANCELLED)
+      << out.status.error_code() << " " << out.status.error_message();
+  auto survivor_stub = survivor.NewStub();
+  GenerateOutcome served =
+      Generate(*survivor_stub, GreedyRequest(RandomTokens(30, 22), 10, v1::KV_MODE_PAGED));
+  EXPECT_TRUE(served.status.ok()) << served.status.error_message();
+  EXPECT_TRUE(WaitUntil([&] { return ManagerStats(*manager_stub).in_use_blocks() == 0; },
+                        std::chrono::milliseconds(2 * kTtlMs) -
+                            std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::steady_clock::now() - killed_at)));
+  const v1::GetStatsResponse stats = ManagerStats(*manager_stub);
+  EXPECT_EQ(stats.expired_leases(), 1);
+  EXPECT_EQ(stats.num_workers(), 1);
+  std::string violation;
+  EXPECT_TRUE(ManagerInvariantsHold(*manager_stub, &violation)) << violation;
+}
+
+TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
+  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  const std::vector<std::string> manager_argv = {KVPOOL_MANAGER_BIN, "--listen", address,
+                                                 "--model", "tiny-gpt2", "--num-blocks",
+                                                 "128"};
+  auto manager = std::make_unique<Subprocess>(manager_argv);
+  ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
+  WorkerProcess worker(address, {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  auto stub = worker.NewStub();
+  const v1::GenerateRequest request = GreedyRequest(RandomTokens(40, 31), 20, v1::KV_MODE_PAGED);
+  GenerateOutcome before = Generate(*stub, request);
+  ASSERT_TRUE(before.status.ok()) << before.status.error_message();
+
+  // Stop the manager in the middle of a long request.
+  int seen = 0;
+  GenerateOutcome cut = Generate(
+      *stub, GreedyRequest(RandomTokens(40, 32), 450, v1::KV_MODE_PAGED), "",
+      [&](const v1::GeneratedToken&) {
+        if (++seen == 3) manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
+        return true;
+      });
+  EXPECT_EQ(cut.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << cut.status.error_message();
+
+  manager = std::make_unique<Subprocess>(manager_argv);
+  ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
+  ASSERT_TRUE(worker.WaitForLine("kvpool-worker attached to ", std::chrono::seconds(20)));
+  GenerateOutcome after;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        after = Generate(*stub, request);
+        return after.status.ok();
+      },
+      std::chrono::seconds(10)))
+      << after.status.error_message();
+  EXPECT_EQ(after.tokens, before.tokens);
+  grpc::ClientContext context;
+  v1::GetWorkerStatsResponse stats;
+  ASSERT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+  EXPECT_TRUE(stats.attached());
+  EXPECT_EQ(stats.reattachments_total(), 1);
+  manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace kvpool::integration

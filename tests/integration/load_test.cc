@@ -1,0 +1,169 @@
+// Load on the whole system: 32 concurrent clients with mixed modes and lengths over
+// two workers, then a pool too small for the load (preemption, no hang), and prefix
+// sharing across workers with tenants kept apart (gpt2, bearer tokens).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "system_harness.h"
+
+namespace kvpool::integration {
+namespace {
+
+TEST(LoadTest, ThirtyTwoConcurrentClientsWithMixedModesAllComplete) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "1024"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess a(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  WorkerProcess b(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(a.address().empty());
+  ASSERT_FALSE(b.address().empty());
+  constexpr int kClients = 32;
+  const v1::KvMode modes[] = {v1::KV_MODE_NONE, v1::KV_MODE_CONTIGUOUS, v1::KV_MODE_PAGED};
+  std::vector<GenerateOutcome> outcomes(kClients);
+  std::vector<int> expected(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    expected[i] = 4 + (i * 7) % 40;
+    clients.emplace_back([&, i] {
+      auto stub = (i % 2 == 0 ? a : b).NewStub();
+      const v1::KvMode mode = modes[i % 3];
+      // Every fourth client shares a 48-token prefix with the others.
+      std::vector<int32_t> prompt = RandomTokens(5 + (i * 13) % 90, 100 + i);
+      if (i % 4 == 0) {
+        std::vector<int32_t> shared = RandomTokens(48, 99);
+        prompt.insert(prompt.begin(), shared.begin(), shared.end());
+      }
+      outcomes[i] = Generate(*stub, GreedyRequest(prompt, expected[i], mode));
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    ASSERT_EQ(outcomes[i].tokens.size(), 1u);
+    EXPECT_EQ(static_cast<int>(outcomes[i].tokens[0].size()), expected[i]) << i;
+    EXPECT_EQ(outcomes[i].summary.usage().completion_tokens(), expected[i]) << i;
+  }
+  auto stub = manager.NewStub();
+  std::string violation;
+  EXPECT_TRUE(ManagerInvariantsHold(*stub, &violation)) << violation;
+  const v1::GetStatsResponse stats = ManagerStats(*stub);
+  EXPECT_EQ(stats.in_use_blocks(), 0);
+  EXPECT_EQ(stats.num_sequences(), 0);
+}
+
+TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
+  // 24 blocks of 16 tokens; eight requests of 20 + 60 tokens need 5 blocks each (40).
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  constexpr int kClients = 8;
+  std::vector<GenerateOutcome> outcomes(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto stub = worker.NewStub();
+      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 60,
+                                                  v1::KV_MODE_PAGED), "", {},
+                             std::chrono::seconds(60));
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  int preemptions = 0;
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    EXPECT_EQ(outcomes[i].tokens[0].size(), 60u) << i;
+    preemptions += outcomes[i].summary.preemptions();
+  }
+  EXPECT_GT(preemptions, 0);
+  // Preempted sequences resume from what they generated: the same greedy tokens as
+  // a request that ran alone.
+  auto stub = worker.NewStub();
+  GenerateOutcome alone = Generate(*stub, GreedyRequest(RandomTokens(20, 200), 60,
+                                                        v1::KV_MODE_PAGED));
+  ASSERT_TRUE(alone.status.ok());
+  EXPECT_EQ(alone.tokens[0], outcomes[0].tokens[0]);
+  // One request that can never fit: RESOURCE_EXHAUSTED at once, naming the sizes.
+  GenerateOutcome huge = Generate(*stub, GreedyRequest(RandomTokens(100, 9), 300,
+                                                       v1::KV_MODE_PAGED));
+  EXPECT_EQ(huge.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(huge.status.error_message().find("24"), std::string::npos)
+      << huge.status.error_message();
+  // Contiguous requests reserve prompt + max_tokens whole, and also all finish.
+  std::vector<std::thread> more;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 6; ++i) {
+    more.emplace_back([&, i] {
+      auto s = worker.NewStub();
+      GenerateOutcome out = Generate(*s, GreedyRequest(RandomTokens(30, 300 + i), 50,
+                                                       v1::KV_MODE_CONTIGUOUS));
+      if (out.status.ok() && out.tokens[0].size() == 50u) ok.fetch_add(1);
+    });
+  }
+  for (std::thread& t : more) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  auto manager_stub = manager.NewStub();
+  std::string violation;
+  EXPECT_TRUE(ManagerInvariantsHold(*manager_stub, &violation)) << violation;
+  EXPECT_EQ(ManagerStats(*manager_stub).in_use_blocks(), 0);
+}
+
+class TempFile {
+ public:
+  TempFile(const std::string& name, const std::string& text)
+      : path_(::testing::TempDir() + name) {
+    std::ofstream(path_) << text;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
+  TempFile tokens("kvpool_tokens.txt",
+                  "token-a tenant-a\ntoken-b tenant-b\ntoken-w workers\n");
+  TempFile worker_token("kvpool_worker_token.txt", "token-w\n");
+  ManagerProcess manager({"--model", "gpt2", "--num-blocks", "256", "--auth-token-file",
+                          tokens.path()});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess a(manager.address(), {"--model", "gpt2", "--threads", "2", "--token-file",
+                                      worker_token.path()});
+  WorkerProcess b(manager.address(), {"--model", "gpt2", "--threads", "2", "--token-file",
+                                      worker_token.path()});
+  ASSERT_FALSE(a.address().empty());
+  ASSERT_FALSE(b.address().empty());
+  const std::vector<int32_t> system_prompt = RandomTokens(480, 11);
+  auto with_suffix = [&](uint32_t seed) {
+    std::vector<int32_t> p = system_prompt;
+    for (int32_t t : RandomTokens(8, seed)) p.push_back(t);
+    return p;
+  };
+  auto stub_a = a.NewStub();
+  auto stub_b = b.NewStub();
+  GenerateOutcome miss = Generate(*stub_a, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED),
+                                  "token-a");
+  ASSERT_TRUE(miss.status.ok()) << miss.status.error_message();
+  EXPECT_EQ(miss.summary.usage().cached_tokens(), 0);
+  GenerateOutcome hit = Generate(*stub_b, GreedyRequest(with_suffix(2), 4, v1::KV_MODE_PAGED),
+                                 "token-a");
+  ASSERT_TRUE(hit.status.ok()) << hit.status.error_message();
+  EXPECT_EQ(hit.summary.usage().cached_tokens(), 480);  // 30 full blocks of the prefix
+  EXPECT_LT(hit.summary.ttft_s(), miss.summary.ttft_s());
+  // Another tenant with the very same prompt computes it again.
+  GenerateOutcome other = Generate(*stub_b, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED),
+                                   "token-b");
+  ASSERT_TRUE(other.status.ok()) << other.status.error_message();
+  EXPECT_EQ(other.summary.usage().cached_tokens(), 0);
+  EXPECT_EQ(other.tokens, miss.tokens);  // same model, same prompt: same greedy tokens
+  // A token the manager does not know is refused.
+  GenerateOutcome stranger = Generate(*stub_a, GreedyRequest(with_suffix(3), 4,
+                                                             v1::KV_MODE_PAGED), "nope");
+  EXPECT_EQ(stranger.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+}  // namespace
+}  // namespace kvpool::integration

@@ -1,0 +1,90 @@
+// Job: one Generate call as the scheduler and the gRPC handler share it. The handler
+// fills the request once and then only reads the event channel (tokens, then a
+// summary) and may cancel; the scheduler thread owns every other field and pushes
+// events. The channel is the only state both threads touch, under its mutex.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "kvpool/v1/status.h"
+#include "kvpool/v1/worker.pb.h"
+
+namespace kvpool::worker {
+
+using Clock = std::chrono::steady_clock;
+
+class Job {
+ public:
+  // Set by the handler before Submit, then read-only.
+  GenerationRequest request;  // prompt, max_tokens, mode, sampling, stop, ignore_eos
+  int32_t n = 1;              // parallel samples
+  std::string client_authorization;  // forwarded to the manager for the tenant's salt
+  Clock::time_point arrival = Clock::now();
+
+  // Handler side.
+  void Cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+  // Moves pending events into `out`; true once the job has ended (then `status` is
+  // its outcome and no event follows). Waits up to `timeout` for something new.
+  bool Wait(std::chrono::milliseconds timeout, std::vector<v1::GenerateResponse>* out,
+            Status* status) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return !events_.empty() || done_; });
+    out->assign(events_.begin(), events_.end());
+    events_.clear();
+    if (done_) *status = status_;
+    return done_;
+  }
+
+  // Scheduler side.
+  void Push(v1::GenerateResponse event) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.push_back(std::move(event));
+    }
+    cv_.notify_all();
+  }
+  void End(Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (done_) return;
+      done_ = true;
+      status_ = std::move(status);
+    }
+    cv_.notify_all();
+  }
+  bool ended() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
+  // Accounting, scheduler thread only.
+  int32_t samples_left = 0;
+  int64_t cached_tokens = 0;
+  int64_t completion_tokens = 0;
+  bool admitted = false;
+  Clock::time_point admitted_at, first_token_at, last_token_at;
+  double gap_sum_s = 0;
+  int64_t gaps = 0;
+  int64_t peak_reserved_bytes = 0, peak_used_bytes = 0;
+  std::vector<std::string> finish_reasons;
+  int32_t preemptions = 0;
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::GenerateResponse> events_;  // GUARDED_BY(mu_)
+  bool done_ = false;                        // GUARDED_BY(mu_)
+  Status status_;                            // GUARDED_BY(mu_)
+};
+
+}  // namespace kvpool::worker

@@ -1,0 +1,162 @@
+// kvpool-worker: one stateless worker process. Loads the model (a built-in name with
+// seeded random weights, or a Hugging Face folder), serves gRPC at once (the Worker
+// API, grpc.health.v1 NOT_SERVING until attached, reflection), registers with the
+// node's kvpool-manager, maps its pool and runs the scheduler on it. An Asio loop
+// handles SIGTERM/SIGINT and keeps the health status in step with the attachment.
+// Prints "kvpool-worker listening on HOST:PORT" once serving gRPC and "kvpool-worker
+// attached to ..." on every (re-)attachment, so scripts and tests can use port 0.
+// Exits 1 with the reason when the manager's pool cannot hold this model's K/V.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <fstream>
+#include <functional>
+#include <iostream>
+
+#include "engine/model_loader.h"
+#include "service/manager_link.h"
+#include "service/scheduler.h"
+#include "service/worker_service.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvpool::worker {
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "kvpool-worker: " << message << "\n";
+  return 1;
+}
+
+StatusOr<std::string> ReadToken(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return InvalidArgument("cannot read the token file '" + path + "'");
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) return InvalidArgument("the token file '" + path + "' is empty");
+  return token;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"kvpool worker: serves Generate on the node's shared KV pool"};
+  std::string manager = "127.0.0.1:50051", listen = "127.0.0.1:0", model = "gpt2";
+  std::string token_file, name;
+  SchedulerOptions scheduler_options;
+  uint64_t weights_seed = 42;
+  app.add_option("--manager", manager, "the node's kvpool-manager (host:port)");
+  app.add_option("--listen", listen, "gRPC address to serve (port 0: any free port)");
+  app.add_option("--model", model, "built-in model name or Hugging Face folder");
+  app.add_option("--weights-seed", weights_seed, "seed of a built-in model's random weights");
+  app.add_option("--threads", scheduler_options.threads, "LibTorch threads (0: its default)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-running", scheduler_options.max_running,
+                 "sequences decoded together at most")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-prefill-tokens", scheduler_options.max_prefill_tokens,
+                 "prompt tokens prefilled per scheduler step (a longer prompt still runs alone)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--token-file", token_file,
+                 "this worker's bearer token for the manager (first line of the file)");
+  app.add_option("--name", name, "worker name for the manager's logs");
+  CLI11_PARSE(app, argc, argv);
+
+  std::string token;
+  if (!token_file.empty()) {
+    StatusOr<std::string> read = ReadToken(token_file);
+    if (!read.ok()) return Fail(read.status().message());
+    token = *read;
+  }
+  StatusOr<LoadedModel> loaded = LoadModel(model, weights_seed);
+  if (!loaded.ok()) return Fail(loaded.status().ToString());
+  if (!loaded->config.runnable) {
+    return Fail("model '" + model + "' is a shape for memory calculations only; it cannot run");
+  }
+  if (!loaded->tokenizer) {
+    std::cerr << "kvpool-worker: no tokenizer (" << loaded->tokenizer_note
+              << "): requests must send token_ids\n";
+  }
+  if (name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    name = "worker-" + std::to_string(getpid()) + "@" + host;
+  }
+
+  Scheduler* scheduler_ptr = nullptr;
+  ManagerLinkOptions link_options;
+  link_options.address = manager;
+  link_options.token = token;
+  link_options.worker_name = name;
+  ManagerLink link(link_options, loaded->config, [&scheduler_ptr] {
+    if (scheduler_ptr != nullptr) scheduler_ptr->Wake();
+  });
+  Scheduler scheduler(scheduler_options, loaded->config, std::move(loaded->weights),
+                      loaded->tokenizer, &link);
+  scheduler_ptr = &scheduler;
+  WorkerService service(&scheduler, &link, loaded->tokenizer, {loaded->source, "cpu"});
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::cout << "kvpool-worker listening on " << host << ":" << port << std::endl;
+  std::cerr << "kvpool-worker: " << loaded->source << ", manager " << manager << "\n";
+
+  scheduler.Start();
+  link.Start();
+
+  boost::asio::io_context io;
+  int exit_code = 0;
+  auto stop = [&] {
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    io.stop();
+  };
+  // Health follows the attachment; a pool that cannot hold the model ends the process.
+  boost::asio::steady_timer poll(io);
+  bool serving = false;
+  std::function<void()> arm = [&] {
+    poll.expires_after(std::chrono::milliseconds(50));
+    poll.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      if (const std::string fatal = link.fatal_error(); !fatal.empty()) {
+        std::cerr << "kvpool-worker: " << fatal << "\n";
+        exit_code = 1;
+        return stop();
+      }
+      if (scheduler.serving() != serving) {
+        serving = scheduler.serving();
+        health->SetServingStatus(serving);
+      }
+      arm();
+    });
+  };
+  arm();
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+    if (ec) return;
+    std::cerr << "kvpool-worker: signal " << signal << ", shutting down\n";
+    poll.cancel();
+    health->SetServingStatus(false);
+    stop();
+  });
+  io.run();
+  server->Wait();
+  return exit_code;  // the scheduler ends what is in flight, then the link unregisters
+}
+
+}  // namespace
+}  // namespace kvpool::worker
+
+int main(int argc, char** argv) { return kvpool::worker::Run(argc, argv); }

@@ -1,0 +1,227 @@
+#include "service/manager_link.h"
+
+#include <algorithm>
+#include <iostream>
+
+#include "engine/shm_pool.h"
+#include "kvpool/v1/metadata.h"
+#ifdef KVPOOL_HAVE_CUDA_TORCH
+#include "cuda/cuda_pool.h"
+#endif
+
+namespace kvpool::worker {
+namespace {
+
+StatusOr<KvDtype> FromProto(v1::KvDtype dtype) {
+  switch (dtype) {
+    case v1::KV_DTYPE_FP32:
+      return KvDtype::kFloat32;
+    case v1::KV_DTYPE_FP16:
+      return KvDtype::kFloat16;
+    case v1::KV_DTYPE_BF16:
+      return KvDtype::kBFloat16;
+    default:
+      return FailedPrecondition("the manager's pool has an unknown dtype " +
+                                std::to_string(static_cast<int>(dtype)));
+  }
+}
+
+Status FromGrpc(const grpc::Status& status, const std::string& what) {
+  if (status.ok()) return Status::Ok();
+  return Status(static_cast<StatusCode>(status.error_code()),
+                what + ": " + status.error_message());
+}
+
+// The pool must hold this model's K/V: same layers, K/V heads and head size.
+Status CheckPoolFitsModel(const v1::PoolDescriptor& d, const ModelConfig& model) {
+  if (d.num_layers() == model.num_layers && d.num_kv_heads() == model.num_kv_heads &&
+      d.head_dim() == model.head_dim) {
+    return Status::Ok();
+  }
+  return FailedPrecondition(
+      "the manager's pool holds K/V for model '" + d.model_name() + "' (" +
+      std::to_string(d.num_layers()) + " layers x " + std::to_string(d.num_kv_heads()) +
+      " K/V heads x head dim " + std::to_string(d.head_dim()) + ") but this worker serves '" +
+      model.name + "' (" + std::to_string(model.num_layers) + " x " +
+      std::to_string(model.num_kv_heads) + " x " + std::to_string(model.head_dim) +
+      "): start the manager with --model " + model.name + " or the worker with its model");
+}
+
+}  // namespace
+
+ManagerLink::ManagerLink(ManagerLinkOptions options, ModelConfig model,
+                         std::function<void()> on_change)
+    : options_(std::move(options)), model_(std::move(model)), on_change_(std::move(on_change)) {
+  grpc::ChannelArguments args;
+  // Reconnect quickly once a restarted manager listens again.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  channel_ = grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::CacheManager::NewStub(channel_);
+}
+
+ManagerLink::~ManagerLink() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ManagerLink::Start() { thread_ = std::thread([this] { Run(); }); }
+
+std::shared_ptr<const Attachment> ManagerLink::current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+std::string ManagerLink::fatal_error() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return fatal_error_;
+}
+
+std::unique_ptr<grpc::ClientContext> ManagerLink::NewContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+  if (!options_.token.empty()) {
+    context->AddMetadata(v1::kAuthorizationHeader, "Bearer " + options_.token);
+  }
+  return context;
+}
+
+void ManagerLink::ReportLost(int64_t epoch, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!current_ || current_->epoch != epoch) return;
+    current_.reset();
+  }
+  std::cerr << "kvpool-worker: lost the manager at " << options_.address << ": " << why << "\n";
+  wake_.notify_all();
+  on_change_();
+}
+
+void ManagerLink::SetCurrent(std::shared_ptr<const Attachment> attachment) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    current_ = std::move(attachment);
+  }
+  on_change_();
+}
+
+StatusOr<std::shared_ptr<Attachment>> ManagerLink::Register(int64_t epoch) {
+  v1::RegisterWorkerRequest request;
+  request.set_worker_name(options_.worker_name);
+  v1::RegisterWorkerResponse response;
+  auto context = NewContext();
+  KVPOOL_RETURN_IF_ERROR(
+      FromGrpc(stub_->RegisterWorker(context.get(), request, &response), "RegisterWorker"));
+  const v1::PoolDescriptor& d = response.pool();
+  KVPOOL_RETURN_IF_ERROR(CheckPoolFitsModel(d, model_));
+  auto attachment = std::make_shared<Attachment>();
+  attachment->epoch = epoch;
+  attachment->worker_id = response.worker_id();
+  attachment->lease_ttl = std::chrono::milliseconds(response.lease_ttl_ms());
+  attachment->descriptor = d;
+  PoolGeometry& g = attachment->geometry;
+  g.num_layers = d.num_layers();
+  g.num_kv_heads = d.num_kv_heads();
+  g.head_dim = d.head_dim();
+  g.block_size = d.block_size();
+  g.num_blocks = d.num_blocks();
+  KVPOOL_ASSIGN_OR_RETURN(g.dtype, FromProto(d.dtype()));
+  if (static_cast<int64_t>(g.pool_bytes()) != d.pool_bytes()) {
+    return FailedPrecondition("the manager's pool is " + std::to_string(d.pool_bytes()) +
+                              " bytes but its geometry says " + std::to_string(g.pool_bytes()));
+  }
+  if (d.backend() == "shm") {
+    KVPOOL_ASSIGN_OR_RETURN(ShmPoolAttachment shm, ShmPoolAttachment::Open(d.shm_name(), g));
+    auto owned = std::make_shared<ShmPoolAttachment>(std::move(shm));
+    attachment->base = owned->base();
+    attachment->mapping = std::move(owned);
+  } else if (d.backend() == "cuda") {
+#ifdef KVPOOL_HAVE_CUDA_TORCH
+    if (d.cuda_ipc_handle().size() != sizeof(gpu::IpcHandleBytes)) {
+      return FailedPrecondition("the manager's CUDA IPC handle has " +
+                                std::to_string(d.cuda_ipc_handle().size()) + " bytes, not 64");
+    }
+    gpu::IpcHandleBytes handle;
+    std::copy(d.cuda_ipc_handle().begin(), d.cuda_ipc_handle().end(), handle.begin());
+    KVPOOL_ASSIGN_OR_RETURN(gpu::CudaPoolAttachment cuda,
+                            gpu::CudaPoolAttachment::Open(handle, d.gpu_uuid(), g));
+    auto owned = std::make_shared<gpu::CudaPoolAttachment>(std::move(cuda));
+    attachment->base = owned->base();
+    attachment->device = "cuda:" + std::to_string(owned->device());
+    attachment->mapping = std::move(owned);
+#else
+    return FailedPrecondition(
+        "the manager hosts its pool on a GPU (backend cuda) but this worker was built "
+        "without CUDA LibTorch; build it on a GPU machine (scripts/gpu-check.sh)");
+#endif
+  } else {
+    return FailedPrecondition("unknown pool backend '" + d.backend() + "' (shm, cuda)");
+  }
+  return attachment;
+}
+
+void ManagerLink::Run() {
+  std::chrono::milliseconds backoff{100};
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    if (!current_) {
+      const int64_t epoch = last_epoch_ + 1;
+      lock.unlock();
+      StatusOr<std::shared_ptr<Attachment>> attached = Register(epoch);
+      lock.lock();
+      if (stop_) break;
+      if (attached.ok()) {
+        last_epoch_ = epoch;
+        if (epoch > 1) reattachments_.fetch_add(1);
+        const Attachment& a = **attached;
+        std::cerr << "kvpool-worker: registered with " << options_.address << " as worker "
+                  << a.worker_id << " (pool " << a.descriptor.backend() << " "
+                  << (a.descriptor.backend() == "shm" ? a.descriptor.shm_name()
+                                                      : a.descriptor.gpu_uuid())
+                  << ", " << a.geometry.num_blocks << " blocks of " << a.geometry.block_size
+                  << " tokens)\n";
+        backoff = std::chrono::milliseconds(100);
+        lock.unlock();
+        SetCurrent(*attached);
+        lock.lock();
+        continue;
+      }
+      const StatusCode code = attached.status().code();
+      if (code == StatusCode::kFailedPrecondition) {
+        fatal_error_ = attached.status().message();
+        lock.unlock();
+        on_change_();
+        lock.lock();
+        break;
+      }
+      if (code != StatusCode::kUnavailable && code != StatusCode::kDeadlineExceeded) {
+        std::cerr << "kvpool-worker: registering with " << options_.address
+                  << " failed: " << attached.status().ToString() << "\n";
+      }
+      wake_.wait_for(lock, backoff, [&] { return stop_; });
+      backoff = std::min(backoff * 2, options_.max_backoff);
+      continue;
+    }
+    const std::shared_ptr<const Attachment> attached = current_;
+    const auto period = std::max(std::chrono::milliseconds(20), attached->lease_ttl / 4);
+    if (wake_.wait_for(lock, period, [&] { return stop_ || current_ != attached; })) continue;
+    lock.unlock();
+    v1::HeartbeatRequest request;
+    request.set_worker_id(attached->worker_id);
+    v1::HeartbeatResponse response;
+    auto context = NewContext();
+    const grpc::Status status = stub_->Heartbeat(context.get(), request, &response);
+    if (!status.ok() && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                         status.error_code() == grpc::StatusCode::NOT_FOUND ||
+                         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
+      ReportLost(attached->epoch, "heartbeat: " + status.error_message());
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace kvpool::worker

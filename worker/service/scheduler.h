@@ -1,0 +1,117 @@
+// Scheduler: the worker's continuous-batching loop (iteration-level, as in Orca and
+// vLLM), on one thread that alone drives the Engine. Each iteration it takes new jobs,
+// admits waiting sequences while the manager grants blocks (OpenSequence), prefills
+// them together, makes ONE batched Step call for every running sequence that needs a
+// new block or has newly full blocks to commit, runs one decode step for all of them,
+// and streams the tokens. At batch 1 that is one manager call per block_size tokens.
+// When the manager answers RESOURCE_EXHAUSTED the newest sequence is preempted: its
+// blocks go back and it is recomputed later from its prompt plus what it generated
+// (its sampler state carries over), and admission pauses until a sequence leaves, so
+// nothing thrashes or deadlocks. Paged jobs with n > 1 fork after the prefill and
+// share the prompt's blocks. `none` never touches the pool. Losing the manager fails
+// the jobs in flight with UNAVAILABLE; a new attachment gets a fresh engine.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "service/job.h"
+#include "service/manager_link.h"
+
+namespace kvpool::worker {
+
+struct SchedulerOptions {
+  int32_t threads = 0;             // LibTorch intra-op threads (0: its default)
+  int32_t max_running = 64;        // sequences decoded together at most
+  int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
+};
+
+struct WorkerCounters {
+  std::atomic<int64_t> running{0}, waiting{0};
+  std::atomic<int64_t> finished{0}, failed{0}, preemptions{0};
+  std::atomic<int64_t> prompt_tokens{0}, cached_tokens{0}, generated_tokens{0};
+  std::atomic<int64_t> steps{0}, manager_calls{0};
+  std::atomic<int64_t> blocks_held{0}, bytes_reserved{0}, bytes_used{0};
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights weights,
+            std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link);
+  ~Scheduler();  // stops the loop; jobs still in flight end UNAVAILABLE
+
+  void Start();
+  void Submit(std::shared_ptr<Job> job);
+  // Wakes the loop (the link attached or lost the manager).
+  void Wake();
+  // An engine is running on an attached pool: requests can be served.
+  bool serving() const { return serving_.load(); }
+  const WorkerCounters& counters() const { return counters_; }
+  const ModelConfig& config() const { return config_; }
+  // The attached pool's block size and blocks (0 while detached).
+  int32_t block_size() const { return block_size_.load(); }
+  int64_t num_blocks() const { return num_blocks_.load(); }
+
+ private:
+  struct Seq;
+  void Run();
+  void SyncAttachment();
+  // Ends every job; the manager is told only when `close_at_manager` (it may be gone).
+  void FailAll(const Status& status, bool close_at_manager = false);
+  void DropCancelled();
+  std::vector<Seq*> Admit();
+  void Prefill(const std::vector<Seq*>& seqs);
+  void ForkChildren(Seq& parent);
+  void Decode();
+  // One Step for `seqs`: blocks for their next token and commits of full blocks; on
+  // RESOURCE_EXHAUSTED preempts the newest sequences until the rest fit. Returns the
+  // sequences still ready to decode.
+  std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
+  void Preempt(Seq& seq);
+  void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
+  void Emit(Seq& seq, int32_t token, double step_s);
+  void FailJob(const std::shared_ptr<Job>& job, const Status& status);
+  void Release(Seq& seq, bool close_at_manager);
+  void RemoveDeadSeqs();
+  void TrackJobPeaks();  // each job's peak KV bytes, after a forward
+  void UpdateUsage();    // the worker's counters
+  // A failed manager call: UNAVAILABLE / this worker unknown drop the attachment.
+  bool IsLinkLoss(const grpc::Status& status) const;
+  void LinkLost(const std::string& why);
+
+  const SchedulerOptions options_;
+  const ModelConfig config_;
+  const ModelWeights weights_;
+  const std::shared_ptr<const Tokenizer> tokenizer_;
+  ManagerLink* const link_;
+  WorkerCounters counters_;
+  std::atomic<bool> serving_{false};
+  std::atomic<int32_t> block_size_{0};
+  std::atomic<int64_t> num_blocks_{0};
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> incoming_;  // GUARDED_BY(mu_)
+  bool stop_ = false;                          // GUARDED_BY(mu_)
+  bool woken_ = false;                         // GUARDED_BY(mu_)
+
+  // Scheduler thread only.
+  std::unique_ptr<Engine> engine_;
+  std::shared_ptr<const Attachment> attachment_;
+  std::list<std::unique_ptr<Seq>> seqs_;  // every live sequence
+  std::deque<Seq*> waiting_;              // not admitted, in order (preempted at the front)
+  std::vector<Seq*> running_;             // admitted, in admission order (newest last)
+  int64_t next_order_ = 0;
+  bool admission_paused_ = false;  // after a preemption, until a sequence leaves
+  bool retry_soon_ = false;        // the pool was full at admission: poll again shortly
+  std::thread thread_;
+};
+
+}  // namespace kvpool::worker

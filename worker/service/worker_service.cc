@@ -1,0 +1,221 @@
+#include "service/worker_service.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "kvpool/v1/metadata.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kvpool::worker {
+namespace {
+
+constexpr int32_t kMaxSamples = 64;
+
+grpc::Status ToGrpc(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+
+std::string Num(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+StatusOr<KvMode> ModeFromProto(v1::KvMode mode) {
+  switch (mode) {
+    case v1::KV_MODE_UNSPECIFIED:
+    case v1::KV_MODE_PAGED:
+      return KvMode::kPaged;
+    case v1::KV_MODE_NONE:
+      return KvMode::kNone;
+    case v1::KV_MODE_CONTIGUOUS:
+      return KvMode::kContiguous;
+    default:
+      return InvalidArgument("mode " + std::to_string(static_cast<int>(mode)) +
+                             " is not a KvMode (KV_MODE_NONE = 1, KV_MODE_CONTIGUOUS = 2, "
+                             "KV_MODE_PAGED = 3)");
+  }
+}
+
+const char* DtypeName(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kFloat16:
+      return "fp16";
+    case KvDtype::kBFloat16:
+      return "bf16";
+    default:
+      return "fp32";
+  }
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
+                                              const ModelConfig& config,
+                                              const Tokenizer* tokenizer, uint64_t random_seed) {
+  auto job = std::make_shared<Job>();
+  GenerationRequest& g = job->request;
+  if (!r.prompt().empty() && r.token_ids_size() > 0) {
+    return InvalidArgument("give prompt or token_ids, not both");
+  }
+  if (!r.prompt().empty()) {
+    if (tokenizer == nullptr) {
+      return InvalidArgument("prompt: this worker's model has no tokenizer; send token_ids");
+    }
+    g.prompt = tokenizer->Encode(r.prompt());
+  } else {
+    g.prompt.assign(r.token_ids().begin(), r.token_ids().end());
+  }
+  const auto prompt_len = static_cast<int64_t>(g.prompt.size());
+  if (prompt_len == 0) {
+    return InvalidArgument("prompt and token_ids are both empty: give at least one token");
+  }
+  for (int64_t i = 0; i < prompt_len; ++i) {
+    if (g.prompt[i] < 0 || g.prompt[i] >= config.vocab_size) {
+      return InvalidArgument("token_ids[" + std::to_string(i) + "] is " +
+                             std::to_string(g.prompt[i]) + ", outside the vocabulary [0, " +
+                             std::to_string(config.vocab_size) + ")");
+    }
+  }
+  if (prompt_len >= config.max_position) {
+    return InvalidArgument("prompt has " + std::to_string(prompt_len) + " tokens; model '" +
+                           config.name + "' has a context of " +
+                           std::to_string(config.max_position) +
+                           " and needs room for at least one new token");
+  }
+  if (r.max_tokens() <= 0) {
+    return InvalidArgument("max_tokens must be >= 1, got " + std::to_string(r.max_tokens()));
+  }
+  if (prompt_len + r.max_tokens() > config.max_position) {
+    return InvalidArgument("prompt (" + std::to_string(prompt_len) + " tokens) + max_tokens (" +
+                           std::to_string(r.max_tokens()) + ") is over model '" + config.name +
+                           "''s context of " + std::to_string(config.max_position) + " tokens");
+  }
+  g.max_tokens = r.max_tokens();
+  KVPOOL_ASSIGN_OR_RETURN(g.mode, ModeFromProto(r.mode()));
+  const v1::SamplingParams& s = r.sampling();
+  if (!std::isfinite(s.temperature()) || s.temperature() < 0) {
+    return InvalidArgument("sampling.temperature must be a finite number >= 0 (0 = greedy), got " +
+                           Num(s.temperature()));
+  }
+  if (s.has_top_p() && !(s.top_p() > 0 && s.top_p() <= 1)) {
+    return InvalidArgument("sampling.top_p must be in (0, 1], got " + Num(s.top_p()));
+  }
+  if (s.top_k() < 0) {
+    return InvalidArgument("sampling.top_k must be >= 0 (0 = off), got " +
+                           std::to_string(s.top_k()));
+  }
+  g.sampling.temperature = s.temperature();
+  g.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0;
+  g.sampling.top_k = s.top_k();
+  g.sampling.seed = s.has_seed() ? s.seed() : random_seed;
+  if (r.n() < 0 || r.n() > kMaxSamples) {
+    return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) + "] (0 means 1), got " +
+                           std::to_string(r.n()));
+  }
+  job->n = r.n() == 0 ? 1 : r.n();
+  for (int i = 0; i < r.stop_size(); ++i) {
+    if (r.stop(i).empty()) return InvalidArgument("stop[" + std::to_string(i) + "] is empty");
+    g.stop.push_back(r.stop(i));
+  }
+  if (!g.stop.empty() && tokenizer == nullptr) {
+    return InvalidArgument("stop: stop strings need a tokenizer and this worker's model has none");
+  }
+  g.ignore_eos = r.ignore_eos();
+  return job;
+}
+
+WorkerService::WorkerService(Scheduler* scheduler, ManagerLink* link,
+                             std::shared_ptr<const Tokenizer> tokenizer, ModelIdentity identity)
+    : scheduler_(scheduler),
+      link_(link),
+      tokenizer_(std::move(tokenizer)),
+      identity_(std::move(identity)) {}
+
+grpc::Status WorkerService::Generate(grpc::ServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  thread_local std::mt19937_64 seeds{std::random_device{}()};
+  StatusOr<std::shared_ptr<Job>> made =
+      JobFromRequest(*request, scheduler_->config(), tokenizer_.get(), seeds());
+  if (!made.ok()) return ToGrpc(made.status());
+  if (!scheduler_->serving()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the worker is not attached to a cache manager (" + link_->address() +
+                            "); retry shortly or use another worker");
+  }
+  std::shared_ptr<Job> job = *made;
+  const auto& metadata = context->client_metadata();
+  if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
+    job->client_authorization.assign(it->second.data(), it->second.size());
+  }
+  scheduler_->Submit(job);
+  std::vector<v1::GenerateResponse> events;
+  Status outcome;
+  for (;;) {
+    const bool done = job->Wait(std::chrono::milliseconds(50), &events, &outcome);
+    for (const v1::GenerateResponse& event : events) {
+      if (!writer->Write(event)) {
+        job->Cancel();
+        scheduler_->Wake();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+    }
+    if (done) return ToGrpc(outcome);
+    if (context->IsCancelled()) {
+      job->Cancel();
+      scheduler_->Wake();
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "the request was cancelled or passed its deadline");
+    }
+  }
+}
+
+grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                                         v1::GetModelInfoResponse* response) {
+  const ModelConfig& c = scheduler_->config();
+  response->set_model_name(c.name);
+  response->set_source(identity_.source);
+  response->set_architecture(c.arch == Architecture::kLlama ? "llama" : "gpt2");
+  response->set_num_layers(static_cast<int32_t>(c.num_layers));
+  response->set_num_heads(static_cast<int32_t>(c.num_heads));
+  response->set_num_kv_heads(static_cast<int32_t>(c.num_kv_heads));
+  response->set_head_dim(static_cast<int32_t>(c.head_dim));
+  response->set_vocab_size(static_cast<int32_t>(c.vocab_size));
+  response->set_max_context(static_cast<int32_t>(c.max_position));
+  response->set_block_size(scheduler_->block_size());
+  response->set_num_blocks(scheduler_->num_blocks());
+  const std::shared_ptr<const Attachment> attachment = link_->current();
+  response->set_kv_dtype(attachment ? DtypeName(attachment->geometry.dtype) : "");
+  response->set_device(attachment ? attachment->device : identity_.device);
+  response->set_has_tokenizer(tokenizer_ != nullptr);
+  response->set_eos_token_id(static_cast<int32_t>(c.eos_token_id));
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
+                                     v1::GetWorkerStatsResponse* response) {
+  const std::shared_ptr<const Attachment> attachment = link_->current();
+  const WorkerCounters& c = scheduler_->counters();
+  response->set_attached(attachment != nullptr && scheduler_->serving());
+  response->set_worker_id(attachment ? attachment->worker_id : 0);
+  response->set_manager_address(link_->address());
+  response->set_requests_running(c.running.load());
+  response->set_requests_waiting(c.waiting.load());
+  response->set_requests_finished_total(c.finished.load());
+  response->set_requests_failed_total(c.failed.load());
+  response->set_preemptions_total(c.preemptions.load());
+  response->set_prompt_tokens_total(c.prompt_tokens.load());
+  response->set_cached_tokens_total(c.cached_tokens.load());
+  response->set_generated_tokens_total(c.generated_tokens.load());
+  response->set_scheduler_steps_total(c.steps.load());
+  response->set_manager_calls_total(c.manager_calls.load());
+  response->set_reattachments_total(link_->reattachments());
+  response->set_kv_blocks_held(c.blocks_held.load());
+  response->set_kv_bytes_reserved(c.bytes_reserved.load());
+  response->set_kv_bytes_used(c.bytes_used.load());
+  return grpc::Status::OK;
+}
+
+}  // namespace kvpool::worker

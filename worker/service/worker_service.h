@@ -1,0 +1,59 @@
+// WorkerService: the kvpool.v1.Worker gRPC service (synchronous API). It owns request
+// validation (every bad field gets INVALID_ARGUMENT naming it, before anything is
+// queued), turns a GenerateRequest into a Job for the Scheduler, streams the job's
+// events back, and cancels the job when the client cancels, passes its deadline or
+// goes away, so its sequence is freed at the next scheduler step. It holds no
+// sequence state: that is the scheduler's.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "engine/model_config.h"
+#include "kvpool/v1/worker.grpc.pb.h"
+#include "service/job.h"
+#include "service/manager_link.h"
+#include "service/scheduler.h"
+
+namespace kvpool {
+class Tokenizer;
+}
+
+namespace kvpool::worker {
+
+// What the worker says about itself in GetModelInfo.
+struct ModelIdentity {
+  std::string source;  // "built-in ..." or the folder
+  std::string device = "cpu";
+};
+
+// Checks a GenerateRequest against the model and turns it into a job request;
+// INVALID_ARGUMENT naming the field otherwise. `random_seed` is used when the request
+// has none.
+StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& request,
+                                              const ModelConfig& config,
+                                              const Tokenizer* tokenizer, uint64_t random_seed);
+
+class WorkerService final : public v1::Worker::Service {
+ public:
+  // `scheduler` and `link` must outlive the service.
+  WorkerService(Scheduler* scheduler, ManagerLink* link, std::shared_ptr<const Tokenizer> tokenizer,
+                ModelIdentity identity);
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
+                            v1::GetModelInfoResponse* response) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest* request,
+                        v1::GetWorkerStatsResponse* response) override;
+
+ private:
+  Scheduler* scheduler_;
+  ManagerLink* link_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  ModelIdentity identity_;
+};
+
+}  // namespace kvpool::worker
