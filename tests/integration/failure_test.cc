@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <thread>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "system_harness.h"
 
 namespace kvpool::integration {
@@ -113,6 +115,69 @@ TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
   EXPECT_TRUE(stats.attached());
   EXPECT_EQ(stats.reattachments_total(), 1);
   manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& address) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status =
+      stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response.status();
+}
+
+TEST(FailureTest, WorkerIsNotServingUntilAManagerAnswers) {
+  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", address, "--listen", "127.0.0.1:0",
+                     "--model", "tiny-gpt2", "--threads", "1"});
+  const std::optional<std::string> line = worker.ReadLine(std::chrono::seconds(60));
+  ASSERT_TRUE(line.has_value());
+  const std::string worker_address = line->substr(line->rfind(' ') + 1);
+  EXPECT_EQ(Health(worker_address), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  auto stub = v1::Worker::NewStub(
+      grpc::CreateChannel(worker_address, grpc::InsecureChannelCredentials()));
+  GenerateOutcome early = Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4,
+                                                        v1::KV_MODE_PAGED));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(early.status.error_message().find("not attached"), std::string::npos);
+
+  Subprocess manager({KVPOOL_MANAGER_BIN, "--listen", address, "--model", "tiny-gpt2",
+                      "--num-blocks", "64"});
+  ASSERT_TRUE(manager.ReadLine(std::chrono::seconds(10)).has_value());
+  bool attached = false;
+  while (std::optional<std::string> next = worker.ReadLine(std::chrono::seconds(20))) {
+    if (next->rfind("kvpool-worker attached to ", 0) == 0) {
+      attached = true;
+      break;
+    }
+  }
+  ASSERT_TRUE(attached);
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return Health(worker_address) == grpc::health::v1::HealthCheckResponse::SERVING;
+      },
+      std::chrono::seconds(2)));
+  GenerateOutcome served = Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4,
+                                                         v1::KV_MODE_PAGED));
+  EXPECT_TRUE(served.status.ok()) << served.status.error_message();
+  EXPECT_TRUE(worker.SignalAndWait(SIGTERM, std::chrono::seconds(10)).has_value());
+  manager.SignalAndWait(SIGTERM, std::chrono::seconds(10));
+}
+
+TEST(FailureTest, WorkerRefusesAPoolThatCannotHoldItsModel) {
+  ManagerProcess manager({"--model", "gpt2", "--num-blocks", "16"});
+  ASSERT_FALSE(manager.address().empty());
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager.address(), "--listen",
+                     "127.0.0.1:0", "--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_TRUE(worker.ReadLine(std::chrono::seconds(60)).has_value());  // listening
+  // It exits 1 by itself once the manager has described its pool (signal 0: only wait).
+  const std::optional<int> status = worker.SignalAndWait(0, std::chrono::seconds(20));
+  ASSERT_TRUE(status.has_value());
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
 }
 
 }  // namespace

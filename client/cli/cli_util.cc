@@ -1,0 +1,56 @@
+// ConnectionFlags, token files, error reporting and percentiles: see cli_util.h.
+#include "client/cli/cli_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+
+namespace kvpool::cli {
+
+void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags) {
+  command->add_option("--server", flags->servers, "HOST:PORT[,HOST:PORT...]")
+      ->required()
+      ->delimiter(',');
+  command->add_option("--token-file", flags->token_file,
+                      "file whose first line is the bearer token");
+  command->add_option("--deadline-ms", flags->deadline_ms, "deadline of each call (0: none)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+StatusOr<ClientOptions> MakeClientOptions(const ConnectionFlags& flags) {
+  ClientOptions options;
+  options.addresses = flags.servers;
+  KVPOOL_ASSIGN_OR_RETURN(options.token, ReadTokenFile(flags.token_file));
+  options.deadline = std::chrono::milliseconds(flags.deadline_ms);
+  return options;
+}
+
+StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream file(path);
+  if (!file) return NotFound("cannot open token file " + path);
+  std::string line;
+  std::getline(file, line);
+  const size_t begin = line.find_first_not_of(" \t\r");
+  const size_t end = line.find_last_not_of(" \t\r");
+  if (begin == std::string::npos) return InvalidArgument("token file " + path + " is empty");
+  return line.substr(begin, end - begin + 1);
+}
+
+int ReportError(std::string_view command, const Status& status) {
+  std::cerr << "kvpool " << command << ": " << status.ToString() << "\n";
+  return 1;
+}
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double rank = std::clamp(p, 0.0, 1.0) * static_cast<double>(values.size() - 1);
+  const size_t below = static_cast<size_t>(std::floor(rank));
+  const size_t above = std::min(below + 1, values.size() - 1);
+  const double fraction = rank - static_cast<double>(below);
+  return values[below] + (values[above] - values[below]) * fraction;
+}
+
+}  // namespace kvpool::cli

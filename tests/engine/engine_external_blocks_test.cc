@@ -1,0 +1,122 @@
+// The engine on blocks handed out from outside (the kvpool-manager, in a worker):
+// tables given per request, blocks appended before a step needs them, Fork with copy
+// on write of the last block, and the errors when a caller gets it wrong.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "engine/engine.h"
+#include "engine_trace.h"
+
+namespace kvpool {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::RandomPrompt;
+
+std::unique_ptr<Engine> MakeEngine(bool external) {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  EngineOptions options;
+  options.block_size = 8;
+  options.num_blocks = 32;
+  options.external_blocks = external;
+  auto engine = Engine::Create(config, RandomWeights(config, 7), options);
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  return std::move(engine).value();
+}
+
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+GenerationRequest Request(int prompt_len, uint64_t seed) {
+  GenerationRequest r;
+  r.prompt = RandomPrompt(prompt_len, 50257, seed);
+  r.max_tokens = 12;
+  r.ignore_eos = true;
+  return r;
+}
+
+TEST(ExternalBlocksTest, GivenTablesGiveTheSameLogitsAsOwnBlocks) {
+  auto own = MakeEngine(false);
+  auto ext = MakeEngine(true);
+  GenerationRequest r = Request(13, 1);
+  const SequenceId a = *own->AddSequence(r);
+  r.block_table = {9, 4};  // any blocks, in token order: 13 tokens need two of 8
+  const SequenceId b = *ext->AddSequence(r);
+  ASSERT_TRUE(own->Prefill({a}).ok());
+  ASSERT_TRUE(ext->Prefill({b}).ok());
+  EXPECT_LE(MaxDiff(own->sequence(a).last_logits, ext->sequence(b).last_logits), 1e-5);
+  for (int step = 0; step < 6; ++step) {
+    ASSERT_TRUE(own->Decode({a}).ok());
+    // Token 16 needs a third block: the caller must append it first.
+    const Status decoded = ext->Decode({b});
+    if (!decoded.ok()) {
+      EXPECT_EQ(decoded.code(), StatusCode::kFailedPrecondition);
+      EXPECT_THAT(decoded.message(), HasSubstr("append the manager's blocks"));
+      ASSERT_TRUE(ext->AppendBlocks(b, {17}).ok());
+      ASSERT_TRUE(ext->Decode({b}).ok());
+    }
+    EXPECT_LE(MaxDiff(own->sequence(a).last_logits, ext->sequence(b).last_logits), 1e-5);
+  }
+  EXPECT_THAT(ext->sequence(b).block_table, ::testing::ElementsAre(9, 4, 17));
+  EXPECT_EQ(ext->sequence(a).tokens, own->sequence(a).tokens);
+  ext->Release(b);  // forgets the blocks; nothing to free in its own allocator
+  EXPECT_EQ(ext->num_sequences(), 0);
+}
+
+TEST(ExternalBlocksTest, CachedTokensAreNotPrefilledAgain) {
+  auto ext = MakeEngine(true);
+  GenerationRequest r = Request(20, 2);
+  r.block_table = {1, 2, 3};
+  const SequenceId first = *ext->AddSequence(r);
+  ASSERT_TRUE(ext->Prefill({first}).ok());
+  // A second sequence shares the first two full blocks (16 tokens) and owns block 5.
+  r.block_table = {1, 2, 5};
+  r.cached_tokens = 16;
+  const SequenceId second = *ext->AddSequence(r);
+  EXPECT_EQ(ext->sequence(second).num_kv_tokens, 16);
+  ASSERT_TRUE(ext->Prefill({second}).ok());
+  EXPECT_LE(MaxDiff(ext->sequence(first).last_logits, ext->sequence(second).last_logits), 1e-5);
+}
+
+TEST(ExternalBlocksTest, ForkCopiesTheLastBlockAndFollowsTheParent) {
+  auto ext = MakeEngine(true);
+  GenerationRequest r = Request(21, 3);  // two full blocks and 5 tokens in the third
+  r.block_table = {0, 1, 2};
+  const SequenceId parent = *ext->AddSequence(r);
+  ASSERT_TRUE(ext->Prefill({parent}).ok());
+  // The manager's Fork: full blocks shared, the partial one copied to block 7.
+  const SequenceId child = *ext->Fork(parent, {0, 1, 7}, 2, 7, /*seed=*/5);
+  EXPECT_EQ(ext->sequence(child).num_kv_tokens, 21);
+  EXPECT_EQ(ext->sequence(child).tokens, ext->sequence(parent).tokens);  // greedy
+  for (int step = 0; step < 3; ++step) {  // 22..24 tokens: the three blocks hold them
+    ASSERT_TRUE(ext->Decode({parent, child}).ok());
+    EXPECT_LE(MaxDiff(ext->sequence(parent).last_logits, ext->sequence(child).last_logits),
+              1e-5);
+  }
+  EXPECT_THAT(ext->Fork(parent, {0, 1, 8}, 2, 8, 6).status().message(),
+              HasSubstr("right after its prefill"));
+}
+
+TEST(ExternalBlocksTest, RejectsTablesThatDoNotFit) {
+  auto ext = MakeEngine(true);
+  GenerationRequest r = Request(20, 4);
+  r.block_table = {1, 2};  // 20 tokens need 3 blocks of 8
+  EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("needs 3"));
+  r.block_table = {1, 2, 32};
+  EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("outside the pool"));
+  r.block_table = {1, 2, 3};
+  r.cached_tokens = 20;
+  EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("cached_tokens"));
+  r.cached_tokens = 0;
+  r.mode = KvMode::kContiguous;  // contiguous covers prompt + max_tokens = 32: 4 blocks
+  EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("needs 4"));
+  auto own = MakeEngine(false);
+  r.mode = KvMode::kPaged;
+  EXPECT_THAT(own->AddSequence(r).status().message(), HasSubstr("external blocks"));
+  const SequenceId id = *own->AddSequence(Request(20, 4));
+  EXPECT_EQ(own->AppendBlocks(id, {5}).code(), StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace kvpool
