@@ -1,8 +1,8 @@
 // kvpool-worker: one stateless worker process. Loads the model (a built-in name with
 // seeded random weights, or a Hugging Face folder), serves gRPC at once (the Worker
 // API, grpc.health.v1 NOT_SERVING until attached, reflection), registers with the
-// node's kvpool-manager, maps its pool and runs the scheduler on it. An Asio loop
-// handles SIGTERM/SIGINT and keeps the health status in step with the attachment.
+// node's kvpool-manager, maps its pool and runs the scheduler on it; the health status
+// follows the scheduler. An Asio loop handles SIGTERM/SIGINT.
 // Prints "kvpool-worker listening on HOST:PORT" once serving gRPC and "kvpool-worker
 // attached to ..." on every (re-)attachment, so scripts and tests can use port 0.
 // Exits 1 with the reason when the manager's pool cannot hold this model's K/V.
@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -95,8 +96,12 @@ int Run(int argc, char** argv) {
   ManagerLink link(link_options, loaded->config, [&scheduler_ptr] {
     if (scheduler_ptr != nullptr) scheduler_ptr->Wake();
   });
+  // Health follows the scheduler: SERVING once an engine runs on an attached pool.
+  std::atomic<grpc::HealthCheckServiceInterface*> health{nullptr};
   Scheduler scheduler(scheduler_options, loaded->config, std::move(loaded->weights),
-                      loaded->tokenizer, &link);
+                      loaded->tokenizer, &link, [&health](bool serving) {
+                        if (auto* h = health.load()) h->SetServingStatus(serving);
+                      });
   scheduler_ptr = &scheduler;
   WorkerService service(&scheduler, &link, loaded->tokenizer, {loaded->source, "cpu"});
 
@@ -108,8 +113,8 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(false);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  health.store(server->GetHealthCheckService());
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::cout << "kvpool-worker listening on " << host << ":" << port << std::endl;
   std::cerr << "kvpool-worker: " << loaded->source << ", manager " << manager << "\n";
@@ -123,9 +128,8 @@ int Run(int argc, char** argv) {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     io.stop();
   };
-  // Health follows the attachment; a pool that cannot hold the model ends the process.
+  // A pool that cannot hold the model ends the process.
   boost::asio::steady_timer poll(io);
-  bool serving = false;
   std::function<void()> arm = [&] {
     poll.expires_after(std::chrono::milliseconds(50));
     poll.async_wait([&](const boost::system::error_code& ec) {
@@ -134,10 +138,6 @@ int Run(int argc, char** argv) {
         std::cerr << "kvpool-worker: " << fatal << "\n";
         exit_code = 1;
         return stop();
-      }
-      if (scheduler.serving() != serving) {
-        serving = scheduler.serving();
-        health->SetServingStatus(serving);
       }
       arm();
     });
@@ -148,7 +148,7 @@ int Run(int argc, char** argv) {
     if (ec) return;
     std::cerr << "kvpool-worker: signal " << signal << ", shutting down\n";
     poll.cancel();
-    health->SetServingStatus(false);
+    health.load()->SetServingStatus(false);
     stop();
   });
   io.run();

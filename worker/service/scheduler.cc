@@ -68,12 +68,19 @@ struct Scheduler::Seq {
 };
 
 Scheduler::Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights weights,
-                     std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link)
+                     std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link,
+                     std::function<void(bool)> on_serving)
     : options_(options),
       config_(std::move(config)),
       weights_(std::move(weights)),
       tokenizer_(std::move(tokenizer)),
-      link_(link) {}
+      link_(link),
+      on_serving_(std::move(on_serving)) {}
+
+void Scheduler::SetServing(bool serving) {
+  if (serving_.exchange(serving) == serving) return;
+  if (on_serving_) on_serving_(serving);
+}
 
 Scheduler::~Scheduler() {
   {
@@ -164,7 +171,7 @@ void Scheduler::SyncAttachment() {
   }
   engine_.reset();
   attachment_ = current;
-  serving_.store(false);
+  SetServing(false);
   block_size_.store(0);
   num_blocks_.store(0);
   if (!current) return;
@@ -185,7 +192,7 @@ void Scheduler::SyncAttachment() {
   engine_ = std::move(*engine);
   block_size_.store(current->geometry.block_size);
   num_blocks_.store(current->geometry.num_blocks);
-  serving_.store(true);
+  SetServing(true);
   // Scripts and tests wait for this line: from here requests are served.
   std::cout << "kvpool-worker attached to " << link_->address() << " as worker "
             << current->worker_id << std::endl;
@@ -222,7 +229,7 @@ void Scheduler::LinkLost(const std::string& why) {
   FailAll(Unavailable("the worker lost its cache manager (" + link_->address() + "): " + why));
   engine_.reset();
   attachment_.reset();
-  serving_.store(false);
+  SetServing(false);
 }
 
 void Scheduler::Release(Seq& seq, bool close_at_manager) {

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -43,8 +44,11 @@ struct WorkerCounters {
 
 class Scheduler {
  public:
+  // `on_serving` runs on the scheduler thread whenever serving() changes, before the
+  // "attached" line is printed (the worker's health status follows it).
   Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights weights,
-            std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link);
+            std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link,
+            std::function<void(bool)> on_serving = {});
   ~Scheduler();  // stops the loop; jobs still in flight end UNAVAILABLE
 
   void Start();
@@ -85,12 +89,14 @@ class Scheduler {
   // A failed manager call: UNAVAILABLE / this worker unknown drop the attachment.
   bool IsLinkLoss(const grpc::Status& status) const;
   void LinkLost(const std::string& why);
+  void SetServing(bool serving);
 
   const SchedulerOptions options_;
   const ModelConfig config_;
   const ModelWeights weights_;
   const std::shared_ptr<const Tokenizer> tokenizer_;
   ManagerLink* const link_;
+  const std::function<void(bool)> on_serving_;
   WorkerCounters counters_;
   std::atomic<bool> serving_{false};
   std::atomic<int32_t> block_size_{0};

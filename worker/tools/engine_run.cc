@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <random>
 
 #include "engine/engine.h"
 #include "engine/model_loader.h"
@@ -27,6 +28,11 @@ int Main(int argc, char** argv) {
   bool json = false;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--prompt", prompt, "prompt text");
+  int prompt_tokens = 0;
+  app.add_option("--prompt-tokens", prompt_tokens,
+                 "instead of --prompt: this many random token ids (seeded by --seed), like "
+                 "`kvpool loadgen`")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-tokens", max_tokens, "new tokens per mode");
   app.add_option("--modes", modes_arg, "comma-separated KV modes");
   app.add_option("--threads", threads)->check(CLI::PositiveNumber);
@@ -48,6 +54,13 @@ int Main(int argc, char** argv) {
     return fail("no tokenizer for '" + model + "': " + loaded->tokenizer_note);
   std::shared_ptr<const Tokenizer> tok = loaded->tokenizer;
   std::vector<int32_t> prompt_ids = tok->Encode(prompt);
+  if (prompt_tokens > 0) {
+    std::mt19937 random(static_cast<std::mt19937::result_type>(seed));
+    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(loaded->config.vocab_size) - 1);
+    prompt_ids.assign(prompt_tokens, 0);
+    for (int32_t& t : prompt_ids) t = token(random);
+    prompt = "<" + std::to_string(prompt_tokens) + " random token ids>";
+  }
   EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
@@ -106,7 +119,10 @@ int Main(int argc, char** argv) {
   std::printf(
       "\n(avg s/token = total time / new tokens, prefill included, as the original experiment "
       "measured)\n");
-  if (json) std::cout << report.dump(2) << std::endl;
+  // Random weights emit any bytes: invalid UTF-8 in the text becomes U+FFFD.
+  if (json) {
+    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  }
   return 0;
 }
 
