@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs the cache manager's tests under sanitizers, in their own build dir:
+# Builds and runs the tests of the parts without LibTorch (the cache manager, the client
+# SDK and CLI) under sanitizers, in their own build dir:
 #   scripts/sanitize.sh address   # ASan + UBSan (CI runs this): build-asan/
-#   scripts/sanitize.sh thread    # TSan on the manager's tests: build-tsan/
+#   scripts/sanitize.sh thread    # TSan: build-tsan/
 set -euo pipefail
 mode="${1:-address}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,10 +15,11 @@ case "$mode" in
   *) echo "usage: $0 address|thread" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPOOL_CUDA=OFF \
-  -DKVPOOL_SANITIZE="$flags" -DKVPOOL_TEST_AREAS=manager >"$dir.configure.log" 2>&1 ||
+  -DKVPOOL_SANITIZE="$flags" -DKVPOOL_TEST_AREAS='manager;client' >"$dir.configure.log" 2>&1 ||
   { cat "$dir.configure.log"; exit 1; }
 rm -f "$dir.configure.log"
 ninja -C "$dir" -j "$(nproc)" kvpool-manager manager_core_test manager_core_property_test \
-  manager_service_test kvpool-manager-test-client
+  manager_service_test kvpool-manager-test-client kvpool client_unit_test client_fake_worker_test \
+  client_process_test
 cd "$dir"
-ctest -L manager --output-on-failure -j "$(nproc)" --timeout 600
+ctest -L "manager|client" --output-on-failure -j "$(nproc)" --timeout 600
