@@ -176,6 +176,7 @@ grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
     response->set_worker_id(lease.worker_id);
     response->set_lease_ttl_ms(lease.ttl.count());
     *response->mutable_pool() = pool_;
+    response->set_max_tokens_per_call(core_->options().max_tokens_per_call);
     return Status::Ok();
   });
 }

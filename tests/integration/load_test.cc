@@ -163,6 +163,54 @@ TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
   GenerateOutcome stranger = Generate(*stub_a, GreedyRequest(with_suffix(3), 4,
                                                              v1::KV_MODE_PAGED), "nope");
   EXPECT_EQ(stranger.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  // No token at all is anonymous, never the worker's own tenant.
+  GenerateOutcome anonymous = Generate(*stub_a, GreedyRequest(with_suffix(4), 4,
+                                                              v1::KV_MODE_PAGED));
+  EXPECT_EQ(anonymous.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST(LoadTest, CommitsOfManyLongPromptsSpreadOverSteps) {
+  // The manager takes at most 512 tokens per call; 400-token prompts prefilled together
+  // have more to commit, so the worker spreads them over several Steps.
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "400",
+                          "--max-tokens-per-call", "512"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1",
+                                           "--max-prefill-tokens", "8192"});
+  ASSERT_FALSE(worker.address().empty());
+  constexpr int kClients = 12;
+  std::vector<GenerateOutcome> outcomes(kClients);
+  std::vector<std::thread> clients;
+  // A slow request keeps the scheduler busy, so the others queue and are prefilled in
+  // the same iterations.
+  std::thread slow([&] {
+    auto stub = worker.NewStub();
+    GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(400, 499), 60,
+                                                        v1::KV_MODE_NONE));
+    EXPECT_TRUE(out.status.ok()) << out.status.error_message();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto stub = worker.NewStub();
+      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 8,
+                                                  v1::KV_MODE_PAGED));
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  slow.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    EXPECT_EQ(outcomes[i].tokens[0].size(), 8u);
+  }
+  // Every prompt's 25 full blocks were published: each is a prefix hit now.
+  auto stub = worker.NewStub();
+  for (int i = 0; i < kClients; ++i) {
+    GenerateOutcome again = Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 2,
+                                                          v1::KV_MODE_PAGED));
+    ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+    EXPECT_EQ(again.summary.usage().cached_tokens(), 384) << i;  // capped: one token to compute
+  }
 }
 
 }  // namespace

@@ -319,14 +319,15 @@ void Engine::CopyBlock(int32_t src, int32_t dst) {
   }
 }
 
-at::Tensor Engine::Recompute(const std::vector<Sequence*>& seqs) {
+StatusOr<at::Tensor> Engine::Recompute(const std::vector<Sequence*>& seqs) {
   const PoolGeometry& g = pool_.geometry();
   int64_t blocks = 0;
   for (const Sequence* s : seqs) blocks += CeilDiv(s->tokens.size(), g.block_size);
   if (!scratch_ || scratch_->geometry().num_blocks < blocks) {
     PoolGeometry sg = g;
     sg.num_blocks = blocks;
-    scratch_ = std::move(runner_->CreatePool(sg).value());
+    KVPOOL_ASSIGN_OR_RETURN(KvPool scratch, runner_->CreatePool(sg));
+    scratch_ = std::move(scratch);
   }
   scratch_bytes_ = static_cast<int64_t>(g.block_bytes()) * blocks;
   // Consecutive scratch blocks per sequence; tables must outlive the forward.
@@ -392,7 +393,7 @@ Status Engine::Prefill(const std::vector<SequenceId>& ids) {
     }
   }
   if (!recomputed.empty()) {
-    at::Tensor logits = Recompute(recomputed);
+    KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
     for (size_t i = 0; i < recomputed.size(); ++i) {
       recomputed[i]->prefilled = true;
       SampleNext(*recomputed[i], logits[i]);
@@ -428,7 +429,7 @@ Status Engine::Decode(const std::vector<SequenceId>& ids) {
     }
   }
   if (!recomputed.empty()) {
-    at::Tensor logits = Recompute(recomputed);
+    KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
     for (size_t i = 0; i < recomputed.size(); ++i) SampleNext(*recomputed[i], logits[i]);
   }
   return Status::Ok();

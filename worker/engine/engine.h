@@ -164,7 +164,7 @@ class Engine {
          std::shared_ptr<const Tokenizer> tok);
   Status EnsureBlocks(Sequence& seq, int64_t num_tokens);
   // `none` mode: recomputes whole sequences in the scratch area.
-  at::Tensor Recompute(const std::vector<Sequence*>& seqs);
+  StatusOr<at::Tensor> Recompute(const std::vector<Sequence*>& seqs);
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
   // Copies one block's K/V (every layer) to another block of the pool.
   void CopyBlock(int32_t src, int32_t dst);

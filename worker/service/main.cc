@@ -148,12 +148,18 @@ int Run(int argc, char** argv) {
     if (ec) return;
     std::cerr << "kvpool-worker: signal " << signal << ", shutting down\n";
     poll.cancel();
-    health.load()->SetServingStatus(false);
+    server->GetHealthCheckService()->SetServingStatus(false);
     stop();
   });
   io.run();
   server->Wait();
-  return exit_code;  // the scheduler ends what is in flight, then the link unregisters
+  // In this order, so that no thread calls into an object already gone: the health
+  // callback is cut, the link stops (no more wake-ups), the scheduler closes what is
+  // in flight at the manager; the server goes last.
+  health.store(nullptr);
+  link.Stop();
+  scheduler.Stop();
+  return exit_code;
 }
 
 }  // namespace

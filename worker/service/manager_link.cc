@@ -60,13 +60,20 @@ ManagerLink::ManagerLink(ManagerLinkOptions options, ModelConfig model,
   stub_ = v1::CacheManager::NewStub(channel_);
 }
 
-ManagerLink::~ManagerLink() {
+ManagerLink::~ManagerLink() { Stop(); }
+
+void ManagerLink::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+void ManagerLink::ReportFatal(const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (fatal_error_.empty()) fatal_error_ = why;
 }
 
 void ManagerLink::Start() { thread_ = std::thread([this] { Run(); }); }
@@ -122,6 +129,7 @@ StatusOr<std::shared_ptr<Attachment>> ManagerLink::Register(int64_t epoch) {
   attachment->epoch = epoch;
   attachment->worker_id = response.worker_id();
   attachment->lease_ttl = std::chrono::milliseconds(response.lease_ttl_ms());
+  attachment->max_tokens_per_call = response.max_tokens_per_call();
   attachment->descriptor = d;
   PoolGeometry& g = attachment->geometry;
   g.num_layers = d.num_layers();

@@ -31,6 +31,7 @@ struct Attachment {
   int64_t epoch = 0;  // 1 for the first registration, +1 for each later one
   int64_t worker_id = 0;
   std::chrono::milliseconds lease_ttl{0};
+  int64_t max_tokens_per_call = 0;  // the manager's cap on commits per Step (0: unknown)
   v1::PoolDescriptor descriptor;
   PoolGeometry geometry;
   // The mapped pool (shm or CUDA IPC); keeps the mapping alive while an engine uses it.
@@ -57,6 +58,8 @@ class ManagerLink {
   ManagerLink& operator=(const ManagerLink&) = delete;
 
   void Start();
+  // Stops the thread (no more callbacks); the stub stays usable.
+  void Stop();
   // The current attachment, or null while detached.
   std::shared_ptr<const Attachment> current() const;
   // The scheduler saw the manager fail a call of attachment `epoch` (UNAVAILABLE, or
@@ -64,6 +67,8 @@ class ManagerLink {
   void ReportLost(int64_t epoch, const std::string& why);
   // A fatal configuration error (the pool does not fit the model), or "" if none.
   std::string fatal_error() const;
+  // The attached pool cannot be used (the engine refused it): as fatal as a mismatch.
+  void ReportFatal(const std::string& why);
 
   v1::CacheManager::Stub& stub() { return *stub_; }
   // A context with this worker's credential and the call timeout.

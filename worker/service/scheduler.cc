@@ -15,6 +15,9 @@ namespace {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Tokens committed in one Step call at most, below the manager's own cap.
+constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
+
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Sample i's seed: distinct streams from one request seed.
@@ -82,7 +85,9 @@ void Scheduler::SetServing(bool serving) {
   if (on_serving_) on_serving_(serving);
 }
 
-Scheduler::~Scheduler() {
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -91,6 +96,7 @@ Scheduler::~Scheduler() {
   if (thread_.joinable()) thread_.join();
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& job : incoming_) job->End(Unavailable("the worker is shutting down"));
+  incoming_.clear();
 }
 
 void Scheduler::Start() { thread_ = std::thread([this] { Run(); }); }
@@ -99,7 +105,6 @@ void Scheduler::Submit(std::shared_ptr<Job> job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     incoming_.push_back(std::move(job));
-    counters_.waiting.fetch_add(1);
   }
   wake_.notify_all();
 }
@@ -119,8 +124,10 @@ void Scheduler::Run() {
       std::unique_lock<std::mutex> lock(mu_);
       auto ready = [&] { return stop_ || woken_ || !incoming_.empty(); };
       if (running_.empty()) {
-        if (waiting_.empty()) {
+        if (waiting_.empty() && unclosed_.empty()) {
           wake_.wait(lock, ready);
+        } else if (waiting_.empty()) {
+          wake_.wait_for(lock, std::chrono::milliseconds(200), ready);
         } else if (retry_soon_) {
           wake_.wait_for(lock, std::chrono::milliseconds(5), ready);
         }
@@ -131,7 +138,6 @@ void Scheduler::Run() {
     }
     SyncAttachment();
     for (std::shared_ptr<Job>& job : jobs) {
-      counters_.waiting.fetch_sub(1);
       if (!engine_) {
         job->End(Unavailable("the worker is not attached to a cache manager; retry shortly"));
         counters_.failed.fetch_add(1);
@@ -152,10 +158,19 @@ void Scheduler::Run() {
       }
     }
     if (!engine_) continue;
-    DropCancelled();
-    std::vector<Seq*> admitted = Admit();
-    if (!admitted.empty()) Prefill(admitted);
-    if (engine_) Decode();
+    try {
+      RetryCloses();
+      DropCancelled();
+      std::vector<Seq*> admitted = Admit();
+      if (!admitted.empty()) Prefill(admitted);
+      if (engine_) Decode();
+    } catch (const std::exception& e) {
+      // A bug or a device error (e.g. out of memory) in the model: the jobs in flight
+      // end INTERNAL, the worker keeps serving.
+      std::cerr << "kvpool-worker: scheduler step failed: " << e.what() << "\n";
+      FailAll(Internal(std::string("the worker's scheduler step failed: ") + e.what()),
+              /*close_at_manager=*/true);
+    }
     RemoveDeadSeqs();
     UpdateUsage();
   }
@@ -185,8 +200,7 @@ void Scheduler::SyncAttachment() {
   KvPool pool = KvPool::Adopt(current->geometry, current->base, current->mapping);
   auto engine = Engine::Create(config_, weights_, options, tokenizer_, std::move(pool));
   if (!engine.ok()) {
-    std::cerr << "kvpool-worker: cannot run on the manager's pool: "
-              << engine.status().ToString() << "\n";
+    link_->ReportFatal("cannot run on the manager's pool: " + engine.status().ToString());
     return;
   }
   engine_ = std::move(*engine);
@@ -209,6 +223,7 @@ void Scheduler::FailAll(const Status& status, bool close_at_manager) {
   seqs_.clear();
   waiting_.clear();
   running_.clear();
+  if (!close_at_manager) unclosed_.clear();  // the manager is gone: nothing to close
   admission_paused_ = false;
   retry_soon_ = false;
   UpdateUsage();
@@ -244,12 +259,29 @@ void Scheduler::Release(Seq& seq, bool close_at_manager) {
     counters_.manager_calls.fetch_add(1);
     const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
     if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
-      std::cerr << "kvpool-worker: CloseSequence " << seq.manager_id << ": "
-                << status.error_message() << "\n";
+      // Its blocks stay held until a close gets through (or the lease ends).
+      unclosed_.push_back(seq.manager_id);
     }
   }
   seq.manager_id = 0;
   seq.committed = 0;
+}
+
+void Scheduler::RetryCloses() {
+  std::vector<int64_t> ids;
+  ids.swap(unclosed_);
+  for (int64_t id : ids) {
+    v1::CloseSequenceRequest request;
+    request.set_worker_id(attachment_->worker_id);
+    request.set_sequence_id(id);
+    v1::CloseSequenceResponse response;
+    auto context = link_->NewContext();
+    counters_.manager_calls.fetch_add(1);
+    const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
+    if (status.ok() || status.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+    if (IsLinkLoss(status)) return LinkLost("CloseSequence: " + status.error_message());
+    unclosed_.push_back(id);
+  }
 }
 
 void Scheduler::FailJob(const std::shared_ptr<Job>& job, const Status& status) {
@@ -324,9 +356,8 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       open.set_max_tokens(request.max_tokens);
       v1::OpenSequenceResponse opened;
       auto context = link_->NewContext();
-      if (!job->client_authorization.empty()) {
-        context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
-      }
+      // Always sent: a client without a token is anonymous, never the worker's tenant.
+      context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
       counters_.manager_calls.fetch_add(1);
       const grpc::Status status = link_->stub().OpenSequence(context.get(), open, &opened);
       if (!status.ok()) {
@@ -335,7 +366,9 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
           return {};
         }
         if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          // Ask again when a sequence has left (or shortly, if none runs here).
           retry_soon_ = running_.empty();
+          admission_paused_ = true;
           break;
         }
         waiting_.pop_front();
@@ -402,7 +435,11 @@ void Scheduler::Emit(Seq& seq, int32_t token, double step_s) {
   job.Push(std::move(event));
 }
 
-void Scheduler::Prefill(const std::vector<Seq*>& seqs) {
+void Scheduler::Prefill(std::vector<Seq*> seqs) {
+  // A job failed during admission may have left admitted samples behind.
+  seqs.erase(std::remove_if(seqs.begin(), seqs.end(), [](const Seq* s) { return s->dead; }),
+             seqs.end());
+  if (seqs.empty()) return;
   std::vector<SequenceId> ids;
   for (Seq* s : seqs) ids.push_back(s->engine_id);
   const auto t0 = Clock::now();
@@ -418,7 +455,8 @@ void Scheduler::Prefill(const std::vector<Seq*>& seqs) {
     Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
   }
   for (Seq* s : seqs) {
-    if (s->fork_children && !s->dead && engine_) ForkChildren(*s);
+    if (!engine_) return;  // the manager was lost while forking: every Seq is gone
+    if (s->fork_children && !s->dead) ForkChildren(*s, step_s);
   }
   if (!engine_) return;
   TrackJobPeaks();
@@ -431,7 +469,7 @@ void Scheduler::Prefill(const std::vector<Seq*>& seqs) {
   Retire(finished);
 }
 
-void Scheduler::ForkChildren(Seq& parent) {
+void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
   parent.fork_children = false;
   const Sequence& p = engine_->sequence(parent.engine_id);
   // The manager forks what is committed: the whole prompt first.
@@ -496,7 +534,7 @@ void Scheduler::ForkChildren(Seq& parent) {
     Seq& stored = *child;
     running_.push_back(child.get());
     seqs_.push_back(std::move(child));
-    Emit(stored, engine_->sequence(stored.engine_id).tokens.back(), 0.0);
+    Emit(stored, engine_->sequence(stored.engine_id).tokens.back(), prefill_s);
   }
 }
 
@@ -507,23 +545,29 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
     request.set_worker_id(attachment_->worker_id);
     std::vector<Seq*> asked;
     std::vector<int64_t> commit_to;
+    // Commits are lazy and may wait: a call carries no more than the manager takes per
+    // call, whole blocks at a time.
+    int64_t commit_budget = CommitBudget();
     for (Seq* s : seqs) {
       if (s->dead || s->manager_id == 0) continue;
       const Sequence& q = engine_->sequence(s->engine_id);
       const auto slots = static_cast<int64_t>(q.tokens.size());
       const int64_t have = static_cast<int64_t>(q.block_table.size()) * block_size;
       // Full blocks become shareable; contiguous sequences publish nothing.
-      const int64_t full = q.request.mode == KvMode::kPaged
-                               ? q.num_kv_tokens / block_size * block_size
-                               : s->committed;
+      int64_t full = q.request.mode == KvMode::kPaged
+                         ? q.num_kv_tokens / block_size * block_size
+                         : s->committed;
+      full = std::max(s->committed,
+                      std::min(full, s->committed + commit_budget / block_size * block_size));
       if (slots <= have && s->committed >= full) continue;
+      commit_budget -= full - s->committed;
       v1::StepItem* item = request.add_items();
       item->set_sequence_id(s->manager_id);
       item->set_num_tokens(slots);
       item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                            q.tokens.begin() + std::max(full, s->committed));
+                                            q.tokens.begin() + full);
       asked.push_back(s);
-      commit_to.push_back(std::max(full, s->committed));
+      commit_to.push_back(full);
     }
     if (asked.empty()) break;
     v1::StepResponse response;
@@ -555,7 +599,7 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
         FailJob(s.job, Status(static_cast<StatusCode>(result.code()), result.message()));
       }
     }
-    if (!exhausted) break;
+    if (!exhausted) continue;  // commits left over the budget go in the next call
     Seq* victim = nullptr;
     for (Seq* s : running_) {
       if (!s->dead && s->manager_id != 0 && (victim == nullptr || s->order > victim->order)) {
@@ -571,6 +615,11 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
     if (!s->dead && s->engine_id != 0) ready.push_back(s);
   }
   return ready;
+}
+
+int64_t Scheduler::CommitBudget() const {
+  const int64_t cap = attachment_->max_tokens_per_call;
+  return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
 }
 
 void Scheduler::Preempt(Seq& seq) {
@@ -617,33 +666,60 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
   if (seqs.empty()) return;
   const int32_t block_size = engine_->geometry().block_size;
   // Publish the blocks the sequences filled since their last Step, so that later
-  // prompts (on any worker) can reuse them; one call for all.
-  v1::StepRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  for (Seq* s : seqs) {
-    if (s->dead || s->manager_id == 0) continue;
-    const Sequence& q = engine_->sequence(s->engine_id);
-    if (q.request.mode != KvMode::kPaged) continue;
-    const int64_t full = q.num_kv_tokens / block_size * block_size;
-    if (s->committed >= full) continue;
-    v1::StepItem* item = request.add_items();
-    item->set_sequence_id(s->manager_id);
-    item->set_num_tokens(q.num_kv_tokens);
-    item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                          q.tokens.begin() + full);
-  }
-  if (request.items_size() > 0) {
+  // prompts (on any worker) can reuse them: as few calls as the manager's cap allows.
+  // Best effort: the jobs are done whatever the manager answers.
+  bool lost = false;
+  std::string lost_why;
+  for (bool more = true; more && !lost;) {
+    more = false;
+    v1::StepRequest request;
+    request.set_worker_id(attachment_->worker_id);
+    std::vector<std::pair<Seq*, int64_t>> committing;
+    int64_t commit_budget = CommitBudget();
+    for (Seq* s : seqs) {
+      if (s->dead || s->manager_id == 0) continue;
+      const Sequence& q = engine_->sequence(s->engine_id);
+      if (q.request.mode != KvMode::kPaged) continue;
+      const int64_t all = q.num_kv_tokens / block_size * block_size;
+      const int64_t full =
+          std::min(all, s->committed + commit_budget / block_size * block_size);
+      if (s->committed >= full) {
+        more = more || s->committed < all;
+        continue;
+      }
+      commit_budget -= full - s->committed;
+      more = more || full < all;
+      v1::StepItem* item = request.add_items();
+      item->set_sequence_id(s->manager_id);
+      item->set_num_tokens(q.num_kv_tokens);
+      item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
+                                            q.tokens.begin() + full);
+      committing.emplace_back(s, full);
+    }
+    if (committing.empty()) break;
     v1::StepResponse response;
     auto context = link_->NewContext();
     counters_.manager_calls.fetch_add(1);
     const grpc::Status status = link_->stub().Step(context.get(), request, &response);
-    if (!status.ok() && IsLinkLoss(status)) return LinkLost("Step: " + status.error_message());
+    if (!status.ok()) {
+      lost = IsLinkLoss(status);
+      lost_why = status.error_message();
+      break;
+    }
+    for (size_t i = 0; i < committing.size() && i < static_cast<size_t>(response.results_size());
+         ++i) {
+      if (response.results(static_cast<int>(i)).code() != 0) {
+        more = false;  // the manager refused a sequence's commit: do not loop on it
+        continue;
+      }
+      committing[i].first->committed = committing[i].second;
+    }
   }
   for (Seq* s : seqs) {
     if (s->dead) continue;
     Job& job = *s->job;
     job.finish_reasons[s->index] = FinishReasonName(engine_->sequence(s->engine_id).finish);
-    Release(*s, /*close_at_manager=*/true);
+    Release(*s, /*close_at_manager=*/!lost);
     s->dead = true;
     if (--job.samples_left > 0) continue;
     v1::GenerateResponse event;
@@ -664,6 +740,7 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
     counters_.finished.fetch_add(1);
   }
   admission_paused_ = false;
+  if (lost) LinkLost("Step: " + lost_why);
 }
 
 void Scheduler::TrackJobPeaks() {

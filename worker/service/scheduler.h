@@ -52,6 +52,8 @@ class Scheduler {
   ~Scheduler();  // stops the loop; jobs still in flight end UNAVAILABLE
 
   void Start();
+  // Ends the loop: jobs in flight end UNAVAILABLE and their sequences are closed.
+  void Stop();
   void Submit(std::shared_ptr<Job> job);
   // Wakes the loop (the link attached or lost the manager).
   void Wake();
@@ -71,17 +73,19 @@ class Scheduler {
   void FailAll(const Status& status, bool close_at_manager = false);
   void DropCancelled();
   std::vector<Seq*> Admit();
-  void Prefill(const std::vector<Seq*>& seqs);
-  void ForkChildren(Seq& parent);
+  void Prefill(std::vector<Seq*> seqs);
+  void ForkChildren(Seq& parent, double prefill_s);
   void Decode();
   // One Step for `seqs`: blocks for their next token and commits of full blocks; on
   // RESOURCE_EXHAUSTED preempts the newest sequences until the rest fit. Returns the
   // sequences still ready to decode.
   std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
   void Preempt(Seq& seq);
+  int64_t CommitBudget() const;  // tokens one Step may commit
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
   void Emit(Seq& seq, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);
+  void RetryCloses();  // sequences whose CloseSequence failed
   void Release(Seq& seq, bool close_at_manager);
   void RemoveDeadSeqs();
   void TrackJobPeaks();  // each job's peak KV bytes, after a forward
@@ -117,6 +121,7 @@ class Scheduler {
   int64_t next_order_ = 0;
   bool admission_paused_ = false;  // after a preemption, until a sequence leaves
   bool retry_soon_ = false;        // the pool was full at admission: poll again shortly
+  std::vector<int64_t> unclosed_;  // manager sequences a CloseSequence did not reach
   std::thread thread_;
 };
 
