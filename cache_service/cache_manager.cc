@@ -200,6 +200,7 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
   result.sequence_id = stored.id;
   result.block_table = stored.block_table;
   result.cached_tokens = hit_blocks * block_size;
+  result.allocatable_blocks = s.pool.num_allocatable();
   return result;
 }
 

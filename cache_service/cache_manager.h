@@ -67,6 +67,7 @@ struct OpenResult {
   SequenceId sequence_id = 0;
   std::vector<int32_t> block_table;  // covers the prompt (contiguous: prompt + max_tokens)
   int64_t cached_tokens = 0;         // prompt tokens whose K/V are already in the pool
+  int64_t allocatable_blocks = 0;    // free or evictable blocks left after this call
 };
 
 // One sequence's part of a batched step.

@@ -248,6 +248,7 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
     response->set_sequence_id(result.sequence_id);
     response->mutable_block_table()->Add(result.block_table.begin(), result.block_table.end());
     response->set_cached_tokens(result.cached_tokens);
+    response->set_allocatable_blocks(result.allocatable_blocks);
     return Status::Ok();
   });
 }

@@ -105,6 +105,8 @@ void GenerateStream::State::Record(const v1::GeneratedToken& token, TokenEvent* 
   event->text = token.text();
   event->step_latency_s = token.step_latency_s();
   event->arrival_s = arrival_s;
+  event->kv_bytes_reserved = token.kv_bytes_reserved();
+  event->kv_bytes_used = token.kv_bytes_used();
 }
 
 void GenerateStream::State::Fail(Status error) {

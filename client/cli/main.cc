@@ -1,7 +1,8 @@
 // kvpool: the command-line client. Subcommands: generate (stream one request's tokens
 // and its timings), stats (a worker's or a manager's counters), loadgen (a closed-loop
-// load test) and up (a local manager plus workers). Each lives in its own file; this
-// file only dispatches.
+// load test), up (a local manager plus workers), calc (KV-cache memory arithmetic,
+// offline) and bench (the experiment and its scenarios, with a report). Each lives in
+// its own file; this file only dispatches.
 #include <CLI/CLI.hpp>
 
 #include "client/cli/cli_util.h"
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
   kvpool::cli::AddStatsCommand(app, &exit_code);
   kvpool::cli::AddLoadgenCommand(app, &exit_code);
   kvpool::cli::AddUpCommand(app, &exit_code);
+  kvpool::cli::AddCalcCommand(app, &exit_code);
+  kvpool::cli::AddBenchCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -70,6 +70,8 @@ struct TokenEvent {
   std::string text;             // the token's text piece (may be a partial UTF-8 sequence)
   double step_latency_s = 0.0;  // the server's forward that produced it
   double arrival_s = 0.0;       // client clock since the call started
+  int64_t kv_bytes_reserved = 0;  // the sample's KV blocks on the server after this step
+  int64_t kv_bytes_used = 0;      // of those, bytes holding its tokens
 };
 
 struct GenerateResult {

@@ -46,6 +46,17 @@ ModelConfig LlamaShape(std::string name, int64_t layers, int64_t hidden, int64_t
   return c;
 }
 
+// The first of `keys` that holds an integer (or a list of them: its first), else fallback.
+int64_t GetInt(const nlohmann::json& j, std::initializer_list<const char*> keys, int64_t fallback) {
+  for (const char* k : keys) {
+    if (j.contains(k) && j[k].is_number_integer()) return j[k].get<int64_t>();
+    if (j.contains(k) && j[k].is_array() && !j[k].empty() && j[k][0].is_number_integer()) {
+      return j[k][0].get<int64_t>();  // eos_token_id may be a list
+    }
+  }
+  return fallback;
+}
+
 }  // namespace
 
 int64_t ModelConfig::NumParameters() const {
@@ -90,6 +101,7 @@ std::vector<std::string> BuiltinModelNames() {
           "llama-gqa-small",
           "tiny-gpt2",
           "tiny-llama",
+          "gpt3-175b",
           "llama-7b",
           "llama-13b",
           "llama-70b"};
@@ -112,7 +124,10 @@ StatusOr<ModelConfig> BuiltinModelConfig(const std::string& name) {
   if (name == "llama-gqa-small") return LlamaShape(name, 12, 768, 12, 4, 2048, 2048);
   if (name == "tiny-llama") return LlamaShape(name, 2, 64, 4, 2, 128, 512);
   ModelConfig big;
-  if (name == "llama-7b") {
+  if (name == "gpt3-175b") {
+    big = Gpt2Shape(name, 50257, 96, 12288, 96);  // dense attention, head_dim 128
+    big.max_position = 2048;
+  } else if (name == "llama-7b") {
     big = LlamaShape(name, 32, 4096, 32, 32, 11008, 4096);
   } else if (name == "llama-13b") {
     big = LlamaShape(name, 40, 5120, 40, 40, 13824, 4096);
@@ -133,19 +148,15 @@ StatusOr<ModelConfig> ModelConfigFromHfJson(const std::string& json_text, const 
   if (j.is_discarded() || !j.is_object()) {
     return InvalidArgument("config.json of '" + name + "' is not a JSON object");
   }
-  auto get_int = [&](std::initializer_list<const char*> keys, int64_t fallback) -> int64_t {
-    for (const char* k : keys) {
-      if (j.contains(k) && j[k].is_number_integer()) return j[k].get<int64_t>();
-      if (j.contains(k) && j[k].is_array() && !j[k].empty() && j[k][0].is_number_integer()) {
-        return j[k][0].get<int64_t>();  // eos_token_id may be a list
-      }
-    }
-    return fallback;
+  auto get_int = [&](std::initializer_list<const char*> keys, int64_t fallback) {
+    return GetInt(j, keys, fallback);
   };
   auto get_double = [&](const char* key, double fallback) {
     return j.contains(key) && j[key].is_number() ? j[key].get<double>() : fallback;
   };
-  const std::string model_type = j.value("model_type", std::string());
+  const std::string model_type =
+      j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>()
+                                                              : std::string();
   ModelConfig c;
   c.name = name;
   if (model_type == "gpt2") {
@@ -200,6 +211,38 @@ StatusOr<ModelConfig> ModelConfigFromHfJson(const std::string& json_text, const 
   c.bos_token_id = get_int({"bos_token_id"}, -1);
   c.eos_token_id = get_int({"eos_token_id"}, -1);
   KVPOOL_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+StatusOr<ModelConfig> KvShapeFromHfJson(const std::string& json_text, const std::string& name) {
+  StatusOr<ModelConfig> full = ModelConfigFromHfJson(json_text, name);
+  if (full.ok()) return full;
+  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return full.status();
+  ModelConfig c;
+  c.name = name;
+  c.arch =
+      j.contains("model_type") && j["model_type"] == "gpt2" ? Architecture::kGpt2
+                                                             : Architecture::kLlama;
+  c.runnable = false;
+  c.vocab_size = GetInt(j, {"vocab_size"}, 0);
+  c.num_layers = GetInt(j, {"num_hidden_layers", "n_layer"}, 0);
+  c.hidden_size = GetInt(j, {"hidden_size", "n_embd"}, 0);
+  c.num_heads = GetInt(j, {"num_attention_heads", "n_head"}, 0);
+  c.num_kv_heads = GetInt(j, {"num_key_value_heads"}, c.num_heads);
+  c.head_dim = GetInt(j, {"head_dim"}, c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
+  c.max_position = GetInt(j, {"max_position_embeddings", "n_positions", "n_ctx"}, 0);
+  if (c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0) {
+    return InvalidArgument("config.json of '" + name +
+                           "' has no attention shape: it needs num_hidden_layers, "
+                           "num_attention_heads and hidden_size or head_dim (GPT-2: n_layer, "
+                           "n_head, n_embd)");
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return InvalidArgument("config.json of '" + name + "': num_attention_heads (" +
+                           std::to_string(c.num_heads) + ") must be a multiple of " +
+                           "num_key_value_heads (" + std::to_string(c.num_kv_heads) + ")");
+  }
   return c;
 }
 

@@ -1,6 +1,7 @@
 // Model shapes by name: the built-in configurations (GPT-2 sizes, the Chinese GPT-2
-// of the original experiment, a small GQA Llama that runs on CPU, and Llama shapes
-// used only for memory arithmetic), and parsing of a Hugging Face config.json.
+// of the original experiment, a small GQA Llama that runs on CPU, and GPT-3 / Llama
+// shapes used only for memory arithmetic), and parsing of a Hugging Face config.json.
+// No LibTorch here: the kvpool CLI links this file alone (kvpool_model_config).
 #pragma once
 
 #include <cstdint>
@@ -44,11 +45,18 @@ struct ModelConfig {
 };
 
 // Built-in names: gpt2, gpt2-medium, gpt2-chinese-cluecorpussmall, llama-gqa-small,
-// tiny-gpt2, tiny-llama, llama-7b, llama-13b, llama-70b.
+// tiny-gpt2, tiny-llama, and the calculation-only gpt3-175b, llama-7b, llama-13b,
+// llama-70b.
 StatusOr<ModelConfig> BuiltinModelConfig(const std::string& name);
 std::vector<std::string> BuiltinModelNames();
 
-// Parses a Hugging Face config.json (model_type gpt2 or llama/mistral/qwen2-like).
+// Parses a Hugging Face config.json the engine can run (model_type gpt2 or llama).
 StatusOr<ModelConfig> ModelConfigFromHfJson(const std::string& json_text, const std::string& name);
+
+// The attention shape (layers, query and KV heads, head size, context) of any decoder
+// config.json with GPT-2 or Llama-style keys (Mistral, Qwen2, a Llama with rope_scaling
+// ...), for memory arithmetic: ModelConfigFromHfJson's config where it accepts the
+// file, else a config with runnable == false and only those shape fields set.
+StatusOr<ModelConfig> KvShapeFromHfJson(const std::string& json_text, const std::string& name);
 
 }  // namespace kvpool

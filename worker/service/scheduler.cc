@@ -263,6 +263,7 @@ void Scheduler::Release(Seq& seq, bool close_at_manager) {
       unclosed_.push_back(seq.manager_id);
     }
   }
+  if (seq.manager_id != 0 && close_at_manager) admission_paused_ = false;  // blocks came back
   seq.manager_id = 0;
   seq.committed = 0;
 }
@@ -334,6 +335,7 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     const auto prompt = static_cast<int64_t>(request.prompt.size());
     if (!admitted.empty() && prefill_tokens + prompt > options_.max_prefill_tokens) break;
     int64_t manager_id = 0;
+    bool stop_after_this = false;
     if (request.mode != KvMode::kNone) {
       const int64_t total = static_cast<int64_t>(job->request.prompt.size()) +
                             job->request.max_tokens;
@@ -378,6 +380,11 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       manager_id = opened.sequence_id();
       request.block_table.assign(opened.block_table().begin(), opened.block_table().end());
       request.cached_tokens = opened.cached_tokens();
+      // Headroom: every running sequence may need a block within the next steps; when
+      // the pool has less left, admitting more would only preempt someone soon.
+      if (opened.allocatable_blocks() < static_cast<int64_t>(running_.size()) + 1) {
+        stop_after_this = true;
+      }
     }
     const int64_t cached = request.cached_tokens;
     StatusOr<SequenceId> id = engine_->AddSequence(std::move(request));
@@ -400,6 +407,10 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     running_.push_back(&seq);
     admitted.push_back(&seq);
     prefill_tokens += prompt - cached;
+    if (stop_after_this) {
+      admission_paused_ = true;  // until a sequence leaves
+      break;
+    }
   }
   return admitted;
 }
@@ -432,6 +443,11 @@ void Scheduler::Emit(Seq& seq, int32_t token, double step_s) {
   out->set_token_id(token);
   out->set_text(TakeCompleteUtf8(seq.pending_utf8, /*flush=*/last));
   out->set_step_latency_s(step_s);
+  const Sequence& q = engine_->sequence(seq.engine_id);
+  const PoolGeometry& g = engine_->geometry();
+  out->set_kv_bytes_reserved(static_cast<int64_t>(q.block_table.size()) *
+                             static_cast<int64_t>(g.block_bytes()));
+  out->set_kv_bytes_used(q.num_kv_tokens * static_cast<int64_t>(g.token_bytes()));
   job.Push(std::move(event));
 }
 

@@ -1,6 +1,8 @@
 #include "service/worker_service.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 #include "kvpool/v1/metadata.h"
@@ -36,6 +38,19 @@ StatusOr<KvMode> ModeFromProto(v1::KvMode mode) {
                              " is not a KvMode (KV_MODE_NONE = 1, KV_MODE_CONTIGUOUS = 2, "
                              "KV_MODE_PAGED = 3)");
   }
+}
+
+// Resident and peak resident bytes of this process (VmRSS, VmHWM in /proc/self/status).
+std::pair<int64_t, int64_t> ProcessMemory() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  int64_t rss = 0, peak = 0;
+  while (std::getline(status, line)) {
+    const auto kib = [&] { return std::atoll(line.c_str() + line.find(':') + 1) * 1024; };
+    if (line.rfind("VmRSS:", 0) == 0) rss = kib();
+    if (line.rfind("VmHWM:", 0) == 0) peak = kib();
+  }
+  return {rss, peak};
 }
 
 const char* DtypeName(KvDtype dtype) {
@@ -154,7 +169,8 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
   std::vector<v1::GenerateResponse> events;
   Status outcome;
   for (;;) {
-    const bool done = job->Wait(std::chrono::milliseconds(50), &events, &outcome);
+    // Wakes for every event; the timeout bounds how late a cancellation is seen.
+    const bool done = job->Wait(std::chrono::milliseconds(10), &events, &outcome);
     for (const v1::GenerateResponse& event : events) {
       if (!writer->Write(event)) {
         job->Cancel();
@@ -191,6 +207,10 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetMode
   response->set_device(attachment ? attachment->device : identity_.device);
   response->set_has_tokenizer(tokenizer_ != nullptr);
   response->set_eos_token_id(static_cast<int32_t>(c.eos_token_id));
+  response->set_num_parameters(c.NumParameters());
+  const int64_t weight_element_bytes =
+      attachment ? static_cast<int64_t>(KvDtypeBytes(attachment->geometry.dtype)) : 4;
+  response->set_weight_bytes(c.NumParameters() * weight_element_bytes);
   return grpc::Status::OK;
 }
 
@@ -215,6 +235,9 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetWorkerSt
   response->set_kv_blocks_held(c.blocks_held.load());
   response->set_kv_bytes_reserved(c.bytes_reserved.load());
   response->set_kv_bytes_used(c.bytes_used.load());
+  const auto [rss, peak] = ProcessMemory();
+  response->set_rss_bytes(rss);
+  response->set_peak_rss_bytes(peak);
   return grpc::Status::OK;
 }
 

@@ -1,0 +1,114 @@
+// `kvpool bench`: the experiment "no KV cache vs KV cache vs PagedAttention", measured
+// through the real services, and the scenarios that go past it. This header holds what
+// the scenarios share: the options, the local node they run on (a `kvpool up` child,
+// restarted when a scenario needs another pool), one measured request, and the
+// scenario entry points; each fills its part of the report JSON (schema:
+// docs/bench-report.md). Numbers come from the services' own timings and the client's
+// clock; nothing here runs the model.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "client/cli/child_process.h"
+#include "kvpool/client.h"
+
+namespace kvpool::bench {
+
+struct BenchOptions {
+  std::string out_dir;
+  std::string server;  // worker address(es); empty: start a local node
+  std::string manager;  // with --server: the manager's address (for its stats), optional
+  std::string model = "gpt2";
+  int threads = 0;  // worker threads (0: the machine's cores)
+  bool quick = false;
+  std::string baseline;  // "" or "hf"
+  std::string prompt = "深度学习中的注意力机制是一种";
+  int max_tokens = 50;
+  uint32_t seed = 1;
+  // Scenarios to run (original, context_sweep, prefix_sharing, bandwidth_floor,
+  // workloads, cache_size, or all).
+  std::vector<std::string> scenarios = {"all"};
+  bool Wants(const std::string& name) const {
+    for (const std::string& s : scenarios) {
+      if (s == "all" || s == name) return true;
+    }
+    return false;
+  }
+  std::function<void(const std::string&)> progress;  // one line per step of the bench
+};
+
+// A `kvpool up` child with one worker; Restart gives it another pool.
+class LocalNode {
+ public:
+  explicit LocalNode(const BenchOptions& options) : options_(options) {}
+  ~LocalNode();
+  // Starts (or restarts) the node with this pool; 0 = the manager's default.
+  Status Start(int64_t num_blocks, int32_t block_size);
+  void Stop();
+  const std::string& worker() const { return worker_; }
+  const std::string& manager() const { return manager_; }
+
+ private:
+  const BenchOptions& options_;
+  std::unique_ptr<cli::ChildProcess> up_;
+  std::string worker_, manager_;
+};
+
+// One request's measurements from the client side plus the server's summary.
+struct Measured {
+  Status status;
+  std::vector<double> step_s;        // per token, the server's step latency
+  std::vector<double> arrival_s;     // per token, client clock
+  std::vector<int64_t> kv_reserved;  // per token, the sequence's KV bytes after its step
+  std::vector<int64_t> kv_used;
+  v1::GenerateSummary summary;
+  double client_ttft_s = 0, client_total_s = 0;
+  int tokens = 0;
+};
+
+// Runs `params`; with `stop_after` > 0 the client cancels once that many tokens came
+// (an EOS-like end before max_tokens; the result then counts as complete).
+Measured Run(Client& client, const GenerateParams& params, int stop_after = 0);
+
+// Samples a worker's stats every `period` on a thread while alive.
+class StatsSampler {
+ public:
+  StatsSampler(Client& client, std::chrono::milliseconds period);
+  ~StatsSampler();
+  std::vector<v1::GetWorkerStatsResponse> Take();  // stops and returns the samples
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+double Median(std::vector<double> values);
+double Percentile(std::vector<double> values, double p);
+std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab);
+
+// Scenario a: the original experiment. Fills report["modes"] and report["original"].
+Status RunOriginal(const BenchOptions& o, LocalNode* node, Client& client,
+                   nlohmann::json& report);
+// b: decode latency vs context per mode.
+Status RunContextSweep(const BenchOptions& o, Client& client, const v1::GetModelInfoResponse& info,
+                       nlohmann::json& report);
+// c + d: the mixed workload: KV utilisation and the largest batch per mode, then
+// throughput vs concurrency. Needs its own pool, so a local node.
+Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
+                    nlohmann::json& report);
+// e: prefix sharing.
+Status RunPrefixSharing(const BenchOptions& o, Client& client, const v1::GetModelInfoResponse& info,
+                        nlohmann::json& report);
+// f: hit rate and throughput vs pool size and block size (LRU eviction).
+Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
+                    nlohmann::json& report);
+// g: the machine's read bandwidth and the weights' floor per token.
+void RunBandwidthFloor(const v1::GetModelInfoResponse& info, nlohmann::json& report);
+
+}  // namespace kvpool::bench

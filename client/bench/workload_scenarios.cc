@@ -1,0 +1,268 @@
+// Bench scenarios under load, each on its own pool (a restarted local node): KV
+// utilisation and the largest batch per mode on a mixed workload (c), throughput vs
+// concurrency in a pool where reservations limit the batch (d), and hit rate and
+// throughput vs pool size and block size under LRU eviction (f).
+//
+// The mixed workload is shaped like ShareGPT conversations, scaled to the model's
+// context: prompt and output lengths are log-normal (medians context/5, or context/10
+// with --quick; sigma 0.7; clipped so prompt + output fits), drawn with a fixed seed. Every request
+// asks for max_tokens = context - prompt, the most the model could produce, which is
+// what a reservation-based server must reserve; the client ends it after its drawn
+// output length (as an EOS would), so contiguous reserves for the maximum and paged
+// holds what is really there.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "client/bench/bench.h"
+
+namespace kvpool::bench {
+namespace {
+
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct WorkItem {
+  std::vector<int32_t> prompt;
+  int output = 0;      // tokens the client reads before it ends the request
+  int max_tokens = 0;  // what it asks for (the reservation of a contiguous server)
+};
+
+std::vector<WorkItem> ShareGptLike(int n, uint32_t seed, int context, int vocab,
+                                   double median_fraction) {
+  std::mt19937 rng(seed);
+  std::lognormal_distribution<double> prompt_len(std::log(context * median_fraction), 0.7);
+  std::lognormal_distribution<double> output_len(std::log(context * median_fraction), 0.7);
+  std::vector<WorkItem> items;
+  for (int i = 0; i < n; ++i) {
+    WorkItem w;
+    const int prompt =
+        std::clamp(static_cast<int>(prompt_len(rng)), 4, context / 2);
+    w.output = std::clamp(static_cast<int>(output_len(rng)), 4, context - prompt - 1);
+    w.max_tokens = context - prompt;
+    w.prompt = RandomTokens(prompt, seed * 1000003u + static_cast<uint32_t>(i), vocab);
+    items.push_back(std::move(w));
+  }
+  return items;
+}
+
+struct LoadResult {
+  Status status;
+  double wall_s = 0;
+  int64_t tokens = 0, requests = 0;
+  std::vector<double> ttft_s, itl_s;
+  int64_t prompt_tokens = 0, cached_tokens = 0;
+  std::vector<v1::GetWorkerStatsResponse> samples;
+};
+
+// Runs `items` with at most `concurrency` in flight (closed loop), sampling the
+// worker's stats meanwhile.
+LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
+                   const std::string& mode) {
+  LoadResult r;
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  StatsSampler sampler(client, std::chrono::milliseconds(10));
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < concurrency; ++c) {
+    threads.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < items.size();) {
+        GenerateParams p;
+        p.token_ids = items[i].prompt;
+        p.max_tokens = items[i].max_tokens;
+        p.mode = mode;
+        p.ignore_eos = true;
+        Measured m = Run(client, p, items[i].output);
+        std::lock_guard<std::mutex> lock(mu);
+        if (!m.status.ok()) {
+          if (r.status.ok()) r.status = m.status;
+          continue;
+        }
+        ++r.requests;
+        r.tokens += m.tokens;
+        r.ttft_s.push_back(m.client_ttft_s);
+        for (size_t t = 1; t < m.arrival_s.size(); ++t) {
+          r.itl_s.push_back(m.arrival_s[t] - m.arrival_s[t - 1]);
+        }
+        r.prompt_tokens += static_cast<int64_t>(items[i].prompt.size());
+        r.cached_tokens += m.summary.usage().cached_tokens();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.samples = sampler.Take();
+  return r;
+}
+
+Json LoadJson(const LoadResult& r) {
+  return {{"wall_s", r.wall_s},
+          {"requests", r.requests},
+          {"tokens", r.tokens},
+          {"tokens_per_s", r.tokens / r.wall_s},
+          {"requests_per_s", r.requests / r.wall_s},
+          {"ttft_p50_s", Percentile(r.ttft_s, 50)},
+          {"ttft_p99_s", Percentile(r.ttft_s, 99)},
+          {"itl_p50_s", Percentile(r.itl_s, 50)},
+          {"itl_p99_s", Percentile(r.itl_s, 99)}};
+}
+
+// Bytes holding tokens over bytes reserved, summed over the samples taken while
+// sequences held blocks; and the most sequences that ran at once.
+std::pair<double, int64_t> Utilisation(const std::vector<v1::GetWorkerStatsResponse>& samples) {
+  double used = 0, reserved = 0;
+  int64_t peak_running = 0;
+  for (const auto& s : samples) {
+    used += static_cast<double>(s.kv_bytes_used());
+    reserved += static_cast<double>(s.kv_bytes_reserved());
+    peak_running = std::max(peak_running, s.requests_running());
+  }
+  return {reserved > 0 ? used / reserved : 0.0, peak_running};
+}
+
+StatusOr<std::unique_ptr<Client>> Connect(const LocalNode& node) {
+  ClientOptions options;
+  options.addresses = {node.worker()};
+  options.deadline = std::chrono::minutes(10);
+  return std::make_unique<Client>(options);
+}
+
+}  // namespace
+
+Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
+                    Json& report) {
+  const int context = info.max_context();
+  const int block_size = 16;
+  // A pool for 2 full-context sequences: like an accelerator whose memory, after the
+  // weights, holds a couple of maximum-length reservations (a 24 GB GPU serving a 13B
+  // fp16 model: ~26 GB of weights on two, ~6 GB of KV = two 4k-token reservations), so
+  // reservations rather than compute limit a contiguous server's batch.
+  constexpr int kReservationsInSmallPool = 2;
+  const int64_t blocks_per_context = (context + block_size - 1) / block_size;
+  const int64_t small_pool = kReservationsInSmallPool * blocks_per_context;
+  const int n = o.quick ? 32 : 64;
+  // Medians of context/5 (ShareGPT's proportions); --quick halves them to stay short.
+  const double median_fraction = o.quick ? 0.1 : 0.2;
+  const std::vector<WorkItem> items =
+      ShareGptLike(n, o.seed + 17, context, info.vocab_size(), median_fraction);
+  Json lengths = Json::array();
+  for (const WorkItem& w : items) lengths.push_back({w.prompt.size(), w.output});
+
+  // c: utilisation in a pool large enough for the whole load, and the largest batch in
+  // the small pool.
+  Json efficiency = {{"requests", n},
+                     {"lengths", lengths},
+                     {"median_length_fraction_of_context", median_fraction},
+                     {"small_pool_blocks", small_pool},
+                     {"small_pool_full_context_reservations", kReservationsInSmallPool}};
+  for (const char* mode : {"contiguous", "paged"}) {
+    o.progress(std::string("memory efficiency: ") + mode);
+    KVPOOL_RETURN_IF_ERROR(node->Start(16 * blocks_per_context, block_size));
+    KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
+    LoadResult big = RunLoad(*client, items, 16, mode);
+    KVPOOL_RETURN_IF_ERROR(big.status);
+    const auto [utilisation, unused] = Utilisation(big.samples);
+    (void)unused;
+    o.progress(std::string("largest batch: ") + mode);
+    KVPOOL_RETURN_IF_ERROR(node->Start(small_pool, block_size));
+    KVPOOL_ASSIGN_OR_RETURN(client, Connect(*node));
+    LoadResult small = RunLoad(*client, items, 32, mode);
+    KVPOOL_RETURN_IF_ERROR(small.status);
+    efficiency[mode] = {{"kv_utilisation", utilisation},
+                        {"largest_batch_in_small_pool", Utilisation(small.samples).second}};
+  }
+  report["scenarios"]["memory_efficiency"] = efficiency;
+
+  // d: throughput vs concurrency in the small pool (none: recompute, only at 1).
+  Json throughput = {{"pool_blocks", small_pool}, {"points", Json::array()}};
+  KVPOOL_RETURN_IF_ERROR(node->Start(small_pool, block_size));
+  KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
+  for (int concurrency : {1, 4, 16, 32}) {
+    Json row = {{"concurrency", concurrency}};
+    const size_t count = std::min(items.size(), static_cast<size_t>(std::max(4, concurrency)));
+    const std::vector<WorkItem> slice(items.begin(), items.begin() + static_cast<long>(count));
+    for (const char* mode : {"none", "contiguous", "paged"}) {
+      if (std::string(mode) == "none" && concurrency > 1) continue;
+      o.progress("throughput: " + std::string(mode) + " at concurrency " +
+                 std::to_string(concurrency));
+      std::vector<WorkItem> work = slice;
+      if (std::string(mode) == "none") {  // recompute is O(n^2): a short sample of it
+        work.resize(std::min<size_t>(work.size(), 2));
+        for (WorkItem& w : work) w.output = std::min(w.output, 16);
+      }
+      LoadResult r = RunLoad(*client, work, concurrency, mode);
+      KVPOOL_RETURN_IF_ERROR(r.status);
+      row[mode] = LoadJson(r);
+    }
+    throughput["points"].push_back(row);
+  }
+  report["scenarios"]["throughput"] = throughput;
+  return Status::Ok();
+}
+
+Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
+                    Json& report) {
+  const int context = info.max_context();
+  const int documents = 8;
+  const int doc_tokens = std::min(256, context / 4);
+  const int requests = o.quick ? 24 : 64;
+  std::mt19937 rng(o.seed + 99);
+  std::uniform_int_distribution<int> pick(0, documents - 1);
+  std::vector<std::vector<int32_t>> docs;
+  for (int d = 0; d < documents; ++d) {
+    docs.push_back(RandomTokens(doc_tokens, o.seed * 31 + static_cast<uint32_t>(d),
+                                info.vocab_size()));
+  }
+  std::vector<WorkItem> items;
+  for (int i = 0; i < requests; ++i) {
+    WorkItem w;
+    w.prompt = docs[static_cast<size_t>(pick(rng))];
+    for (int32_t t : RandomTokens(16, o.seed + 7 * static_cast<uint32_t>(i), info.vocab_size())) {
+      w.prompt.push_back(t);
+    }
+    w.output = 8;
+    w.max_tokens = 8;
+    items.push_back(std::move(w));
+  }
+  const int64_t working_set_tokens = static_cast<int64_t>(documents) * doc_tokens;
+  Json pool_points = Json::array();
+  auto run_point = [&](int64_t pool_tokens, int block_size) -> StatusOr<Json> {
+    const int64_t blocks = std::max<int64_t>(pool_tokens / block_size,
+                                             4 * ((doc_tokens + 40) / block_size + 1));
+    o.progress("cache size: " + std::to_string(blocks) + " blocks of " +
+               std::to_string(block_size));
+    KVPOOL_RETURN_IF_ERROR(node->Start(blocks, block_size));
+    KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
+    LoadResult r = RunLoad(*client, items, 4, "paged");
+    KVPOOL_RETURN_IF_ERROR(r.status);
+    Json row = LoadJson(r);
+    row["pool_blocks"] = blocks;
+    row["block_size"] = block_size;
+    row["pool_tokens"] = blocks * block_size;
+    row["pool_over_working_set"] =
+        static_cast<double>(blocks * block_size) / static_cast<double>(working_set_tokens);
+    row["hit_rate"] = static_cast<double>(r.cached_tokens) / static_cast<double>(r.prompt_tokens);
+    return row;
+  };
+  for (double f : o.quick ? std::vector<double>{0.5, 1.5} : std::vector<double>{0.25, 0.5, 1, 1.5, 2}) {
+    KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(static_cast<int64_t>(f * working_set_tokens), 16));
+    pool_points.push_back(row);
+  }
+  Json block_points = Json::array();
+  for (int block_size : {8, 16, 32}) {
+    KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(2 * working_set_tokens, block_size));
+    block_points.push_back(row);
+  }
+  report["scenarios"]["cache_size"] = {{"documents", documents},
+                                       {"document_tokens", doc_tokens},
+                                       {"requests", requests},
+                                       {"pool_sizes", pool_points},
+                                       {"block_sizes", block_points}};
+  return Status::Ok();
+}
+
+}  // namespace kvpool::bench

@@ -1,0 +1,214 @@
+// `kvpool bench --out DIR`: runs the bench scenarios (client/bench/) against a local
+// node it starts itself (or, with --server, an existing worker: then the scenarios
+// that need pools of their own are skipped), shows progress on stderr, and writes
+// DIR/report.json (schema: docs/bench-report.md), one CSV per scenario, report.md, and
+// PNG plots drawn by scripts/plot-bench.py from report.json.
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "client/bench/bench.h"
+#include "client/bench/report.h"
+#include "client/cli/cli_util.h"
+
+namespace kvpool::cli {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string CommandOutput(const std::string& command) {
+  std::string out;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+    pclose(pipe);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+Json Machine() {
+  utsname u{};
+  uname(&u);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return {{"hostname", host},
+          {"kernel", std::string(u.sysname) + " " + u.release},
+          {"arch", u.machine},
+          {"cpus", std::thread::hardware_concurrency()},
+          {"cpu_model", CommandOutput("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed "
+                                      "'s/^ *//'")},
+          {"memory_bytes", static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE)}};
+}
+
+std::string BinaryDirectory() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
+}
+
+std::string Now() {
+  const std::time_t t = std::time(nullptr);
+  char buffer[64];
+  std::strftime(buffer, sizeof(buffer), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buffer;
+}
+
+// Where a step of the bench is: one line on stderr with the elapsed time.
+std::function<void(const std::string&)> Progress() {
+  const auto start = std::chrono::steady_clock::now();
+  return [start](const std::string& what) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "[%7.1f s] %s\n", s, what.c_str());
+  };
+}
+
+Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json& report) {
+  const std::string folder = o.out_dir + "/hf-model";
+  const std::string export_cmd = dir + "/kvpool-export-hf --model " + o.model + " --out " +
+                                 folder + " >/dev/null 2>&1";
+  if (std::system(export_cmd.c_str()) != 0) {
+    return FailedPrecondition("kvpool-export-hf could not write " + folder);
+  }
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  // The Python with torch + transformers: $KVPOOL_PYTHON, else python3 on PATH.
+  const char* python = std::getenv("KVPOOL_PYTHON");
+  const std::string out = CommandOutput(
+      std::string(python ? python : "python3") + " " KVPOOL_SOURCE_DIR "/scripts/hf-baseline.py " +
+      folder +
+      " --context 200 --steps 10 --warmup 2 --new-tokens " + std::to_string(o.max_tokens) +
+      " --threads " + std::to_string(threads) + " 2>/dev/null");
+  Json hf = Json::parse(out, nullptr, false);
+  if (hf.is_discarded()) {
+    return FailedPrecondition(
+        "scripts/hf-baseline.py needs a Python with torch and transformers (docs/benchmarks.md)");
+  }
+  report["baseline"]["hf"] = hf;
+  return Status::Ok();
+}
+
+int RunBench(bench::BenchOptions o) {
+  o.progress = Progress();
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) return ReportError("bench", InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
+  Json report;
+  report["schema_version"] = 1;
+  report["date"] = Now();
+  report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
+  report["machine"] = Machine();
+  report["configuration"] = {{"quick", o.quick},       {"threads", o.threads},
+                             {"prompt", o.prompt},     {"max_tokens", o.max_tokens},
+                             {"seed", o.seed},         {"server", o.server},
+                             {"model", o.model},       {"baseline", o.baseline}};
+
+  bench::LocalNode node(o);
+  std::string worker = o.server;
+  if (worker.empty()) {
+    o.progress("starting a local manager and worker (kvpool up, model " + o.model + ")");
+    if (Status s = node.Start(0, 0); !s.ok()) return ReportError("bench", s);
+    worker = node.worker();
+  }
+  ClientOptions client_options;
+  client_options.addresses = {worker};
+  client_options.deadline = std::chrono::minutes(10);
+  Client client(client_options);
+  StatusOr<v1::GetModelInfoResponse> info = client.ModelInfo();
+  if (!info.ok()) return ReportError("bench", info.status());
+  report["model"] = {{"name", info->model_name()},     {"source", info->source()},
+                     {"architecture", info->architecture()}, {"num_layers", info->num_layers()},
+                     {"num_heads", info->num_heads()}, {"num_kv_heads", info->num_kv_heads()},
+                     {"head_dim", info->head_dim()},   {"max_context", info->max_context()},
+                     {"num_parameters", info->num_parameters()},
+                     {"weight_bytes", info->weight_bytes()}, {"kv_dtype", info->kv_dtype()},
+                     {"block_size", info->block_size()}, {"device", info->device()}};
+
+  auto check = [&](const Status& s) {
+    if (!s.ok()) std::cerr << "kvpool bench: " << s.ToString() << "\n";
+    return s.ok();
+  };
+  bool ok = !o.Wants("original") || check(bench::RunOriginal(o, &node, client, report));
+  ok = ok && (!o.Wants("context_sweep") || check(bench::RunContextSweep(o, client, *info, report)));
+  ok = ok &&
+       (!o.Wants("prefix_sharing") || check(bench::RunPrefixSharing(o, client, *info, report)));
+  if (ok && o.Wants("bandwidth_floor")) {
+    o.progress("memory-bandwidth floor");
+    bench::RunBandwidthFloor(*info, report);
+  }
+  if (ok && o.server.empty()) {
+    ok = (!o.Wants("workloads") || check(bench::RunWorkloads(o, &node, *info, report))) &&
+         (!o.Wants("cache_size") || check(bench::RunCacheSize(o, &node, *info, report)));
+  } else if (ok) {
+    report["skipped"] = "memory_efficiency, throughput and cache_size need pools of their own: "
+                        "run without --server";
+  }
+  node.Stop();
+  if (ok && o.baseline == "hf") {
+    o.progress("Hugging Face baseline (transformers, same weights)");
+    if (Status s = RunHfBaseline(o, BinaryDirectory(), report); !s.ok()) {
+      report["baseline"]["hf_error"] = s.message();
+      std::cerr << "kvpool bench: baseline skipped: " << s.message() << "\n";
+    }
+  }
+  if (!ok) {
+    bench::WriteReport(o.out_dir, report);
+    return ReportError("bench", Internal("a scenario failed; partial report in " + o.out_dir));
+  }
+  bench::AddTargets(report);
+  bench::WriteReport(o.out_dir, report);
+  o.progress("plots (scripts/plot-bench.py)");
+  // Debian's Python has python3-matplotlib (scripts/install-deps.sh); a pyenv or venv
+  // python3 first on PATH may not.
+  const std::string python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+  const std::string plot = python + " " KVPOOL_SOURCE_DIR "/scripts/plot-bench.py " + o.out_dir;
+  if (std::system(plot.c_str()) != 0) {
+    std::cerr << "kvpool bench: plotting failed (needs python3-matplotlib); the numbers are in "
+              << o.out_dir << "/report.json\n";
+  }
+  std::cout << bench::Summary(report);
+  std::cout << "\nreport: " << o.out_dir << "/report.md (report.json, *.csv, *.png)\n";
+  return 0;
+}
+
+}  // namespace
+
+void AddBenchCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<bench::BenchOptions>();
+  o->out_dir = "bench/out";
+  CLI::App* command = app.add_subcommand(
+      "bench", "the experiment (no cache vs KV cache vs PagedAttention) and far past it");
+  command->add_option("--out", o->out_dir, "directory for report.json, CSVs, report.md, PNGs")
+      ->capture_default_str();
+  command->add_option("--server", o->server,
+                      "an existing worker (default: start a local manager and worker)");
+  command->add_option("--model", o->model, "model of the local node")->capture_default_str();
+  command->add_option("--threads", o->threads, "worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  command->add_flag("--quick", o->quick, "fewer points and requests");
+  command->add_option("--baseline", o->baseline,
+                      "hf: also time Hugging Face transformers on the same weights")
+      ->check(CLI::IsMember({"", "hf"}));
+  command->add_option("--prompt", o->prompt, "the original experiment's prompt")
+      ->capture_default_str();
+  command->add_option("--max-tokens", o->max_tokens, "new tokens in the original experiment")
+      ->check(CLI::Range(2, 100000))
+      ->capture_default_str();
+  command->add_option("--seed", o->seed, "workload and sampling seed")->capture_default_str();
+  command->add_option("--scenarios", o->scenarios,
+                      "original,context_sweep,prefix_sharing,bandwidth_floor,workloads,"
+                      "cache_size (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
+                             "bandwidth_floor", "workloads", "cache_size"}));
+  command->callback([o, exit_code] { *exit_code = RunBench(*o); });
+}
+
+}  // namespace kvpool::cli

@@ -1,0 +1,74 @@
+// `kvpool bench --quick` on a tiny model, end to end: it starts its own manager and
+// worker, runs every scenario, and leaves a report.json with the documented schema
+// (docs/bench-report.md), the CSVs, report.md and non-empty PNG plots.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace kvpool::integration {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
+  const fs::path out = fs::path(::testing::TempDir()) / "kvpool-bench-quick";
+  fs::remove_all(out);
+  const std::string command = std::string(KVPOOL_CLI_BIN) +
+                              " bench --quick --model tiny-gpt2 --threads 1 --out " +
+                              out.string() + " >" + out.string() + ".log 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
+
+  std::ifstream in(out / "report.json");
+  ASSERT_TRUE(in.good());
+  const nlohmann::json r = nlohmann::json::parse(in);
+  EXPECT_EQ(r["schema_version"], 1);
+  for (const char* mode : {"none", "contiguous", "paged"}) {
+    const nlohmann::json& m = r["modes"][mode];
+    for (const char* key : {"avg_token_latency_s", "ttft_s", "total_s", "peak_kv_reserved_bytes",
+                            "peak_kv_used_bytes", "peak_rss_bytes"}) {
+      ASSERT_TRUE(m.contains(key) && m[key].is_number()) << mode << "." << key;
+    }
+    EXPECT_GT(m["avg_token_latency_s"].get<double>(), 0) << mode;
+    EXPECT_GT(m["peak_rss_bytes"].get<double>(), 0) << mode;
+    EXPECT_EQ(m["tokens"], 50) << mode;
+  }
+  // KV memory: none keeps nothing; the cache modes hold what they reserve or less.
+  EXPECT_EQ(r["modes"]["none"]["peak_kv_reserved_bytes"], 0);
+  EXPECT_GT(r["modes"]["paged"]["peak_kv_used_bytes"].get<double>(), 0);
+  EXPECT_LE(r["modes"]["paged"]["peak_kv_used_bytes"].get<double>(),
+            r["modes"]["paged"]["peak_kv_reserved_bytes"].get<double>());
+  EXPECT_GT(r["bandwidth_floor_s_per_token"].get<double>(), 0);
+  for (const char* scenario :
+       {"context_sweep", "memory_efficiency", "throughput", "prefix_sharing", "cache_size"}) {
+    EXPECT_TRUE(r["scenarios"].contains(scenario)) << scenario;
+  }
+  EXPECT_GE(r["scenarios"]["context_sweep"]["points"].size(), 3u);
+  const nlohmann::json& efficiency = r["scenarios"]["memory_efficiency"];
+  EXPECT_GT(efficiency["paged"]["kv_utilisation"].get<double>(),
+            efficiency["contiguous"]["kv_utilisation"].get<double>());
+  EXPECT_GT(efficiency["paged"]["largest_batch_in_small_pool"].get<int>(),
+            efficiency["contiguous"]["largest_batch_in_small_pool"].get<int>());
+  EXPECT_EQ(r["scenarios"]["throughput"]["points"].size(), 4u);
+  EXPECT_GT(r["scenarios"]["prefix_sharing"]["points"][0]["hit_rate"].get<double>(), 0.5);
+  EXPECT_TRUE(r.contains("targets"));
+
+  for (const char* file :
+       {"report.md", "original_steps.csv", "context_sweep.csv", "memory_efficiency.csv",
+        "throughput.csv", "prefix_sharing.csv", "cache_size.csv"}) {
+    EXPECT_GT(fs::exists(out / file) ? fs::file_size(out / file) : 0, 0u) << file;
+  }
+  for (const char* png : {"original_steps.png", "original_bars.png", "original_normalised.png",
+                          "context_sweep.png", "throughput.png", "cache_size.png"}) {
+    std::ifstream image(out / png, std::ios::binary);
+    char magic[8] = {};
+    image.read(magic, sizeof(magic));
+    EXPECT_EQ(std::string(magic + 1, 3), "PNG") << png;
+    EXPECT_GT(fs::exists(out / png) ? fs::file_size(out / png) : 0, 1000u) << png;
+  }
+}
+
+}  // namespace
+}  // namespace kvpool::integration
