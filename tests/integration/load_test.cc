@@ -54,7 +54,9 @@ TEST(LoadTest, ThirtyTwoConcurrentClientsWithMixedModesAllComplete) {
 }
 
 TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
-  // 24 blocks of 16 tokens; eight requests of 20 + 60 tokens need 5 blocks each (40).
+  // 24 blocks of 16 tokens; eight requests of 20 + 140 tokens need 10 blocks each (80).
+  // The worker admits while it keeps 4 blocks of headroom per running sequence, so a
+  // few start together and outgrow the pool as they decode.
   ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
   ASSERT_FALSE(manager.address().empty());
   WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
@@ -65,7 +67,7 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
       auto stub = worker.NewStub();
-      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 60,
+      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 140,
                                                   v1::KV_MODE_PAGED), "", {},
                              std::chrono::seconds(60));
     });
@@ -74,14 +76,14 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   int preemptions = 0;
   for (int i = 0; i < kClients; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
-    EXPECT_EQ(outcomes[i].tokens[0].size(), 60u) << i;
+    EXPECT_EQ(outcomes[i].tokens[0].size(), 140u) << i;
     preemptions += outcomes[i].summary.preemptions();
   }
   EXPECT_GT(preemptions, 0);
   // Preempted sequences resume from what they generated: the same greedy tokens as
   // a request that ran alone.
   auto stub = worker.NewStub();
-  GenerateOutcome alone = Generate(*stub, GreedyRequest(RandomTokens(20, 200), 60,
+  GenerateOutcome alone = Generate(*stub, GreedyRequest(RandomTokens(20, 200), 140,
                                                         v1::KV_MODE_PAGED));
   ASSERT_TRUE(alone.status.ok());
   EXPECT_EQ(alone.tokens[0], outcomes[0].tokens[0]);

@@ -15,6 +15,10 @@ namespace {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks of headroom per running sequence below which admission stops (each will need
+// a new block every block_size tokens; admitting into a full pool only preempts).
+constexpr int64_t kHeadroomBlocks = 4;
+
 // Tokens committed in one Step call at most, below the manager's own cap.
 constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
 
@@ -380,11 +384,10 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       manager_id = opened.sequence_id();
       request.block_table.assign(opened.block_table().begin(), opened.block_table().end());
       request.cached_tokens = opened.cached_tokens();
-      // Headroom: every running sequence may need a block within the next steps; when
-      // the pool has less left, admitting more would only preempt someone soon.
-      if (opened.allocatable_blocks() < static_cast<int64_t>(running_.size()) + 1) {
-        stop_after_this = true;
-      }
+      // Headroom: every running sequence needs blocks within the next steps; when the
+      // pool has less left, admitting more would only preempt someone soon.
+      const auto running = static_cast<int64_t>(running_.size()) + 1;
+      if (opened.allocatable_blocks() < kHeadroomBlocks * running) stop_after_this = true;
     }
     const int64_t cached = request.cached_tokens;
     StatusOr<SequenceId> id = engine_->AddSequence(std::move(request));
