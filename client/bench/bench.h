@@ -22,7 +22,7 @@ namespace kvpool::bench {
 
 struct BenchOptions {
   std::string out_dir;
-  std::string server;  // worker address(es); empty: start a local node
+  std::string server;   // worker address(es); empty: start a local node
   std::string manager;  // with --server: the manager's address (for its stats), optional
   std::string model = "gpt2";
   int threads = 0;  // worker threads (0: the machine's cores)
@@ -93,8 +93,7 @@ double Percentile(std::vector<double> values, double p);
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab);
 
 // Scenario a: the original experiment. Fills report["modes"] and report["original"].
-Status RunOriginal(const BenchOptions& o, LocalNode* node, Client& client,
-                   nlohmann::json& report);
+Status RunOriginal(const BenchOptions& o, LocalNode* node, Client& client, nlohmann::json& report);
 // b: decode latency vs context per mode.
 Status RunContextSweep(const BenchOptions& o, Client& client, const v1::GetModelInfoResponse& info,
                        nlohmann::json& report);

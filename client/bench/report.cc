@@ -62,7 +62,8 @@ void AddTargets(Json& report) {
     // The point nearest context 512.
     const Json* best = nullptr;
     for (const Json& p : sc["context_sweep"]["points"]) {
-      if (!best || std::abs(p["context"].get<int>() - 512) < std::abs((*best)["context"].get<int>() - 512)) {
+      if (!best ||
+          std::abs(p["context"].get<int>() - 512) < std::abs((*best)["context"].get<int>() - 512)) {
         best = &p;
       }
     }
@@ -181,8 +182,8 @@ void WriteReport(const std::string& dir, const Json& report) {
 
   // report.md
   std::ostringstream md;
-  md << "# kvpool bench report\n\n" << report.value("date", "") << ", commit `"
-     << report.value("git_commit", "") << "`\n\n";
+  md << "# kvpool bench report\n\n"
+     << report.value("date", "") << ", commit `" << report.value("git_commit", "") << "`\n\n";
   if (report.contains("machine")) {
     const Json& m = report["machine"];
     md << "Machine: " << S(m["cpu_model"]) << ", " << S(m["cpus"]) << " CPUs, "
@@ -195,8 +196,9 @@ void WriteReport(const std::string& dir, const Json& report) {
   }
   if (report.contains("modes")) {
     const Json& c = report["configuration"];
-    md << "## The original experiment\n\nPrompt \"" << S(c["prompt"]) << "\", " << S(c["max_tokens"])
-       << " new tokens, temperature 0.7 (seed " << S(c["seed"]) << "), through the worker:\n\n"
+    md << "## The original experiment\n\nPrompt \"" << S(c["prompt"]) << "\", "
+       << S(c["max_tokens"]) << " new tokens, temperature 0.7 (seed " << S(c["seed"])
+       << "), through the worker:\n\n"
        << "| mode | avg latency / token | decode step (median) | TTFT | total | peak KV reserved | "
           "peak KV holding tokens | peak worker RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for (const char* mode : kModes) {
@@ -220,7 +222,8 @@ void WriteReport(const std::string& dir, const Json& report) {
     md << "\n\n";
   }
   if (sc.contains("context_sweep")) {
-    md << "## Decode latency vs context\n\n| context | none | contiguous | paged |\n|---:|---:|---:|---:|\n";
+    md << "## Decode latency vs context\n\n| context | none | contiguous | paged "
+          "|\n|---:|---:|---:|---:|\n";
     for (const Json& p : sc["context_sweep"]["points"]) {
       md << "| " << S(p["context"]) << " | " << Ms(Num(p, "none")) << " | "
          << Ms(Num(p, "contiguous")) << " | " << Ms(Num(p, "paged")) << " |\n";
@@ -240,7 +243,8 @@ void WriteReport(const std::string& dir, const Json& report) {
   }
   if (sc.contains("throughput")) {
     md << "## Throughput vs concurrency (pool of " << S(sc["throughput"]["pool_blocks"])
-       << " blocks)\n\n| concurrency | mode | tokens/s | requests/s | TTFT p50 | TTFT p99 | ITL p50 | "
+       << " blocks)\n\n| concurrency | mode | tokens/s | requests/s | TTFT p50 | TTFT p99 | ITL "
+          "p50 | "
           "ITL p99 |\n|---:|---|---:|---:|---:|---:|---:|---:|\n";
     for (const Json& p : sc["throughput"]["points"]) {
       for (const char* mode : kModes) {
@@ -294,7 +298,8 @@ void WriteReport(const std::string& dir, const Json& report) {
 std::string Summary(const Json& report) {
   std::ostringstream out;
   if (report.contains("modes")) {
-    out << "\nmode          avg/token   decode step   TTFT        KV reserved   KV holding tokens\n";
+    out << "\nmode          avg/token   decode step   TTFT        KV reserved   KV holding "
+           "tokens\n";
     for (const char* mode : kModes) {
       const Json& r = report["modes"][mode];
       char line[256];
@@ -309,8 +314,8 @@ std::string Summary(const Json& report) {
     out << "\n";
     for (const auto& [name, t] : report["targets"].items()) {
       out << (t["met"].get<bool>() ? "  met   " : "  MISSED ") << S(t["what"]) << ": "
-          << Fmt(Num(t, "value"), "%.3f") << " (want " << (t["at_least"].get<bool>() ? ">= " : "<= ")
-          << S(t["target"]) << ")\n";
+          << Fmt(Num(t, "value"), "%.3f") << " (want "
+          << (t["at_least"].get<bool>() ? ">= " : "<= ") << S(t["target"]) << ")\n";
     }
   }
   return out.str();

@@ -51,29 +51,28 @@ Status RunOriginal(const BenchOptions& o, LocalNode* node, Client& client, Json&
       int64_t peak_rss = 0;
       for (const auto& s : samples) peak_rss = std::max(peak_rss, s.rss_bytes());
       const std::vector<double> decode(m.step_s.begin() + 1, m.step_s.end());
-      Json row = {
-          {"avg_token_latency_s", m.summary.total_s() / std::max(1, m.tokens)},
-          {"decode_step_median_s", Median(decode)},
-          {"decode_step_mean_s", Mean(decode)},
-          {"ttft_s", m.summary.ttft_s()},
-          {"total_s", m.summary.total_s()},
-          {"tokens", m.tokens},
-          {"prompt_tokens", m.summary.usage().prompt_tokens()},
-          {"peak_kv_reserved_bytes", m.summary.kv_bytes_reserved()},
-          {"peak_kv_used_bytes", m.summary.kv_bytes_used()},
-          {"peak_rss_bytes", peak_rss},
-          {"steps",
-           {{"step_latency_s", m.step_s},
-            {"kv_reserved_bytes", m.kv_reserved},
-            {"kv_used_bytes", m.kv_used}}}};
+      Json row = {{"avg_token_latency_s", m.summary.total_s() / std::max(1, m.tokens)},
+                  {"decode_step_median_s", Median(decode)},
+                  {"decode_step_mean_s", Mean(decode)},
+                  {"ttft_s", m.summary.ttft_s()},
+                  {"total_s", m.summary.total_s()},
+                  {"tokens", m.tokens},
+                  {"prompt_tokens", m.summary.usage().prompt_tokens()},
+                  {"peak_kv_reserved_bytes", m.summary.kv_bytes_reserved()},
+                  {"peak_kv_used_bytes", m.summary.kv_bytes_used()},
+                  {"peak_rss_bytes", peak_rss},
+                  {"steps",
+                   {{"step_latency_s", m.step_s},
+                    {"kv_reserved_bytes", m.kv_reserved},
+                    {"kv_used_bytes", m.kv_used}}}};
       report["original"][sampling][mode] = row;
       // The headline per-mode numbers are the original's: temperature 0.7.
       if (std::strcmp(sampling, "greedy") != 0) report["modes"][mode] = row;
     }
   }
   const Json& m = report["modes"];
-  const double none = m["none"]["avg_token_latency_s"], contiguous =
-                                                            m["contiguous"]["avg_token_latency_s"],
+  const double none = m["none"]["avg_token_latency_s"],
+               contiguous = m["contiguous"]["avg_token_latency_s"],
                paged = m["paged"]["avg_token_latency_s"];
   report["original"]["speedups"] = {{"contiguous_vs_none", none / contiguous},
                                     {"paged_vs_contiguous", contiguous / paged},
@@ -86,8 +85,8 @@ Status RunContextSweep(const BenchOptions& o, Client& client, const v1::GetModel
   const int context = info.max_context();
   std::vector<int> points;
   for (double f : o.quick ? std::vector<double>{0.0625, 0.25, 0.5, 0.97}
-                          : std::vector<double>{0.03, 0.0625, 0.125, 0.25, 0.375, 0.5, 0.625,
-                                                0.75, 0.875, 0.97}) {
+                          : std::vector<double>{0.03, 0.0625, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75,
+                                                0.875, 0.97}) {
     points.push_back(std::max(8, static_cast<int>(f * context)));
   }
   constexpr int kSteps = 6;  // decode steps per point; the median of the last five
@@ -97,8 +96,8 @@ Status RunContextSweep(const BenchOptions& o, Client& client, const v1::GetModel
     for (const char* mode : kModes) {
       o.progress("context sweep: " + std::string(mode) + " at " + std::to_string(position));
       const int prompt = std::min(position, context - kSteps - 1);
-      Measured m = Run(client, Greedy(RandomTokens(prompt, o.seed + position, info.vocab_size()),
-                                      kSteps, mode));
+      Measured m = Run(
+          client, Greedy(RandomTokens(prompt, o.seed + position, info.vocab_size()), kSteps, mode));
       if (!m.status.ok()) return m.status;
       row[mode] = Median(std::vector<double>(m.step_s.begin() + 1, m.step_s.end()));
     }
@@ -128,8 +127,8 @@ Status RunPrefixSharing(const BenchOptions& o, Client& client, const v1::GetMode
     // Misses: each with its own system prompt. Hits: one shared system prompt, after a
     // first request that computes (and publishes) it.
     for (int i = 0; i < requests; ++i) {
-      std::vector<int32_t> prompt =
-          RandomTokens(system_tokens + kSuffix, o.seed * 7919 + system_tokens + i, info.vocab_size());
+      std::vector<int32_t> prompt = RandomTokens(
+          system_tokens + kSuffix, o.seed * 7919 + system_tokens + i, info.vocab_size());
       Measured m = Run(client, Greedy(prompt, 4, "paged"));
       if (!m.status.ok()) return m.status;
       miss_ttft.push_back(m.summary.ttft_s());

@@ -39,8 +39,7 @@ std::vector<WorkItem> ShareGptLike(int n, uint32_t seed, int context, int vocab,
   std::vector<WorkItem> items;
   for (int i = 0; i < n; ++i) {
     WorkItem w;
-    const int prompt =
-        std::clamp(static_cast<int>(prompt_len(rng)), 4, context / 2);
+    const int prompt = std::clamp(static_cast<int>(prompt_len(rng)), 4, context / 2);
     w.output = std::clamp(static_cast<int>(output_len(rng)), 4, context - prompt - 1);
     w.max_tokens = context - prompt;
     w.prompt = RandomTokens(prompt, seed * 1000003u + static_cast<uint32_t>(i), vocab);
@@ -214,8 +213,8 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   std::uniform_int_distribution<int> pick(0, documents - 1);
   std::vector<std::vector<int32_t>> docs;
   for (int d = 0; d < documents; ++d) {
-    docs.push_back(RandomTokens(doc_tokens, o.seed * 31 + static_cast<uint32_t>(d),
-                                info.vocab_size()));
+    docs.push_back(
+        RandomTokens(doc_tokens, o.seed * 31 + static_cast<uint32_t>(d), info.vocab_size()));
   }
   std::vector<WorkItem> items;
   for (int i = 0; i < requests; ++i) {
@@ -231,8 +230,8 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   const int64_t working_set_tokens = static_cast<int64_t>(documents) * doc_tokens;
   Json pool_points = Json::array();
   auto run_point = [&](int64_t pool_tokens, int block_size) -> StatusOr<Json> {
-    const int64_t blocks = std::max<int64_t>(pool_tokens / block_size,
-                                             4 * ((doc_tokens + 40) / block_size + 1));
+    const int64_t blocks =
+        std::max<int64_t>(pool_tokens / block_size, 4 * ((doc_tokens + 40) / block_size + 1));
     o.progress("cache size: " + std::to_string(blocks) + " blocks of " +
                std::to_string(block_size));
     KVPOOL_RETURN_IF_ERROR(node->Start(blocks, block_size));
@@ -248,7 +247,8 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
     row["hit_rate"] = static_cast<double>(r.cached_tokens) / static_cast<double>(r.prompt_tokens);
     return row;
   };
-  for (double f : o.quick ? std::vector<double>{0.5, 1.5} : std::vector<double>{0.25, 0.5, 1, 1.5, 2}) {
+  for (double f :
+       o.quick ? std::vector<double>{0.5, 1.5} : std::vector<double>{0.25, 0.5, 1, 1.5, 2}) {
     KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(static_cast<int64_t>(f * working_set_tokens), 16));
     pool_points.push_back(row);
   }

@@ -66,25 +66,26 @@ std::string Now() {
 std::function<void(const std::string&)> Progress() {
   const auto start = std::chrono::steady_clock::now();
   return [start](const std::string& what) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "[%7.1f s] %s\n", s, what.c_str());
   };
 }
 
 Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json& report) {
   const std::string folder = o.out_dir + "/hf-model";
-  const std::string export_cmd = dir + "/kvpool-export-hf --model " + o.model + " --out " +
-                                 folder + " >/dev/null 2>&1";
+  const std::string export_cmd =
+      dir + "/kvpool-export-hf --model " + o.model + " --out " + folder + " >/dev/null 2>&1";
   if (std::system(export_cmd.c_str()) != 0) {
     return FailedPrecondition("kvpool-export-hf could not write " + folder);
   }
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads =
+      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
   // The Python with torch + transformers: $KVPOOL_PYTHON, else python3 on PATH.
   const char* python = std::getenv("KVPOOL_PYTHON");
   const std::string out = CommandOutput(
       std::string(python ? python : "python3") + " " KVPOOL_SOURCE_DIR "/scripts/hf-baseline.py " +
-      folder +
-      " --context 200 --steps 10 --warmup 2 --new-tokens " + std::to_string(o.max_tokens) +
+      folder + " --context 200 --steps 10 --warmup 2 --new-tokens " + std::to_string(o.max_tokens) +
       " --threads " + std::to_string(threads) + " 2>/dev/null");
   Json hf = Json::parse(out, nullptr, false);
   if (hf.is_discarded()) {
@@ -99,16 +100,18 @@ int RunBench(bench::BenchOptions o) {
   o.progress = Progress();
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
-  if (ec) return ReportError("bench", InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
+  if (ec)
+    return ReportError("bench",
+                       InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
   Json report;
   report["schema_version"] = 1;
   report["date"] = Now();
   report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
   report["machine"] = Machine();
-  report["configuration"] = {{"quick", o.quick},       {"threads", o.threads},
-                             {"prompt", o.prompt},     {"max_tokens", o.max_tokens},
-                             {"seed", o.seed},         {"server", o.server},
-                             {"model", o.model},       {"baseline", o.baseline}};
+  report["configuration"] = {{"quick", o.quick},   {"threads", o.threads},
+                             {"prompt", o.prompt}, {"max_tokens", o.max_tokens},
+                             {"seed", o.seed},     {"server", o.server},
+                             {"model", o.model},   {"baseline", o.baseline}};
 
   bench::LocalNode node(o);
   std::string worker = o.server;
@@ -123,13 +126,19 @@ int RunBench(bench::BenchOptions o) {
   Client client(client_options);
   StatusOr<v1::GetModelInfoResponse> info = client.ModelInfo();
   if (!info.ok()) return ReportError("bench", info.status());
-  report["model"] = {{"name", info->model_name()},     {"source", info->source()},
-                     {"architecture", info->architecture()}, {"num_layers", info->num_layers()},
-                     {"num_heads", info->num_heads()}, {"num_kv_heads", info->num_kv_heads()},
-                     {"head_dim", info->head_dim()},   {"max_context", info->max_context()},
+  report["model"] = {{"name", info->model_name()},
+                     {"source", info->source()},
+                     {"architecture", info->architecture()},
+                     {"num_layers", info->num_layers()},
+                     {"num_heads", info->num_heads()},
+                     {"num_kv_heads", info->num_kv_heads()},
+                     {"head_dim", info->head_dim()},
+                     {"max_context", info->max_context()},
                      {"num_parameters", info->num_parameters()},
-                     {"weight_bytes", info->weight_bytes()}, {"kv_dtype", info->kv_dtype()},
-                     {"block_size", info->block_size()}, {"device", info->device()}};
+                     {"weight_bytes", info->weight_bytes()},
+                     {"kv_dtype", info->kv_dtype()},
+                     {"block_size", info->block_size()},
+                     {"device", info->device()}};
 
   auto check = [&](const Status& s) {
     if (!s.ok()) std::cerr << "kvpool bench: " << s.ToString() << "\n";
@@ -147,8 +156,9 @@ int RunBench(bench::BenchOptions o) {
     ok = (!o.Wants("workloads") || check(bench::RunWorkloads(o, &node, *info, report))) &&
          (!o.Wants("cache_size") || check(bench::RunCacheSize(o, &node, *info, report)));
   } else if (ok) {
-    report["skipped"] = "memory_efficiency, throughput and cache_size need pools of their own: "
-                        "run without --server";
+    report["skipped"] =
+        "memory_efficiency, throughput and cache_size need pools of their own: "
+        "run without --server";
   }
   node.Stop();
   if (ok && o.baseline == "hf") {
@@ -193,8 +203,9 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command->add_option("--threads", o->threads, "worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
   command->add_flag("--quick", o->quick, "fewer points and requests");
-  command->add_option("--baseline", o->baseline,
-                      "hf: also time Hugging Face transformers on the same weights")
+  command
+      ->add_option("--baseline", o->baseline,
+                   "hf: also time Hugging Face transformers on the same weights")
       ->check(CLI::IsMember({"", "hf"}));
   command->add_option("--prompt", o->prompt, "the original experiment's prompt")
       ->capture_default_str();
@@ -202,9 +213,10 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(2, 100000))
       ->capture_default_str();
   command->add_option("--seed", o->seed, "workload and sampling seed")->capture_default_str();
-  command->add_option("--scenarios", o->scenarios,
-                      "original,context_sweep,prefix_sharing,bandwidth_floor,workloads,"
-                      "cache_size (default: all)")
+  command
+      ->add_option("--scenarios", o->scenarios,
+                   "original,context_sweep,prefix_sharing,bandwidth_floor,workloads,"
+                   "cache_size (default: all)")
       ->delimiter(',')
       ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
                              "bandwidth_floor", "workloads", "cache_size"}));

@@ -91,8 +91,7 @@ TEST(ExternalBlocksTest, ForkCopiesTheLastBlockAndFollowsTheParent) {
   EXPECT_EQ(ext->sequence(child).tokens, ext->sequence(parent).tokens);  // greedy
   for (int step = 0; step < 3; ++step) {  // 22..24 tokens: the three blocks hold them
     ASSERT_TRUE(ext->Decode({parent, child}).ok());
-    EXPECT_LE(MaxDiff(ext->sequence(parent).last_logits, ext->sequence(child).last_logits),
-              1e-5);
+    EXPECT_LE(MaxDiff(ext->sequence(parent).last_logits, ext->sequence(child).last_logits), 1e-5);
   }
   EXPECT_THAT(ext->Fork(parent, {0, 1, 8}, 2, 8, 6).status().message(),
               HasSubstr("right after its prefill"));

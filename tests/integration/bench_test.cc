@@ -17,8 +17,8 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   const fs::path out = fs::path(::testing::TempDir()) / "kvpool-bench-quick";
   fs::remove_all(out);
   const std::string command = std::string(KVPOOL_CLI_BIN) +
-                              " bench --quick --model tiny-gpt2 --threads 1 --out " +
-                              out.string() + " >" + out.string() + ".log 2>&1";
+                              " bench --quick --model tiny-gpt2 --threads 1 --out " + out.string() +
+                              " >" + out.string() + ".log 2>&1";
   ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
 
   std::ifstream in(out / "report.json");

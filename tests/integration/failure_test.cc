@@ -33,8 +33,8 @@ int FreePort() {
 
 TEST(FailureTest, KilledWorkerFailsItsClientAndItsBlocksComeBack) {
   constexpr int kTtlMs = 1000;
-  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "256", "--lease-ttl-ms",
-                          std::to_string(kTtlMs)});
+  ManagerProcess manager(
+      {"--model", "tiny-gpt2", "--num-blocks", "256", "--lease-ttl-ms", std::to_string(kTtlMs)});
   ASSERT_FALSE(manager.address().empty());
   WorkerProcess doomed(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
   WorkerProcess survivor(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
@@ -44,16 +44,16 @@ TEST(FailureTest, KilledWorkerFailsItsClientAndItsBlocksComeBack) {
   auto stub = doomed.NewStub();
   int seen = 0;
   std::chrono::steady_clock::time_point killed_at;
-  GenerateOutcome out = Generate(
-      *stub, GreedyRequest(RandomTokens(100, 21), 400, v1::KV_MODE_PAGED), "",
-      [&](const v1::GeneratedToken&) {
-        if (++seen == 3) {
-          EXPECT_GT(ManagerStats(*manager_stub).in_use_blocks(), 0);
-          kill(doomed.process().pid(), SIGKILL);
-          killed_at = std::chrono::steady_clock::now();
-        }
-        return true;
-      });
+  GenerateOutcome out =
+      Generate(*stub, GreedyRequest(RandomTokens(100, 21), 400, v1::KV_MODE_PAGED), "",
+               [&](const v1::GeneratedToken&) {
+                 if (++seen == 3) {
+                   EXPECT_GT(ManagerStats(*manager_stub).in_use_blocks(), 0);
+                   kill(doomed.process().pid(), SIGKILL);
+                   killed_at = std::chrono::steady_clock::now();
+                 }
+                 return true;
+               });
   EXPECT_TRUE(out.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
               out.status.error_code() == grpc::StatusCode::CANCELLED)
       << out.status.error_code() << " " << out.status.error_message();
@@ -61,10 +61,10 @@ TEST(FailureTest, KilledWorkerFailsItsClientAndItsBlocksComeBack) {
   GenerateOutcome served =
       Generate(*survivor_stub, GreedyRequest(RandomTokens(30, 22), 10, v1::KV_MODE_PAGED));
   EXPECT_TRUE(served.status.ok()) << served.status.error_message();
-  EXPECT_TRUE(WaitUntil([&] { return ManagerStats(*manager_stub).in_use_blocks() == 0; },
-                        std::chrono::milliseconds(2 * kTtlMs) -
-                            std::chrono::duration_cast<std::chrono::milliseconds>(
-                                std::chrono::steady_clock::now() - killed_at)));
+  EXPECT_TRUE(WaitUntil(
+      [&] { return ManagerStats(*manager_stub).in_use_blocks() == 0; },
+      std::chrono::milliseconds(2 * kTtlMs) - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  std::chrono::steady_clock::now() - killed_at)));
   const v1::GetStatsResponse stats = ManagerStats(*manager_stub);
   EXPECT_EQ(stats.expired_leases(), 1);
   EXPECT_EQ(stats.num_workers(), 1);
@@ -74,9 +74,8 @@ TEST(FailureTest, KilledWorkerFailsItsClientAndItsBlocksComeBack) {
 
 TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
   const std::string address = "127.0.0.1:" + std::to_string(FreePort());
-  const std::vector<std::string> manager_argv = {KVPOOL_MANAGER_BIN, "--listen", address,
-                                                 "--model", "tiny-gpt2", "--num-blocks",
-                                                 "128"};
+  const std::vector<std::string> manager_argv = {
+      KVPOOL_MANAGER_BIN, "--listen", address, "--model", "tiny-gpt2", "--num-blocks", "128"};
   auto manager = std::make_unique<Subprocess>(manager_argv);
   ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
   WorkerProcess worker(address, {"--model", "tiny-gpt2", "--threads", "1"});
@@ -88,14 +87,13 @@ TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
 
   // Stop the manager in the middle of a long request.
   int seen = 0;
-  GenerateOutcome cut = Generate(
-      *stub, GreedyRequest(RandomTokens(40, 32), 450, v1::KV_MODE_PAGED), "",
-      [&](const v1::GeneratedToken&) {
-        if (++seen == 3) manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
-        return true;
-      });
-  EXPECT_EQ(cut.status.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << cut.status.error_message();
+  GenerateOutcome cut = Generate(*stub, GreedyRequest(RandomTokens(40, 32), 450, v1::KV_MODE_PAGED),
+                                 "", [&](const v1::GeneratedToken&) {
+                                   if (++seen == 3)
+                                     manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
+                                   return true;
+                                 });
+  EXPECT_EQ(cut.status.error_code(), grpc::StatusCode::UNAVAILABLE) << cut.status.error_message();
 
   manager = std::make_unique<Subprocess>(manager_argv);
   ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
@@ -131,21 +129,21 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& a
 
 TEST(FailureTest, WorkerIsNotServingUntilAManagerAnswers) {
   const std::string address = "127.0.0.1:" + std::to_string(FreePort());
-  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", address, "--listen", "127.0.0.1:0",
-                     "--model", "tiny-gpt2", "--threads", "1"});
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", address, "--listen", "127.0.0.1:0", "--model",
+                     "tiny-gpt2", "--threads", "1"});
   const std::optional<std::string> line = worker.ReadLine(std::chrono::seconds(60));
   ASSERT_TRUE(line.has_value());
   const std::string worker_address = line->substr(line->rfind(' ') + 1);
   EXPECT_EQ(Health(worker_address), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
-  auto stub = v1::Worker::NewStub(
-      grpc::CreateChannel(worker_address, grpc::InsecureChannelCredentials()));
-  GenerateOutcome early = Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4,
-                                                        v1::KV_MODE_PAGED));
+  auto stub =
+      v1::Worker::NewStub(grpc::CreateChannel(worker_address, grpc::InsecureChannelCredentials()));
+  GenerateOutcome early =
+      Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4, v1::KV_MODE_PAGED));
   EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(early.status.error_message().find("not attached"), std::string::npos);
 
-  Subprocess manager({KVPOOL_MANAGER_BIN, "--listen", address, "--model", "tiny-gpt2",
-                      "--num-blocks", "64"});
+  Subprocess manager(
+      {KVPOOL_MANAGER_BIN, "--listen", address, "--model", "tiny-gpt2", "--num-blocks", "64"});
   ASSERT_TRUE(manager.ReadLine(std::chrono::seconds(10)).has_value());
   bool attached = false;
   while (std::optional<std::string> next = worker.ReadLine(std::chrono::seconds(20))) {
@@ -156,12 +154,10 @@ TEST(FailureTest, WorkerIsNotServingUntilAManagerAnswers) {
   }
   ASSERT_TRUE(attached);
   EXPECT_TRUE(WaitUntil(
-      [&] {
-        return Health(worker_address) == grpc::health::v1::HealthCheckResponse::SERVING;
-      },
+      [&] { return Health(worker_address) == grpc::health::v1::HealthCheckResponse::SERVING; },
       std::chrono::seconds(2)));
-  GenerateOutcome served = Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4,
-                                                         v1::KV_MODE_PAGED));
+  GenerateOutcome served =
+      Generate(*stub, GreedyRequest(RandomTokens(10, 41), 4, v1::KV_MODE_PAGED));
   EXPECT_TRUE(served.status.ok()) << served.status.error_message();
   EXPECT_TRUE(worker.SignalAndWait(SIGTERM, std::chrono::seconds(10)).has_value());
   manager.SignalAndWait(SIGTERM, std::chrono::seconds(10));
@@ -170,8 +166,8 @@ TEST(FailureTest, WorkerIsNotServingUntilAManagerAnswers) {
 TEST(FailureTest, WorkerRefusesAPoolThatCannotHoldItsModel) {
   ManagerProcess manager({"--model", "gpt2", "--num-blocks", "16"});
   ASSERT_FALSE(manager.address().empty());
-  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager.address(), "--listen",
-                     "127.0.0.1:0", "--model", "tiny-gpt2", "--threads", "1"});
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager.address(), "--listen", "127.0.0.1:0",
+                     "--model", "tiny-gpt2", "--threads", "1"});
   ASSERT_TRUE(worker.ReadLine(std::chrono::seconds(60)).has_value());  // listening
   // It exits 1 by itself once the manager has described its pool (signal 0: only wait).
   const std::optional<int> status = worker.SignalAndWait(0, std::chrono::seconds(20));

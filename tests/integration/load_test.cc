@@ -67,9 +67,9 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
       auto stub = worker.NewStub();
-      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 140,
-                                                  v1::KV_MODE_PAGED), "", {},
-                             std::chrono::seconds(60));
+      outcomes[i] =
+          Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 140, v1::KV_MODE_PAGED), "", {},
+                   std::chrono::seconds(60));
     });
   }
   for (std::thread& t : clients) t.join();
@@ -83,13 +83,13 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   // Preempted sequences resume from what they generated: the same greedy tokens as
   // a request that ran alone.
   auto stub = worker.NewStub();
-  GenerateOutcome alone = Generate(*stub, GreedyRequest(RandomTokens(20, 200), 140,
-                                                        v1::KV_MODE_PAGED));
+  GenerateOutcome alone =
+      Generate(*stub, GreedyRequest(RandomTokens(20, 200), 140, v1::KV_MODE_PAGED));
   ASSERT_TRUE(alone.status.ok());
   EXPECT_EQ(alone.tokens[0], outcomes[0].tokens[0]);
   // One request that can never fit: RESOURCE_EXHAUSTED at once, naming the sizes.
-  GenerateOutcome huge = Generate(*stub, GreedyRequest(RandomTokens(100, 9), 300,
-                                                       v1::KV_MODE_PAGED));
+  GenerateOutcome huge =
+      Generate(*stub, GreedyRequest(RandomTokens(100, 9), 300, v1::KV_MODE_PAGED));
   EXPECT_EQ(huge.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(huge.status.error_message().find("24"), std::string::npos)
       << huge.status.error_message();
@@ -99,8 +99,8 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   for (int i = 0; i < 6; ++i) {
     more.emplace_back([&, i] {
       auto s = worker.NewStub();
-      GenerateOutcome out = Generate(*s, GreedyRequest(RandomTokens(30, 300 + i), 50,
-                                                       v1::KV_MODE_CONTIGUOUS));
+      GenerateOutcome out =
+          Generate(*s, GreedyRequest(RandomTokens(30, 300 + i), 50, v1::KV_MODE_CONTIGUOUS));
       if (out.status.ok() && out.tokens[0].size() == 50u) ok.fetch_add(1);
     });
   }
@@ -114,8 +114,7 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
 
 class TempFile {
  public:
-  TempFile(const std::string& name, const std::string& text)
-      : path_(::testing::TempDir() + name) {
+  TempFile(const std::string& name, const std::string& text) : path_(::testing::TempDir() + name) {
     std::ofstream(path_) << text;
   }
   ~TempFile() { std::remove(path_.c_str()); }
@@ -126,16 +125,15 @@ class TempFile {
 };
 
 TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
-  TempFile tokens("kvpool_tokens.txt",
-                  "token-a tenant-a\ntoken-b tenant-b\ntoken-w workers\n");
+  TempFile tokens("kvpool_tokens.txt", "token-a tenant-a\ntoken-b tenant-b\ntoken-w workers\n");
   TempFile worker_token("kvpool_worker_token.txt", "token-w\n");
-  ManagerProcess manager({"--model", "gpt2", "--num-blocks", "256", "--auth-token-file",
-                          tokens.path()});
+  ManagerProcess manager(
+      {"--model", "gpt2", "--num-blocks", "256", "--auth-token-file", tokens.path()});
   ASSERT_FALSE(manager.address().empty());
-  WorkerProcess a(manager.address(), {"--model", "gpt2", "--threads", "2", "--token-file",
-                                      worker_token.path()});
-  WorkerProcess b(manager.address(), {"--model", "gpt2", "--threads", "2", "--token-file",
-                                      worker_token.path()});
+  WorkerProcess a(manager.address(),
+                  {"--model", "gpt2", "--threads", "2", "--token-file", worker_token.path()});
+  WorkerProcess b(manager.address(),
+                  {"--model", "gpt2", "--threads", "2", "--token-file", worker_token.path()});
   ASSERT_FALSE(a.address().empty());
   ASSERT_FALSE(b.address().empty());
   const std::vector<int32_t> system_prompt = RandomTokens(480, 11);
@@ -146,39 +144,39 @@ TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
   };
   auto stub_a = a.NewStub();
   auto stub_b = b.NewStub();
-  GenerateOutcome miss = Generate(*stub_a, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED),
-                                  "token-a");
+  GenerateOutcome miss =
+      Generate(*stub_a, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED), "token-a");
   ASSERT_TRUE(miss.status.ok()) << miss.status.error_message();
   EXPECT_EQ(miss.summary.usage().cached_tokens(), 0);
-  GenerateOutcome hit = Generate(*stub_b, GreedyRequest(with_suffix(2), 4, v1::KV_MODE_PAGED),
-                                 "token-a");
+  GenerateOutcome hit =
+      Generate(*stub_b, GreedyRequest(with_suffix(2), 4, v1::KV_MODE_PAGED), "token-a");
   ASSERT_TRUE(hit.status.ok()) << hit.status.error_message();
   EXPECT_EQ(hit.summary.usage().cached_tokens(), 480);  // 30 full blocks of the prefix
   EXPECT_LT(hit.summary.ttft_s(), miss.summary.ttft_s());
   // Another tenant with the very same prompt computes it again.
-  GenerateOutcome other = Generate(*stub_b, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED),
-                                   "token-b");
+  GenerateOutcome other =
+      Generate(*stub_b, GreedyRequest(with_suffix(1), 4, v1::KV_MODE_PAGED), "token-b");
   ASSERT_TRUE(other.status.ok()) << other.status.error_message();
   EXPECT_EQ(other.summary.usage().cached_tokens(), 0);
   EXPECT_EQ(other.tokens, miss.tokens);  // same model, same prompt: same greedy tokens
   // A token the manager does not know is refused.
-  GenerateOutcome stranger = Generate(*stub_a, GreedyRequest(with_suffix(3), 4,
-                                                             v1::KV_MODE_PAGED), "nope");
+  GenerateOutcome stranger =
+      Generate(*stub_a, GreedyRequest(with_suffix(3), 4, v1::KV_MODE_PAGED), "nope");
   EXPECT_EQ(stranger.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   // No token at all is anonymous, never the worker's own tenant.
-  GenerateOutcome anonymous = Generate(*stub_a, GreedyRequest(with_suffix(4), 4,
-                                                              v1::KV_MODE_PAGED));
+  GenerateOutcome anonymous =
+      Generate(*stub_a, GreedyRequest(with_suffix(4), 4, v1::KV_MODE_PAGED));
   EXPECT_EQ(anonymous.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 TEST(LoadTest, CommitsOfManyLongPromptsSpreadOverSteps) {
   // The manager takes at most 512 tokens per call; 400-token prompts prefilled together
   // have more to commit, so the worker spreads them over several Steps.
-  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "400",
-                          "--max-tokens-per-call", "512"});
+  ManagerProcess manager(
+      {"--model", "tiny-gpt2", "--num-blocks", "400", "--max-tokens-per-call", "512"});
   ASSERT_FALSE(manager.address().empty());
-  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1",
-                                           "--max-prefill-tokens", "8192"});
+  WorkerProcess worker(manager.address(),
+                       {"--model", "tiny-gpt2", "--threads", "1", "--max-prefill-tokens", "8192"});
   ASSERT_FALSE(worker.address().empty());
   constexpr int kClients = 12;
   std::vector<GenerateOutcome> outcomes(kClients);
@@ -187,16 +185,16 @@ TEST(LoadTest, CommitsOfManyLongPromptsSpreadOverSteps) {
   // the same iterations.
   std::thread slow([&] {
     auto stub = worker.NewStub();
-    GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(400, 499), 60,
-                                                        v1::KV_MODE_NONE));
+    GenerateOutcome out =
+        Generate(*stub, GreedyRequest(RandomTokens(400, 499), 60, v1::KV_MODE_NONE));
     EXPECT_TRUE(out.status.ok()) << out.status.error_message();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
       auto stub = worker.NewStub();
-      outcomes[i] = Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 8,
-                                                  v1::KV_MODE_PAGED));
+      outcomes[i] =
+          Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 8, v1::KV_MODE_PAGED));
     });
   }
   for (std::thread& t : clients) t.join();
@@ -208,8 +206,8 @@ TEST(LoadTest, CommitsOfManyLongPromptsSpreadOverSteps) {
   // Every prompt's 25 full blocks were published: each is a prefix hit now.
   auto stub = worker.NewStub();
   for (int i = 0; i < kClients; ++i) {
-    GenerateOutcome again = Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 2,
-                                                          v1::KV_MODE_PAGED));
+    GenerateOutcome again =
+        Generate(*stub, GreedyRequest(RandomTokens(400, 500 + i), 2, v1::KV_MODE_PAGED));
     ASSERT_TRUE(again.status.ok()) << again.status.error_message();
     EXPECT_EQ(again.summary.usage().cached_tokens(), 384) << i;  // capped: one token to compute
   }

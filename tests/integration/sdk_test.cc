@@ -12,8 +12,8 @@ namespace kvpool::integration {
 namespace {
 
 TEST(SdkTest, KvpoolUpServesTheSdkAcrossWorkersAndStopsCleanly) {
-  Subprocess up({KVPOOL_CLI_BIN, "up", "--workers", "2", "--model", "tiny-gpt2", "--threads",
-                 "1", "--num-blocks", "128"});
+  Subprocess up({KVPOOL_CLI_BIN, "up", "--workers", "2", "--model", "tiny-gpt2", "--threads", "1",
+                 "--num-blocks", "128"});
   std::string manager;
   std::vector<std::string> workers;
   bool ready = false;

@@ -17,8 +17,8 @@ class ServingTest : public ::testing::Test {
   static void SetUpTestSuite() {
     manager_ = new ManagerProcess({"--model", "tiny-gpt2", "--num-blocks", "256"});
     for (int i = 0; i < 2; ++i) {
-      workers_[i] = new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads",
-                                                            "1"});
+      workers_[i] =
+          new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1"});
     }
   }
   static void TearDownTestSuite() {
@@ -79,8 +79,7 @@ TEST_F(ServingTest, SummaryReportsUsageTimingsAndKvBytesPerMode) {
   constexpr int64_t kTokenBytes = 2 * 4 * 16 * 2 * 4;
   EXPECT_EQ(s.kv_bytes_reserved(), 4 * 16 * kTokenBytes);  // 59 tokens -> 4 blocks of 16
   EXPECT_EQ(s.kv_bytes_used(), 59 * kTokenBytes);
-  GenerateOutcome contiguous =
-      Generate(*stub, GreedyRequest(prompt, 20, v1::KV_MODE_CONTIGUOUS));
+  GenerateOutcome contiguous = Generate(*stub, GreedyRequest(prompt, 20, v1::KV_MODE_CONTIGUOUS));
   ASSERT_TRUE(contiguous.status.ok());
   EXPECT_EQ(contiguous.summary.kv_bytes_reserved(), 4 * 16 * kTokenBytes);  // 60 reserved
   GenerateOutcome none = Generate(*stub, GreedyRequest(prompt, 20, v1::KV_MODE_NONE));
@@ -128,9 +127,8 @@ TEST_F(ServingTest, ParallelSamplesForkThePromptAndFollowTheSeed) {
 TEST_F(ServingTest, CancelledRequestFreesItsBlocksAtOnce) {
   auto stub = Worker(0);
   int seen = 0;
-  GenerateOutcome out =
-      Generate(*stub, GreedyRequest(RandomTokens(64, 4), 400, v1::KV_MODE_PAGED), "",
-               [&](const v1::GeneratedToken&) { return ++seen < 5; });
+  GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(64, 4), 400, v1::KV_MODE_PAGED),
+                                 "", [&](const v1::GeneratedToken&) { return ++seen < 5; });
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(WaitUntil([&] { return Stats().in_use_blocks() == 0; }, std::chrono::seconds(2)));
   // A deadline does the same.
@@ -154,23 +152,18 @@ TEST_F(ServingTest, BadInputIsInvalidArgumentNamingTheField) {
       {"empty prompt", [](v1::GenerateRequest& r) { r.clear_token_ids(); }, "empty"},
       {"token id >= vocab", [](v1::GenerateRequest& r) { r.set_token_ids(3, 50257); },
        "token_ids[3]"},
-      {"negative token id", [](v1::GenerateRequest& r) { r.set_token_ids(0, -1); },
-       "token_ids[0]"},
+      {"negative token id", [](v1::GenerateRequest& r) { r.set_token_ids(0, -1); }, "token_ids[0]"},
       {"max_tokens 0", [](v1::GenerateRequest& r) { r.set_max_tokens(0); }, "max_tokens"},
       {"max_tokens < 0", [](v1::GenerateRequest& r) { r.set_max_tokens(-5); }, "max_tokens"},
-      {"beyond the context", [](v1::GenerateRequest& r) { r.set_max_tokens(600); },
-       "max_tokens"},
+      {"beyond the context", [](v1::GenerateRequest& r) { r.set_max_tokens(600); }, "max_tokens"},
       {"temperature < 0",
-       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-0.1f); },
-       "temperature"},
+       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-0.1f); }, "temperature"},
       {"temperature NaN",
        [nan](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(nan); },
        "temperature"},
       {"top_p 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(0); }, "top_p"},
-      {"top_p > 1", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(1.5f); },
-       "top_p"},
-      {"top_k < 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_k(-1); },
-       "top_k"},
+      {"top_p > 1", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(1.5f); }, "top_p"},
+      {"top_k < 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_k(-1); }, "top_k"},
       {"unknown mode", [](v1::GenerateRequest& r) { r.set_mode(static_cast<v1::KvMode>(9)); },
        "mode"},
       {"oversized prompt",

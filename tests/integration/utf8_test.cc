@@ -1,8 +1,8 @@
 // The worker's token text is valid UTF-8 for protobuf: whole characters pass, a
 // character split across tokens waits for its last byte, invalid bytes become U+FFFD.
-#include <gtest/gtest.h>
-
 #include "service/utf8.h"
+
+#include <gtest/gtest.h>
 
 namespace kvpool::worker {
 namespace {

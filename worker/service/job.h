@@ -24,8 +24,8 @@ using Clock = std::chrono::steady_clock;
 class Job {
  public:
   // Set by the handler before Submit, then read-only.
-  GenerationRequest request;  // prompt, max_tokens, mode, sampling, stop, ignore_eos
-  int32_t n = 1;              // parallel samples
+  GenerationRequest request;         // prompt, max_tokens, mode, sampling, stop, ignore_eos
+  int32_t n = 1;                     // parallel samples
   std::string client_authorization;  // forwarded to the manager for the tenant's salt
   Clock::time_point arrival = Clock::now();
 

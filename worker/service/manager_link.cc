@@ -28,8 +28,7 @@ StatusOr<KvDtype> FromProto(v1::KvDtype dtype) {
 
 Status FromGrpc(const grpc::Status& status, const std::string& what) {
   if (status.ok()) return Status::Ok();
-  return Status(static_cast<StatusCode>(status.error_code()),
-                what + ": " + status.error_message());
+  return Status(static_cast<StatusCode>(status.error_code()), what + ": " + status.error_message());
 }
 
 // The pool must hold this model's K/V: same layers, K/V heads and head size.
@@ -76,7 +75,9 @@ void ManagerLink::ReportFatal(const std::string& why) {
   if (fatal_error_.empty()) fatal_error_ = why;
 }
 
-void ManagerLink::Start() { thread_ = std::thread([this] { Run(); }); }
+void ManagerLink::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 std::shared_ptr<const Attachment> ManagerLink::current() const {
   std::lock_guard<std::mutex> lock(mu_);

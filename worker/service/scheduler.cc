@@ -1,3 +1,8 @@
+// The Scheduler's loop (see scheduler.h): taking jobs, following the manager
+// attachment, admission (OpenSequence with headroom), prefill, decode, streaming the
+// tokens and the counters. The manager protocol (Step grants and commits, preemption,
+// Fork, close, retire) is in scheduler_manager.cc; their shared state in
+// scheduler_internal.h.
 #include "service/scheduler.h"
 
 #include <algorithm>
@@ -7,36 +12,21 @@
 #include <random>
 
 #include "kvpool/v1/metadata.h"
+#include "service/scheduler_internal.h"
 #include "service/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool::worker {
 namespace {
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using scheduler_internal::CeilDiv;
+using scheduler_internal::FromGrpc;
+using scheduler_internal::SampleSeed;
+using scheduler_internal::Seconds;
 
 // Blocks of headroom per running sequence below which admission stops (each will need
 // a new block every block_size tokens; admitting into a full pool only preempts).
 constexpr int64_t kHeadroomBlocks = 4;
-
-// Tokens committed in one Step call at most, below the manager's own cap.
-constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
-
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// Sample i's seed: distinct streams from one request seed.
-uint64_t SampleSeed(uint64_t seed, int32_t index) {
-  if (index == 0) return seed;
-  std::seed_seq mix{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                    static_cast<uint32_t>(index)};
-  std::mt19937_64 rng(mix);
-  return rng();
-}
-
-Status FromGrpc(const grpc::Status& status, const std::string& what) {
-  return Status(static_cast<StatusCode>(status.error_code()),
-                what + ": " + status.error_message());
-}
 
 v1::SequenceMode ToProto(KvMode mode) {
   return mode == KvMode::kContiguous ? v1::SEQUENCE_MODE_CONTIGUOUS : v1::SEQUENCE_MODE_PAGED;
@@ -54,25 +44,6 @@ at::ScalarType TorchDtype(KvDtype dtype) {
 }
 
 }  // namespace
-
-struct Scheduler::Seq {
-  std::shared_ptr<Job> job;
-  int32_t index = 0;  // sample
-  uint64_t seed = 0;
-  std::vector<int32_t> generated;      // survives preemption
-  std::string generated_text;          // for stop strings after a preemption
-  std::optional<std::mt19937_64> rng;  // saved at preemption
-  std::string pending_utf8;            // token bytes that are not a whole character yet
-  SequenceId engine_id = 0;            // 0: not admitted
-  int64_t manager_id = 0;              // 0: none mode, or not open
-  int64_t committed = 0;               // tokens the manager counts as committed
-  int64_t order = 0;                   // admission order; the newest is preempted first
-  bool fork_children = false;          // paged n > 1: fork the other samples after prefill
-  bool fresh = false;                  // prefilled in this iteration
-  bool dead = false;                   // ended; dropped from every list this iteration
-  bool has_token = false;
-  Clock::time_point last_token_at;
-};
 
 Scheduler::Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights weights,
                      std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link,
@@ -103,7 +74,9 @@ void Scheduler::Stop() {
   incoming_.clear();
 }
 
-void Scheduler::Start() { thread_ = std::thread([this] { Run(); }); }
+void Scheduler::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void Scheduler::Submit(std::shared_ptr<Job> job) {
   {
@@ -251,44 +224,6 @@ void Scheduler::LinkLost(const std::string& why) {
   SetServing(false);
 }
 
-void Scheduler::Release(Seq& seq, bool close_at_manager) {
-  if (seq.engine_id != 0 && engine_) engine_->Release(seq.engine_id);
-  seq.engine_id = 0;
-  if (seq.manager_id != 0 && close_at_manager && attachment_) {
-    v1::CloseSequenceRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_sequence_id(seq.manager_id);
-    v1::CloseSequenceResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
-    if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
-      // Its blocks stay held until a close gets through (or the lease ends).
-      unclosed_.push_back(seq.manager_id);
-    }
-  }
-  if (seq.manager_id != 0 && close_at_manager) admission_paused_ = false;  // blocks came back
-  seq.manager_id = 0;
-  seq.committed = 0;
-}
-
-void Scheduler::RetryCloses() {
-  std::vector<int64_t> ids;
-  ids.swap(unclosed_);
-  for (int64_t id : ids) {
-    v1::CloseSequenceRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_sequence_id(id);
-    v1::CloseSequenceResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
-    if (status.ok() || status.error_code() == grpc::StatusCode::NOT_FOUND) continue;
-    if (IsLinkLoss(status)) return LinkLost("CloseSequence: " + status.error_message());
-    unclosed_.push_back(id);
-  }
-}
-
 void Scheduler::FailJob(const std::shared_ptr<Job>& job, const Status& status) {
   for (auto& seq : seqs_) {
     if (seq->job != job || seq->dead) continue;
@@ -341,8 +276,8 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     int64_t manager_id = 0;
     bool stop_after_this = false;
     if (request.mode != KvMode::kNone) {
-      const int64_t total = static_cast<int64_t>(job->request.prompt.size()) +
-                            job->request.max_tokens;
+      const int64_t total =
+          static_cast<int64_t>(job->request.prompt.size()) + job->request.max_tokens;
       const int64_t need = CeilDiv(total, block_size);
       if (need > num_blocks) {
         waiting_.pop_front();
@@ -488,171 +423,6 @@ void Scheduler::Prefill(std::vector<Seq*> seqs) {
   Retire(finished);
 }
 
-void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
-  parent.fork_children = false;
-  const Sequence& p = engine_->sequence(parent.engine_id);
-  // The manager forks what is committed: the whole prompt first.
-  if (parent.committed < p.num_kv_tokens) {
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    v1::StepItem* item = request.add_items();
-    item->set_sequence_id(parent.manager_id);
-    item->set_num_tokens(p.num_kv_tokens);
-    item->mutable_commit_token_ids()->Add(p.tokens.begin() + parent.committed,
-                                          p.tokens.begin() + p.num_kv_tokens);
-    v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) return LinkLost("Step: " + status.error_message());
-      return FailJob(parent.job, FromGrpc(status, "committing the prompt before Fork"));
-    }
-    if (response.results(0).code() != 0) {
-      return FailJob(parent.job, Status(static_cast<StatusCode>(response.results(0).code()),
-                                        response.results(0).message()));
-    }
-    parent.committed = p.num_kv_tokens;
-  }
-  for (int32_t i = 1; i < parent.job->n; ++i) {
-    auto child = std::make_unique<Seq>();
-    child->job = parent.job;
-    child->index = i;
-    child->seed = SampleSeed(parent.job->request.sampling.seed, i);
-    v1::ForkRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_sequence_id(parent.manager_id);
-    v1::ForkResponse forked;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Fork(context.get(), request, &forked);
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) return LinkLost("Fork: " + status.error_message());
-      if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-        return FailJob(parent.job, FromGrpc(status, "Fork"));
-      }
-      // No block for the copy: the sample runs on its own later (the prompt's blocks
-      // are cached, so its prefill is mostly a prefix hit).
-      waiting_.push_back(child.get());
-      seqs_.push_back(std::move(child));
-      continue;
-    }
-    StatusOr<SequenceId> id = engine_->Fork(
-        parent.engine_id, std::vector<int32_t>(forked.block_table().begin(),
-                                               forked.block_table().end()),
-        forked.copy_src_block(), forked.copy_dst_block(), child->seed);
-    child->manager_id = forked.sequence_id();
-    if (!id.ok()) {
-      Release(*child, /*close_at_manager=*/true);
-      return FailJob(parent.job, id.status());
-    }
-    child->engine_id = *id;
-    child->committed = parent.committed;
-    child->order = next_order_++;
-    child->fresh = true;
-    Seq& stored = *child;
-    running_.push_back(child.get());
-    seqs_.push_back(std::move(child));
-    Emit(stored, engine_->sequence(stored.engine_id).tokens.back(), prefill_s);
-  }
-}
-
-std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
-  const int32_t block_size = engine_->geometry().block_size;
-  for (;;) {
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    std::vector<Seq*> asked;
-    std::vector<int64_t> commit_to;
-    // Commits are lazy and may wait: a call carries no more than the manager takes per
-    // call, whole blocks at a time.
-    int64_t commit_budget = CommitBudget();
-    for (Seq* s : seqs) {
-      if (s->dead || s->manager_id == 0) continue;
-      const Sequence& q = engine_->sequence(s->engine_id);
-      const auto slots = static_cast<int64_t>(q.tokens.size());
-      const int64_t have = static_cast<int64_t>(q.block_table.size()) * block_size;
-      // Full blocks become shareable; contiguous sequences publish nothing.
-      int64_t full = q.request.mode == KvMode::kPaged
-                         ? q.num_kv_tokens / block_size * block_size
-                         : s->committed;
-      full = std::max(s->committed,
-                      std::min(full, s->committed + commit_budget / block_size * block_size));
-      if (slots <= have && s->committed >= full) continue;
-      commit_budget -= full - s->committed;
-      v1::StepItem* item = request.add_items();
-      item->set_sequence_id(s->manager_id);
-      item->set_num_tokens(slots);
-      item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                            q.tokens.begin() + full);
-      asked.push_back(s);
-      commit_to.push_back(full);
-    }
-    if (asked.empty()) break;
-    v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) {
-        LinkLost("Step: " + status.error_message());
-        return {};
-      }
-      for (Seq* s : asked) FailJob(s->job, FromGrpc(status, "Step"));
-      break;
-    }
-    bool exhausted = false;
-    for (size_t i = 0; i < asked.size() && i < static_cast<size_t>(response.results_size());
-         ++i) {
-      const v1::StepItemResult& result = response.results(static_cast<int>(i));
-      Seq& s = *asked[i];
-      if (result.code() == 0) {
-        const Status appended = engine_->AppendBlocks(
-            s.engine_id,
-            std::vector<int32_t>(result.new_blocks().begin(), result.new_blocks().end()));
-        if (!appended.ok()) FailJob(s.job, appended);
-        s.committed = commit_to[i];
-      } else if (result.code() == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED)) {
-        exhausted = true;
-      } else {
-        FailJob(s.job, Status(static_cast<StatusCode>(result.code()), result.message()));
-      }
-    }
-    if (!exhausted) continue;  // commits left over the budget go in the next call
-    Seq* victim = nullptr;
-    for (Seq* s : running_) {
-      if (!s->dead && s->manager_id != 0 && (victim == nullptr || s->order > victim->order)) {
-        victim = s;
-      }
-    }
-    if (victim == nullptr) break;
-    Preempt(*victim);
-    seqs.erase(std::remove(seqs.begin(), seqs.end(), victim), seqs.end());
-  }
-  std::vector<Seq*> ready;
-  for (Seq* s : seqs) {
-    if (!s->dead && s->engine_id != 0) ready.push_back(s);
-  }
-  return ready;
-}
-
-int64_t Scheduler::CommitBudget() const {
-  const int64_t cap = attachment_->max_tokens_per_call;
-  return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
-}
-
-void Scheduler::Preempt(Seq& seq) {
-  const Sequence& q = engine_->sequence(seq.engine_id);
-  seq.rng = q.rng;
-  seq.generated_text = q.text;
-  Release(seq, /*close_at_manager=*/true);
-  running_.erase(std::remove(running_.begin(), running_.end(), &seq), running_.end());
-  waiting_.push_front(&seq);
-  ++seq.job->preemptions;
-  counters_.preemptions.fetch_add(1);
-  admission_paused_ = true;
-}
-
 void Scheduler::Decode() {
   std::vector<Seq*> batch;
   for (Seq* s : running_) {
@@ -679,87 +449,6 @@ void Scheduler::Decode() {
     if (engine_->sequence(s->engine_id).finished()) finished.push_back(s);
   }
   Retire(finished);
-}
-
-void Scheduler::Retire(std::vector<Seq*> seqs) {
-  if (seqs.empty()) return;
-  const int32_t block_size = engine_->geometry().block_size;
-  // Publish the blocks the sequences filled since their last Step, so that later
-  // prompts (on any worker) can reuse them: as few calls as the manager's cap allows.
-  // Best effort: the jobs are done whatever the manager answers.
-  bool lost = false;
-  std::string lost_why;
-  for (bool more = true; more && !lost;) {
-    more = false;
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    std::vector<std::pair<Seq*, int64_t>> committing;
-    int64_t commit_budget = CommitBudget();
-    for (Seq* s : seqs) {
-      if (s->dead || s->manager_id == 0) continue;
-      const Sequence& q = engine_->sequence(s->engine_id);
-      if (q.request.mode != KvMode::kPaged) continue;
-      const int64_t all = q.num_kv_tokens / block_size * block_size;
-      const int64_t full =
-          std::min(all, s->committed + commit_budget / block_size * block_size);
-      if (s->committed >= full) {
-        more = more || s->committed < all;
-        continue;
-      }
-      commit_budget -= full - s->committed;
-      more = more || full < all;
-      v1::StepItem* item = request.add_items();
-      item->set_sequence_id(s->manager_id);
-      item->set_num_tokens(q.num_kv_tokens);
-      item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                            q.tokens.begin() + full);
-      committing.emplace_back(s, full);
-    }
-    if (committing.empty()) break;
-    v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
-    if (!status.ok()) {
-      lost = IsLinkLoss(status);
-      lost_why = status.error_message();
-      break;
-    }
-    for (size_t i = 0; i < committing.size() && i < static_cast<size_t>(response.results_size());
-         ++i) {
-      if (response.results(static_cast<int>(i)).code() != 0) {
-        more = false;  // the manager refused a sequence's commit: do not loop on it
-        continue;
-      }
-      committing[i].first->committed = committing[i].second;
-    }
-  }
-  for (Seq* s : seqs) {
-    if (s->dead) continue;
-    Job& job = *s->job;
-    job.finish_reasons[s->index] = FinishReasonName(engine_->sequence(s->engine_id).finish);
-    Release(*s, /*close_at_manager=*/!lost);
-    s->dead = true;
-    if (--job.samples_left > 0) continue;
-    v1::GenerateResponse event;
-    v1::GenerateSummary* summary = event.mutable_summary();
-    summary->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(job.request.prompt.size()));
-    summary->mutable_usage()->set_cached_tokens(job.cached_tokens);
-    summary->mutable_usage()->set_completion_tokens(job.completion_tokens);
-    summary->set_ttft_s(Seconds(job.first_token_at - job.arrival));
-    summary->set_time_per_output_token_s(job.gaps > 0 ? job.gap_sum_s / job.gaps : 0.0);
-    summary->set_total_s(Seconds(job.last_token_at - job.arrival));
-    summary->set_queue_s(Seconds(job.admitted_at - job.arrival));
-    summary->set_kv_bytes_reserved(job.peak_reserved_bytes);
-    summary->set_kv_bytes_used(job.peak_used_bytes);
-    for (const std::string& reason : job.finish_reasons) summary->add_finish_reasons(reason);
-    summary->set_preemptions(job.preemptions);
-    job.Push(std::move(event));
-    job.End(Status::Ok());
-    counters_.finished.fetch_add(1);
-  }
-  admission_paused_ = false;
-  if (lost) LinkLost("Step: " + lost_why);
 }
 
 void Scheduler::TrackJobPeaks() {

@@ -29,8 +29,8 @@
 namespace kvpool::worker {
 
 struct SchedulerOptions {
-  int32_t threads = 0;             // LibTorch intra-op threads (0: its default)
-  int32_t max_running = 64;        // sequences decoded together at most
+  int32_t threads = 0;                // LibTorch intra-op threads (0: its default)
+  int32_t max_running = 64;           // sequences decoded together at most
   int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
 };
 
@@ -81,7 +81,7 @@ class Scheduler {
   // sequences still ready to decode.
   std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
   void Preempt(Seq& seq);
-  int64_t CommitBudget() const;  // tokens one Step may commit
+  int64_t CommitBudget() const;         // tokens one Step may commit
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
   void Emit(Seq& seq, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);

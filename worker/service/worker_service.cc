@@ -67,8 +67,8 @@ const char* DtypeName(KvDtype dtype) {
 }  // namespace
 
 StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
-                                              const ModelConfig& config,
-                                              const Tokenizer* tokenizer, uint64_t random_seed) {
+                                              const ModelConfig& config, const Tokenizer* tokenizer,
+                                              uint64_t random_seed) {
   auto job = std::make_shared<Job>();
   GenerationRequest& g = job->request;
   if (!r.prompt().empty() && r.token_ids_size() > 0) {
@@ -126,8 +126,8 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   g.sampling.top_k = s.top_k();
   g.sampling.seed = s.has_seed() ? s.seed() : random_seed;
   if (r.n() < 0 || r.n() > kMaxSamples) {
-    return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) + "] (0 means 1), got " +
-                           std::to_string(r.n()));
+    return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) +
+                           "] (0 means 1), got " + std::to_string(r.n()));
   }
   job->n = r.n() == 0 ? 1 : r.n();
   for (int i = 0; i < r.stop_size(); ++i) {

@@ -33,8 +33,8 @@ struct ModelIdentity {
 // INVALID_ARGUMENT naming the field otherwise. `random_seed` is used when the request
 // has none.
 StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& request,
-                                              const ModelConfig& config,
-                                              const Tokenizer* tokenizer, uint64_t random_seed);
+                                              const ModelConfig& config, const Tokenizer* tokenizer,
+                                              uint64_t random_seed);
 
 class WorkerService final : public v1::Worker::Service {
  public:

@@ -1,0 +1,59 @@
+// What the two halves of the Scheduler share (scheduler.cc: the loop, admission,
+// prefill and decode; scheduler_manager.cc: the manager protocol): the per-sequence
+// state and small helpers. Internal to worker/service; include nowhere else.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "service/scheduler.h"
+
+namespace kvpool::worker {
+
+// One sample of a job: a sequence that may be admitted, preempted and admitted again.
+struct Scheduler::Seq {
+  std::shared_ptr<Job> job;
+  int32_t index = 0;  // sample
+  uint64_t seed = 0;
+  std::vector<int32_t> generated;      // survives preemption
+  std::string generated_text;          // for stop strings after a preemption
+  std::optional<std::mt19937_64> rng;  // saved at preemption
+  std::string pending_utf8;            // token bytes that are not a whole character yet
+  SequenceId engine_id = 0;            // 0: not admitted
+  int64_t manager_id = 0;              // 0: none mode, or not open
+  int64_t committed = 0;               // tokens the manager counts as committed
+  int64_t order = 0;                   // admission order; the newest is preempted first
+  bool fork_children = false;          // paged n > 1: fork the other samples after prefill
+  bool fresh = false;                  // prefilled in this iteration
+  bool dead = false;                   // ended; dropped from every list this iteration
+  bool has_token = false;
+  Clock::time_point last_token_at;
+};
+
+namespace scheduler_internal {
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Sample i's seed: distinct streams from one request seed.
+inline uint64_t SampleSeed(uint64_t seed, int32_t index) {
+  if (index == 0) return seed;
+  std::seed_seq mix{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                    static_cast<uint32_t>(index)};
+  std::mt19937_64 rng(mix);
+  return rng();
+}
+
+inline Status FromGrpc(const grpc::Status& status, const std::string& what) {
+  return Status(static_cast<StatusCode>(status.error_code()), what + ": " + status.error_message());
+}
+
+}  // namespace scheduler_internal
+}  // namespace kvpool::worker
