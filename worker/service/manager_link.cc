@@ -226,6 +226,7 @@ void ManagerLink::Run() {
     const grpc::Status status = stub_->Heartbeat(context.get(), request, &response);
     if (!status.ok() && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                          status.error_code() == grpc::StatusCode::NOT_FOUND ||
+                         status.error_code() == grpc::StatusCode::CANCELLED ||
                          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
       ReportLost(attached->epoch, "heartbeat: " + status.error_message());
     }

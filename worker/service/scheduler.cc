@@ -207,8 +207,11 @@ void Scheduler::FailAll(const Status& status, bool close_at_manager) {
 }
 
 bool Scheduler::IsLinkLoss(const grpc::Status& status) const {
+  // CANCELLED: the worker never cancels its own manager calls; a manager shutting
+  // down cancels the calls in flight.
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+      status.error_code() == grpc::StatusCode::CANCELLED) {
     return true;
   }
   // The manager forgot this worker (its lease ran out, or it restarted).
