@@ -89,7 +89,6 @@ class StatsSampler {
 };
 
 double Median(std::vector<double> values);
-double Percentile(std::vector<double> values, double p);
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab);
 
 // Scenario a: the original experiment. Fills report["modes"] and report["original"].

@@ -12,19 +12,12 @@
 #include <thread>
 
 #include "client/bench/bench.h"
+#include "client/cli/cli_util.h"
 
 namespace kvpool::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string BinaryDir() {
-  char path[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (n <= 0) return ".";
-  const std::string exe(path, static_cast<size_t>(n));
-  return exe.substr(0, exe.rfind('/'));
-}
 
 }  // namespace
 
@@ -44,8 +37,8 @@ void LocalNode::Stop() {
 
 Status LocalNode::Start(int64_t num_blocks, int32_t block_size) {
   Stop();
-  std::vector<std::string> argv = {BinaryDir() + "/kvpool", "up", "--workers", "1", "--model",
-                                   options_.model};
+  std::vector<std::string> argv = {
+      cli::BinaryDirectory() + "/kvpool", "up", "--workers", "1", "--model", options_.model};
   const int threads = options_.threads > 0 ? options_.threads
                                            : static_cast<int>(std::thread::hardware_concurrency());
   argv.insert(argv.end(), {"--threads", std::to_string(std::max(1, threads))});
@@ -129,16 +122,7 @@ std::vector<v1::GetWorkerStatsResponse> StatsSampler::Take() {
   return state_->samples;
 }
 
-double Percentile(std::vector<double> values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const double rank = p / 100.0 * static_cast<double>(values.size() - 1);
-  const auto lo = static_cast<size_t>(std::floor(rank));
-  const size_t hi = std::min(lo + 1, values.size() - 1);
-  return values[lo] + (values[hi] - values[lo]) * (rank - static_cast<double>(lo));
-}
-
-double Median(std::vector<double> values) { return Percentile(std::move(values), 50); }
+double Median(std::vector<double> values) { return cli::Percentile(std::move(values), 0.5); }
 
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab) {
   std::mt19937 rng(seed);

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "client/bench/bench.h"
+#include "client/cli/cli_util.h"
 
 namespace kvpool::bench {
 namespace {
@@ -104,10 +105,10 @@ Json LoadJson(const LoadResult& r) {
           {"tokens", r.tokens},
           {"tokens_per_s", r.tokens / r.wall_s},
           {"requests_per_s", r.requests / r.wall_s},
-          {"ttft_p50_s", Percentile(r.ttft_s, 50)},
-          {"ttft_p99_s", Percentile(r.ttft_s, 99)},
-          {"itl_p50_s", Percentile(r.itl_s, 50)},
-          {"itl_p99_s", Percentile(r.itl_s, 99)}};
+          {"ttft_p50_s", cli::Percentile(r.ttft_s, 0.5)},
+          {"ttft_p99_s", cli::Percentile(r.ttft_s, 0.99)},
+          {"itl_p50_s", cli::Percentile(r.itl_s, 0.5)},
+          {"itl_p99_s", cli::Percentile(r.itl_s, 0.99)}};
 }
 
 // Bytes holding tokens over bytes reserved, summed over the samples taken while

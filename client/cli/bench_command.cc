@@ -49,12 +49,6 @@ Json Machine() {
           {"memory_bytes", static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE)}};
 }
 
-std::string BinaryDirectory() {
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string(".") : exe.parent_path().string();
-}
-
 std::string Now() {
   const std::time_t t = std::time(nullptr);
   char buffer[64];

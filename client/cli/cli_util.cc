@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -41,6 +42,12 @@ StatusOr<std::string> ReadTokenFile(const std::string& path) {
 int ReportError(std::string_view command, const Status& status) {
   std::cerr << "kvpool " << command << ": " << status.ToString() << "\n";
   return 1;
+}
+
+std::string BinaryDirectory() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
 }
 
 double Percentile(std::vector<double> values, double p) {

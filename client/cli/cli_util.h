@@ -30,6 +30,9 @@ StatusOr<std::string> ReadTokenFile(const std::string& path);
 // Prints "kvpool COMMAND: CODE_NAME: message" to stderr; returns the exit code (1).
 int ReportError(std::string_view command, const Status& status);
 
+// The folder of the running kvpool binary (the services' binaries sit beside it).
+std::string BinaryDirectory();
+
 // The p-quantile (p in [0, 1]) of `values` with linear interpolation; 0 when empty.
 double Percentile(std::vector<double> values, double p);
 

@@ -46,14 +46,6 @@ struct Signals {
   }
 };
 
-std::string BinaryDir() {
-  char path[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (n <= 0) return ".";
-  const std::string exe(path, static_cast<size_t>(n));
-  return exe.substr(0, exe.rfind('/'));
-}
-
 // Reads `child`'s stdout until a line starting with `prefix`; returns the rest of it.
 // Other lines are copied to stderr.
 StatusOr<std::string> WaitForLine(ChildProcess& child, const std::string& prefix,
@@ -126,7 +118,7 @@ std::vector<std::string> WorkerArgv(const std::string& dir, const UpFlags& flags
 // appended to `children` as they start, so the caller can stop them on any error.
 Status StartNode(const UpFlags& flags, const Signals& signals,
                  std::vector<std::unique_ptr<ChildProcess>>& children) {
-  const std::string dir = BinaryDir();
+  const std::string dir = BinaryDirectory();
   for (const char* binary : {"kvpool-manager", "kvpool-worker"}) {
     if (flags.workers == 0 && std::string(binary) == "kvpool-worker") continue;
     if (access((dir + "/" + binary).c_str(), X_OK) != 0) {

@@ -86,6 +86,9 @@ class Scheduler {
   void Emit(Seq& seq, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);
   void RetryCloses();  // sequences whose CloseSequence failed
+  // One CloseSequence / Step call of this attachment (counted in manager_calls).
+  grpc::Status CloseAtManager(int64_t sequence_id);
+  grpc::Status StepAtManager(const v1::StepRequest& request, v1::StepResponse* response);
   void Release(Seq& seq, bool close_at_manager);
   void RemoveDeadSeqs();
   void TrackJobPeaks();  // each job's peak KV bytes, after a forward

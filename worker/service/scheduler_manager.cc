@@ -21,17 +21,27 @@ constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
 
 }  // namespace
 
+grpc::Status Scheduler::CloseAtManager(int64_t sequence_id) {
+  v1::CloseSequenceRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_sequence_id(sequence_id);
+  v1::CloseSequenceResponse response;
+  auto context = link_->NewContext();
+  counters_.manager_calls.fetch_add(1);
+  return link_->stub().CloseSequence(context.get(), request, &response);
+}
+
+grpc::Status Scheduler::StepAtManager(const v1::StepRequest& request, v1::StepResponse* response) {
+  auto context = link_->NewContext();
+  counters_.manager_calls.fetch_add(1);
+  return link_->stub().Step(context.get(), request, response);
+}
+
 void Scheduler::Release(Seq& seq, bool close_at_manager) {
   if (seq.engine_id != 0 && engine_) engine_->Release(seq.engine_id);
   seq.engine_id = 0;
   if (seq.manager_id != 0 && close_at_manager && attachment_) {
-    v1::CloseSequenceRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_sequence_id(seq.manager_id);
-    v1::CloseSequenceResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
+    const grpc::Status status = CloseAtManager(seq.manager_id);
     if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
       // Its blocks stay held until a close gets through (or the lease ends).
       unclosed_.push_back(seq.manager_id);
@@ -46,13 +56,7 @@ void Scheduler::RetryCloses() {
   std::vector<int64_t> ids;
   ids.swap(unclosed_);
   for (int64_t id : ids) {
-    v1::CloseSequenceRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_sequence_id(id);
-    v1::CloseSequenceResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().CloseSequence(context.get(), request, &response);
+    const grpc::Status status = CloseAtManager(id);
     if (status.ok() || status.error_code() == grpc::StatusCode::NOT_FOUND) continue;
     if (IsLinkLoss(status)) return LinkLost("CloseSequence: " + status.error_message());
     unclosed_.push_back(id);
@@ -72,9 +76,7 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
     item->mutable_commit_token_ids()->Add(p.tokens.begin() + parent.committed,
                                           p.tokens.begin() + p.num_kv_tokens);
     v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
+    const grpc::Status status = StepAtManager(request, &response);
     if (!status.ok()) {
       if (IsLinkLoss(status)) return LinkLost("Step: " + status.error_message());
       return FailJob(parent.job, FromGrpc(status, "committing the prompt before Fork"));
@@ -160,9 +162,7 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
     }
     if (asked.empty()) break;
     v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
+    const grpc::Status status = StepAtManager(request, &response);
     if (!status.ok()) {
       if (IsLinkLoss(status)) {
         LinkLost("Step: " + status.error_message());
@@ -257,9 +257,7 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
     }
     if (committing.empty()) break;
     v1::StepResponse response;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Step(context.get(), request, &response);
+    const grpc::Status status = StepAtManager(request, &response);
     if (!status.ok()) {
       lost = IsLinkLoss(status);
       lost_why = status.error_message();
