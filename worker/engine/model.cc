@@ -3,18 +3,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/cpu_linear.h"
+
 namespace kvpool {
 namespace {
-
-// y = x W^T + b with W [out, in]. A single row goes through gemv: at batch 1 that
-// is markedly faster than a [1, in] x [in, out] matmul.
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (x.size(0) == 1) {
-    at::Tensor y = b.defined() ? at::addmv(b, w, x[0]) : at::mv(w, x[0]);
-    return y.unsqueeze(0);
-  }
-  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
-}
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
@@ -107,29 +99,29 @@ at::Tensor Model::Forward(const ForwardBatch& batch, const KvPool& pool) {
     at::Tensor h =
         gpt2 ? at::layer_norm(x, {c.hidden_size}, w.attn_norm_w, w.attn_norm_b, c.norm_eps)
              : RmsNorm(x, w.attn_norm_w, c.norm_eps);
-    at::Tensor qkv = Linear(h, w.qkv_w, w.qkv_b).contiguous();
+    at::Tensor qkv = CpuLinear(h, w.qkv_w, w.qkv_b).contiguous();
     if (!gpt2) ApplyRope(qkv, batch);
     WriteKv(qkv, batch, pool, l);
     PagedAttentionCpu(qkv.data_ptr<float>(), qkv.size(1), attn.data_ptr<float>(),
                       pool.Region(l, KvPart::kKey), pool.Region(l, KvPart::kValue), pool.geometry(),
                       batch.queries.data(), num_tokens, static_cast<int32_t>(c.num_heads), scale);
-    x.add_(Linear(attn, w.o_w, w.o_b));
+    x.add_(CpuLinear(attn, w.o_w, w.o_b));
     h = gpt2 ? at::layer_norm(x, {c.hidden_size}, w.mlp_norm_w, w.mlp_norm_b, c.norm_eps)
              : RmsNorm(x, w.mlp_norm_w, c.norm_eps);
-    at::Tensor up = Linear(h, w.up_w, w.up_b);
+    at::Tensor up = CpuLinear(h, w.up_w, w.up_b);
     if (gpt2) {
       up = at::gelu(up, c.gelu_tanh ? "tanh" : "none");
     } else {
       auto parts = up.split(c.intermediate_size, /*dim=*/1);
       up = at::silu(parts[0]) * parts[1];
     }
-    x.add_(Linear(up, w.down_w, w.down_b));
+    x.add_(CpuLinear(up, w.down_w, w.down_b));
   }
   at::Tensor last = x.index_select(0, ToTensor(batch.logit_rows));
   last = gpt2 ? at::layer_norm(last, {c.hidden_size}, weights_.final_norm_w, weights_.final_norm_b,
                                c.norm_eps)
               : RmsNorm(last, weights_.final_norm_w, c.norm_eps);
-  return Linear(last, weights_.lm_head, at::Tensor());
+  return CpuLinear(last, weights_.lm_head, at::Tensor());
 }
 
 }  // namespace kvpool

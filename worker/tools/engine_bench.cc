@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "engine/cpu_linear.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 
@@ -97,11 +98,52 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
   return medians;
 }
 
+// Median seconds of one paged decode step of `batch` sequences that start at
+// `context` tokens: how a step's cost grows with the batch (per-token cost falls
+// while the weights, read once per step, dominate).
+StatusOr<double> BatchStepSeconds(Engine& engine, int64_t batch, int64_t context, int32_t warmup,
+                                  int32_t steps) {
+  std::vector<SequenceId> ids;
+  auto release = [&] {
+    for (SequenceId id : ids) engine.Release(id);
+  };
+  std::mt19937 rng(static_cast<uint32_t>(batch));
+  std::uniform_int_distribution<int32_t> dist(0,
+                                              static_cast<int32_t>(engine.config().vocab_size) - 1);
+  for (int64_t b = 0; b < batch; ++b) {
+    GenerationRequest r;
+    for (int64_t i = 0; i < context; ++i) r.prompt.push_back(dist(rng));
+    r.max_tokens = warmup + steps + 1;
+    r.mode = KvMode::kPaged;
+    r.ignore_eos = true;
+    auto id = engine.AddSequence(std::move(r));
+    if (!id.ok()) {
+      release();
+      return id.status();
+    }
+    ids.push_back(*id);
+  }
+  Status st = engine.Prefill(ids);
+  std::vector<double> times;
+  for (int32_t i = 0; st.ok() && i < warmup + steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    st = engine.Decode(ids);
+    if (i >= warmup) {
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  release();
+  if (!st.ok()) return st;
+  return Median(times);
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"In-process decode latency of kvpool's three KV modes"};
   std::string model = "gpt2", device = "cpu", dtype_name = "fp32";
   int threads = 2, steps = 20, warmup = 3, block_size = 16;
   bool json = false, quick = false, no_graphs = false;
+  std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32};
+  constexpr int64_t kBatchContext = 100;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed decode steps per point (median)")
@@ -112,6 +154,9 @@ int Main(int argc, char** argv) {
   app.add_option("--dtype", dtype_name, "weights and KV on CUDA: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   app.add_flag("--no-cuda-graphs", no_graphs, "CUDA: run decode steps eagerly");
+  app.add_option("--batches", batches, "paged decode batch sizes to time (context 100)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
   CLI11_PARSE(app, argc, argv);
@@ -133,6 +178,10 @@ int Main(int argc, char** argv) {
   options.device = device;
   options.dtype = dtype;
   options.cuda_graphs = !no_graphs;
+  const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
+  const int64_t blocks_per_batch_seq = (kBatchContext + warmup + steps + block_size) / block_size;
+  options.num_blocks = std::max<int64_t>(4 * ((loaded->config.max_position + block_size - 1) / block_size),
+                                         max_batch * blocks_per_batch_seq);
   auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
   if (!engine_or.ok()) {
     std::cerr << "kvpool-engine-bench: " << engine_or.status().ToString() << "\n";
@@ -179,6 +228,15 @@ int Main(int argc, char** argv) {
   for (size_t i = 0; i < none_points.size(); ++i) {
     none_curve.push_back({{"context", none_points[i].context}, {"ms_per_token", (*none)[i] * 1e3}});
   }
+  if (!json) std::fprintf(stderr, "measuring paged decode steps by batch size ...\n");
+  nlohmann::json batch_decode = nlohmann::json::array();
+  for (int64_t batch : batches) {
+    auto step = BatchStepSeconds(engine, batch, kBatchContext, warmup, quick ? std::min(steps, 5) : steps);
+    if (!step.ok()) return fail(step.status());
+    batch_decode.push_back({{"batch", batch},
+                            {"step_ms", *step * 1e3},
+                            {"tokens_per_s", static_cast<double>(batch) / *step}});
+  }
   const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.runner().device());
 
   out["model"] = config.name;
@@ -210,6 +268,11 @@ int Main(int argc, char** argv) {
   out["paged_over_floor"] =
       per_mode["paged"].get<double>() / out["bandwidth_floor_ms_per_token"].get<double>();
   out["contiguous_ms_per_token_at_512"] = (*cached)[4] * 1e3;
+  out["batch_context"] = kBatchContext;
+  out["batch_decode"] = batch_decode;
+  out["cpu_linear"] = device != "cpu"               ? "cuda"
+                      : CpuLinearUsesKernel(2) ? "kvpool kernel for 2-32 rows, BLAS otherwise"
+                                               : "BLAS";
   out["contiguous_over_none_at_512"] = none_512 / (*cached)[4];
   if (json) {
     std::cout << out.dump(2) << std::endl;
@@ -237,6 +300,13 @@ int Main(int argc, char** argv) {
               out["paged_over_contiguous"].get<double>(), static_cast<long>(ctx_small),
               static_cast<long>(ctx_large), out["paged_growth_200_to_1000"].get<double>(),
               out["paged_over_floor"].get<double>());
+  std::printf("paged decode at context %ld by batch (linear layers: %s):\n", static_cast<long>(kBatchContext),
+              out["cpu_linear"].get<std::string>().c_str());
+  std::printf("%8s %10s %10s\n", "batch", "step ms", "tokens/s");
+  for (const auto& row : batch_decode) {
+    std::printf("%8ld %10.2f %10.1f\n", static_cast<long>(row["batch"].get<int64_t>()),
+                row["step_ms"].get<double>(), row["tokens_per_s"].get<double>());
+  }
   return 0;
 }
 

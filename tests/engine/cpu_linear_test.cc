@@ -1,0 +1,53 @@
+// The decode-shaped CPU linear against a naive double-precision product, over row
+// counts on both sides of the kernel's range, odd output sizes, input sizes that
+// leave a scalar tail, strided rows of x, with and without bias.
+#include "engine/cpu_linear.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <tuple>
+
+namespace kvpool {
+namespace {
+
+class CpuLinearTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
+  const auto [rows, n, k, with_bias] = GetParam();
+  at::manual_seed(rows * 1000 + n + k);
+  // x is a column slice of a wider tensor, so its rows are k + 5 floats apart.
+  const at::Tensor wide = at::randn({rows, k + 5});
+  const at::Tensor x = wide.narrow(1, 2, k);
+  const at::Tensor w = at::randn({n, k});
+  const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
+
+  const at::Tensor y = CpuLinear(x, w, b);
+
+  at::Tensor expected = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+  if (with_bias) expected += b.to(at::kDouble);
+  ASSERT_EQ(y.sizes(), expected.sizes());
+  ASSERT_EQ(y.scalar_type(), at::kFloat);
+  const double max_error = (y.to(at::kDouble) - expected).abs().max().item<double>();
+  EXPECT_LT(max_error, 1e-3 * std::sqrt(static_cast<double>(k)))
+      << rows << " rows, n " << n << ", k " << k << (CpuLinearUsesKernel(rows) ? ", kernel" : ", BLAS");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CpuLinearTest,
+    ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32, 33),
+                       ::testing::Values<int64_t>(1, 37, 300),
+                       ::testing::Values<int64_t>(8, 67, 768), ::testing::Bool()));
+
+TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
+  EXPECT_FALSE(CpuLinearUsesKernel(1));  // sgemv is as fast at one row
+  EXPECT_FALSE(CpuLinearUsesKernel(kCpuLinearMaxRows + 1));
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_TRUE(CpuLinearUsesKernel(2));
+    EXPECT_TRUE(CpuLinearUsesKernel(kCpuLinearMaxRows));
+  }
+}
+
+}  // namespace
+}  // namespace kvpool
