@@ -2,6 +2,7 @@
 // conversion for the kvpool.v1.CacheManager service. See grpc_service.h.
 #include "cache_service/grpc_service.h"
 
+#include <algorithm>
 #include <exception>
 
 #include "kvpool/v1/metadata.h"
@@ -141,8 +142,8 @@ Status ManagerService::CheckWorker(const std::string& tenant, int64_t worker_id)
                            " is not valid; use the id RegisterWorker returned");
   }
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = tenant_by_worker_.find(worker_id);
-  if (it == tenant_by_worker_.end() || it->second != tenant) {
+  const auto it = workers_.find(worker_id);
+  if (it == workers_.end() || it->second.tenant != tenant) {
     return NotFound("unknown worker " + std::to_string(worker_id) +
                     "; its lease may have expired: call RegisterWorker again");
   }
@@ -153,7 +154,18 @@ void ManagerService::ExpireLeases(Clock::time_point now) {
   const std::vector<WorkerId> expired = core_->ExpireLeases(now);
   if (expired.empty()) return;
   std::lock_guard<std::mutex> lock(mu_);
-  for (WorkerId id : expired) tenant_by_worker_.erase(id);
+  for (WorkerId id : expired) workers_.erase(id);
+}
+
+std::vector<WorkerSnapshot> ManagerService::Workers() const {
+  std::vector<WorkerSnapshot> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, worker] : workers_) out.push_back(worker);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const WorkerSnapshot& a, const WorkerSnapshot& b) { return a.id < b.id; });
+  return out;
 }
 
 grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
@@ -171,7 +183,11 @@ grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
     const WorkerLease lease = core_->RegisterWorker(Clock::now());
     {
       std::lock_guard<std::mutex> lock(mu_);
-      tenant_by_worker_[lease.worker_id] = tenant;
+      WorkerSnapshot& worker = workers_[lease.worker_id];
+      worker.id = lease.worker_id;
+      worker.name = request->worker_name();
+      worker.tenant = tenant;
+      worker.registered_at = worker.last_heartbeat_at = Clock::now();
     }
     response->set_worker_id(lease.worker_id);
     response->set_lease_ttl_ms(lease.ttl.count());
@@ -186,7 +202,16 @@ grpc::Status ManagerService::Heartbeat(grpc::ServerContext* context,
                                        v1::HeartbeatResponse* response) {
   return Serve(kHeartbeat, context, [&](const std::string& tenant) -> Status {
     KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
-    KVPOOL_RETURN_IF_ERROR(core_->Heartbeat(request->worker_id(), Clock::now()));
+    const Clock::time_point now = Clock::now();
+    KVPOOL_RETURN_IF_ERROR(core_->Heartbeat(request->worker_id(), now));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto it = workers_.find(request->worker_id());
+      if (it != workers_.end()) {
+        it->second.last_heartbeat_at = now;
+        if (request->has_load()) it->second.load = request->load();
+      }
+    }
     response->set_lease_ttl_ms(core_->options().lease_ttl.count());
     return Status::Ok();
   });

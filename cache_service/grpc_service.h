@@ -1,8 +1,9 @@
 // ManagerService: the kvpool.v1.CacheManager gRPC service (synchronous API) over a
 // CacheManager. It owns the request-shape checks (every bad input gets a code and a
 // message a person can act on, never a crash), authentication (the tenant comes from
-// the bearer token via Authenticator, never from the request), the worker -> tenant
-// map that keeps one tenant from using another's worker id, RPC latency metrics, and
+// the bearer token via Authenticator, never from the request), the table of live
+// workers (tenant, which keeps one tenant from using another's worker id; name; the
+// load each last reported, for the dashboard), RPC latency metrics, and
 // the one mapping from kvpool::Status to grpc::Status. It holds no cache state of its
 // own: every fact about blocks and sequences is the CacheManager's.
 #pragma once
@@ -25,6 +26,15 @@ namespace kvpool::manager {
 
 // The one place a kvpool::Status becomes a grpc::Status (codes mirror gRPC's).
 grpc::Status ToGrpcStatus(const Status& status);
+
+// A live worker as the manager knows it, for the dashboard.
+struct WorkerSnapshot {
+  WorkerId id = 0;
+  std::string name;
+  std::string tenant;
+  v1::WorkerLoad load;  // as of its latest heartbeat (empty before the first)
+  Clock::time_point registered_at, last_heartbeat_at;
+};
 
 // The attach information a worker gets from RegisterWorker.
 v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& geometry,
@@ -73,6 +83,9 @@ class ManagerService final : public v1::CacheManager::Service {
   // the lease timer.
   void ExpireLeases(Clock::time_point now);
 
+  // The workers holding a lease, by id.
+  std::vector<WorkerSnapshot> Workers() const;
+
  private:
   // Authenticates, runs `body` with the caller's tenant, records latency, maps errors;
   // an exception from `body` becomes INTERNAL rather than a crash.
@@ -87,7 +100,7 @@ class ManagerService final : public v1::CacheManager::Service {
   ServiceMetrics* metrics_;
 
   mutable std::mutex mu_;
-  std::unordered_map<WorkerId, std::string> tenant_by_worker_;  // GUARDED_BY(mu_)
+  std::unordered_map<WorkerId, WorkerSnapshot> workers_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace kvpool::manager

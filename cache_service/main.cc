@@ -13,16 +13,19 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <limits>
 #include <memory>
 
 #include "cache_service/auth.h"
 #include "cache_service/cache_manager.h"
+#include "cache_service/dashboard.h"
 #include "cache_service/grpc_service.h"
-#include "cache_service/http_server.h"
 #include "cache_service/metrics.h"
 #include "cache_service/pool_host.h"
+#include "kvpool/observability/http_server.h"
 #include "kvpool/v1/model_shapes.h"
 
 namespace kvpool::manager {
@@ -45,6 +48,7 @@ struct Flags {
   std::string auth_token_file;
   std::string backend = "shm";
   int cuda_device = 0;
+  std::string chart_js = kDefaultChartJsPath;
 };
 
 int Fail(const std::string& message) {
@@ -112,7 +116,10 @@ int Run(int argc, char** argv) {
   CLI::App app{"kvpool-manager: the node's KV cache manager (block pool, prefix cache, leases)"};
   app.add_option("--listen", flags.listen, "gRPC address HOST:PORT (port 0: pick a free one)")
       ->capture_default_str();
-  app.add_option("--http", flags.http, "HTTP address for /metrics and /healthz")
+  app.add_option("--http", flags.http,
+                 "HTTP address for the dashboard (/), /metrics, /healthz and /api/stats")
+      ->capture_default_str();
+  app.add_option("--chart-js", flags.chart_js, "Chart.js for the dashboard (Debian: libjs-chart.js)")
       ->capture_default_str();
   app.add_option("--model", flags.model,
                  "built-in geometry: gpt2, gpt2-medium, "
@@ -190,13 +197,24 @@ int Run(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) return Fail("cannot listen on " + flags.listen);
 
+  std::string chart_js;
+  if (std::ifstream in(flags.chart_js, std::ios::binary); in) {
+    chart_js.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } else {
+    std::cerr << "kvpool-manager: no Chart.js at " << flags.chart_js
+              << ": the dashboard shows numbers without charts (install libjs-chart.js)\n";
+  }
+  const Dashboard dashboard(&core, &service, DescribePool(*pool, *geometry, flags.model),
+                            std::move(chart_js));
+
   boost::asio::io_context io;
-  HttpServer http(io, [&](const std::string& target) -> HttpResponse {
+  HttpServer http(io, "kvpool-manager", [&](const std::string& target) -> HttpResponse {
+    if (std::optional<HttpResponse> page = dashboard.Serve(target)) return *std::move(page);
     if (target == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
     }
     if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
+    return {404, "text/plain; charset=utf-8", "not found: try /, /metrics, /healthz or /api/stats\n"};
   });
   StatusOr<boost::asio::ip::tcp::endpoint> http_endpoint = http.Listen(flags.http);
   if (!http_endpoint.ok()) {

@@ -1,16 +1,26 @@
 # The manager service around kvpool_manager_core: pool host, auth, metrics, HTTP,
 # the gRPC service (kvpool_manager_service), the kvpool-manager binary and its bench.
 # Never links LibTorch.
+# The dashboard's page, script and style, compiled in as byte arrays.
+set(KVPOOL_DASHBOARD_FILES ${CMAKE_CURRENT_LIST_DIR}/dashboard/index.html
+  ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.js ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.css)
+add_custom_command(OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc
+  COMMAND ${CMAKE_COMMAND} -DOUT=${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc
+    "-DFILES=${KVPOOL_DASHBOARD_FILES}" -P ${CMAKE_CURRENT_LIST_DIR}/dashboard/embed.cmake
+  DEPENDS ${KVPOOL_DASHBOARD_FILES} ${CMAKE_CURRENT_LIST_DIR}/dashboard/embed.cmake
+  COMMENT "Embedding the dashboard" VERBATIM)
+
 add_library(kvpool_manager_service STATIC
   ${CMAKE_CURRENT_LIST_DIR}/pool_host.cc
   ${CMAKE_CURRENT_LIST_DIR}/auth.cc
   ${CMAKE_CURRENT_LIST_DIR}/metrics.cc
-  ${CMAKE_CURRENT_LIST_DIR}/http_server.cc
-  ${CMAKE_CURRENT_LIST_DIR}/grpc_service.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/grpc_service.cc
+  ${CMAKE_CURRENT_LIST_DIR}/dashboard.cc
+  ${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc)
 target_include_directories(kvpool_manager_service PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(kvpool_manager_service
-  PUBLIC kvpool_manager_core kvpool_proto gRPC::grpc++ Boost::system Threads::Threads rt
-  PRIVATE kvpool_warnings)
+  PUBLIC kvpool_manager_core kvpool_proto kvpool_observability gRPC::grpc++ Boost::system Threads::Threads rt
+  PRIVATE nlohmann_json::nlohmann_json kvpool_warnings)
 
 if(TARGET kvpool_manager_cuda)
   target_link_libraries(kvpool_manager_service PUBLIC kvpool_manager_cuda)

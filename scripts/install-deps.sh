@@ -12,7 +12,8 @@ PKGS="build-essential cmake ninja-build ccache pkg-config git python3 python3-pi
 libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
 libtorch-dev libopenblas0-openmp libboost-dev libboost-system-dev \
 libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
-libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib"
+libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib \
+libjs-chart.js chromium chromium-driver python3-selenium"
 
 missing=""
 for p in $PKGS; do

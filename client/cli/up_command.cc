@@ -107,7 +107,9 @@ std::vector<std::string> WorkerArgv(const std::string& dir, const UpFlags& flags
                                    "--model",
                                    flags.model,
                                    "--name",
-                                   "worker-" + std::to_string(index)};
+                                   "worker-" + std::to_string(index),
+                                   "--http",
+                                   "127.0.0.1:0"};
   if (flags.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(flags.threads)});
   if (!flags.worker_token_file.empty())
     argv.insert(argv.end(), {"--token-file", flags.worker_token_file});
@@ -139,7 +141,7 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
   manager_process.DrainToStderr();
   std::printf("manager %s\n", manager_address.c_str());
   std::fflush(stdout);
-  std::cerr << "kvpool up: manager metrics on http://" << http_address << "/metrics\n";
+  std::cerr << "kvpool up: dashboard on http://" << http_address << "/ (metrics: /metrics)\n";
 
   for (int i = 0; i < flags.workers; ++i) {
     KVPOOL_ASSIGN_OR_RETURN(
@@ -155,6 +157,11 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
         WaitForLine(*children[i], "kvpool-worker listening on ", worker_deadline, signals));
     std::printf("worker %s\n", address.c_str());
     std::fflush(stdout);
+    KVPOOL_ASSIGN_OR_RETURN(
+        const std::string worker_http,
+        WaitForLine(*children[i], "kvpool-worker http on ", worker_deadline, signals));
+    std::cerr << "kvpool up: worker-" << i - 1 << " metrics on http://" << worker_http
+              << "/metrics\n";
   }
   for (size_t i = 1; i < children.size(); ++i) {
     KVPOOL_RETURN_IF_ERROR(

@@ -153,6 +153,18 @@ TEST(EngineConfigTest, KvShapesMatchTheSharedTable) {
   }
 }
 
+// The dashboard's calculator reads kReferenceShapes; `kvpool calc` reads the configs.
+TEST(EngineConfigTest, ReferenceShapesMatchTheConfigs) {
+  for (const ReferenceShape& shape : kReferenceShapes) {
+    const ModelConfig c = BuiltinModelConfig(std::string(shape.model)).value();
+    EXPECT_EQ(c.num_layers, shape.num_layers) << shape.model;
+    EXPECT_EQ(c.num_heads, shape.num_heads) << shape.model;
+    EXPECT_EQ(c.num_kv_heads, shape.num_kv_heads) << shape.model;
+    EXPECT_EQ(c.head_dim, shape.head_dim) << shape.model;
+    EXPECT_EQ(c.max_position, shape.max_position) << shape.model;
+  }
+}
+
 TEST_F(EngineTest, ContiguousNeedsARunPagedDoesNot) {
   // 16 blocks of 4 tokens. Fill them with four 4-block paged sequences, free the 1st and
   // 3rd: 8 blocks free, but no run of 5.

@@ -10,7 +10,7 @@ namespace kvpool::integration {
 
 WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string> args) {
   std::vector<std::string> argv = {KVPOOL_WORKER_BIN, "--manager", manager, "--listen",
-                                   "127.0.0.1:0"};
+                                   "127.0.0.1:0",       "--http",    "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
   process_ = std::make_unique<Subprocess>(argv);
   static const std::string kListening = "kvpool-worker listening on ";
@@ -19,6 +19,13 @@ WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string
     ADD_FAILURE() << "kvpool-worker did not start: " << line.value_or("<no output>");
     return;
   }
+  static const std::string kHttp = "kvpool-worker http on ";
+  std::optional<std::string> http = process_->ReadLine(std::chrono::seconds(10));
+  if (!http || http->rfind(kHttp, 0) != 0) {
+    ADD_FAILURE() << "kvpool-worker did not serve HTTP: " << http.value_or("<no output>");
+    return;
+  }
+  http_address_ = http->substr(kHttp.size());
   if (!WaitForLine("kvpool-worker attached to ", std::chrono::seconds(60))) {
     ADD_FAILURE() << "kvpool-worker did not attach to the manager at " << manager;
     return;

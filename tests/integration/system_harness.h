@@ -24,12 +24,14 @@ using manager::testing::Subprocess;
 
 class WorkerProcess {
  public:
-  // Starts kvpool-worker --manager `manager` --listen 127.0.0.1:0 plus `args`; waits
+  // Starts kvpool-worker --manager `manager` --listen 127.0.0.1:0 --http 127.0.0.1:0
+  // plus `args`; waits
   // (up to 60 s) for it to serve and to attach; ADD_FAILURE and empty address() if not.
   WorkerProcess(const std::string& manager, std::vector<std::string> args);
   ~WorkerProcess();  // SIGTERM, then SIGKILL
 
   const std::string& address() const { return address_; }
+  const std::string& http_address() const { return http_address_; }  // /metrics, /healthz
   Subprocess& process() { return *process_; }
   std::unique_ptr<v1::Worker::Stub> NewStub() const;
   // The next stdout line that starts with `prefix`, within `timeout`.
@@ -37,7 +39,7 @@ class WorkerProcess {
 
  private:
   std::unique_ptr<Subprocess> process_;
-  std::string address_;
+  std::string address_, http_address_;
   std::shared_ptr<grpc::Channel> channel_;
 };
 

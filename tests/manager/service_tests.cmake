@@ -10,7 +10,7 @@ if(TARGET kvpool-manager)
       ${CMAKE_CURRENT_LIST_DIR}/service/service_errors_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_load_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_lifecycle_test.cc
-    LIBS kvpool_proto kvpool_health_proto
+    LIBS kvpool_proto kvpool_health_proto nlohmann_json::nlohmann_json
     LABELS manager)
   target_include_directories(manager_service_test PRIVATE ${KVPOOL_SOURCE_DIR})
   target_compile_definitions(manager_service_test PRIVATE

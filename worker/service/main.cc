@@ -3,8 +3,9 @@
 // API, grpc.health.v1 NOT_SERVING until attached, reflection), registers with the
 // node's kvpool-manager, maps its pool and runs the scheduler on it; the health status
 // follows the scheduler. An Asio loop handles SIGTERM/SIGINT.
-// Prints "kvpool-worker listening on HOST:PORT" once serving gRPC and "kvpool-worker
-// attached to ..." on every (re-)attachment, so scripts and tests can use port 0.
+// Prints "kvpool-worker listening on HOST:PORT" once serving gRPC, "kvpool-worker http
+// on HOST:PORT" when --http serves /metrics and /healthz, and "kvpool-worker attached
+// to ..." on every (re-)attachment, so scripts and tests can use port 0.
 // Exits 1 with the reason when the manager's pool cannot hold this model's K/V.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -21,8 +22,10 @@
 #include <iostream>
 
 #include "engine/model_loader.h"
+#include "kvpool/observability/http_server.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
+#include "service/worker_metrics.h"
 #include "service/worker_service.h"
 #include "tokenizer/tokenizer.h"
 
@@ -47,7 +50,7 @@ StatusOr<std::string> ReadToken(const std::string& path) {
 int Run(int argc, char** argv) {
   CLI::App app{"kvpool worker: serves Generate on the node's shared KV pool"};
   std::string manager = "127.0.0.1:50051", listen = "127.0.0.1:0", model = "gpt2";
-  std::string token_file, name;
+  std::string token_file, name, http_address;
   SchedulerOptions scheduler_options;
   uint64_t weights_seed = 42;
   app.add_option("--manager", manager, "the node's kvpool-manager (host:port)");
@@ -65,6 +68,8 @@ int Run(int argc, char** argv) {
   app.add_option("--token-file", token_file,
                  "this worker's bearer token for the manager (first line of the file)");
   app.add_option("--name", name, "worker name for the manager's logs");
+  app.add_option("--http", http_address,
+                 "HTTP address HOST:PORT for /metrics and /healthz (port 0: any free port)");
   CLI11_PARSE(app, argc, argv);
 
   std::string token;
@@ -93,6 +98,9 @@ int Run(int argc, char** argv) {
   link_options.address = manager;
   link_options.token = token;
   link_options.worker_name = name;
+  link_options.report_load = [&scheduler_ptr](v1::WorkerLoad* load) {
+    if (scheduler_ptr != nullptr) FillWorkerLoad(scheduler_ptr->counters(), load);
+  };
   ManagerLink link(link_options, loaded->config, [&scheduler_ptr] {
     if (scheduler_ptr != nullptr) scheduler_ptr->Wake();
   });
@@ -119,10 +127,32 @@ int Run(int argc, char** argv) {
   std::cout << "kvpool-worker listening on " << host << ":" << port << std::endl;
   std::cerr << "kvpool-worker: " << loaded->source << ", manager " << manager << "\n";
 
+  boost::asio::io_context io;
+  HttpServer http(io, "kvpool-worker", [&](const std::string& target) -> HttpResponse {
+    if (target == "/metrics") {
+      return {200, "text/plain; version=0.0.4; charset=utf-8",
+              RenderWorkerMetrics(scheduler, link)};
+    }
+    if (target == "/healthz") {
+      return scheduler.serving() ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
+                                 : HttpResponse{503, "text/plain; charset=utf-8",
+                                                "not attached to a manager's pool\n"};
+    }
+    return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
+  });
+  if (!http_address.empty()) {
+    StatusOr<boost::asio::ip::tcp::endpoint> endpoint = http.Listen(http_address);
+    if (!endpoint.ok()) {
+      server->Shutdown();
+      return Fail(endpoint.status().message());
+    }
+    std::cout << "kvpool-worker http on " << endpoint->address().to_string() << ":"
+              << endpoint->port() << std::endl;
+  }
+
   scheduler.Start();
   link.Start();
 
-  boost::asio::io_context io;
   int exit_code = 0;
   auto stop = [&] {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -148,6 +178,7 @@ int Run(int argc, char** argv) {
     if (ec) return;
     std::cerr << "kvpool-worker: signal " << signal << ", shutting down\n";
     poll.cancel();
+    http.Close();
     server->GetHealthCheckService()->SetServingStatus(false);
     stop();
   });

@@ -221,6 +221,7 @@ void ManagerLink::Run() {
     lock.unlock();
     v1::HeartbeatRequest request;
     request.set_worker_id(attached->worker_id);
+    if (options_.report_load) options_.report_load(request.mutable_load());
     v1::HeartbeatResponse response;
     auto context = NewContext();
     const grpc::Status status = stub_->Heartbeat(context.get(), request, &response);

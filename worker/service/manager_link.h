@@ -46,6 +46,8 @@ struct ManagerLinkOptions {
   std::string worker_name;  // for the manager's logs
   std::chrono::milliseconds call_timeout{5000};
   std::chrono::milliseconds max_backoff{1000};
+  // Fills each heartbeat's load (for the manager's dashboard); none when unset.
+  std::function<void(v1::WorkerLoad*)> report_load;
 };
 
 class ManagerLink {

@@ -362,9 +362,14 @@ void Scheduler::Emit(Seq& seq, int32_t token, double step_s) {
   seq.generated.push_back(token);
   ++job.completion_tokens;
   counters_.generated_tokens.fetch_add(1);
-  if (job.first_token_at == Clock::time_point{}) job.first_token_at = now;
+  if (job.first_token_at == Clock::time_point{}) {
+    job.first_token_at = now;
+    counters_.ttft_s.Observe(Seconds(now - job.arrival));
+  }
   if (seq.has_token) {
-    job.gap_sum_s += Seconds(now - seq.last_token_at);
+    const double gap_s = Seconds(now - seq.last_token_at);
+    counters_.itl_s.Observe(gap_s);
+    job.gap_sum_s += gap_s;
     ++job.gaps;
   }
   seq.has_token = true;

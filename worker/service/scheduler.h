@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "kvpool/observability/prometheus.h"
 #include "service/job.h"
 #include "service/manager_link.h"
 
@@ -34,12 +35,17 @@ struct SchedulerOptions {
   int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
 };
 
+// Written by the scheduler thread, read by GetStats, /metrics and the heartbeat.
 struct WorkerCounters {
   std::atomic<int64_t> running{0}, waiting{0};
   std::atomic<int64_t> finished{0}, failed{0}, preemptions{0};
   std::atomic<int64_t> prompt_tokens{0}, cached_tokens{0}, generated_tokens{0};
   std::atomic<int64_t> steps{0}, manager_calls{0};
   std::atomic<int64_t> blocks_held{0}, bytes_reserved{0}, bytes_used{0};
+  Histogram ttft_s{RequestLatencyBucketsS()};      // arrival to first token, per request
+  Histogram itl_s{TokenLatencyBucketsS()};         // between tokens of one sequence
+  Histogram e2e_s{RequestLatencyBucketsS()};       // arrival to last token, per request
+  Histogram queue_s{RequestLatencyBucketsS()};     // arrival to admission, per request
 };
 
 class Scheduler {

@@ -292,9 +292,12 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
     summary->set_kv_bytes_used(job.peak_used_bytes);
     for (const std::string& reason : job.finish_reasons) summary->add_finish_reasons(reason);
     summary->set_preemptions(job.preemptions);
+    // Counted before the stream ends, so a client that scrapes after its call sees it.
+    counters_.finished.fetch_add(1);
+    counters_.e2e_s.Observe(Seconds(job.last_token_at - job.arrival));
+    counters_.queue_s.Observe(Seconds(job.admitted_at - job.arrival));
     job.Push(std::move(event));
     job.End(Status::Ok());
-    counters_.finished.fetch_add(1);
   }
   admission_paused_ = false;
   if (lost) LinkLost("Step: " + lost_why);

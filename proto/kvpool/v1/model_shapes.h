@@ -23,6 +23,21 @@ inline constexpr KvShape kBuiltinKvShapes[] = {
     {"tiny-llama", 2, 2, 16},
 };
 
+// Published architectures' attention shapes, for memory arithmetic only (the
+// dashboard's calculator; `kvpool calc` knows the same names through the worker's
+// configs, and a test keeps the two equal): GPT-2, GPT-3 and Llama families, MHA and
+// GQA.
+struct ReferenceShape {
+  std::string_view model;
+  int32_t num_layers, num_heads, num_kv_heads, head_dim, max_position;
+};
+
+inline constexpr ReferenceShape kReferenceShapes[] = {
+    {"gpt2", 12, 12, 12, 64, 1024},         {"gpt2-medium", 24, 16, 16, 64, 1024},
+    {"gpt3-175b", 96, 96, 96, 128, 2048},   {"llama-7b", 32, 32, 32, 128, 4096},
+    {"llama-13b", 40, 40, 40, 128, 4096},   {"llama-70b", 80, 64, 8, 128, 4096},
+};
+
 // Null when `model` is not a runnable built-in name.
 inline const KvShape* FindKvShape(std::string_view model) {
   for (const KvShape& s : kBuiltinKvShapes) {

@@ -1,7 +1,8 @@
 // The process-level contract of kvpool-manager: a SIGKILLed worker's blocks come back
 // within 2 x lease TTL; SIGTERM exits 0 and unlinks the shm pool; a restart removes
 // segments left by a dead manager; /metrics exposes the documented names after
-// traffic; grpc.health.v1 Check answers SERVING.
+// traffic; the dashboard serves its page and live JSON; grpc.health.v1 Check answers
+// SERVING.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -131,6 +133,59 @@ TEST(ServiceLifecycleTest, MetricsAfterTraffic) {
   }
   EXPECT_THAT(HttpGet(manager.http_address(), "/healthz"), HasSubstr("ok"));
   EXPECT_THAT(HttpGet(manager.http_address(), "/nope"), HasSubstr("404"));
+}
+
+// The dashboard's JSON follows the pool and the load workers report with heartbeats;
+// its page, script and Chart.js are served by the manager itself.
+TEST(ServiceLifecycleTest, DashboardServesPageAndLiveStats) {
+  const std::string chart_js = ::testing::TempDir() + "/chart-for-test.js";
+  { std::ofstream(chart_js) << "window.Chart = function () {};"; }
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "64", "--chart-js", chart_js});
+  ASSERT_FALSE(manager.address().empty());
+  auto stub = manager.NewStub();
+  v1::RegisterWorkerRequest register_request;
+  register_request.set_worker_name("dash-worker");
+  v1::RegisterWorkerResponse worker;
+  ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), register_request, &worker).ok());
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(worker.worker_id());
+  heartbeat.mutable_load()->set_requests_running(3);
+  heartbeat.mutable_load()->set_requests_waiting(2);
+  heartbeat.mutable_load()->set_generated_tokens_total(41);
+  heartbeat.mutable_load()->set_ttft_sum_s(0.5);
+  heartbeat.mutable_load()->set_ttft_count(4);
+  v1::HeartbeatResponse beat;
+  ASSERT_TRUE(stub->Heartbeat(Ctx().get(), heartbeat, &beat).ok());
+  v1::OpenSequenceRequest open;
+  open.set_worker_id(worker.worker_id());
+  for (int i = 0; i < 20; ++i) open.add_token_ids(i);
+  open.set_max_tokens(4);
+  open.set_mode(v1::SEQUENCE_MODE_PAGED);
+  v1::OpenSequenceResponse opened;
+  ASSERT_TRUE(stub->OpenSequence(Ctx().get(), open, &opened).ok());
+
+  const std::string stats = HttpGet(manager.http_address(), "/api/stats");
+  ASSERT_THAT(stats, HasSubstr("HTTP/1.1 200"));
+  const nlohmann::json j = nlohmann::json::parse(stats.substr(stats.find("\r\n\r\n") + 4));
+  EXPECT_EQ(j["pool"]["model"], "tiny-gpt2");
+  EXPECT_EQ(j["pool"]["num_blocks"], 64);
+  EXPECT_EQ(j["pool"]["in_use_blocks"], 2);
+  EXPECT_EQ(j["pool"]["free_blocks"], 62);
+  EXPECT_EQ(j["prefix_cache"]["queries_tokens_total"], 20);
+  EXPECT_EQ(j["sequences"], 1);
+  ASSERT_EQ(j["workers"].size(), 1u);
+  EXPECT_EQ(j["workers"][0]["name"], "dash-worker");
+  EXPECT_EQ(j["workers"][0]["load"]["requests_running"], 3);
+  EXPECT_EQ(j["totals"]["requests_waiting"], 2);
+  EXPECT_EQ(j["totals"]["generated_tokens_total"], 41);
+  EXPECT_DOUBLE_EQ(j["totals"]["ttft_sum_s"].get<double>(), 0.5);
+
+  const std::string models = HttpGet(manager.http_address(), "/api/models");
+  EXPECT_THAT(models, HasSubstr("\"llama-70b\""));
+  EXPECT_THAT(models, HasSubstr("\"num_kv_heads\":8"));
+  EXPECT_THAT(HttpGet(manager.http_address(), "/"), HasSubstr("<canvas id=\"chart-blocks\">"));
+  EXPECT_THAT(HttpGet(manager.http_address(), "/dashboard.js"), HasSubstr("/api/stats"));
+  EXPECT_THAT(HttpGet(manager.http_address(), "/chart.js"), HasSubstr("window.Chart"));
 }
 
 TEST(ServiceLifecycleTest, HealthCheckIsServing) {

@@ -1,9 +1,9 @@
-// HttpServer: a small HTTP/1.1 server (Boost.Beast over Asio) for the manager's
-// observability port: GET requests are passed to one handler (which serves /metrics
-// and /healthz), one request per connection. It runs on the caller's io_context, beside
-// the lease timer and the signal handler, so it never competes with gRPC's threads for
-// the CacheManager beyond the Stats() the handler reads. It must never serve anything
-// that changes manager state.
+// HttpServer: a small HTTP/1.1 server (Boost.Beast over Asio) for a service's
+// observability port (the manager's and the worker's): GET requests are passed to one
+// handler (/metrics, /healthz, the dashboard and its JSON), one request per connection.
+// It runs on the caller's io_context, beside the service's timers and signal handler,
+// so it never competes with gRPC's threads beyond the stats its handler reads. It must
+// never serve anything that changes service state.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -13,7 +13,7 @@
 
 #include "kvpool/v1/status.h"
 
-namespace kvpool::manager {
+namespace kvpool {
 
 struct HttpResponse {
   int status = 200;
@@ -26,7 +26,8 @@ class HttpServer {
   // Maps a request target (path, e.g. "/metrics") to the response.
   using Handler = std::function<HttpResponse(const std::string& target)>;
 
-  HttpServer(boost::asio::io_context& io, Handler handler);
+  // `server_name` goes into every response's Server header.
+  HttpServer(boost::asio::io_context& io, std::string server_name, Handler handler);
 
   // Binds "HOST:PORT" (port 0 picks a free one) and starts accepting; returns the
   // bound endpoint.
@@ -39,10 +40,11 @@ class HttpServer {
 
   boost::asio::io_context& io_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  std::string server_name_;
   Handler handler_;
 };
 
 // Splits "HOST:PORT" ("[v6]:PORT" too); false when malformed.
 bool SplitHostPort(const std::string& address, std::string* host, unsigned short* port);
 
-}  // namespace kvpool::manager
+}  // namespace kvpool

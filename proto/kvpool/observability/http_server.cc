@@ -1,6 +1,6 @@
 // HttpServer: async accept loop and one-request sessions with Boost.Beast. See
 // http_server.h.
-#include "cache_service/http_server.h"
+#include "kvpool/observability/http_server.h"
 
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/core.hpp>
@@ -8,7 +8,7 @@
 #include <chrono>
 #include <memory>
 
-namespace kvpool::manager {
+namespace kvpool {
 namespace {
 
 namespace beast = boost::beast;
@@ -18,8 +18,8 @@ using tcp = boost::asio::ip::tcp;
 // One connection: read a request, write the handler's answer, close.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, const HttpServer::Handler& handler)
-      : stream_(std::move(socket)), handler_(handler) {}
+  Session(tcp::socket socket, const std::string& server_name, const HttpServer::Handler& handler)
+      : stream_(std::move(socket)), server_name_(server_name), handler_(handler) {}
 
   void Start() {
     stream_.expires_after(std::chrono::seconds(10));
@@ -41,7 +41,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     response_.version(request_.version());
     response_.result(static_cast<http::status>(answer.status));
-    response_.set(http::field::server, "kvpool-manager");
+    response_.set(http::field::server, server_name_);
     response_.set(http::field::content_type, answer.content_type);
     response_.keep_alive(false);
     response_.body() = std::move(answer.body);
@@ -56,6 +56,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   http::request<http::string_body> request_;
   http::response<http::string_body> response_;
+  const std::string& server_name_;
   const HttpServer::Handler& handler_;
 };
 
@@ -75,8 +76,8 @@ bool SplitHostPort(const std::string& address, std::string* host, unsigned short
   return true;
 }
 
-HttpServer::HttpServer(boost::asio::io_context& io, Handler handler)
-    : io_(io), acceptor_(io), handler_(std::move(handler)) {}
+HttpServer::HttpServer(boost::asio::io_context& io, std::string server_name, Handler handler)
+    : io_(io), acceptor_(io), server_name_(std::move(server_name)), handler_(std::move(handler)) {}
 
 StatusOr<tcp::endpoint> HttpServer::Listen(const std::string& address) {
   std::string host;
@@ -106,9 +107,9 @@ void HttpServer::Close() {
 void HttpServer::Accept() {
   acceptor_.async_accept(io_, [this](beast::error_code ec, tcp::socket socket) {
     if (ec == boost::asio::error::operation_aborted || !acceptor_.is_open()) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), handler_)->Start();
+    if (!ec) std::make_shared<Session>(std::move(socket), server_name_, handler_)->Start();
     Accept();
   });
 }
 
-}  // namespace kvpool::manager
+}  // namespace kvpool

@@ -1,0 +1,144 @@
+// Dashboard routes and their JSON. See dashboard.h.
+#include "cache_service/dashboard.h"
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "kvpool/v1/model_shapes.h"
+
+namespace kvpool::manager {
+namespace {
+
+using Json = nlohmann::json;
+
+double SecondsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+const char* ContentType(std::string_view path) {
+  if (path.size() >= 5 && path.substr(path.size() - 5) == ".html") return "text/html; charset=utf-8";
+  if (path.size() >= 4 && path.substr(path.size() - 4) == ".css") return "text/css; charset=utf-8";
+  return "text/javascript; charset=utf-8";
+}
+
+int DtypeBits(v1::KvDtype dtype) {
+  switch (dtype) {
+    case v1::KV_DTYPE_FP16:
+    case v1::KV_DTYPE_BF16:
+      return 16;
+    default:
+      return 32;
+  }
+}
+
+Json LoadJson(const v1::WorkerLoad& l) {
+  return {{"requests_running", l.requests_running()},
+          {"requests_waiting", l.requests_waiting()},
+          {"requests_finished_total", l.requests_finished_total()},
+          {"requests_failed_total", l.requests_failed_total()},
+          {"preemptions_total", l.preemptions_total()},
+          {"prompt_tokens_total", l.prompt_tokens_total()},
+          {"generated_tokens_total", l.generated_tokens_total()},
+          {"ttft_sum_s", l.ttft_sum_s()},
+          {"ttft_count", l.ttft_count()},
+          {"itl_sum_s", l.itl_sum_s()},
+          {"itl_count", l.itl_count()}};
+}
+
+}  // namespace
+
+Dashboard::Dashboard(const CacheManager* core, const ManagerService* service,
+                     v1::PoolDescriptor pool, std::string chart_js)
+    : core_(core),
+      service_(service),
+      pool_(std::move(pool)),
+      chart_js_(std::move(chart_js)),
+      started_at_(Clock::now()) {}
+
+std::optional<HttpResponse> Dashboard::Serve(const std::string& target) const {
+  if (target == "/api/stats") return HttpResponse{200, "application/json", StatsJson()};
+  if (target == "/api/models") return HttpResponse{200, "application/json", ModelsJson()};
+  if (target == "/chart.js") {
+    if (chart_js_.empty()) {
+      return HttpResponse{404, "text/plain; charset=utf-8",
+                          "Chart.js not found: install Debian's libjs-chart.js, or start the "
+                          "manager with --chart-js FILE\n"};
+    }
+    return HttpResponse{200, "text/javascript; charset=utf-8", chart_js_};
+  }
+  const std::string path = target == "/" ? "/index.html" : target;
+  const std::string_view asset = DashboardAsset(path);
+  if (asset.empty()) return std::nullopt;
+  return HttpResponse{200, ContentType(path), std::string(asset)};
+}
+
+std::string Dashboard::StatsJson() const {
+  const ManagerStats s = core_->Stats();
+  const Clock::time_point now = Clock::now();
+  Json workers = Json::array();
+  Json totals = LoadJson(v1::WorkerLoad());
+  for (const WorkerSnapshot& w : service_->Workers()) {
+    const Json load = LoadJson(w.load);
+    workers.push_back({{"id", w.id},
+                       {"name", w.name},
+                       {"tenant", w.tenant},
+                       {"uptime_s", SecondsBetween(w.registered_at, now)},
+                       {"last_heartbeat_age_s", SecondsBetween(w.last_heartbeat_at, now)},
+                       {"load", load}});
+    for (auto& [key, value] : totals.items()) {
+      value = value.is_number_float() ? Json(value.get<double>() + load[key].get<double>())
+                                      : Json(value.get<int64_t>() + load[key].get<int64_t>());
+    }
+  }
+  Json out = {
+      {"time_s", SecondsBetween(started_at_, now)},
+      {"pool",
+       {{"model", pool_.model_name()},
+        {"backend", pool_.backend()},
+        {"num_blocks", s.num_blocks},
+        {"block_size", pool_.block_size()},
+        {"block_bytes", pool_.block_bytes()},
+        {"pool_bytes", pool_.pool_bytes()},
+        {"free_blocks", s.free_blocks},
+        {"cached_blocks", s.cached_blocks},
+        {"in_use_blocks", s.in_use_blocks},
+        {"usage_ratio",
+         s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0},
+        {"bytes_reserved", s.bytes_reserved},
+        {"bytes_used", s.bytes_used}}},
+      {"prefix_cache",
+       {{"queries_tokens_total", s.prefix_queries_tokens},
+        {"hits_tokens_total", s.prefix_hits_tokens}}},
+      {"evictions_total", s.evictions},
+      {"expired_leases_total", s.expired_leases},
+      {"sequences", s.num_sequences},
+      {"workers_live", s.num_workers},
+      {"workers", workers},
+      {"totals", totals}};
+  return out.dump();
+}
+
+std::string Dashboard::ModelsJson() const {
+  Json models = Json::array();
+  for (const ReferenceShape& m : kReferenceShapes) {
+    models.push_back({{"name", m.model},
+                      {"num_layers", m.num_layers},
+                      {"num_heads", m.num_heads},
+                      {"num_kv_heads", m.num_kv_heads},
+                      {"head_dim", m.head_dim},
+                      {"max_position", m.max_position}});
+  }
+  Json out = {{"models", models},
+              {"pool",
+               {{"model", pool_.model_name()},
+                {"num_layers", pool_.num_layers()},
+                {"num_kv_heads", pool_.num_kv_heads()},
+                {"head_dim", pool_.head_dim()},
+                {"block_size", pool_.block_size()},
+                {"num_blocks", pool_.num_blocks()},
+                {"pool_bytes", pool_.pool_bytes()},
+                {"dtype_bits", DtypeBits(pool_.dtype())}}}};
+  return out.dump();
+}
+
+}  // namespace kvpool::manager
