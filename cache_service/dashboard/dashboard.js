@@ -68,7 +68,8 @@ function lineChart(id, labels, options = {}) {
       scales: {
         x: { title: { display: Boolean(options.xTitle), text: options.xTitle || '' } },
         y: { stacked: Boolean(options.stacked), beginAtZero: true,
-             type: options.logY ? 'logarithmic' : 'linear' },
+             type: options.logY ? 'logarithmic' : 'linear',
+             title: { display: Boolean(options.yTitle), text: options.yTitle || '' } },
       },
     },
   });
@@ -372,16 +373,16 @@ function init() {
       Object.values(state.charts).forEach((c) => c && c.resize());
     });
   });
-  lineChart('chart-blocks', ['in use', 'cached', 'free'], { stacked: true, xTitle: 'seconds since manager start' });
-  lineChart('chart-hit-rate', ['per interval', 'all time'], { xTitle: 'seconds' });
-  lineChart('chart-evictions', ['evictions/s', 'preemptions/s'], { xTitle: 'seconds' });
-  lineChart('chart-requests', ['running', 'waiting'], { xTitle: 'seconds' });
-  lineChart('chart-latency', ['TTFT', 'inter-token'], { xTitle: 'seconds' });
-  lineChart('chart-calc', ['MHA', 'GQA-8', 'MQA', 'this model'], { xTitle: 'sequence length (tokens)' });
-  lineChart('chart-report-modes', ['avg latency / token', 'TTFT'], { type: 'bar', logY: true });
-  lineChart('chart-report-sweep', ['none', 'contiguous', 'paged'], { xTitle: 'context (tokens)', logY: true });
-  lineChart('chart-report-throughput', ['contiguous', 'paged'], { xTitle: 'concurrent requests' });
-  lineChart('chart-report-cache', ['hit rate %'], { xTitle: 'pool / working set' });
+  lineChart('chart-blocks', ['in use', 'cached', 'free'], { stacked: true, xTitle: 'seconds since manager start', yTitle: 'blocks' });
+  lineChart('chart-hit-rate', ['per interval', 'all time'], { xTitle: 'seconds', yTitle: '% of prompt tokens' });
+  lineChart('chart-evictions', ['evictions/s', 'preemptions/s'], { xTitle: 'seconds', yTitle: 'per second' });
+  lineChart('chart-requests', ['running', 'waiting'], { xTitle: 'seconds', yTitle: 'requests' });
+  lineChart('chart-latency', ['TTFT', 'inter-token'], { xTitle: 'seconds', yTitle: 'ms' });
+  lineChart('chart-calc', ['MHA', 'GQA-8', 'MQA', 'this model'], { xTitle: 'sequence length (tokens)', yTitle: 'GiB' });
+  lineChart('chart-report-modes', ['avg latency / token', 'TTFT'], { type: 'bar', logY: true, yTitle: 'ms' });
+  lineChart('chart-report-sweep', ['none', 'contiguous', 'paged'], { xTitle: 'context (tokens)', logY: true, yTitle: 'ms per step' });
+  lineChart('chart-report-throughput', ['contiguous', 'paged'], { xTitle: 'concurrent requests', yTitle: 'tokens/s' });
+  lineChart('chart-report-cache', ['hit rate %'], { xTitle: 'pool / working set', yTitle: '%' });
 
   ['calc-model', 'calc-dtype', 'calc-pool', 'calc-block', 'calc-batch', 'calc-seq'].forEach((id) => {
     $(id).addEventListener('input', updateCalculator);
