@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Offline checks of the Kubernetes deployment in k8s/ (registered with ctest).
+
+Renders every overlay, and the overlays with the components meant for them
+(RENDERINGS), with scripts/kustomize_lite.py, then checks what a cluster would only
+reveal at run time:
+
+  - every YAML file parses, passes yamllint (k8s/.yamllint, strict) and is used by a
+    kustomization; where kubectl is installed, our rendering equals `kubectl kustomize`;
+  - selectors: each workload's selector matches its own pod template; each Service,
+    PodDisruptionBudget and ServiceMonitor selects something, and the ports they name
+    exist there (Service targetPort on the pods, ServiceMonitor port on the Service);
+  - probes: every container has startup, readiness and liveness probes whose port is a
+    declared container port (a number for gRPC probes: the kubelet takes no names);
+  - every container has an image, CPU and memory requests and limits, a non-root,
+    no-capability, read-only-root security context; every pod a RuntimeDefault seccomp;
+  - ConfigMap, Secret and volume references resolve (cert-manager Certificates count as
+    defining their Secret), and every $(VAR) in command/args is defined;
+  - args: each --flag is one the binary accepts, read from the C++ sources
+    (add_option/add_flag in BINARIES), so the check follows the code;
+  - kvpool's own rules: the manager is a DaemonSet behind a Service with
+    internalTrafficPolicy: Local that the workers' --manager names; manager and workers
+    share the pool (shm: hostIPC or the host's /dev/shm; cuda: hostIPC + hostPID, the
+    nvidia runtime, a GPU request on the workers and none on the manager, which sees all
+    GPUs); they run as one uid (the shm segment is mode 0600) on the same nodes, with the
+    same model; an shm pool fits in the manager's memory limit.
+
+  scripts/check-manifests.py              run the checks (exit 1 on any error)
+  scripts/check-manifests.py --self-test  break rendered manifests on purpose and assert
+                                          that each break is reported
+"""
+
+import argparse
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kustomize_lite as kl  # noqa: E402
+from manifest_rules import (Checker, Manifests, accepted_flags, flags_in_source,  # noqa: E402
+                            name_of, parse_bytes, parsed_args)
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+
+# (overlay, components): the overlays alone, and with each component they support.
+# shm-hostpath replaces hostIPC, which CUDA IPC needs, so it goes with cpu only.
+RENDERINGS = [
+    ("overlays/cpu", []),
+    ("overlays/gpu", []),
+    ("overlays/cpu", ["components/shm-hostpath"]),
+    ("overlays/cpu", ["components/tls"]),
+    ("overlays/gpu", ["components/tls"]),
+]
+
+
+# ---- files, yamllint, kubectl ----
+
+def kustomization_dirs():
+    return sorted({p.parent for name in kl.KUSTOMIZATION_FILES for p in K8S.rglob(name)})
+
+
+def check_files():
+    """Every YAML file parses and is used by some kustomization."""
+    errors = []
+    used = set()
+    for d in kustomization_dirs():
+        spec = kl.load_yaml_documents(kl.kustomization_file(d))[0]
+        used.add(kl.kustomization_file(d).resolve())
+        for entry in spec.get("resources") or []:
+            used.add((d / entry).resolve())
+        for patch in spec.get("patches") or []:
+            if "path" in patch:
+                used.add((d / patch["path"]).resolve())
+    for path in sorted(K8S.rglob("*.y*ml")):
+        try:
+            list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as e:
+            errors.append(f"{path.relative_to(ROOT)}: not valid YAML: {e}")
+        if path.resolve() not in used:
+            errors.append(f"{path.relative_to(ROOT)}: no kustomization uses this file")
+    return errors
+
+
+def run_yamllint():
+    exe = shutil.which("yamllint")
+    if exe is None:
+        return ["yamllint is not installed (scripts/install-deps.sh installs it)"]
+    proc = subprocess.run([exe, "--strict", "-f", "parsable", "-c", str(K8S / ".yamllint"), str(K8S)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return ["yamllint: " + line for line in (proc.stdout + proc.stderr).strip().splitlines()]
+    return []
+
+
+def normalized(value):
+    """Objects compared without the order of merge-keyed lists (kustomize and
+    kustomize_lite may order merged items differently)."""
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [normalized(v) for v in value]
+        for key in set(kl.MERGE_KEYS.values()) | {"containerPort", "port", "key"}:
+            if items and all(isinstance(i, dict) and key in i for i in items):
+                return sorted(items, key=lambda i: str(i[key]))
+        return items
+    return value
+
+
+def first_difference(a, b, path=""):
+    if type(a) is not type(b):
+        return f"{path or '/'}: {a!r} != {b!r}"
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                return f"{path}/{k}: only in {'kustomize_lite' if k in a else 'kubectl'}"
+            diff = first_difference(a[k], b[k], f"{path}/{k}")
+            if diff:
+                return diff
+    elif isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff = first_difference(x, y, f"{path}[{i}]")
+            if diff:
+                return diff
+    elif a != b:
+        return f"{path}: {a!r} != {b!r}"
+    return None
+
+
+def kubectl_cross_check(overlay, components, ours):
+    """Our rendering against `kubectl kustomize` (None when kubectl is absent)."""
+    exe = shutil.which("kubectl")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        target = K8S / overlay
+        if components:
+            rel = os.path.relpath(K8S, tmp)
+            spec = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                    "resources": [f"{rel}/{overlay}"],
+                    "components": [f"{rel}/{c}" for c in components]}
+            Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(spec))
+            target = Path(tmp)
+        proc = subprocess.run([exe, "kustomize", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [f"kubectl kustomize failed: {proc.stderr.strip()}"]
+    theirs = {kl.object_id(o): o for o in yaml.safe_load_all(proc.stdout) if o}
+    mine = {kl.object_id(o): o for o in ours}
+    errors = []
+    for oid in sorted(set(theirs) | set(mine)):
+        if oid not in theirs or oid not in mine:
+            errors.append(f"{oid}: rendered by {'kustomize_lite' if oid in mine else 'kubectl'} only")
+            continue
+        diff = first_difference(normalized(mine[oid]), normalized(theirs[oid]))
+        if diff:
+            errors.append(f"{oid}: kustomize_lite and kubectl kustomize differ at {diff}")
+    return errors
+
+
+def render(overlay, components):
+    if components:
+        return kl.render_virtual([overlay], components, K8S)
+    return kl.render(K8S / overlay)
+
+
+def rendering_name(overlay, components):
+    return "+".join([overlay] + components)
+
+
+def check_all():
+    errors = check_files() + run_yamllint()
+    flags = accepted_flags()
+    cross_checked = 0
+    for overlay, components in RENDERINGS:
+        name = rendering_name(overlay, components)
+        try:
+            objects = render(overlay, components)
+        except kl.RenderError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        errors += Checker(Manifests(objects), flags, name).run()
+        diff = kubectl_cross_check(overlay, components, objects)
+        if diff is not None:
+            cross_checked += 1
+            errors += [f"{name}: {d}" for d in diff]
+    used = {c for _, components in RENDERINGS for c in components}
+    for d in sorted((K8S / "components").iterdir()):
+        if d.is_dir() and str(d.relative_to(K8S)) not in used:
+            errors.append(f"k8s/{d.relative_to(K8S)}: not in RENDERINGS, so never checked")
+    for e in errors:
+        print(f"check-manifests: {e}")
+    kubectl_note = (f"{cross_checked} compared with kubectl kustomize" if cross_checked
+                    else "kubectl not found: no comparison with kubectl kustomize")
+    print(f"check-manifests: {len(RENDERINGS)} renderings ({kubectl_note}), "
+          f"{len(errors)} error(s)")
+    return 1 if errors else 0
+
+
+# ---- self-test ----
+
+def self_test():
+    """Breaks rendered manifests in known ways and asserts each break is reported."""
+    failures = []
+
+    def expect(condition, what):
+        if not condition:
+            failures.append(what)
+
+    # The flag reader on the shapes CLI11 calls take.
+    source = '''app.add_option("--listen", x, "d");
+      app.add_flag("-v,--verbose", v);
+      app.add_option(
+          "--tls-cert", cert)->check(CLI::ExistingFile);
+      sub->add_option_function<int>("--port", [](int) {});
+    '''
+    expect(flags_in_source(source) == {"--listen", "--verbose", "--tls-cert", "--port"},
+           f"flags_in_source: {flags_in_source(source)}")
+    expect(parsed_args(["--a=1", "--b", "2", "--c", "--d=x=y"]) ==
+           [("--a", "1"), ("--b", "2"), ("--c", None), ("--d", "x=y")], "parsed_args")
+    expect(parse_bytes("1280Mi") == 1280 << 20 and parse_bytes("1G") == 10**9, "parse_bytes")
+    expect(kl.split_image("reg:5000/a/b:1.2@sha256:x") == ("reg:5000/a/b", "1.2", "sha256:x"),
+           "split_image")
+
+    renders = {(o, tuple(c)): render(o, c) for o, c in RENDERINGS}
+    # Accept exactly the flags the manifests use, so this test does not depend on which
+    # flags the sources have today.
+    used = {}
+    for objects in renders.values():
+        m = Manifests(objects)
+        for w in m.workloads:
+            for c in (kl.pod_spec(w) or {}).get("containers") or []:
+                binary = os.path.basename((c.get("command") or [""])[0])
+                used.setdefault(binary, {"--help"}).update(
+                    f for f, _ in parsed_args((c.get("command") or [])[1:] + (c.get("args") or [])))
+
+    def errors_of(objects, flags=None):
+        return Checker(Manifests(objects), flags or used, "self-test").run()
+
+    for key, objects in renders.items():
+        errs = errors_of(objects)
+        expect(not errs, f"{rendering_name(key[0], list(key[1]))} should be clean: {errs}")
+
+    def find(objects, kind, name):
+        return next(o for o in objects if o.get("kind") == kind and name_of(o) == name)
+
+    def container(objects, kind, name):
+        return kl.pod_spec(find(objects, kind, name))["containers"][0]
+
+    def mutation(overlay, expected, mutate, flags=None):
+        objects = copy.deepcopy(renders[(overlay, ())])
+        mutate(objects)
+        errs = errors_of(objects, flags)
+        if not any(expected in e for e in errs):
+            failures.append(f"a mutation should report {expected!r}; got {errs}")
+
+    cpu, gpu = "overlays/cpu", "overlays/gpu"
+    mutation(cpu, "probe port 50999 is not a declared container port", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["readinessProbe"]["grpc"].update(port=50999))
+    mutation(cpu, "grpc.port must be a number", lambda o: container(
+        o, "Deployment", "kvpool-worker")["startupProbe"]["grpc"].update(port="grpc"))
+    mutation(cpu, "probe port 'metrics' is not a declared", lambda o: container(
+        o, "Deployment", "kvpool-worker")["livenessProbe"]["tcpSocket"].update(port="metrics"))
+    mutation(cpu, "no livenessProbe", lambda o: container(
+        o, "DaemonSet", "kvpool-manager").pop("livenessProbe"))
+    mutation(cpu, "selects no pods", lambda o: find(o, "Service", "kvpool-worker")["spec"][
+        "selector"].update({"app.kubernetes.io/component": "wroker"}))
+    mutation(cpu, "selects no pods", lambda o: find(o, "PodDisruptionBudget", "kvpool-worker")[
+        "spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "other"}))
+    mutation(cpu, "does not match its pod template labels", lambda o: find(
+        o, "Deployment", "kvpool-worker")["spec"]["selector"]["matchLabels"].update(extra="x"))
+    mutation(cpu, "targetPort 'grpcs' is not a port", lambda o: find(
+        o, "Service", "kvpool-manager")["spec"]["ports"][0].update(targetPort="grpcs"))
+    mutation(cpu, "has no port of that name", lambda o: find(
+        o, "ServiceMonitor", "kvpool")["spec"]["endpoints"][0].update(port="metrics"))
+    mutation(cpu, "matches no Service", lambda o: find(
+        o, "ServiceMonitor", "kvpool")["spec"]["selector"]["matchLabels"].update(x="y"))
+    mutation(cpu, "resources.limits.memory is not set", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["resources"]["limits"].pop("memory"))
+    mutation(cpu, "no image", lambda o: container(o, "Deployment", "kvpool-worker").pop("image"))
+    mutation(cpu, "no securityContext", lambda o: container(
+        o, "Deployment", "kvpool-worker").pop("securityContext"))
+    mutation(cpu, "seccompProfile.type must be RuntimeDefault", lambda o: kl.pod_spec(find(
+        o, "DaemonSet", "kvpool-manager"))["securityContext"].pop("seccompProfile"))
+    mutation(cpu, "internalTrafficPolicy: Local", lambda o: find(
+        o, "Service", "kvpool-manager")["spec"].update(internalTrafficPolicy="Cluster"))
+    mutation(cpu, "ConfigMap kvpool-cfg is not defined", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["envFrom"][0]["configMapRef"].update(name="kvpool-cfg"))
+    mutation(cpu, "has no key token", lambda o: kl.pod_spec(find(
+        o, "Deployment", "kvpool-worker"))["volumes"][0]["secret"]["items"][0].update(key="token"))
+    mutation(cpu, "$(KVPOOL_MODLE) in command/args is not defined", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["args"].append("--model=$(KVPOOL_MODLE)"))
+    mutation(cpu, "kvpool-manager does not accept --pool-size", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["args"].append("--pool-size=1"))
+    mutation(cpu, "listens on loopback only", lambda o: container(
+        o, "Deployment", "kvpool-worker")["args"].__setitem__(1, "--listen=127.0.0.1:50052"))
+    mutation(cpu, "must see the same /dev/shm", lambda o: kl.pod_spec(find(
+        o, "Deployment", "kvpool-worker")).update(hostIPC=False))
+    mutation(cpu, "cannot hold the shm pool", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["resources"]["limits"].update(memory="512Mi"))
+    mutation(cpu, "differs from the manager's 10001", lambda o: kl.pod_spec(find(
+        o, "Deployment", "kvpool-worker"))["securityContext"].update(runAsUser=1000))
+    mutation(cpu, "must be a Service of namespace", lambda o: container(
+        o, "Deployment", "kvpool-worker")["args"].__setitem__(0, "--manager=10.0.0.1:50051"))
+    mutation(cpu, "the manager must be a DaemonSet", lambda o: find(
+        o, "DaemonSet", "kvpool-manager").update(kind="Deployment"))
+    mutation(cpu, "has no namespace", lambda o: find(o, "ConfigMap", "kvpool-config")[
+        "metadata"].pop("namespace"))
+    mutation(gpu, "must not request nvidia.com/gpu", lambda o: container(
+        o, "DaemonSet", "kvpool-manager")["resources"]["limits"].update({"nvidia.com/gpu": 1}))
+    mutation(gpu, "each worker must request nvidia.com/gpu", lambda o: [container(
+        o, "Deployment", "kvpool-worker")["resources"][p].pop("nvidia.com/gpu")
+        for p in ("requests", "limits")])
+    mutation(gpu, "needs hostIPC and hostPID", lambda o: kl.pod_spec(find(
+        o, "Deployment", "kvpool-worker")).pop("hostPID"))
+    mutation(gpu, "NVIDIA_VISIBLE_DEVICES=all", lambda o: container(
+        o, "DaemonSet", "kvpool-manager").pop("env"))
+    mutation(gpu, "lets workers onto nodes without a manager", lambda o: kl.pod_spec(find(
+        o, "DaemonSet", "kvpool-manager")).pop("tolerations"))
+
+    # The renderer refuses what it does not implement, rather than render it wrong.
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n")
+        cases = {
+            "commonLabels": "resources: [cm.yaml]\ncommonLabels: {a: b}\n",
+            "directive $patch": "resources: [cm.yaml]\npatches:\n  - patch: |\n"
+                                "      kind: ConfigMap\n      metadata: {name: c}\n"
+                                "      $patch: delete\n",
+            "op 'move'": "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n"
+                         "    patch: |\n      - {op: move, from: /a, path: /b}\n",
+            "regular expression": "resources: [cm.yaml]\npatches:\n  - target: {name: c.*}\n"
+                                  "    patch: |\n      - {op: add, path: /data, value: {}}\n",
+        }
+        for expected, text in cases.items():
+            (base / "kustomization.yaml").write_text(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n" + text)
+            try:
+                kl.render(base)
+                failures.append(f"kustomize_lite should refuse {expected}")
+            except kl.RenderError as e:
+                expect(expected in str(e), f"kustomize_lite error for {expected}: {e}")
+
+    for f in failures:
+        print(f"check-manifests --self-test: FAILED: {f}")
+    print(f"check-manifests --self-test: {'ok' if not failures else f'{len(failures)} failure(s)'}")
+    return 1 if failures else 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--self-test", action="store_true",
+                        help="assert that broken manifests are reported")
+    args = parser.parse_args()
+    sys.exit(self_test() if args.self_test else check_all())
+
+
+if __name__ == "__main__":
+    main()
