@@ -92,8 +92,10 @@ def throughput(report, out):
         xs = [p["concurrency"] for p in points if m in p]
         if not xs:
             continue
-        ax.plot(xs, [p[m]["tokens_per_s"] for p in points if m in p], marker="o",
-                color=COLORS[m], label=m)
+        ax.plot(xs, [p[m].get("sustained_tokens_per_s") or p[m]["tokens_per_s"] for p in points
+                     if m in p], marker="o", color=COLORS[m], label=f"{m} sustained")
+        ax.plot(xs, [p[m]["tokens_per_s"] for p in points if m in p], marker=".", linestyle=":",
+                color=COLORS[m], label=f"{m} overall")
         lat.plot(xs, [1e3 * p[m]["itl_p50_s"] for p in points if m in p], marker="o",
                  color=COLORS[m], label=f"{m} p50")
         lat.plot(xs, [1e3 * p[m]["itl_p99_s"] for p in points if m in p], marker="x",

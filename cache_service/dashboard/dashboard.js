@@ -313,9 +313,9 @@ function showReport(report) {
 
   const points = report.scenarios?.throughput?.points || [];
   setChart('chart-report-throughput', points.map((p) => String(p.concurrency)),
-    ['contiguous', 'paged'].map((m) => points.map((p) => p[m]?.tokens_per_s ?? null)));
+    ['contiguous', 'paged'].map((m) => points.map((p) => p[m]?.sustained_tokens_per_s || p[m]?.tokens_per_s || null)));
   points.forEach((p) => ['contiguous', 'paged'].forEach((m) =>
-    rows.push(['throughput', m, p.concurrency, p[m]?.tokens_per_s ?? '', ''])));
+    rows.push(['throughput', m, p.concurrency, p[m]?.sustained_tokens_per_s ?? '', p[m]?.tokens_per_s ?? ''])));
 
   const sizes = report.scenarios?.cache_size?.pool_sizes || [];
   setChart('chart-report-cache', sizes.map((p) => p.pool_over_working_set.toFixed(2)),

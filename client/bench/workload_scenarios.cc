@@ -53,6 +53,11 @@ struct LoadResult {
   Status status;
   double wall_s = 0;
   int64_t tokens = 0, requests = 0;
+  // The sustained window: from the start until the last request was issued, the time
+  // during which exactly `concurrency` requests were in flight (a closed loop issues
+  // only when one finishes); ramp-down after it is excluded. Tokens that arrived in it.
+  double sustained_s = 0;
+  int64_t sustained_tokens = 0;
   std::vector<double> ttft_s, itl_s;
   int64_t prompt_tokens = 0, cached_tokens = 0;
   std::vector<v1::GetWorkerStatsResponse> samples;
@@ -67,10 +72,18 @@ LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concu
   std::mutex mu;
   StatsSampler sampler(client, std::chrono::milliseconds(10));
   const auto t0 = Clock::now();
+  auto since_start = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  std::vector<std::pair<double, std::vector<double>>> arrivals;  // request start, token times
+  double last_issue_s = 0;
   std::vector<std::thread> threads;
   for (int c = 0; c < concurrency; ++c) {
     threads.emplace_back([&] {
       for (size_t i; (i = next.fetch_add(1)) < items.size();) {
+        const double start_s = since_start();
+        if (i + 1 == items.size()) {
+          std::lock_guard<std::mutex> lock(mu);
+          last_issue_s = start_s;
+        }
         GenerateParams p;
         p.token_ids = items[i].prompt;
         p.max_tokens = items[i].max_tokens;
@@ -90,12 +103,19 @@ LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concu
         }
         r.prompt_tokens += static_cast<int64_t>(items[i].prompt.size());
         r.cached_tokens += m.summary.usage().cached_tokens();
+        arrivals.emplace_back(start_s, std::move(m.arrival_s));
       }
     });
   }
   for (std::thread& t : threads) t.join();
-  r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.wall_s = since_start();
   r.samples = sampler.Take();
+  if (items.size() > static_cast<size_t>(concurrency)) {
+    r.sustained_s = last_issue_s;
+    for (const auto& [start_s, times] : arrivals) {
+      for (double t : times) r.sustained_tokens += start_s + t < last_issue_s ? 1 : 0;
+    }
+  }
   return r;
 }
 
@@ -104,6 +124,8 @@ Json LoadJson(const LoadResult& r) {
           {"requests", r.requests},
           {"tokens", r.tokens},
           {"tokens_per_s", r.tokens / r.wall_s},
+          {"sustained_s", r.sustained_s},
+          {"sustained_tokens_per_s", r.sustained_s > 0 ? r.sustained_tokens / r.sustained_s : 0.0},
           {"requests_per_s", r.requests / r.wall_s},
           {"ttft_p50_s", cli::Percentile(r.ttft_s, 0.5)},
           {"ttft_p99_s", cli::Percentile(r.ttft_s, 0.99)},
@@ -181,10 +203,17 @@ Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   Json throughput = {{"pool_blocks", small_pool}, {"points", Json::array()}};
   KVPOOL_RETURN_IF_ERROR(node->Start(small_pool, block_size));
   KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
+  // Three requests per slot (four at least), so that most of each run is sustained load
+  // at that concurrency; their own prompts, so nothing hits the other runs' prefixes.
+  constexpr int kRequestsPerSlot = 3;
+  const std::vector<WorkItem> load_items =
+      ShareGptLike(kRequestsPerSlot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
   for (int concurrency : {1, 4, 16, 32}) {
     Json row = {{"concurrency", concurrency}};
-    const size_t count = std::min(items.size(), static_cast<size_t>(std::max(4, concurrency)));
-    const std::vector<WorkItem> slice(items.begin(), items.begin() + static_cast<long>(count));
+    const size_t count = std::min(load_items.size(),
+                                  static_cast<size_t>(std::max(4, kRequestsPerSlot * concurrency)));
+    const std::vector<WorkItem> slice(load_items.begin(),
+                                      load_items.begin() + static_cast<long>(count));
     for (const char* mode : {"none", "contiguous", "paged"}) {
       if (std::string(mode) == "none" && concurrency > 1) continue;
       o.progress("throughput: " + std::string(mode) + " at concurrency " +

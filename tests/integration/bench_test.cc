@@ -3,6 +3,7 @@
 // (docs/bench-report.md), the CSVs, report.md and non-empty PNG plots.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -52,6 +53,13 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_GT(efficiency["paged"]["largest_batch_in_small_pool"].get<int>(),
             efficiency["contiguous"]["largest_batch_in_small_pool"].get<int>());
   EXPECT_EQ(r["scenarios"]["throughput"]["points"].size(), 4u);
+  for (const nlohmann::json& point : r["scenarios"]["throughput"]["points"]) {
+    const nlohmann::json& paged = point["paged"];
+    EXPECT_EQ(paged["requests"].get<int>(), std::max(4, 3 * point["concurrency"].get<int>()));
+    EXPECT_GT(paged["sustained_s"].get<double>(), 0);
+    EXPECT_LT(paged["sustained_s"].get<double>(), paged["wall_s"].get<double>());
+    EXPECT_GT(paged["sustained_tokens_per_s"].get<double>(), 0);
+  }
   EXPECT_GT(r["scenarios"]["prefix_sharing"]["points"][0]["hit_rate"].get<double>(), 0.5);
   EXPECT_TRUE(r.contains("targets"));
 
