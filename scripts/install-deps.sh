@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything kvpool needs on Debian 12 (python3-matplotlib only draws the
-# bench plots) and fetches GPT-2's BPE ranks.
+# bench plots; the openssl CLI makes the TLS tests' certificates) and fetches GPT-2's
+# BPE ranks.
 # Idempotent: re-running it is cheap once everything is present.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ PKGS="build-essential cmake ninja-build ccache pkg-config git python3 python3-pi
 libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
 libtorch-dev libopenblas0-openmp libboost-dev libboost-system-dev \
 libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
-libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib"
+libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib openssl"
 
 missing=""
 for p in $PKGS; do
