@@ -27,6 +27,7 @@
 #include "cache_service/pool_host.h"
 #include "kvpool/observability/http_server.h"
 #include "kvpool/v1/model_shapes.h"
+#include "kvpool/v1/tls.h"
 
 namespace kvpool::manager {
 namespace {
@@ -49,11 +50,18 @@ struct Flags {
   std::string backend = "shm";
   int cuda_device = 0;
   std::string chart_js = kDefaultChartJsPath;
+  TlsFiles tls;  // the server's certificate; with a client CA (--tls-client-ca), mTLS
 };
 
 int Fail(const std::string& message) {
   std::cerr << "kvpool-manager: " << message << "\n";
   return 1;
+}
+
+// A flag that can never work (a TLS file missing, a certificate without its key): exit 2.
+int FailUsage(const Status& status) {
+  std::cerr << "kvpool-manager: " << status.message() << "\n";
+  return 2;
 }
 
 StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
@@ -152,8 +160,16 @@ int Run(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", flags.backend, "pool memory: shm, or cuda (device memory + IPC)")
       ->capture_default_str();
+  flags.tls.ca_flag = "--tls-client-ca";
+  app.add_option("--tls-cert", flags.tls.cert, "PEM certificate chain: serve gRPC over TLS");
+  app.add_option("--tls-key", flags.tls.key, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", flags.tls.ca,
+                 "PEM CA bundle: require client certificates signed by it (mTLS)");
   CLI11_PARSE(app, argc, argv);
   flags.num_blocks_given = num_blocks->count() > 0;
+
+  StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = TlsServerCredentials(flags.tls);
+  if (!credentials.ok()) return FailUsage(credentials.status());
 
   StatusOr<PoolGeometry> geometry = GeometryFromFlags(flags);
   if (!geometry.ok()) return Fail(geometry.status().message());
@@ -192,10 +208,13 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(flags.listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.AddListeningPort(flags.listen, *credentials, &grpc_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || grpc_port == 0) return Fail("cannot listen on " + flags.listen);
+  if (server == nullptr || grpc_port == 0) {
+    return Fail("cannot listen on " + flags.listen +
+                (flags.tls.empty() ? "" : " (or --tls-cert and --tls-key do not match)"));
+  }
 
   std::string chart_js;
   if (std::ifstream in(flags.chart_js, std::ios::binary); in) {
@@ -231,7 +250,8 @@ int Run(int argc, char** argv) {
   std::cerr << "kvpool-manager: model " << flags.model << ", " << geometry->num_blocks
             << " blocks of " << geometry->block_size << " tokens (" << pool->pool_bytes()
             << " bytes, " << KvDtypeName(geometry->dtype) << ") in " << pool->shm_name()
-            << ", lease ttl " << flags.lease_ttl_ms << " ms\n";
+            << ", lease ttl " << flags.lease_ttl_ms << " ms, gRPC " << TlsServerMode(flags.tls)
+            << "\n";
 
   // Leases are checked four times per TTL, so a dead worker's blocks come back
   // within 1.25 TTL of its last heartbeat.

@@ -28,7 +28,7 @@ if(TARGET kvpool_manager_cuda)
 endif()
 
 add_executable(kvpool-manager ${CMAKE_CURRENT_LIST_DIR}/main.cc)
-target_link_libraries(kvpool-manager PRIVATE kvpool_manager_service gRPC::grpc++_reflection
+target_link_libraries(kvpool-manager PRIVATE kvpool_manager_service kvpool_tls gRPC::grpc++_reflection
   kvpool_warnings)
 
 add_executable(kvpool-manager-bench ${CMAKE_CURRENT_LIST_DIR}/bench_main.cc)

@@ -4,13 +4,25 @@
 #include <algorithm>
 
 #include "kvpool/v1/metadata.h"
+#include "kvpool/v1/tls.h"
 
 namespace kvpool::client_internal {
 
 Channels::Channels(ClientOptions options) : options_(std::move(options)) {
+  TlsFiles tls;
+  tls.ca = options_.tls_ca_file;
+  tls.cert = options_.tls_cert_file;
+  tls.key = options_.tls_key_file;
+  tls.ca_flag = "ClientOptions.tls_ca_file";
+  tls.cert_flag = "ClientOptions.tls_cert_file";
+  tls.key_flag = "ClientOptions.tls_key_file";
+  StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = TlsChannelCredentials(tls);
+  if (!credentials.ok()) {
+    tls_error_ = credentials.status();  // no channels: every call returns it
+    return;
+  }
   for (const std::string& address : options_.addresses) {
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(address, *credentials);
     stubs_.push_back(Stubs{v1::Worker::NewStub(channel), v1::CacheManager::NewStub(channel),
                            grpc::health::v1::Health::NewStub(channel)});
   }
@@ -35,6 +47,7 @@ size_t Channels::PickAddress() {
 }
 
 Status Channels::CheckAddress(size_t index) const {
+  if (!tls_error_.ok()) return tls_error_;
   if (stubs_.empty()) return InvalidArgument("ClientOptions.addresses is empty");
   if (index != Client::kAnyAddress && index >= size()) {
     return InvalidArgument("address index " + std::to_string(index) +

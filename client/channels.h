@@ -1,6 +1,6 @@
 // client_internal::Channels: what every Client call shares. It owns the options, one
-// gRPC channel and stub set per address, and the round-robin counter; it prepares each
-// ClientContext (deadline, bearer token) and runs unary calls with the retry rule
+// gRPC channel (plaintext or TLS) and stub set per address, and the round-robin counter; it
+// prepares each ClientContext (deadline, bearer token) and runs unary calls with the retry rule
 // (UNAVAILABLE: back off, try again, moving to the next address when the caller did not
 // pin one). Immutable after construction except the atomic counter, so it is safe to
 // share across threads; streams hold it by shared_ptr.
@@ -44,8 +44,8 @@ class Channels {
   void Prepare(const Deadline& deadline, grpc::ClientContext* context) const;
   // The address of the next round-robin call.
   size_t PickAddress();
-  // OK, or INVALID_ARGUMENT when there is no address or `index` is out of range
-  // (Client::kAnyAddress is always in range).
+  // OK, or INVALID_ARGUMENT when the TLS files could not be read, there is no address
+  // or `index` is out of range (Client::kAnyAddress is always in range).
   Status CheckAddress(size_t index) const;
 
   // Runs `call(address_index, context, &response)` (returning grpc::Status) with the
@@ -61,6 +61,7 @@ class Channels {
   };
 
   const ClientOptions options_;
+  Status tls_error_;  // why the TLS credentials could not be made; OK otherwise
   std::vector<Stubs> stubs_;
   std::atomic<size_t> next_address_{0};
 };

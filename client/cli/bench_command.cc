@@ -90,7 +90,15 @@ Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json&
   return Status::Ok();
 }
 
-int RunBench(bench::BenchOptions o) {
+int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
+  ClientOptions client_options;
+  if (!tls.ca.empty() || !tls.cert.empty() || !tls.key.empty()) {
+    if (o.server.empty()) {
+      return ReportError("bench", InvalidArgument("--tls-ca, --tls-cert and --tls-key need "
+                                                  "--server (the local node is plaintext)"));
+    }
+    if (Status s = ApplyTlsFlags(tls, &client_options); !s.ok()) return ReportError("bench", s);
+  }
   o.progress = Progress();
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
@@ -114,7 +122,6 @@ int RunBench(bench::BenchOptions o) {
     if (Status s = node.Start(0, 0); !s.ok()) return ReportError("bench", s);
     worker = node.worker();
   }
-  ClientOptions client_options;
   client_options.addresses = {worker};
   client_options.deadline = std::chrono::minutes(10);
   Client client(client_options);
@@ -186,6 +193,7 @@ int RunBench(bench::BenchOptions o) {
 
 void AddBenchCommand(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<bench::BenchOptions>();
+  auto tls = std::make_shared<TlsFlags>();
   o->out_dir = "bench/out";
   CLI::App* command = app.add_subcommand(
       "bench", "the experiment (no cache vs KV cache vs PagedAttention) and far past it");
@@ -214,7 +222,8 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
       ->delimiter(',')
       ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
                              "bandwidth_floor", "workloads", "cache_size"}));
-  command->callback([o, exit_code] { *exit_code = RunBench(*o); });
+  AddTlsFlags(command, tls.get());
+  command->callback([o, tls, exit_code] { *exit_code = RunBench(*o, *tls); });
 }
 
 }  // namespace kvpool::cli

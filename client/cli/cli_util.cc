@@ -7,6 +7,8 @@
 #include <fstream>
 #include <iostream>
 
+#include "kvpool/v1/tls.h"
+
 namespace kvpool::cli {
 
 void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags) {
@@ -17,6 +19,27 @@ void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags) {
                       "file whose first line is the bearer token");
   command->add_option("--deadline-ms", flags->deadline_ms, "deadline of each call (0: none)")
       ->check(CLI::NonNegativeNumber);
+  AddTlsFlags(command, &flags->tls);
+}
+
+void AddTlsFlags(CLI::App* command, TlsFlags* flags) {
+  command->add_option("--tls-ca", flags->ca,
+                      "PEM CA bundle the servers' certificates chain to: connect over TLS");
+  command->add_option("--tls-cert", flags->cert,
+                      "PEM client certificate, for servers that require one (mTLS)");
+  command->add_option("--tls-key", flags->key, "PEM private key of --tls-cert");
+}
+
+Status ApplyTlsFlags(const TlsFlags& flags, ClientOptions* options) {
+  TlsFiles files;  // default flag names: --tls-ca, --tls-cert, --tls-key
+  files.ca = flags.ca;
+  files.cert = flags.cert;
+  files.key = flags.key;
+  KVPOOL_RETURN_IF_ERROR(TlsChannelCredentials(files).status());
+  options->tls_ca_file = flags.ca;
+  options->tls_cert_file = flags.cert;
+  options->tls_key_file = flags.key;
+  return Status::Ok();
 }
 
 StatusOr<ClientOptions> MakeClientOptions(const ConnectionFlags& flags) {
@@ -24,6 +47,7 @@ StatusOr<ClientOptions> MakeClientOptions(const ConnectionFlags& flags) {
   options.addresses = flags.servers;
   KVPOOL_ASSIGN_OR_RETURN(options.token, ReadTokenFile(flags.token_file));
   options.deadline = std::chrono::milliseconds(flags.deadline_ms);
+  KVPOOL_RETURN_IF_ERROR(ApplyTlsFlags(flags.tls, &options));
   return options;
 }
 

@@ -1,5 +1,5 @@
-// Helpers every kvpool subcommand shares: the --server/--token-file/--deadline-ms flags
-// and the ClientOptions they make, error reporting (the gRPC code name and the server's
+// Helpers every kvpool subcommand shares: the --server/--token-file/--deadline-ms/--tls-*
+// flags and the ClientOptions they make, error reporting (the gRPC code name and the server's
 // message on stderr, a non-zero exit code), percentiles for latency reports, and the
 // subcommand registration functions main.cc calls.
 #pragma once
@@ -13,16 +13,30 @@
 
 namespace kvpool::cli {
 
+// PEM files for TLS to the servers (all empty: plaintext).
+struct TlsFlags {
+  std::string ca;    // --tls-ca: the CA the servers' certificates chain to
+  std::string cert;  // --tls-cert: a client certificate, for mTLS servers
+  std::string key;   // --tls-key: its private key
+};
+
 // The flags that say which servers to call and how.
 struct ConnectionFlags {
   std::vector<std::string> servers;  // --server A,B
   std::string token_file;            // first line: the bearer token
   int64_t deadline_ms = 0;           // per call; 0 = none
+  TlsFlags tls;
 };
 
-// Adds --server (required), --token-file and --deadline-ms to `command`.
+// Adds --server (required), --token-file, --deadline-ms and the TLS flags to `command`.
 void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags);
-// ClientOptions from the flags; INVALID_ARGUMENT / NOT_FOUND when the token file is bad.
+// Adds --tls-ca, --tls-cert and --tls-key to `command`.
+void AddTlsFlags(CLI::App* command, TlsFlags* flags);
+// Puts the TLS files into `options` after checking that they can be read (errors name
+// the flag and the path).
+Status ApplyTlsFlags(const TlsFlags& flags, ClientOptions* options);
+// ClientOptions from the flags; INVALID_ARGUMENT / NOT_FOUND when the token file or a
+// TLS file is bad.
 StatusOr<ClientOptions> MakeClientOptions(const ConnectionFlags& flags);
 // The first line of `path`, trimmed; "" when `path` is "".
 StatusOr<std::string> ReadTokenFile(const std::string& path);

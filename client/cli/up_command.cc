@@ -4,7 +4,7 @@
 // every worker is attached, then waits. SIGINT/SIGTERM stop the workers, then the
 // manager (SIGTERM, SIGKILL after 10 s) and exit 0; a child that dies on its own stops
 // the rest and exits 1. It owns the children's lifecycle, never their flags' meaning:
-// model, pool and auth flags are passed through.
+// model, pool, auth and TLS flags are passed through.
 #include <signal.h>
 #include <unistd.h>
 
@@ -30,7 +30,23 @@ struct UpFlags {
   std::string auth_token_file;
   std::string worker_token_file;
   int64_t lease_ttl_ms = 0;
+  // TLS, passed through: the servers' certificate (the manager's and every worker's),
+  // the CA the workers trust for the manager, the client CA both servers then require
+  // (mTLS) and the workers' client certificate for an mTLS manager.
+  std::string tls_cert, tls_key, tls_ca, tls_client_ca, tls_client_cert, tls_client_key;
 };
+
+// Appends `flag value` to `argv` when `value` is set.
+void AddIfSet(std::vector<std::string>& argv, const char* flag, const std::string& value) {
+  if (!value.empty()) argv.insert(argv.end(), {flag, value});
+}
+
+// The server TLS flags of both kvpool-manager and kvpool-worker.
+void AddServerTls(std::vector<std::string>& argv, const UpFlags& flags) {
+  AddIfSet(argv, "--tls-cert", flags.tls_cert);
+  AddIfSet(argv, "--tls-key", flags.tls_key);
+  AddIfSet(argv, "--tls-client-ca", flags.tls_client_ca);
+}
 
 // Where the signals kvpool up waits for are blocked, so sigtimedwait receives them.
 struct Signals {
@@ -94,6 +110,7 @@ std::vector<std::string> ManagerArgv(const std::string& dir, const UpFlags& flag
     argv.insert(argv.end(), {"--auth-token-file", flags.auth_token_file});
   if (flags.lease_ttl_ms > 0)
     argv.insert(argv.end(), {"--lease-ttl-ms", std::to_string(flags.lease_ttl_ms)});
+  AddServerTls(argv, flags);
   return argv;
 }
 
@@ -113,6 +130,10 @@ std::vector<std::string> WorkerArgv(const std::string& dir, const UpFlags& flags
   if (flags.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(flags.threads)});
   if (!flags.worker_token_file.empty())
     argv.insert(argv.end(), {"--token-file", flags.worker_token_file});
+  AddServerTls(argv, flags);
+  AddIfSet(argv, "--manager-tls-ca", flags.tls_ca);
+  AddIfSet(argv, "--manager-tls-cert", flags.tls_client_cert);
+  AddIfSet(argv, "--manager-tls-key", flags.tls_client_key);
   return argv;
 }
 
@@ -225,6 +246,18 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
                       "the workers' bearer token for the manager (first line)");
   command->add_option("--lease-ttl-ms", flags->lease_ttl_ms, "worker lease TTL")
       ->check(CLI::PositiveNumber);
+  command->add_option("--tls-cert", flags->tls_cert,
+                      "PEM certificate the manager and the workers serve TLS with");
+  command->add_option("--tls-key", flags->tls_key, "PEM private key of --tls-cert");
+  command->add_option("--tls-ca", flags->tls_ca,
+                      "PEM CA the workers trust for the manager's certificate");
+  command->add_option("--tls-client-ca", flags->tls_client_ca,
+                      "PEM CA: the manager and the workers require client certificates "
+                      "signed by it (mTLS)");
+  command->add_option("--tls-client-cert", flags->tls_client_cert,
+                      "PEM client certificate the workers present to an mTLS manager");
+  command->add_option("--tls-client-key", flags->tls_client_key,
+                      "PEM private key of --tls-client-cert");
   command->callback([flags, exit_code] { *exit_code = RunUp(*flags); });
 }
 

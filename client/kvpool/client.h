@@ -33,6 +33,14 @@ struct ClientOptions {
   std::chrono::milliseconds deadline{0};         // of each Client call, retries included; 0 = none
   int max_attempts = 3;                          // tries of one call, counting the first
   std::chrono::milliseconds retry_backoff{100};  // pause before each retry
+  // TLS (PEM file paths, read once when the Client is made). Any of them set: every
+  // channel speaks TLS, trusting tls_ca_file (the system roots when empty); with
+  // tls_cert_file + tls_key_file it presents that client certificate (for an mTLS
+  // server). None set: plaintext. A file that cannot be read fails every call with
+  // INVALID_ARGUMENT naming the option and the path.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 // v1::GenerateRequest in plain C++ (see worker.proto for each field's meaning).

@@ -1,6 +1,6 @@
 // Client SDK pieces that need no server: GenerateParams to v1::GenerateRequest and its
 // client-side errors, KvMode names, grpc::Status mapping, argument checks of Client
-// calls, and the CLI's percentile.
+// calls (TLS files included), the CLI's TLS flags and its percentile.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -144,6 +144,41 @@ TEST(ClientArgumentsTest, FailBeforeAnyCall) {
   });
   EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(called);
+}
+
+TEST(ClientArgumentsTest, UnreadableTlsFilesFailEveryCallNamingTheOption) {
+  ClientOptions options;
+  options.addresses = {"127.0.0.1:1"};
+  options.tls_ca_file = "/nonexistent/kvpool-ca.pem";
+  Client client(options);
+  for (const Status& status : {client.Generate(Valid()).status(), client.ManagerStats().status(),
+                               client.Healthy().status()}) {
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+    EXPECT_THAT(status.message(), HasSubstr("ClientOptions.tls_ca_file"));
+    EXPECT_THAT(status.message(), HasSubstr("/nonexistent/kvpool-ca.pem"));
+  }
+  ClientOptions no_key = options;
+  no_key.tls_ca_file.clear();
+  no_key.tls_cert_file = "/nonexistent/client.pem";
+  const Status status = Client(no_key).Generate(Valid()).status();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("ClientOptions.tls_key_file"));
+}
+
+TEST(CliTlsFlagsTest, ErrorsNameTheFlag) {
+  ClientOptions options;
+  cli::TlsFlags flags;
+  EXPECT_TRUE(cli::ApplyTlsFlags(flags, &options).ok());  // none: plaintext
+  flags.cert = "/nonexistent/client.pem";
+  Status status = cli::ApplyTlsFlags(flags, &options);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("--tls-cert needs --tls-key"));
+  flags = {};
+  flags.ca = "/nonexistent/ca.pem";
+  status = cli::ApplyTlsFlags(flags, &options);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("--tls-ca: cannot read '/nonexistent/ca.pem'"));
+  EXPECT_TRUE(options.tls_ca_file.empty());  // untouched on error
 }
 
 TEST(PercentileTest, InterpolatesBetweenOrderStatistics) {

@@ -8,7 +8,8 @@
 
 namespace kvpool::integration {
 
-WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string> args) {
+WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string> args,
+                             std::shared_ptr<grpc::ChannelCredentials> credentials) {
   std::vector<std::string> argv = {KVPOOL_WORKER_BIN, "--manager", manager, "--listen",
                                    "127.0.0.1:0",       "--http",    "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -31,7 +32,8 @@ WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string
     return;
   }
   address_ = line->substr(kListening.size());
-  channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  channel_ =
+      grpc::CreateChannel(address_, credentials ? credentials : grpc::InsecureChannelCredentials());
 }
 
 WorkerProcess::~WorkerProcess() {

@@ -27,7 +27,9 @@ class WorkerProcess {
   // Starts kvpool-worker --manager `manager` --listen 127.0.0.1:0 --http 127.0.0.1:0
   // plus `args`; waits
   // (up to 60 s) for it to serve and to attach; ADD_FAILURE and empty address() if not.
-  WorkerProcess(const std::string& manager, std::vector<std::string> args);
+  // NewStub's channel uses `credentials` (null: plaintext), e.g. with --tls-cert.
+  WorkerProcess(const std::string& manager, std::vector<std::string> args,
+                std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~WorkerProcess();  // SIGTERM, then SIGKILL
 
   const std::string& address() const { return address_; }

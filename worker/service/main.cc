@@ -6,7 +6,8 @@
 // Prints "kvpool-worker listening on HOST:PORT" once serving gRPC, "kvpool-worker http
 // on HOST:PORT" when --http serves /metrics and /healthz, and "kvpool-worker attached
 // to ..." on every (re-)attachment, so scripts and tests can use port 0.
-// Exits 1 with the reason when the manager's pool cannot hold this model's K/V.
+// Exits 1 with the reason when the manager's pool cannot hold this model's K/V, 2 when
+// a TLS flag cannot work (a file missing, a certificate without its key).
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -23,6 +24,7 @@
 
 #include "engine/model_loader.h"
 #include "kvpool/observability/http_server.h"
+#include "kvpool/v1/tls.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
 #include "service/worker_metrics.h"
@@ -35,6 +37,12 @@ namespace {
 int Fail(const std::string& message) {
   std::cerr << "kvpool-worker: " << message << "\n";
   return 1;
+}
+
+// A flag that can never work (a TLS file missing, a certificate without its key): exit 2.
+int FailUsage(const Status& status) {
+  std::cerr << "kvpool-worker: " << status.message() << "\n";
+  return 2;
 }
 
 StatusOr<std::string> ReadToken(const std::string& path) {
@@ -70,7 +78,28 @@ int Run(int argc, char** argv) {
   app.add_option("--name", name, "worker name for the manager's logs");
   app.add_option("--http", http_address,
                  "HTTP address HOST:PORT for /metrics and /healthz (port 0: any free port)");
+  TlsFiles tls;  // this worker's server; with a client CA, mTLS
+  tls.ca_flag = "--tls-client-ca";
+  app.add_option("--tls-cert", tls.cert, "PEM certificate chain: serve gRPC over TLS");
+  app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", tls.ca,
+                 "PEM CA bundle: require client certificates signed by it (mTLS)");
+  TlsFiles manager_tls;  // the channel to the manager
+  manager_tls.ca_flag = "--manager-tls-ca";
+  manager_tls.cert_flag = "--manager-tls-cert";
+  manager_tls.key_flag = "--manager-tls-key";
+  app.add_option("--manager-tls-ca", manager_tls.ca,
+                 "PEM CA bundle the manager's certificate must chain to: TLS to the manager");
+  app.add_option("--manager-tls-cert", manager_tls.cert,
+                 "PEM client certificate for a manager that requires one (mTLS)");
+  app.add_option("--manager-tls-key", manager_tls.key, "PEM private key of --manager-tls-cert");
   CLI11_PARSE(app, argc, argv);
+
+  StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials = TlsServerCredentials(tls);
+  if (!server_credentials.ok()) return FailUsage(server_credentials.status());
+  StatusOr<std::shared_ptr<grpc::ChannelCredentials>> manager_credentials =
+      TlsChannelCredentials(manager_tls);
+  if (!manager_credentials.ok()) return FailUsage(manager_credentials.status());
 
   std::string token;
   if (!token_file.empty()) {
@@ -101,6 +130,7 @@ int Run(int argc, char** argv) {
   link_options.report_load = [&scheduler_ptr](v1::WorkerLoad* load) {
     if (scheduler_ptr != nullptr) FillWorkerLoad(scheduler_ptr->counters(), load);
   };
+  link_options.credentials = *manager_credentials;
   ManagerLink link(link_options, loaded->config, [&scheduler_ptr] {
     if (scheduler_ptr != nullptr) scheduler_ptr->Wake();
   });
@@ -117,15 +147,19 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *server_credentials, &port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
+  if (server == nullptr || port == 0) {
+    return Fail("cannot listen on " + listen +
+                (tls.empty() ? "" : " (or --tls-cert and --tls-key do not match)"));
+  }
   server->GetHealthCheckService()->SetServingStatus(false);
   health.store(server->GetHealthCheckService());
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::cout << "kvpool-worker listening on " << host << ":" << port << std::endl;
-  std::cerr << "kvpool-worker: " << loaded->source << ", manager " << manager << "\n";
+  std::cerr << "kvpool-worker: " << loaded->source << ", gRPC " << TlsServerMode(tls)
+            << ", manager " << manager << (manager_tls.empty() ? "" : " over TLS") << "\n";
 
   boost::asio::io_context io;
   HttpServer http(io, "kvpool-worker", [&](const std::string& target) -> HttpResponse {

@@ -55,7 +55,9 @@ ManagerLink::ManagerLink(ManagerLinkOptions options, ModelConfig model,
   // Reconnect quickly once a restarted manager listens again.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  channel_ = grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(
+      options_.address,
+      options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = v1::CacheManager::NewStub(channel_);
 }
 
@@ -175,6 +177,7 @@ StatusOr<std::shared_ptr<Attachment>> ManagerLink::Register(int64_t epoch) {
 
 void ManagerLink::Run() {
   std::chrono::milliseconds backoff{100};
+  bool down_logged = false;  // this streak of failed registrations logged a "down" one
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     if (!current_) {
@@ -194,6 +197,7 @@ void ManagerLink::Run() {
                   << ", " << a.geometry.num_blocks << " blocks of " << a.geometry.block_size
                   << " tokens)\n";
         backoff = std::chrono::milliseconds(100);
+        down_logged = false;
         lock.unlock();
         SetCurrent(*attached);
         lock.lock();
@@ -207,10 +211,15 @@ void ManagerLink::Run() {
         lock.lock();
         break;
       }
-      if (code != StatusCode::kUnavailable && code != StatusCode::kDeadlineExceeded) {
+      // A manager that is down (UNAVAILABLE, DEADLINE_EXCEEDED) is logged once per
+      // streak: a restart is routine, but a TLS mismatch fails the same way forever.
+      const bool down = code == StatusCode::kUnavailable || code == StatusCode::kDeadlineExceeded;
+      if (!down || !down_logged) {
         std::cerr << "kvpool-worker: registering with " << options_.address
-                  << " failed: " << attached.status().ToString() << "\n";
+                  << " failed: " << attached.status().ToString()
+                  << (down ? " (retrying quietly)" : "") << "\n";
       }
+      down_logged = down_logged || down;
       wake_.wait_for(lock, backoff, [&] { return stop_; });
       backoff = std::min(backoff * 2, options_.max_backoff);
       continue;

@@ -44,6 +44,8 @@ struct ManagerLinkOptions {
   std::string address;      // host:port of the manager
   std::string token;        // this worker's bearer token ("" when the manager has no auth)
   std::string worker_name;  // for the manager's logs
+  // Of the channel to the manager (TLS, a client certificate); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   std::chrono::milliseconds call_timeout{5000};
   std::chrono::milliseconds max_backoff{1000};
   // Fills each heartbeat's load (for the manager's dashboard); none when unset.

@@ -14,7 +14,7 @@
 
 namespace kvpool::manager::testing {
 
-Subprocess::Subprocess(const std::vector<std::string>& argv) {
+Subprocess::Subprocess(const std::vector<std::string>& argv, bool merge_stderr) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -23,6 +23,7 @@ Subprocess::Subprocess(const std::vector<std::string>& argv) {
   pid_ = fork();
   if (pid_ == 0) {
     dup2(fds[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copy
+    if (merge_stderr) dup2(fds[1], STDERR_FILENO);
     execv(args[0], args.data());
     _exit(127);
   }
@@ -71,7 +72,8 @@ std::optional<int> Subprocess::SignalAndWait(int signal, std::chrono::millisecon
   }
 }
 
-ManagerProcess::ManagerProcess(std::vector<std::string> args) {
+ManagerProcess::ManagerProcess(std::vector<std::string> args,
+                               std::shared_ptr<grpc::ChannelCredentials> credentials) {
   std::vector<std::string> argv = {KVPOOL_MANAGER_BIN, "--listen", "127.0.0.1:0", "--http",
                                    "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -87,7 +89,8 @@ ManagerProcess::ManagerProcess(std::vector<std::string> args) {
     if (line->rfind(kGrpc, 0) == 0) grpc_address_ = line->substr(kGrpc.size());
     if (line->rfind(kHttp, 0) == 0) http_address_ = line->substr(kHttp.size());
   }
-  channel_ = grpc::CreateChannel(grpc_address_, grpc::InsecureChannelCredentials());
+  channel_ = grpc::CreateChannel(grpc_address_,
+                                 credentials ? credentials : grpc::InsecureChannelCredentials());
 }
 
 ManagerProcess::~ManagerProcess() {

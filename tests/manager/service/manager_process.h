@@ -20,8 +20,9 @@ namespace kvpool::manager::testing {
 
 class Subprocess {
  public:
-  // Starts `argv[0]` with `argv`; its stdout is readable through ReadLine.
-  explicit Subprocess(const std::vector<std::string>& argv);
+  // Starts `argv[0]` with `argv`; its stdout (and its stderr, with `merge_stderr`) is
+  // readable through ReadLine.
+  explicit Subprocess(const std::vector<std::string>& argv, bool merge_stderr = false);
   ~Subprocess();  // SIGKILLs and reaps it if still running
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
@@ -42,7 +43,9 @@ class ManagerProcess {
  public:
   // Starts kvpool-manager with --listen/--http on 127.0.0.1:0 plus `args`; fails the
   // test (ADD_FAILURE) and leaves address() empty when it does not come up in 10 s.
-  explicit ManagerProcess(std::vector<std::string> args);
+  // channel() uses `credentials` (null: plaintext), e.g. for a manager with --tls-cert.
+  explicit ManagerProcess(std::vector<std::string> args,
+                          std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~ManagerProcess();  // SIGTERM (clean shutdown: the shm pool is unlinked), then SIGKILL
 
   const std::string& address() const { return grpc_address_; }
