@@ -36,7 +36,7 @@ TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CpuLinearTest,
-    ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32, 33),
+    ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 25, 33, 130, 513),
                        ::testing::Values<int64_t>(1, 37, 300),
                        ::testing::Values<int64_t>(8, 67, 768), ::testing::Bool()));
 

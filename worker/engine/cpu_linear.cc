@@ -1,5 +1,10 @@
 #include "engine/cpu_linear.h"
 
+// GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which
+// -Wuninitialized flags wherever they inline (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -11,20 +16,18 @@
 namespace kvpool {
 namespace {
 
-bool KernelEnabled() {
-  static const bool enabled = [] {
-    const char* choice = std::getenv("KVPOOL_CPU_LINEAR");
-    const bool forced_blas = choice != nullptr && std::strcmp(choice, "blas") == 0;
-    return !forced_blas && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return enabled;
-}
+enum class Isa { kNone, kAvx2, kAvx512 };
 
-__attribute__((target("avx2,fma"))) inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+Isa KernelIsa() {
+  static const Isa isa = [] {
+    const char* choice = std::getenv("KVPOOL_CPU_LINEAR");
+    if (choice != nullptr && std::strcmp(choice, "blas") == 0) return Isa::kNone;
+    const bool avx512 = __builtin_cpu_supports("avx512f") != 0;
+    if (avx512 && (choice == nullptr || std::strcmp(choice, "avx2") != 0)) return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    return Isa::kNone;
+  }();
+  return isa;
 }
 
 struct LinearArgs {
@@ -37,58 +40,100 @@ struct LinearArgs {
   int64_t n;
 };
 
-// M rows of x against weight rows [n, n + R): M*R independent FMA chains, so that
-// the FMA latency is hidden (8 chains saturate two FMA ports) while each weight
-// vector is loaded once for all M rows.
-template <int M, int R>
-__attribute__((target("avx2,fma"))) void Tile(const LinearArgs& a, int64_t m0, int64_t n) {
-  const int64_t k_vec = a.k & ~int64_t{7};
-  const float* w_rows[R];
-  for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;
-  const float* x_rows[M];
-  for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;
-  __m256 acc[M][R];
-  for (int m = 0; m < M; ++m) {
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+// The same register-blocked loop for both vector widths: M rows of x against weight
+// rows [n, n + R), M*R independent FMA chains (8 or more hide the FMA latency on two
+// ports), each weight vector loaded once for all M rows. V is the ISA's traits.
+#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)                 \
+  template <int M, int R>                                                                  \
+  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) {  \
+    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                       \
+    const float* w_rows[R];                                                                \
+    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                           \
+    const float* x_rows[M];                                                                \
+    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                        \
+    VEC acc[M][R];                                                                         \
+    for (int m = 0; m < M; ++m) {                                                          \
+      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                      \
+    }                                                                                      \
+    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                           \
+      VEC wv[R];                                                                           \
+      for (int r = 0; r < R; ++r) wv[r] = LOAD(w_rows[r] + k);                             \
+      for (int m = 0; m < M; ++m) {                                                        \
+        const VEC xv = LOAD(x_rows[m] + k);                                                \
+        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                 \
+      }                                                                                    \
+    }                                                                                      \
+    for (int m = 0; m < M; ++m) {                                                          \
+      for (int r = 0; r < R; ++r) {                                                        \
+        float sum = HSUM(acc[m][r]);                                                       \
+        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];          \
+        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;             \
+      }                                                                                    \
+    }                                                                                      \
   }
-  for (int64_t k = 0; k < k_vec; k += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(w_rows[r] + k);
-    for (int m = 0; m < M; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x_rows[m] + k);
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
-  }
-  for (int m = 0; m < M; ++m) {
-    for (int r = 0; r < R; ++r) {
-      float sum = HorizontalSum(acc[m][r]);
-      for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];
-      a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;
-    }
-  }
+
+__attribute__((target("avx2,fma"))) inline float HorizontalSum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+__attribute__((target("avx2,fma"))) inline __m256 Zero256() { return _mm256_setzero_ps(); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 Zero512() { return _mm512_setzero_ps(); }
+__attribute__((target("avx512f,avx2,fma"))) inline float HorizontalSum512(__m512 v) {
+  return _mm512_reduce_add_ps(v);
 }
 
+KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, Zero256,
+                   HorizontalSum256)
+KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, Zero512,
+                   HorizontalSum512)
+#undef KVPOOL_DEFINE_TILE
+
 template <int M, int R>
-void Span(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+void SpanAvx2(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
   int64_t n = n0;
-  for (; n + R <= n1; n += R) Tile<M, R>(a, m0, n);
-  for (; n < n1; ++n) Tile<M, 1>(a, m0, n);
+  for (; n + R <= n1; n += R) TileAvx2<M, R>(a, m0, n);
+  for (; n < n1; ++n) TileAvx2<M, 1>(a, m0, n);
 }
 
-// Up to 8 rows of x in one pass; R keeps M*R between 8 and 16 accumulators, which
-// with -march=native's 32 vector registers never spill.
-void Rows(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
+template <int M, int R>
+void SpanAvx512(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) TileAvx512<M, R>(a, m0, n);
+  for (; n < n1; ++n) TileAvx512<M, 1>(a, m0, n);
+}
+
+// AVX2 has 16 vector registers: up to 4 rows of x per pass with 4 weight rows
+// (16 accumulators would spill beyond that, so more rows take several passes).
+void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
-    case 1: return Span<1, 4>(a, m0, n0, n1);
-    case 2: return Span<2, 4>(a, m0, n0, n1);
-    case 3: return Span<3, 4>(a, m0, n0, n1);
-    case 4: return Span<4, 4>(a, m0, n0, n1);
-    case 5: return Span<5, 2>(a, m0, n0, n1);
-    case 6: return Span<6, 2>(a, m0, n0, n1);
-    case 7: return Span<7, 2>(a, m0, n0, n1);
-    default: return Span<8, 2>(a, m0, n0, n1);
+    case 1: return SpanAvx2<1, 4>(a, m0, n0, n1);
+    case 2: return SpanAvx2<2, 4>(a, m0, n0, n1);
+    case 3: return SpanAvx2<3, 3>(a, m0, n0, n1);
+    default: return SpanAvx2<4, 2>(a, m0, n0, n1);
   }
 }
+constexpr int64_t kAvx2RowsPerPass = 4;
+
+// AVX-512 has 32: up to 12 rows per pass, M*R between 8 and 24 accumulators.
+void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
+  switch (rows) {
+    case 1: return SpanAvx512<1, 4>(a, m0, n0, n1);
+    case 2: return SpanAvx512<2, 4>(a, m0, n0, n1);
+    case 3: return SpanAvx512<3, 4>(a, m0, n0, n1);
+    case 4: return SpanAvx512<4, 4>(a, m0, n0, n1);
+    case 5: return SpanAvx512<5, 4>(a, m0, n0, n1);
+    case 6: return SpanAvx512<6, 3>(a, m0, n0, n1);
+    case 7: return SpanAvx512<7, 3>(a, m0, n0, n1);
+    case 8: return SpanAvx512<8, 2>(a, m0, n0, n1);
+    case 9: return SpanAvx512<9, 2>(a, m0, n0, n1);
+    case 10: return SpanAvx512<10, 2>(a, m0, n0, n1);
+    case 11: return SpanAvx512<11, 2>(a, m0, n0, n1);
+    default: return SpanAvx512<12, 2>(a, m0, n0, n1);
+  }
+}
+constexpr int64_t kAvx512RowsPerPass = 12;
 
 at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.size(0) == 1) {
@@ -101,7 +146,18 @@ at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 }  // namespace
 
 bool CpuLinearUsesKernel(int64_t rows) {
-  return rows >= 2 && rows <= kCpuLinearMaxRows && KernelEnabled();
+  return rows >= 2 && rows <= kCpuLinearMaxRows && KernelIsa() != Isa::kNone;
+}
+
+const char* CpuLinearKernelName() {
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return "AVX-512";
+    case Isa::kAvx2:
+      return "AVX2+FMA";
+    default:
+      return "none (BLAS only)";
+  }
 }
 
 at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
@@ -114,14 +170,23 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   at::Tensor y = at::empty({rows, n}, x.options());
   const LinearArgs args{x.data_ptr<float>(), x.stride(0),     w.data_ptr<float>(), w.size(1),
                         b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), n};
+  const bool avx512 = KernelIsa() == Isa::kAvx512;
+  const int64_t rows_per_pass = avx512 ? kAvx512RowsPerPass : kAvx2RowsPerPass;
   // Threads split the weight rows in chunks of about 128 KiB, which stay in L2 while
-  // each 8-row group of x passes over them: the weights come from memory once.
+  // each pass over rows of x reads them: the weights come from memory once.
   const int64_t chunk = std::max<int64_t>(4, (128 * 1024 / sizeof(float)) / args.k / 4 * 4);
   at::parallel_for(0, (n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * chunk;
       const int64_t n1 = std::min(n, n0 + chunk);
-      for (int64_t m0 = 0; m0 < rows; m0 += 8) Rows(args, m0, std::min<int64_t>(8, rows - m0), n0, n1);
+      for (int64_t m0 = 0; m0 < rows; m0 += rows_per_pass) {
+        const int64_t pass = std::min(rows_per_pass, rows - m0);
+        if (avx512) {
+          RowsAvx512(args, m0, pass, n0, n1);
+        } else {
+          RowsAvx2(args, m0, pass, n0, n1);
+        }
+      }
     }
   });
   return y;

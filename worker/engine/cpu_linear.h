@@ -1,11 +1,14 @@
-// y = x W^T + b on the CPU in float32, shaped for decode. A decode step multiplies
-// a handful of rows (one per running sequence) by every weight matrix. OpenBLAS's
-// sgemm packs the whole weight matrix on every call, which at 2-8 rows costs 3-4x
-// the time of reading the weights once (gpt2 on 2 cores: 36 ms at 2 rows against
-// 8 ms for one row through sgemv). CpuLinear streams each weight row once for all
-// rows of x, with FMA chains in registers, up to kCpuLinearMaxRows rows; one row
-// goes through sgemv and larger batches (prefill) through sgemm, where BLAS wins.
-// Set KVPOOL_CPU_LINEAR=blas to send every shape to BLAS (for comparisons).
+// The CPU's linear layers: y = x W^T + b in float32, shaped for decode, and the BLAS
+// that does the rest. A decode step multiplies a handful of rows (one per running
+// sequence) by every weight matrix. OpenBLAS's sgemm packs the whole weight matrix on
+// every call, which at 2-8 rows costs 3-4x the time of reading the weights once (gpt2
+// on 2 cores: 36 ms at 2 rows against 8 ms for one row through sgemv). CpuLinear
+// streams each weight row once for every 12 rows of x (4 with AVX2), with FMA chains
+// in registers, in L2-sized chunks of weight rows, up to kCpuLinearMaxRows rows (which
+// covers prefill of typical prompts); one row goes through sgemv, more rows through
+// sgemm.
+// KVPOOL_CPU_LINEAR=blas sends every shape to BLAS, =avx2 caps the kernel at AVX2
+// (for comparisons).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,9 +17,10 @@
 
 namespace kvpool {
 
-// Up to this many rows the register-blocked kernel beats OpenBLAS sgemm (measured
-// on gpt2's shapes: 1.3x at 32 rows, 1.0x near 40, slower above).
-inline constexpr int64_t kCpuLinearMaxRows = 32;
+// Up to this many rows the register-blocked kernel is at least as fast as Debian's
+// OpenBLAS sgemm (gpt2's shapes, 2 cores of an AVX-512 CPU, where OpenBLAS 0.3.21
+// runs its AVX2 kernels: a whole forward 1.2x faster at 200 rows, 1.06x at 512).
+inline constexpr int64_t kCpuLinearMaxRows = 512;
 
 // x [M, K] (rows may be strided, elements contiguous), w [N, K], b [N] or undefined.
 // Any dtype or device works; the own kernel runs for float32 CPU tensors on CPUs
@@ -25,5 +29,7 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 // Whether CpuLinear uses its own kernel for `rows` rows in this process.
 bool CpuLinearUsesKernel(int64_t rows);
+// "AVX-512", "AVX2+FMA" or "none (BLAS only)".
+const char* CpuLinearKernelName();
 
 }  // namespace kvpool

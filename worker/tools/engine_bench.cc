@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -270,9 +271,14 @@ int Main(int argc, char** argv) {
   out["contiguous_ms_per_token_at_512"] = (*cached)[4] * 1e3;
   out["batch_context"] = kBatchContext;
   out["batch_decode"] = batch_decode;
-  out["cpu_linear"] = device != "cpu"               ? "cuda"
-                      : CpuLinearUsesKernel(2) ? "kvpool kernel for 2-32 rows, BLAS otherwise"
-                                               : "BLAS";
+  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
+  out["cpu_linear"] = device != "cpu" ? std::string("cuda")
+                      : CpuLinearUsesKernel(2)
+                          ? std::string("kvpool ") + CpuLinearKernelName() + " kernel for 2-" +
+                                std::to_string(kCpuLinearMaxRows) +
+                                " rows, BLAS otherwise (OPENBLAS_CORETYPE " +
+                                (blas_core ? blas_core : "unset") + ")"
+                          : std::string("BLAS");
   out["contiguous_over_none_at_512"] = none_512 / (*cached)[4];
   if (json) {
     std::cout << out.dump(2) << std::endl;
