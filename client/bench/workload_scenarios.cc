@@ -203,15 +203,16 @@ Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   Json throughput = {{"pool_blocks", small_pool}, {"points", Json::array()}};
   KVPOOL_RETURN_IF_ERROR(node->Start(small_pool, block_size));
   KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
-  // Three requests per slot (four at least), so that most of each run is sustained load
-  // at that concurrency; their own prompts, so nothing hits the other runs' prefixes.
-  constexpr int kRequestsPerSlot = 3;
+  // Three requests per slot (two with --quick; four at least), so that most of each run
+  // is sustained load at that concurrency; their own prompts, so nothing hits the other
+  // runs' prefixes.
+  const int requests_per_slot = o.quick ? 2 : 3;
   const std::vector<WorkItem> load_items =
-      ShareGptLike(kRequestsPerSlot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
+      ShareGptLike(requests_per_slot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
   for (int concurrency : {1, 4, 16, 32}) {
     Json row = {{"concurrency", concurrency}};
     const size_t count = std::min(load_items.size(),
-                                  static_cast<size_t>(std::max(4, kRequestsPerSlot * concurrency)));
+                                  static_cast<size_t>(std::max(4, requests_per_slot * concurrency)));
     const std::vector<WorkItem> slice(load_items.begin(),
                                       load_items.begin() + static_cast<long>(count));
     for (const char* mode : {"none", "contiguous", "paged"}) {

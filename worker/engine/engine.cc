@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <ATen/Parallel.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,6 +55,12 @@ const char* FinishReasonName(FinishReason reason) {
       return "context";
   }
   return "?";
+}
+
+void KeepLargeAllocations() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_TOP_PAD, 16 << 20);
 }
 
 StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeights weights,

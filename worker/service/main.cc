@@ -22,6 +22,7 @@
 #include <functional>
 #include <iostream>
 
+#include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "kvpool/observability/http_server.h"
 #include "kvpool/v1/tls.h"
@@ -230,4 +231,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace kvpool::worker
 
-int main(int argc, char** argv) { return kvpool::worker::Run(argc, argv); }
+int main(int argc, char** argv) {
+  kvpool::KeepLargeAllocations();
+  return kvpool::worker::Run(argc, argv);
+}

@@ -319,4 +319,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace kvpool
 
-int main(int argc, char** argv) { return kvpool::Main(argc, argv); }
+int main(int argc, char** argv) {
+  kvpool::KeepLargeAllocations();
+  return kvpool::Main(argc, argv);
+}
