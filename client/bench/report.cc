@@ -103,6 +103,33 @@ void AddTargets(Json& report) {
     }
   }
   report["targets"] = targets;
+
+  // kvpool against Hugging Face generate() on the same weights: both greedy, the same
+  // number of new tokens, a short prompt, the same threads; above 1: kvpool is faster.
+  if (report.contains("baseline") && report["baseline"].contains("hf") &&
+      report.contains("original") && report["original"].contains("greedy")) {
+    const Json& hf = report["baseline"]["hf"];
+    const Json& greedy = report["original"]["greedy"];
+    const double hf_no_cache = Num(hf["use_cache_false"], "generate_ms_per_token") * 1e-3,
+                 hf_cache = Num(hf["use_cache_true"], "generate_ms_per_token") * 1e-3;
+    const double none = Num(greedy["none"], "avg_token_latency_s"),
+                 contiguous = Num(greedy["contiguous"], "avg_token_latency_s"),
+                 paged = Num(greedy["paged"], "avg_token_latency_s");
+    report["baseline"]["comparison"] = {
+        {"what", "avg latency per new token, greedy, the same number of new tokens; hf / kvpool "
+                 "(above 1: kvpool is faster)"},
+        {"hf_use_cache_false_s", hf_no_cache},
+        {"hf_use_cache_true_s", hf_cache},
+        {"kvpool_none_s", none},
+        {"kvpool_contiguous_s", contiguous},
+        {"kvpool_paged_s", paged},
+        {"none_vs_hf_use_cache_false", hf_no_cache / none},
+        {"contiguous_vs_hf_use_cache_true", hf_cache / contiguous},
+        {"paged_vs_hf_use_cache_true", hf_cache / paged},
+        {"paged_vs_hf_use_cache_false", hf_no_cache / paged},
+        {"hf_cache_speedup", hf_no_cache / hf_cache},
+        {"kvpool_cache_speedup", none / contiguous}};
+  }
 }
 
 void WriteReport(const std::string& dir, const Json& report) {
@@ -221,6 +248,30 @@ void WriteReport(const std::string& dir, const Json& report) {
          << Ms(report["bandwidth_floor_s_per_token"].get<double>()) << " per token.";
     }
     md << "\n\n";
+  }
+  if (report.contains("baseline") && report["baseline"].contains("comparison")) {
+    const Json& c = report["baseline"]["comparison"];
+    const Json& hf = report["baseline"]["hf"];
+    md << "## Hugging Face transformers on the same weights\n\n"
+       << "transformers " << S(hf["transformers"]) << ", torch " << S(hf["torch"])
+       << ", `generate()` greedy, " << S(report["configuration"]["max_tokens"])
+       << " new tokens after a 16-token prompt, same threads; kvpool's original experiment, "
+          "greedy, through the worker:\n\n"
+       << "| | avg latency / new token | Hugging Face / kvpool |\n|---|---:|---:|\n"
+       << "| HF `use_cache=False` | " << Ms(Num(c, "hf_use_cache_false_s")) << " | |\n"
+       << "| HF `use_cache=True` | " << Ms(Num(c, "hf_use_cache_true_s")) << " | |\n"
+       << "| kvpool `none` | " << Ms(Num(c, "kvpool_none_s")) << " | "
+       << Fmt(Num(c, "none_vs_hf_use_cache_false"), "%.2f") << "x (vs `use_cache=False`) |\n"
+       << "| kvpool `contiguous` | " << Ms(Num(c, "kvpool_contiguous_s")) << " | "
+       << Fmt(Num(c, "contiguous_vs_hf_use_cache_true"), "%.2f") << "x (vs `use_cache=True`) |\n"
+       << "| kvpool `paged` | " << Ms(Num(c, "kvpool_paged_s")) << " | "
+       << Fmt(Num(c, "paged_vs_hf_use_cache_true"), "%.2f") << "x (vs `use_cache=True`), "
+       << Fmt(Num(c, "paged_vs_hf_use_cache_false"), "%.1f") << "x (vs `use_cache=False`) |\n\n"
+       << "Hugging Face's own cache makes a token " << Fmt(Num(c, "hf_cache_speedup"), "%.1f")
+       << "x cheaper; kvpool's " << Fmt(Num(c, "kvpool_cache_speedup"), "%.1f") << "x. Decode step "
+       << "at context " << S(hf["context"]) << " (median of " << S(hf["steps"]) << "): HF "
+       << Fmt(Num(hf["use_cache_false"], "decode_ms_per_token"), "%.1f") << " ms without cache, "
+       << Fmt(Num(hf["use_cache_true"], "decode_ms_per_token"), "%.1f") << " ms with.\n\n";
   }
   if (sc.contains("context_sweep")) {
     md << "## Decode latency vs context\n\n| context | none | contiguous | paged "

@@ -90,6 +90,21 @@ Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json&
   return Status::Ok();
 }
 
+int FinishReport(const bench::BenchOptions& o, Json& report);
+
+// Rewrites everything derived from DIR/report.json (targets, CSVs, report.md, plots)
+// without measuring: for a report made by an older kvpool.
+int RewriteReport(bench::BenchOptions o) {
+  o.progress = Progress();
+  std::ifstream in(o.out_dir + "/report.json");
+  Json report = Json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!in || report.is_discarded() || !report.is_object()) {
+    return ReportError("bench", InvalidArgument("--rewrite-report: " + o.out_dir +
+                                                "/report.json is missing or not JSON"));
+  }
+  return FinishReport(o, report);
+}
+
 int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
   ClientOptions client_options;
   if (!tls.ca.empty() || !tls.cert.empty() || !tls.key.empty()) {
@@ -173,6 +188,11 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     bench::WriteReport(o.out_dir, report);
     return ReportError("bench", Internal("a scenario failed; partial report in " + o.out_dir));
   }
+  return FinishReport(o, report);
+}
+
+// Targets, report.json, CSVs, report.md, plots and the summary on stdout.
+int FinishReport(const bench::BenchOptions& o, Json& report) {
   bench::AddTargets(report);
   bench::WriteReport(o.out_dir, report);
   o.progress("plots (scripts/plot-bench.py)");
@@ -222,8 +242,14 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
       ->delimiter(',')
       ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
                              "bandwidth_floor", "workloads", "cache_size"}));
+  auto rewrite = std::make_shared<bool>(false);
+  command->add_flag("--rewrite-report", *rewrite,
+                    "measure nothing: rewrite the targets, CSVs, report.md and plots of --out "
+                    "from its report.json");
   AddTlsFlags(command, tls.get());
-  command->callback([o, tls, exit_code] { *exit_code = RunBench(*o, *tls); });
+  command->callback([o, tls, rewrite, exit_code] {
+    *exit_code = *rewrite ? RewriteReport(*o) : RunBench(*o, *tls);
+  });
 }
 
 }  // namespace kvpool::cli

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 namespace kvpool::integration {
@@ -76,6 +77,31 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
     EXPECT_EQ(std::string(magic + 1, 3), "PNG") << png;
     EXPECT_GT(fs::exists(out / png) ? fs::file_size(out / png) : 0, 1000u) << png;
   }
+
+  // --rewrite-report redoes everything derived from report.json; with a Hugging Face
+  // baseline in it (here written by hand: CI has no torch) the report compares them.
+  nlohmann::json with_hf = r;
+  with_hf["baseline"]["hf"] = {
+      {"transformers", "x"}, {"torch", "y"}, {"context", 200}, {"steps", 10},
+      {"use_cache_false", {{"decode_ms_per_token", 400.0}, {"generate_ms_per_token", 90.0}}},
+      {"use_cache_true", {{"decode_ms_per_token", 30.0}, {"generate_ms_per_token", 30.0}}}};
+  std::ofstream(out / "report.json") << with_hf.dump();
+  fs::remove(out / "report.md");
+  fs::remove(out / "throughput.csv");
+  const std::string rewrite = std::string(KVPOOL_CLI_BIN) + " bench --rewrite-report --out " +
+                              out.string() + " >>" + out.string() + ".log 2>&1";
+  ASSERT_EQ(std::system(rewrite.c_str()), 0) << "see " << out.string() << ".log";
+  EXPECT_TRUE(fs::exists(out / "throughput.csv"));
+  std::ifstream md(out / "report.md");
+  const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("## Hugging Face transformers on the same weights"), std::string::npos);
+  std::ifstream again(out / "report.json");
+  const nlohmann::json c = nlohmann::json::parse(again)["baseline"]["comparison"];
+  const double contiguous = r["original"]["greedy"]["contiguous"]["avg_token_latency_s"];
+  const double none = r["original"]["greedy"]["none"]["avg_token_latency_s"];
+  EXPECT_DOUBLE_EQ(c["contiguous_vs_hf_use_cache_true"].get<double>(), 0.030 / contiguous);
+  EXPECT_DOUBLE_EQ(c["none_vs_hf_use_cache_false"].get<double>(), 0.090 / none);
+  EXPECT_DOUBLE_EQ(c["hf_cache_speedup"].get<double>(), 3.0);
 }
 
 }  // namespace
