@@ -16,7 +16,8 @@ double SecondsBetween(Clock::time_point from, Clock::time_point to) {
 }
 
 const char* ContentType(std::string_view path) {
-  if (path.size() >= 5 && path.substr(path.size() - 5) == ".html") return "text/html; charset=utf-8";
+  if (path.size() >= 5 && path.substr(path.size() - 5) == ".html")
+    return "text/html; charset=utf-8";
   if (path.size() >= 4 && path.substr(path.size() - 4) == ".css") return "text/css; charset=utf-8";
   return "text/javascript; charset=utf-8";
 }
@@ -90,31 +91,30 @@ std::string Dashboard::StatsJson() const {
                                       : Json(value.get<int64_t>() + load[key].get<int64_t>());
     }
   }
-  Json out = {
-      {"time_s", SecondsBetween(started_at_, now)},
-      {"pool",
-       {{"model", pool_.model_name()},
-        {"backend", pool_.backend()},
-        {"num_blocks", s.num_blocks},
-        {"block_size", pool_.block_size()},
-        {"block_bytes", pool_.block_bytes()},
-        {"pool_bytes", pool_.pool_bytes()},
-        {"free_blocks", s.free_blocks},
-        {"cached_blocks", s.cached_blocks},
-        {"in_use_blocks", s.in_use_blocks},
-        {"usage_ratio",
-         s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0},
-        {"bytes_reserved", s.bytes_reserved},
-        {"bytes_used", s.bytes_used}}},
-      {"prefix_cache",
-       {{"queries_tokens_total", s.prefix_queries_tokens},
-        {"hits_tokens_total", s.prefix_hits_tokens}}},
-      {"evictions_total", s.evictions},
-      {"expired_leases_total", s.expired_leases},
-      {"sequences", s.num_sequences},
-      {"workers_live", s.num_workers},
-      {"workers", workers},
-      {"totals", totals}};
+  Json out = {{"time_s", SecondsBetween(started_at_, now)},
+              {"pool",
+               {{"model", pool_.model_name()},
+                {"backend", pool_.backend()},
+                {"num_blocks", s.num_blocks},
+                {"block_size", pool_.block_size()},
+                {"block_bytes", pool_.block_bytes()},
+                {"pool_bytes", pool_.pool_bytes()},
+                {"free_blocks", s.free_blocks},
+                {"cached_blocks", s.cached_blocks},
+                {"in_use_blocks", s.in_use_blocks},
+                {"usage_ratio",
+                 s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0},
+                {"bytes_reserved", s.bytes_reserved},
+                {"bytes_used", s.bytes_used}}},
+              {"prefix_cache",
+               {{"queries_tokens_total", s.prefix_queries_tokens},
+                {"hits_tokens_total", s.prefix_hits_tokens}}},
+              {"evictions_total", s.evictions},
+              {"expired_leases_total", s.expired_leases},
+              {"sequences", s.num_sequences},
+              {"workers_live", s.num_workers},
+              {"workers", workers},
+              {"totals", totals}};
   return out.dump();
 }
 

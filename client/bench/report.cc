@@ -116,8 +116,9 @@ void AddTargets(Json& report) {
                  contiguous = Num(greedy["contiguous"], "avg_token_latency_s"),
                  paged = Num(greedy["paged"], "avg_token_latency_s");
     report["baseline"]["comparison"] = {
-        {"what", "avg latency per new token, greedy, the same number of new tokens; hf / kvpool "
-                 "(above 1: kvpool is faster)"},
+        {"what",
+         "avg latency per new token, greedy, the same number of new tokens; hf / kvpool "
+         "(above 1: kvpool is faster)"},
         {"hf_use_cache_false_s", hf_no_cache},
         {"hf_use_cache_true_s", hf_cache},
         {"kvpool_none_s", none},

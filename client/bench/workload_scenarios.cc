@@ -207,12 +207,12 @@ Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   // is sustained load at that concurrency; their own prompts, so nothing hits the other
   // runs' prefixes.
   const int requests_per_slot = o.quick ? 2 : 3;
-  const std::vector<WorkItem> load_items =
-      ShareGptLike(requests_per_slot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
+  const std::vector<WorkItem> load_items = ShareGptLike(
+      requests_per_slot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
   for (int concurrency : {1, 4, 16, 32}) {
     Json row = {{"concurrency", concurrency}};
-    const size_t count = std::min(load_items.size(),
-                                  static_cast<size_t>(std::max(4, requests_per_slot * concurrency)));
+    const size_t count = std::min(
+        load_items.size(), static_cast<size_t>(std::max(4, requests_per_slot * concurrency)));
     const std::vector<WorkItem> slice(load_items.begin(),
                                       load_items.begin() + static_cast<long>(count));
     for (const char* mode : {"none", "contiguous", "paged"}) {

@@ -12,7 +12,8 @@
 namespace kvpool {
 namespace {
 
-class CpuLinearTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+class CpuLinearTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {
+};
 
 TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
   const auto [rows, n, k, with_bias] = GetParam();
@@ -31,14 +32,17 @@ TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
   ASSERT_EQ(y.scalar_type(), at::kFloat);
   const double max_error = (y.to(at::kDouble) - expected).abs().max().item<double>();
   EXPECT_LT(max_error, 1e-3 * std::sqrt(static_cast<double>(k)))
-      << rows << " rows, n " << n << ", k " << k << (CpuLinearUsesKernel(rows) ? ", kernel" : ", BLAS");
+      << rows << " rows, n " << n << ", k " << k
+      << (CpuLinearUsesKernel(rows) ? ", kernel" : ", BLAS");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, CpuLinearTest,
-    ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 25, 33, 130, 513),
-                       ::testing::Values<int64_t>(1, 37, 300),
-                       ::testing::Values<int64_t>(8, 67, 768), ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                       11, 12, 13, 16, 17, 25, 33,
+                                                                       130, 513),
+                                            ::testing::Values<int64_t>(1, 37, 300),
+                                            ::testing::Values<int64_t>(8, 67, 768),
+                                            ::testing::Bool()));
 
 TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
   EXPECT_FALSE(CpuLinearUsesKernel(1));  // sgemv is as fast at one row

@@ -51,8 +51,7 @@ TEST(MetricsTest, WorkerAndManagerMetricsMoveWithTraffic) {
   for (int i = 0; i < kRequests; ++i) {
     std::vector<int32_t> prompt = shared;
     prompt.push_back(100 + i);
-    const GenerateOutcome out =
-        Generate(*stub, GreedyRequest(prompt, kTokens, v1::KV_MODE_PAGED));
+    const GenerateOutcome out = Generate(*stub, GreedyRequest(prompt, kTokens, v1::KV_MODE_PAGED));
     ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   }
 
@@ -89,7 +88,8 @@ TEST(MetricsTest, WorkerAndManagerMetricsMoveWithTraffic) {
   EXPECT_TRUE(WaitUntil(
       [&] {
         stats = Body(HttpGet(manager.http_address(), "/api/stats"));
-        return stats.is_object() && stats["totals"]["generated_tokens_total"] == kRequests * kTokens;
+        return stats.is_object() &&
+               stats["totals"]["generated_tokens_total"] == kRequests * kTokens;
       },
       std::chrono::seconds(5)))
       << stats.dump();

@@ -43,33 +43,33 @@ struct LinearArgs {
 // The same register-blocked loop for both vector widths: M rows of x against weight
 // rows [n, n + R), M*R independent FMA chains (8 or more hide the FMA latency on two
 // ports), each weight vector loaded once for all M rows. V is the ISA's traits.
-#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)                 \
-  template <int M, int R>                                                                  \
-  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) {  \
-    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                       \
-    const float* w_rows[R];                                                                \
-    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                           \
-    const float* x_rows[M];                                                                \
-    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                        \
-    VEC acc[M][R];                                                                         \
-    for (int m = 0; m < M; ++m) {                                                          \
-      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                      \
-    }                                                                                      \
-    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                           \
-      VEC wv[R];                                                                           \
-      for (int r = 0; r < R; ++r) wv[r] = LOAD(w_rows[r] + k);                             \
-      for (int m = 0; m < M; ++m) {                                                        \
-        const VEC xv = LOAD(x_rows[m] + k);                                                \
-        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                 \
-      }                                                                                    \
-    }                                                                                      \
-    for (int m = 0; m < M; ++m) {                                                          \
-      for (int r = 0; r < R; ++r) {                                                        \
-        float sum = HSUM(acc[m][r]);                                                       \
-        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];          \
-        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;             \
-      }                                                                                    \
-    }                                                                                      \
+#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)               \
+  template <int M, int R>                                                                 \
+  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) { \
+    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                      \
+    const float* w_rows[R];                                                               \
+    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                          \
+    const float* x_rows[M];                                                               \
+    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                       \
+    VEC acc[M][R];                                                                        \
+    for (int m = 0; m < M; ++m) {                                                         \
+      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                     \
+    }                                                                                     \
+    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                          \
+      VEC wv[R];                                                                          \
+      for (int r = 0; r < R; ++r) wv[r] = LOAD(w_rows[r] + k);                            \
+      for (int m = 0; m < M; ++m) {                                                       \
+        const VEC xv = LOAD(x_rows[m] + k);                                               \
+        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                \
+      }                                                                                   \
+    }                                                                                     \
+    for (int m = 0; m < M; ++m) {                                                         \
+      for (int r = 0; r < R; ++r) {                                                       \
+        float sum = HSUM(acc[m][r]);                                                      \
+        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];         \
+        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;            \
+      }                                                                                   \
+    }                                                                                     \
   }
 
 __attribute__((target("avx2,fma"))) inline float HorizontalSum256(__m256 v) {
@@ -86,8 +86,8 @@ __attribute__((target("avx512f,avx2,fma"))) inline float HorizontalSum512(__m512
 
 KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, Zero256,
                    HorizontalSum256)
-KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, Zero512,
-                   HorizontalSum512)
+KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps,
+                   Zero512, HorizontalSum512)
 #undef KVPOOL_DEFINE_TILE
 
 template <int M, int R>
@@ -108,10 +108,14 @@ void SpanAvx512(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
 // (16 accumulators would spill beyond that, so more rows take several passes).
 void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
-    case 1: return SpanAvx2<1, 4>(a, m0, n0, n1);
-    case 2: return SpanAvx2<2, 4>(a, m0, n0, n1);
-    case 3: return SpanAvx2<3, 3>(a, m0, n0, n1);
-    default: return SpanAvx2<4, 2>(a, m0, n0, n1);
+    case 1:
+      return SpanAvx2<1, 4>(a, m0, n0, n1);
+    case 2:
+      return SpanAvx2<2, 4>(a, m0, n0, n1);
+    case 3:
+      return SpanAvx2<3, 3>(a, m0, n0, n1);
+    default:
+      return SpanAvx2<4, 2>(a, m0, n0, n1);
   }
 }
 constexpr int64_t kAvx2RowsPerPass = 4;
@@ -119,18 +123,30 @@ constexpr int64_t kAvx2RowsPerPass = 4;
 // AVX-512 has 32: up to 12 rows per pass, M*R between 8 and 24 accumulators.
 void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
-    case 1: return SpanAvx512<1, 4>(a, m0, n0, n1);
-    case 2: return SpanAvx512<2, 4>(a, m0, n0, n1);
-    case 3: return SpanAvx512<3, 4>(a, m0, n0, n1);
-    case 4: return SpanAvx512<4, 4>(a, m0, n0, n1);
-    case 5: return SpanAvx512<5, 4>(a, m0, n0, n1);
-    case 6: return SpanAvx512<6, 3>(a, m0, n0, n1);
-    case 7: return SpanAvx512<7, 3>(a, m0, n0, n1);
-    case 8: return SpanAvx512<8, 2>(a, m0, n0, n1);
-    case 9: return SpanAvx512<9, 2>(a, m0, n0, n1);
-    case 10: return SpanAvx512<10, 2>(a, m0, n0, n1);
-    case 11: return SpanAvx512<11, 2>(a, m0, n0, n1);
-    default: return SpanAvx512<12, 2>(a, m0, n0, n1);
+    case 1:
+      return SpanAvx512<1, 4>(a, m0, n0, n1);
+    case 2:
+      return SpanAvx512<2, 4>(a, m0, n0, n1);
+    case 3:
+      return SpanAvx512<3, 4>(a, m0, n0, n1);
+    case 4:
+      return SpanAvx512<4, 4>(a, m0, n0, n1);
+    case 5:
+      return SpanAvx512<5, 4>(a, m0, n0, n1);
+    case 6:
+      return SpanAvx512<6, 3>(a, m0, n0, n1);
+    case 7:
+      return SpanAvx512<7, 3>(a, m0, n0, n1);
+    case 8:
+      return SpanAvx512<8, 2>(a, m0, n0, n1);
+    case 9:
+      return SpanAvx512<9, 2>(a, m0, n0, n1);
+    case 10:
+      return SpanAvx512<10, 2>(a, m0, n0, n1);
+    case 11:
+      return SpanAvx512<11, 2>(a, m0, n0, n1);
+    default:
+      return SpanAvx512<12, 2>(a, m0, n0, n1);
   }
 }
 constexpr int64_t kAvx512RowsPerPass = 12;
@@ -168,8 +184,13 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   if (!fits || !CpuLinearUsesKernel(rows)) return AtenLinear(x, w, b);
   const int64_t n = w.size(0);
   at::Tensor y = at::empty({rows, n}, x.options());
-  const LinearArgs args{x.data_ptr<float>(), x.stride(0),     w.data_ptr<float>(), w.size(1),
-                        b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), n};
+  const LinearArgs args{x.data_ptr<float>(),
+                        x.stride(0),
+                        w.data_ptr<float>(),
+                        w.size(1),
+                        b.defined() ? b.data_ptr<float>() : nullptr,
+                        y.data_ptr<float>(),
+                        n};
   const bool avx512 = KernelIsa() == Isa::kAvx512;
   const int64_t rows_per_pass = avx512 ? kAvx512RowsPerPass : kAvx2RowsPerPass;
   // Threads split the weight rows in chunks of about 128 KiB, which stay in L2 while

@@ -27,8 +27,7 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
       {"kvpool_preemptions_total",
        "Sequences preempted for lack of blocks (resumed later by recomputation).",
        c.preemptions.load()},
-      {"kvpool_prompt_tokens_total", "Prompt tokens of admitted requests.",
-       c.prompt_tokens.load()},
+      {"kvpool_prompt_tokens_total", "Prompt tokens of admitted requests.", c.prompt_tokens.load()},
       {"kvpool_prompt_cached_tokens_total", "Prompt tokens served from the prefix cache.",
        c.cached_tokens.load()},
       {"kvpool_generation_tokens_total", "Tokens generated.", c.generated_tokens.load()},
@@ -47,8 +46,8 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
   out.Metric("kvpool_worker_kv_reserved_bytes", "gauge",
              "Bytes of the blocks this worker's sequences hold.",
              static_cast<double>(c.bytes_reserved.load()));
-  out.Metric("kvpool_worker_kv_used_bytes", "gauge",
-             "Of those, bytes holding tokens' K/V.", static_cast<double>(c.bytes_used.load()));
+  out.Metric("kvpool_worker_kv_used_bytes", "gauge", "Of those, bytes holding tokens' K/V.",
+             static_cast<double>(c.bytes_used.load()));
   const struct {
     const char* name;
     const char* help;
