@@ -104,8 +104,8 @@ v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
 }
 
 std::vector<std::string> ManagerService::MethodNames() {
-  return {"RegisterWorker", "Heartbeat",     "OpenSequence", "Step",
-          "Fork",           "CloseSequence", "GetStats",     "CheckInvariants"};
+  return {"RegisterWorker", "Heartbeat", "OpenSequence",    "Step",
+          "Fork",           "CloseSequence", "GetStats", "CheckInvariants", "AuthenticateClient"};
 }
 
 ManagerService::ManagerService(CacheManager* core, v1::PoolDescriptor pool,
@@ -217,6 +217,29 @@ grpc::Status ManagerService::Heartbeat(grpc::ServerContext* context,
   });
 }
 
+StatusOr<std::string> ManagerService::ClientTenant(const grpc::ServerContext* context,
+                                                   const std::string& worker_tenant) const {
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find(v1::kClientAuthorizationHeader);
+  if (it == metadata.end()) return worker_tenant;
+  std::string error;
+  const std::optional<std::string> client_tenant =
+      auth_->Authenticate(std::string(it->second.data(), it->second.size()), &error);
+  if (!client_tenant) return Unauthenticated("the client's token (" + error + ")");
+  return *client_tenant;
+}
+
+grpc::Status ManagerService::AuthenticateClient(grpc::ServerContext* context,
+                                                const v1::AuthenticateClientRequest* request,
+                                                v1::AuthenticateClientResponse* response) {
+  return Serve(kAuthenticateClient, context, [&](const std::string& tenant) -> Status {
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+    KVPOOL_ASSIGN_OR_RETURN(const std::string client_tenant, ClientTenant(context, tenant));
+    response->set_tenant(client_tenant);
+    return Status::Ok();
+  });
+}
+
 grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
                                           const v1::OpenSequenceRequest* request,
                                           v1::OpenSequenceResponse* response) {
@@ -258,15 +281,7 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
     // A worker serving end clients forwards the client's own bearer token; the prefix
     // cache is then salted by the client's tenant (authenticated here, like any token),
     // while the worker id stays the worker's.
-    open.tenant = tenant;
-    const auto& metadata = context->client_metadata();
-    if (const auto it = metadata.find(v1::kClientAuthorizationHeader); it != metadata.end()) {
-      std::string error;
-      const std::optional<std::string> client_tenant =
-          auth_->Authenticate(std::string(it->second.data(), it->second.size()), &error);
-      if (!client_tenant) return Unauthenticated("the client's token (" + error + ")");
-      open.tenant = *client_tenant;
-    }
+    KVPOOL_ASSIGN_OR_RETURN(open.tenant, ClientTenant(context, tenant));
     open.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
     open.max_tokens = request->max_tokens();
     KVPOOL_ASSIGN_OR_RETURN(OpenResult result, core_->OpenSequence(open, Clock::now()));

@@ -52,6 +52,7 @@ class ManagerService final : public v1::CacheManager::Service {
     kCloseSequence,
     kGetStats,
     kCheckInvariants,
+    kAuthenticateClient,
     kNumMethods
   };
   static std::vector<std::string> MethodNames();
@@ -75,6 +76,9 @@ class ManagerService final : public v1::CacheManager::Service {
                              v1::CloseSequenceResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
+  grpc::Status AuthenticateClient(grpc::ServerContext* context,
+                                  const v1::AuthenticateClientRequest* request,
+                                  v1::AuthenticateClientResponse* response) override;
   grpc::Status CheckInvariants(grpc::ServerContext* context,
                                const v1::CheckInvariantsRequest* request,
                                v1::CheckInvariantsResponse* response) override;
@@ -91,6 +95,10 @@ class ManagerService final : public v1::CacheManager::Service {
   // an exception from `body` becomes INTERNAL rather than a crash.
   grpc::Status Serve(Method method, const grpc::ServerContext* context,
                      const std::function<Status(const std::string& tenant)>& body);
+  // The tenant of the end client whose token a worker forwarded in `context`, or
+  // `worker_tenant` when none was forwarded; UNAUTHENTICATED for a bad token.
+  StatusOr<std::string> ClientTenant(const grpc::ServerContext* context,
+                                     const std::string& worker_tenant) const;
   // INVALID_ARGUMENT for a non-positive id; NOT_FOUND unless `tenant` registered it.
   Status CheckWorker(const std::string& tenant, int64_t worker_id) const;
 

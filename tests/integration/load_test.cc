@@ -167,6 +167,19 @@ TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
   GenerateOutcome anonymous =
       Generate(*stub_a, GreedyRequest(with_suffix(4), 4, v1::KV_MODE_PAGED));
   EXPECT_EQ(anonymous.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  // Mode none holds no blocks, but its client is checked all the same.
+  const std::vector<int32_t> short_prompt = RandomTokens(8, 5);
+  GenerateOutcome none_stranger =
+      Generate(*stub_a, GreedyRequest(short_prompt, 2, v1::KV_MODE_NONE), "nope");
+  EXPECT_EQ(none_stranger.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(none_stranger.status.error_message().find("client"), std::string::npos)
+      << none_stranger.status.error_message();
+  GenerateOutcome none_anonymous =
+      Generate(*stub_a, GreedyRequest(short_prompt, 2, v1::KV_MODE_NONE));
+  EXPECT_EQ(none_anonymous.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  GenerateOutcome none_known =
+      Generate(*stub_a, GreedyRequest(short_prompt, 2, v1::KV_MODE_NONE), "token-b");
+  EXPECT_TRUE(none_known.status.ok()) << none_known.status.error_message();
 }
 
 TEST(LoadTest, CommitsOfManyLongPromptsSpreadOverSteps) {

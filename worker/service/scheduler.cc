@@ -326,6 +326,25 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       // pool has less left, admitting more would only preempt someone soon.
       const auto running = static_cast<int64_t>(running_.size()) + 1;
       if (opened.allocatable_blocks() < kHeadroomBlocks * running) stop_after_this = true;
+    } else if (!job->admitted) {
+      // No blocks, but the same client check as OpenSequence, so that mode none is no
+      // way around the manager's auth.
+      v1::AuthenticateClientRequest check;
+      check.set_worker_id(attachment_->worker_id);
+      v1::AuthenticateClientResponse checked;
+      auto context = link_->NewContext();
+      context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
+      counters_.manager_calls.fetch_add(1);
+      const grpc::Status status = link_->stub().AuthenticateClient(context.get(), check, &checked);
+      if (!status.ok()) {
+        if (IsLinkLoss(status)) {
+          LinkLost("AuthenticateClient: " + status.error_message());
+          return {};
+        }
+        waiting_.pop_front();
+        FailJob(job, FromGrpc(status, "the cache manager refused the client"));
+        continue;
+      }
     }
     const int64_t cached = request.cached_tokens;
     StatusOr<SequenceId> id = engine_->AddSequence(std::move(request));
