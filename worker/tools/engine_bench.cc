@@ -46,6 +46,21 @@ struct Point {
   int64_t context;
 };
 
+// A request of `context` random prompt tokens (seeded) that decodes `steps` tokens
+// and one more, ignoring EOS.
+GenerationRequest TimedRequest(const Engine& engine, int64_t context, KvMode mode, int32_t steps,
+                               uint32_t seed) {
+  GenerationRequest r;
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0,
+                                              static_cast<int32_t>(engine.config().vocab_size) - 1);
+  for (int64_t i = 0; i < context; ++i) r.prompt.push_back(dist(rng));
+  r.max_tokens = steps + 1;
+  r.mode = mode;
+  r.ignore_eos = true;
+  return r;
+}
+
 // Median seconds of one decode step for batch-1 sequences whose contexts start at
 // each point's `context` (growing by one per step). The points' steps are interleaved
 // (a step of each in turn), so that a slow spell of a noisy machine hits them all
@@ -58,15 +73,8 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
     for (SequenceId id : ids) engine.Release(id);
   };
   for (const Point& p : points) {
-    GenerationRequest r;
-    std::mt19937 rng(static_cast<uint32_t>(p.context));
-    std::uniform_int_distribution<int32_t> dist(
-        0, static_cast<int32_t>(engine.config().vocab_size) - 1);
-    for (int64_t i = 0; i < p.context; ++i) r.prompt.push_back(dist(rng));
-    r.max_tokens = warmup + steps + 1;
-    r.mode = p.mode;
-    r.ignore_eos = true;
-    auto id = engine.AddSequence(std::move(r));
+    auto id = engine.AddSequence(
+        TimedRequest(engine, p.context, p.mode, warmup + steps, static_cast<uint32_t>(p.context)));
     if (!id.ok()) {
       release();
       return id.status();
@@ -108,16 +116,9 @@ StatusOr<double> BatchStepSeconds(Engine& engine, int64_t batch, int64_t context
   auto release = [&] {
     for (SequenceId id : ids) engine.Release(id);
   };
-  std::mt19937 rng(static_cast<uint32_t>(batch));
-  std::uniform_int_distribution<int32_t> dist(0,
-                                              static_cast<int32_t>(engine.config().vocab_size) - 1);
   for (int64_t b = 0; b < batch; ++b) {
-    GenerationRequest r;
-    for (int64_t i = 0; i < context; ++i) r.prompt.push_back(dist(rng));
-    r.max_tokens = warmup + steps + 1;
-    r.mode = KvMode::kPaged;
-    r.ignore_eos = true;
-    auto id = engine.AddSequence(std::move(r));
+    auto id = engine.AddSequence(TimedRequest(engine, context, KvMode::kPaged, warmup + steps,
+                                              static_cast<uint32_t>(batch * 1000 + b)));
     if (!id.ok()) {
       release();
       return id.status();
@@ -181,8 +182,9 @@ int Main(int argc, char** argv) {
   options.cuda_graphs = !no_graphs;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t blocks_per_batch_seq = (kBatchContext + warmup + steps + block_size) / block_size;
-  options.num_blocks = std::max<int64_t>(4 * ((loaded->config.max_position + block_size - 1) / block_size),
-                                         max_batch * blocks_per_batch_seq);
+  options.num_blocks =
+      std::max<int64_t>(4 * ((loaded->config.max_position + block_size - 1) / block_size),
+                        max_batch * blocks_per_batch_seq);
   auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
   if (!engine_or.ok()) {
     std::cerr << "kvpool-engine-bench: " << engine_or.status().ToString() << "\n";
@@ -232,7 +234,8 @@ int Main(int argc, char** argv) {
   if (!json) std::fprintf(stderr, "measuring paged decode steps by batch size ...\n");
   nlohmann::json batch_decode = nlohmann::json::array();
   for (int64_t batch : batches) {
-    auto step = BatchStepSeconds(engine, batch, kBatchContext, warmup, quick ? std::min(steps, 5) : steps);
+    auto step =
+        BatchStepSeconds(engine, batch, kBatchContext, warmup, quick ? std::min(steps, 5) : steps);
     if (!step.ok()) return fail(step.status());
     batch_decode.push_back({{"batch", batch},
                             {"step_ms", *step * 1e3},
@@ -306,8 +309,8 @@ int Main(int argc, char** argv) {
               out["paged_over_contiguous"].get<double>(), static_cast<long>(ctx_small),
               static_cast<long>(ctx_large), out["paged_growth_200_to_1000"].get<double>(),
               out["paged_over_floor"].get<double>());
-  std::printf("paged decode at context %ld by batch (linear layers: %s):\n", static_cast<long>(kBatchContext),
-              out["cpu_linear"].get<std::string>().c_str());
+  std::printf("paged decode at context %ld by batch (linear layers: %s):\n",
+              static_cast<long>(kBatchContext), out["cpu_linear"].get<std::string>().c_str());
   std::printf("%8s %10s %10s\n", "batch", "step ms", "tokens/s");
   for (const auto& row : batch_decode) {
     std::printf("%8ld %10.2f %10.1f\n", static_cast<long>(row["batch"].get<int64_t>()),

@@ -104,19 +104,24 @@ TEST(ServiceLifecycleTest, RestartKeepsSegmentsOfLiveManagers) {
   EXPECT_TRUE(ShmExists(live));
 }
 
+// A paged sequence of 20 prompt tokens (2 blocks of tiny-gpt2's 16) and 4 new tokens.
+grpc::Status OpenTwentyTokenSequence(v1::CacheManager::Stub& stub, int64_t worker_id) {
+  v1::OpenSequenceRequest open;
+  open.set_worker_id(worker_id);
+  for (int i = 0; i < 20; ++i) open.add_token_ids(i);
+  open.set_max_tokens(4);
+  open.set_mode(v1::SEQUENCE_MODE_PAGED);
+  v1::OpenSequenceResponse opened;
+  return stub.OpenSequence(Ctx().get(), open, &opened);
+}
+
 TEST(ServiceLifecycleTest, MetricsAfterTraffic) {
   ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "64"});
   ASSERT_FALSE(manager.address().empty());
   auto stub = manager.NewStub();
   v1::RegisterWorkerResponse worker;
   ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), {}, &worker).ok());
-  v1::OpenSequenceRequest open;
-  open.set_worker_id(worker.worker_id());
-  for (int i = 0; i < 20; ++i) open.add_token_ids(i);
-  open.set_max_tokens(4);
-  open.set_mode(v1::SEQUENCE_MODE_PAGED);
-  v1::OpenSequenceResponse opened;
-  ASSERT_TRUE(stub->OpenSequence(Ctx().get(), open, &opened).ok());
+  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id()).ok());
 
   const std::string scrape = HttpGet(manager.http_address(), "/metrics");
   EXPECT_THAT(scrape, HasSubstr("HTTP/1.1 200"));
@@ -156,13 +161,7 @@ TEST(ServiceLifecycleTest, DashboardServesPageAndLiveStats) {
   heartbeat.mutable_load()->set_ttft_count(4);
   v1::HeartbeatResponse beat;
   ASSERT_TRUE(stub->Heartbeat(Ctx().get(), heartbeat, &beat).ok());
-  v1::OpenSequenceRequest open;
-  open.set_worker_id(worker.worker_id());
-  for (int i = 0; i < 20; ++i) open.add_token_ids(i);
-  open.set_max_tokens(4);
-  open.set_mode(v1::SEQUENCE_MODE_PAGED);
-  v1::OpenSequenceResponse opened;
-  ASSERT_TRUE(stub->OpenSequence(Ctx().get(), open, &opened).ok());
+  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id()).ok());
 
   const std::string stats = HttpGet(manager.http_address(), "/api/stats");
   ASSERT_THAT(stats, HasSubstr("HTTP/1.1 200"));
