@@ -53,6 +53,38 @@ std::string S(const Json& v) {
   return "";
 }
 
+// The throughput runs seen from the worker: its scheduler's time by phase and its
+// preemptions (points measured before the worker reported them are skipped).
+void WorkerTimeTable(const Json& throughput, std::ostringstream& md) {
+  static const char* const kPhases[] = {"prefill", "recompute", "decode",
+                                        "manager", "other",     "idle"};
+  std::ostringstream rows;
+  for (const Json& p : throughput["points"]) {
+    for (const char* mode : {"contiguous", "paged"}) {
+      if (!p.contains(mode) || !p[mode].contains("worker") ||
+          !p[mode]["worker"].contains("scheduler_seconds")) {
+        continue;
+      }
+      const Json& w = p[mode]["worker"];
+      const double steps = Num(w, "scheduler_steps");
+      rows << "| " << S(p["concurrency"]) << " | " << mode << " | " << S(w["scheduler_steps"])
+           << " | " << Fmt(steps > 0 ? Num(w, "generated_tokens") / steps : 0.0, "%.1f") << " | "
+           << S(w["preemptions"]) << " | " << S(w["recomputed_tokens"]);
+      for (const char* phase : kPhases) {
+        rows << " | " << Fmt(w["scheduler_seconds"].value(phase, 0.0), "%.2f");
+      }
+      rows << " |\n";
+    }
+  }
+  if (rows.str().empty()) return;
+  md << "Where the worker's time went in those runs (seconds of its scheduler thread; "
+        "recompute: prompts prefilled again after a preemption; other: sampling, streaming "
+        "and bookkeeping):\n\n| concurrency | mode | steps | tokens / step | preemptions | "
+        "recomputed tokens | prefill s | recompute s | decode s | manager s | other s | idle s "
+        "|\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+     << rows.str() << "\n";
+}
+
 }  // namespace
 
 void AddTargets(Json& report) {
@@ -312,6 +344,7 @@ void WriteReport(const std::string& dir, const Json& report) {
       }
     }
     md << "\n";
+    WorkerTimeTable(sc["throughput"], md);
   }
   if (sc.contains("prefix_sharing")) {
     md << "## Prefix sharing\n\n| system prompt | hit rate | TTFT miss | TTFT hit | hit / miss | "

@@ -119,8 +119,27 @@ LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concu
   return r;
 }
 
+// What the worker did during a run: its counters' change from the first stats
+// sample to the last (both taken during the run, 10 ms apart at most from its ends).
+Json WorkerDelta(const std::vector<v1::GetWorkerStatsResponse>& samples) {
+  if (samples.size() < 2) return Json::object();
+  const v1::GetWorkerStatsResponse& a = samples.front();
+  const v1::GetWorkerStatsResponse& b = samples.back();
+  Json seconds = Json::object();
+  for (const auto& [phase, total] : b.scheduler_seconds_total()) {
+    const auto before = a.scheduler_seconds_total().find(phase);
+    seconds[phase] = total - (before == a.scheduler_seconds_total().end() ? 0.0 : before->second);
+  }
+  return {{"scheduler_seconds", seconds},
+          {"scheduler_steps", b.scheduler_steps_total() - a.scheduler_steps_total()},
+          {"generated_tokens", b.generated_tokens_total() - a.generated_tokens_total()},
+          {"preemptions", b.preemptions_total() - a.preemptions_total()},
+          {"recomputed_tokens", b.recomputed_tokens_total() - a.recomputed_tokens_total()}};
+}
+
 Json LoadJson(const LoadResult& r) {
-  return {{"wall_s", r.wall_s},
+  return {{"worker", WorkerDelta(r.samples)},
+          {"wall_s", r.wall_s},
           {"requests", r.requests},
           {"tokens", r.tokens},
           {"tokens_per_s", r.tokens / r.wall_s},

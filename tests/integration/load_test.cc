@@ -80,6 +80,18 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
     preemptions += outcomes[i].summary.preemptions();
   }
   EXPECT_GT(preemptions, 0);
+  {
+    // The worker counts them, and the prompts it prefilled again, in their own phase.
+    auto stub = worker.NewStub();
+    grpc::ClientContext context;
+    v1::GetWorkerStatsResponse stats;
+    ASSERT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+    EXPECT_EQ(stats.preemptions_total(), preemptions);
+    // Every resumed sequence computes at least its last token (its prefix may be cached).
+    EXPECT_GE(stats.recomputed_tokens_total(), preemptions);
+    EXPECT_GT(stats.scheduler_seconds_total().at("recompute"), 0);
+    EXPECT_GT(stats.scheduler_seconds_total().at("prefill"), 0);
+  }
   // Preempted sequences resume from what they generated: the same greedy tokens as
   // a request that ran alone.
   auto stub = worker.NewStub();

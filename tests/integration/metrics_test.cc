@@ -40,6 +40,7 @@ TEST(MetricsTest, WorkerAndManagerMetricsMoveWithTraffic) {
   ASSERT_FALSE(worker.address().empty());
   ASSERT_FALSE(worker.http_address().empty());
 
+  const auto started = std::chrono::steady_clock::now();
   const std::string before = HttpGet(worker.http_address(), "/metrics");
   ASSERT_THAT(before, HasSubstr("HTTP/1.1 200"));
   EXPECT_EQ(Sample(before, "kvpool_time_to_first_token_seconds_count"), 0);
@@ -75,6 +76,19 @@ TEST(MetricsTest, WorkerAndManagerMetricsMoveWithTraffic) {
   EXPECT_EQ(Sample(scrape, "kvpool_requests_running"), 0);
   EXPECT_EQ(Sample(scrape, "kvpool_requests_waiting"), 0);
   EXPECT_EQ(Sample(scrape, "kvpool_preemptions_total"), 0);
+  EXPECT_EQ(Sample(scrape, "kvpool_recomputed_tokens_total"), 0);
+  // The scheduler's time by phase: forwards, manager calls and waiting all happened;
+  // nothing was recomputed.
+  for (const char* phase : {"prefill", "decode", "manager", "idle", "other"}) {
+    EXPECT_GT(
+        Sample(scrape, std::string("kvpool_scheduler_seconds_total{phase=\"") + phase + "\"}"), 0)
+        << phase;
+  }
+  EXPECT_EQ(Sample(scrape, "kvpool_scheduler_seconds_total{phase=\"recompute\"}"), 0);
+  // The forwards all ran between the two scrapes (the waits may have begun before).
+  EXPECT_LE(Sample(scrape, "kvpool_scheduler_seconds_total{phase=\"prefill\"}") +
+                Sample(scrape, "kvpool_scheduler_seconds_total{phase=\"decode\"}"),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   EXPECT_THAT(scrape, HasSubstr("# TYPE kvpool_inter_token_latency_seconds histogram"));
   EXPECT_THAT(scrape, HasSubstr("# TYPE kvpool_generation_tokens_total counter"));
   EXPECT_THAT(HttpGet(worker.http_address(), "/healthz"), HasSubstr("200 OK"));

@@ -21,6 +21,8 @@ namespace {
 
 using scheduler_internal::CeilDiv;
 using scheduler_internal::FromGrpc;
+using scheduler_internal::Nanos;
+using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 
@@ -44,6 +46,23 @@ at::ScalarType TorchDtype(KvDtype dtype) {
 }
 
 }  // namespace
+
+const char* SchedulerPhaseName(SchedulerPhase phase) {
+  switch (phase) {
+    case SchedulerPhase::kPrefill:
+      return "prefill";
+    case SchedulerPhase::kRecompute:
+      return "recompute";
+    case SchedulerPhase::kDecode:
+      return "decode";
+    case SchedulerPhase::kManager:
+      return "manager";
+    case SchedulerPhase::kIdle:
+      return "idle";
+    default:
+      return "other";
+  }
+}
 
 Scheduler::Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights weights,
                      std::shared_ptr<const Tokenizer> tokenizer, ManagerLink* link,
@@ -98,6 +117,7 @@ void Scheduler::Run() {
   for (;;) {
     std::deque<std::shared_ptr<Job>> jobs;
     {
+      const PhaseTimer idle(counters_, SchedulerPhase::kIdle);
       std::unique_lock<std::mutex> lock(mu_);
       auto ready = [&] { return stop_ || woken_ || !incoming_.empty(); };
       if (running_.empty()) {
@@ -113,6 +133,8 @@ void Scheduler::Run() {
       woken_ = false;
       jobs.swap(incoming_);
     }
+    const Clock::time_point busy_start = Clock::now();
+    const int64_t timed_before = TimedNs();
     SyncAttachment();
     for (std::shared_ptr<Job>& job : jobs) {
       if (!engine_) {
@@ -150,8 +172,19 @@ void Scheduler::Run() {
     }
     RemoveDeadSeqs();
     UpdateUsage();
+    counters_.phase_ns[static_cast<int>(SchedulerPhase::kOther)].fetch_add(
+        Nanos(Clock::now() - busy_start) - (TimedNs() - timed_before), std::memory_order_relaxed);
   }
   FailAll(Unavailable("the worker is shutting down"), /*close_at_manager=*/true);
+}
+
+int64_t Scheduler::TimedNs() const {
+  int64_t sum = 0;
+  for (SchedulerPhase p : {SchedulerPhase::kPrefill, SchedulerPhase::kRecompute,
+                           SchedulerPhase::kDecode, SchedulerPhase::kManager}) {
+    sum += counters_.phase_ns[static_cast<int>(p)].load(std::memory_order_relaxed);
+  }
+  return sum;
 }
 
 void Scheduler::SyncAttachment() {
@@ -303,7 +336,11 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       // Always sent: a client without a token is anonymous, never the worker's tenant.
       context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
       counters_.manager_calls.fetch_add(1);
-      const grpc::Status status = link_->stub().OpenSequence(context.get(), open, &opened);
+      grpc::Status status;
+      {
+        const PhaseTimer timer(counters_, SchedulerPhase::kManager);
+        status = link_->stub().OpenSequence(context.get(), open, &opened);
+      }
       if (!status.ok()) {
         if (IsLinkLoss(status)) {
           LinkLost("OpenSequence: " + status.error_message());
@@ -335,7 +372,11 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       auto context = link_->NewContext();
       context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
       counters_.manager_calls.fetch_add(1);
-      const grpc::Status status = link_->stub().AuthenticateClient(context.get(), check, &checked);
+      grpc::Status status;
+      {
+        const PhaseTimer timer(counters_, SchedulerPhase::kManager);
+        status = link_->stub().AuthenticateClient(context.get(), check, &checked);
+      }
       if (!status.ok()) {
         if (IsLinkLoss(status)) {
           LinkLost("AuthenticateClient: " + status.error_message());
@@ -356,6 +397,9 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     }
     seq.engine_id = *id;
     seq.committed = cached;
+    seq.resumed = !seq.generated.empty();
+    seq.prefill_tokens = prompt - cached;
+    if (seq.resumed) counters_.recomputed_tokens.fetch_add(prompt - cached);
     seq.order = next_order_++;
     if (!job->admitted) {
       job->admitted = true;
@@ -425,8 +469,18 @@ void Scheduler::Prefill(std::vector<Seq*> seqs) {
   for (Seq* s : seqs) ids.push_back(s->engine_id);
   const auto t0 = Clock::now();
   const Status status = engine_->Prefill(ids);
-  const double step_s = Seconds(Clock::now() - t0);
+  const Clock::duration took = Clock::now() - t0;
+  const double step_s = Seconds(took);
   counters_.steps.fetch_add(1);
+  // One forward for new and resumed prompts: its time is split by tokens computed.
+  int64_t fresh_tokens = 0, resumed_tokens = 0;
+  for (const Seq* s : seqs) (s->resumed ? resumed_tokens : fresh_tokens) += s->prefill_tokens;
+  const int64_t resumed_ns = fresh_tokens + resumed_tokens > 0
+                                 ? Nanos(took) * resumed_tokens / (fresh_tokens + resumed_tokens)
+                                 : 0;
+  counters_.phase_ns[static_cast<int>(SchedulerPhase::kRecompute)].fetch_add(resumed_ns);
+  counters_.phase_ns[static_cast<int>(SchedulerPhase::kPrefill)].fetch_add(Nanos(took) -
+                                                                           resumed_ns);
   if (!status.ok()) {
     for (Seq* s : seqs) FailJob(s->job, Internal("prefill failed: " + status.ToString()));
     return;
@@ -463,7 +517,9 @@ void Scheduler::Decode() {
   for (Seq* s : batch) ids.push_back(s->engine_id);
   const auto t0 = Clock::now();
   const Status status = engine_->Decode(ids);
-  const double step_s = Seconds(Clock::now() - t0);
+  const Clock::duration took = Clock::now() - t0;
+  const double step_s = Seconds(took);
+  counters_.phase_ns[static_cast<int>(SchedulerPhase::kDecode)].fetch_add(Nanos(took));
   counters_.steps.fetch_add(1);
   if (!status.ok()) {
     for (Seq* s : batch) FailJob(s->job, Internal("decode failed: " + status.ToString()));

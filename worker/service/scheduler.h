@@ -35,17 +35,26 @@ struct SchedulerOptions {
   int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
 };
 
+// Where the scheduler thread's time goes (cumulative, in nanoseconds): model forwards
+// for new prompts, for prompts recomputed after a preemption, and for decode steps;
+// calls to the manager; waiting for work; and the rest (sampling, streaming, bookkeeping),
+// which is the loop's time less the others.
+enum class SchedulerPhase { kPrefill, kRecompute, kDecode, kManager, kIdle, kOther, kCount };
+const char* SchedulerPhaseName(SchedulerPhase phase);
+
 // Written by the scheduler thread, read by GetStats, /metrics and the heartbeat.
 struct WorkerCounters {
+  std::atomic<int64_t> phase_ns[static_cast<int>(SchedulerPhase::kCount)] = {};
+  std::atomic<int64_t> recomputed_tokens{0};  // prompt tokens prefilled again after preemption
   std::atomic<int64_t> running{0}, waiting{0};
   std::atomic<int64_t> finished{0}, failed{0}, preemptions{0};
   std::atomic<int64_t> prompt_tokens{0}, cached_tokens{0}, generated_tokens{0};
   std::atomic<int64_t> steps{0}, manager_calls{0};
   std::atomic<int64_t> blocks_held{0}, bytes_reserved{0}, bytes_used{0};
-  Histogram ttft_s{RequestLatencyBucketsS()};      // arrival to first token, per request
-  Histogram itl_s{TokenLatencyBucketsS()};         // between tokens of one sequence
-  Histogram e2e_s{RequestLatencyBucketsS()};       // arrival to last token, per request
-  Histogram queue_s{RequestLatencyBucketsS()};     // arrival to admission, per request
+  Histogram ttft_s{RequestLatencyBucketsS()};   // arrival to first token, per request
+  Histogram itl_s{TokenLatencyBucketsS()};      // between tokens of one sequence
+  Histogram e2e_s{RequestLatencyBucketsS()};    // arrival to last token, per request
+  Histogram queue_s{RequestLatencyBucketsS()};  // arrival to admission, per request
 };
 
 class Scheduler {
@@ -75,6 +84,7 @@ class Scheduler {
   struct Seq;
   void Run();
   void SyncAttachment();
+  int64_t TimedNs() const;  // the forward and manager phases' time so far
   // Ends every job; the manager is told only when `close_at_manager` (it may be gone).
   void FailAll(const Status& status, bool close_at_manager = false);
   void DropCancelled();

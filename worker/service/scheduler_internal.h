@@ -31,6 +31,8 @@ struct Scheduler::Seq {
   int64_t order = 0;                   // admission order; the newest is preempted first
   bool fork_children = false;          // paged n > 1: fork the other samples after prefill
   bool fresh = false;                  // prefilled in this iteration
+  bool resumed = false;                // admitted again after a preemption (recomputed)
+  int64_t prefill_tokens = 0;          // tokens its prefill computes (prompt less cached)
   bool dead = false;                   // ended; dropped from every list this iteration
   bool has_token = false;
   Clock::time_point last_token_at;
@@ -41,6 +43,24 @@ namespace scheduler_internal {
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+inline int64_t Nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+// Adds the time between its construction and destruction to one phase's counter.
+class PhaseTimer {
+ public:
+  PhaseTimer(WorkerCounters& counters, SchedulerPhase phase)
+      : ns_(counters.phase_ns[static_cast<int>(phase)]), start_(Clock::now()) {}
+  ~PhaseTimer() { ns_.fetch_add(Nanos(Clock::now() - start_), std::memory_order_relaxed); }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  std::atomic<int64_t>& ns_;
+  const Clock::time_point start_;
+};
 
 // Sample i's seed: distinct streams from one request seed.
 inline uint64_t SampleSeed(uint64_t seed, int32_t index) {

@@ -13,6 +13,7 @@ namespace kvpool::worker {
 namespace {
 
 using scheduler_internal::FromGrpc;
+using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 
@@ -28,12 +29,14 @@ grpc::Status Scheduler::CloseAtManager(int64_t sequence_id) {
   v1::CloseSequenceResponse response;
   auto context = link_->NewContext();
   counters_.manager_calls.fetch_add(1);
+  const PhaseTimer timer(counters_, SchedulerPhase::kManager);
   return link_->stub().CloseSequence(context.get(), request, &response);
 }
 
 grpc::Status Scheduler::StepAtManager(const v1::StepRequest& request, v1::StepResponse* response) {
   auto context = link_->NewContext();
   counters_.manager_calls.fetch_add(1);
+  const PhaseTimer timer(counters_, SchedulerPhase::kManager);
   return link_->stub().Step(context.get(), request, response);
 }
 
@@ -98,7 +101,11 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
     v1::ForkResponse forked;
     auto context = link_->NewContext();
     counters_.manager_calls.fetch_add(1);
-    const grpc::Status status = link_->stub().Fork(context.get(), request, &forked);
+    grpc::Status status;
+    {
+      const PhaseTimer timer(counters_, SchedulerPhase::kManager);
+      status = link_->stub().Fork(context.get(), request, &forked);
+    }
     if (!status.ok()) {
       if (IsLinkLoss(status)) return LinkLost("Fork: " + status.error_message());
       if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {

@@ -37,9 +37,19 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
        c.manager_calls.load()},
       {"kvpool_reattachments_total", "Registrations after losing the manager.",
        link.reattachments()},
+      {"kvpool_recomputed_tokens_total", "Tokens prefilled again after preemptions.",
+       c.recomputed_tokens.load()},
   };
   for (const auto& m : counters) {
     out.Metric(m.name, "counter", m.help, static_cast<double>(m.value));
+  }
+  out.Header("kvpool_scheduler_seconds_total", "counter",
+             "The scheduler thread's time by phase: prefill, recompute (after preemption), "
+             "decode, manager (RPCs), idle, other (sampling, streaming, bookkeeping).");
+  for (int p = 0; p < static_cast<int>(SchedulerPhase::kCount); ++p) {
+    out.Sample("kvpool_scheduler_seconds_total",
+               std::string("phase=\"") + SchedulerPhaseName(static_cast<SchedulerPhase>(p)) + "\"",
+               static_cast<double>(c.phase_ns[p].load()) * 1e-9);
   }
   out.Metric("kvpool_worker_kv_blocks", "gauge", "Pool blocks this worker's sequences hold.",
              static_cast<double>(c.blocks_held.load()));

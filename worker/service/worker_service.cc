@@ -235,6 +235,12 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetWorkerSt
   response->set_kv_blocks_held(c.blocks_held.load());
   response->set_kv_bytes_reserved(c.bytes_reserved.load());
   response->set_kv_bytes_used(c.bytes_used.load());
+  response->set_recomputed_tokens_total(c.recomputed_tokens.load());
+  for (int p = 0; p < static_cast<int>(SchedulerPhase::kCount); ++p) {
+    (*response
+          ->mutable_scheduler_seconds_total())[SchedulerPhaseName(static_cast<SchedulerPhase>(p))] =
+        static_cast<double>(c.phase_ns[p].load()) * 1e-9;
+  }
   const auto [rss, peak] = ProcessMemory();
   response->set_rss_bytes(rss);
   response->set_peak_rss_bytes(peak);

@@ -143,9 +143,9 @@ int Main(int argc, char** argv) {
   CLI::App app{"In-process decode latency of kvpool's three KV modes"};
   std::string model = "gpt2", device = "cpu", dtype_name = "fp32";
   int threads = 2, steps = 20, warmup = 3, block_size = 16;
-  bool json = false, quick = false, no_graphs = false;
+  bool json = false, quick = false, no_graphs = false, batches_only = false;
   std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32};
-  constexpr int64_t kBatchContext = 100;
+  int64_t batch_context = 100;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed decode steps per point (median)")
@@ -159,6 +159,10 @@ int Main(int argc, char** argv) {
   app.add_option("--batches", batches, "paged decode batch sizes to time (context 100)")
       ->delimiter(',')
       ->check(CLI::Range(1, 256));
+  app.add_option("--batch-context", batch_context, "context of the sequences in --batches")
+      ->check(CLI::Range(1, 100000));
+  app.add_flag("--batches-only", batches_only,
+               "time only the --batches points (e.g. to profile a decode step)");
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
   CLI11_PARSE(app, argc, argv);
@@ -181,7 +185,7 @@ int Main(int argc, char** argv) {
   options.dtype = dtype;
   options.cuda_graphs = !no_graphs;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
-  const int64_t blocks_per_batch_seq = (kBatchContext + warmup + steps + block_size) / block_size;
+  const int64_t blocks_per_batch_seq = (batch_context + warmup + steps + block_size) / block_size;
   options.num_blocks =
       std::max<int64_t>(4 * ((loaded->config.max_position + block_size - 1) / block_size),
                         max_batch * blocks_per_batch_seq);
@@ -191,16 +195,66 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Engine& engine = **engine_or;
+  if (batch_context + warmup + steps >= config.max_position) {
+    std::cerr << "kvpool-engine-bench: --batch-context + --warmup + --steps must stay below "
+              << config.max_position << " (the model's context)\n";
+    return 2;
+  }
+  auto fail = [&](const Status& st) {
+    std::cerr << "kvpool-engine-bench: " << st.ToString() << "\n";
+    return 1;
+  };
+  const int point_steps = quick ? std::min(steps, 5) : steps;
+  nlohmann::json batch_decode = nlohmann::json::array();
+  auto time_batches = [&]() -> Status {
+    for (int64_t batch : batches) {
+      KVPOOL_ASSIGN_OR_RETURN(double step,
+                              BatchStepSeconds(engine, batch, batch_context, warmup, point_steps));
+      batch_decode.push_back({{"batch", batch},
+                              {"step_ms", step * 1e3},
+                              {"tokens_per_s", static_cast<double>(batch) / step}});
+    }
+    return Status::Ok();
+  };
+  auto print_batches = [&](const std::string& linear) {
+    std::printf("paged decode at context %ld by batch (linear layers: %s):\n",
+                static_cast<long>(batch_context), linear.c_str());
+    std::printf("%8s %10s %10s\n", "batch", "step ms", "tokens/s");
+    for (const auto& row : batch_decode) {
+      std::printf("%8ld %10.2f %10.1f\n", static_cast<long>(row["batch"].get<int64_t>()),
+                  row["step_ms"].get<double>(), row["tokens_per_s"].get<double>());
+    }
+  };
+  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
+  const std::string cpu_linear = device != "cpu" ? std::string("cuda")
+                                 : CpuLinearUsesKernel(2)
+                                     ? std::string("kvpool ") + CpuLinearKernelName() +
+                                           " kernel for 2-" + std::to_string(kCpuLinearMaxRows) +
+                                           " rows, BLAS otherwise (OPENBLAS_CORETYPE " +
+                                           (blas_core ? blas_core : "unset") + ")"
+                                     : std::string("BLAS");
+  if (batches_only) {
+    if (Status st = time_batches(); !st.ok()) return fail(st);
+    if (json) {
+      std::cout << nlohmann::json{{"model", config.name},
+                                  {"threads", threads},
+                                  {"device", engine.runner().device()},
+                                  {"batch_context", batch_context},
+                                  {"cpu_linear", cpu_linear},
+                                  {"batch_decode", batch_decode}}
+                       .dump(2)
+                << std::endl;
+    } else {
+      print_batches(cpu_linear);
+    }
+    return 0;
+  }
   const int64_t ctx_max = config.max_position - warmup - steps - 2;
   const int64_t ctx_small = std::min<int64_t>(200, ctx_max),
                 ctx_large = std::min<int64_t>(1000, ctx_max);
   const int64_t ctx_none = std::min<int64_t>(512, ctx_max);
 
   nlohmann::json out;
-  auto fail = [&](const Status& st) {
-    std::cerr << "kvpool-engine-bench: " << st.ToString() << "\n";
-    return 1;
-  };
   if (!json)
     std::fprintf(stderr, "measuring contiguous and paged at %ld and %ld tokens ...\n",
                  static_cast<long>(ctx_small), static_cast<long>(ctx_large));
@@ -232,15 +286,7 @@ int Main(int argc, char** argv) {
     none_curve.push_back({{"context", none_points[i].context}, {"ms_per_token", (*none)[i] * 1e3}});
   }
   if (!json) std::fprintf(stderr, "measuring paged decode steps by batch size ...\n");
-  nlohmann::json batch_decode = nlohmann::json::array();
-  for (int64_t batch : batches) {
-    auto step =
-        BatchStepSeconds(engine, batch, kBatchContext, warmup, quick ? std::min(steps, 5) : steps);
-    if (!step.ok()) return fail(step.status());
-    batch_decode.push_back({{"batch", batch},
-                            {"step_ms", *step * 1e3},
-                            {"tokens_per_s", static_cast<double>(batch) / *step}});
-  }
+  if (Status st = time_batches(); !st.ok()) return fail(st);
   const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.runner().device());
 
   out["model"] = config.name;
@@ -272,16 +318,9 @@ int Main(int argc, char** argv) {
   out["paged_over_floor"] =
       per_mode["paged"].get<double>() / out["bandwidth_floor_ms_per_token"].get<double>();
   out["contiguous_ms_per_token_at_512"] = (*cached)[4] * 1e3;
-  out["batch_context"] = kBatchContext;
+  out["batch_context"] = batch_context;
   out["batch_decode"] = batch_decode;
-  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
-  out["cpu_linear"] = device != "cpu" ? std::string("cuda")
-                      : CpuLinearUsesKernel(2)
-                          ? std::string("kvpool ") + CpuLinearKernelName() + " kernel for 2-" +
-                                std::to_string(kCpuLinearMaxRows) +
-                                " rows, BLAS otherwise (OPENBLAS_CORETYPE " +
-                                (blas_core ? blas_core : "unset") + ")"
-                          : std::string("BLAS");
+  out["cpu_linear"] = cpu_linear;
   out["contiguous_over_none_at_512"] = none_512 / (*cached)[4];
   if (json) {
     std::cout << out.dump(2) << std::endl;
@@ -309,13 +348,7 @@ int Main(int argc, char** argv) {
               out["paged_over_contiguous"].get<double>(), static_cast<long>(ctx_small),
               static_cast<long>(ctx_large), out["paged_growth_200_to_1000"].get<double>(),
               out["paged_over_floor"].get<double>());
-  std::printf("paged decode at context %ld by batch (linear layers: %s):\n",
-              static_cast<long>(kBatchContext), out["cpu_linear"].get<std::string>().c_str());
-  std::printf("%8s %10s %10s\n", "batch", "step ms", "tokens/s");
-  for (const auto& row : batch_decode) {
-    std::printf("%8ld %10.2f %10.1f\n", static_cast<long>(row["batch"].get<int64_t>()),
-                row["step_ms"].get<double>(), row["tokens_per_s"].get<double>());
-  }
+  print_batches(cpu_linear);
   return 0;
 }
 
