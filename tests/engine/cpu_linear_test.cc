@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <tuple>
 
 namespace kvpool {
@@ -45,7 +46,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearTest,
                                             ::testing::Bool()));
 
 TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
-  EXPECT_FALSE(CpuLinearUsesKernel(1));  // sgemv is as fast at one row
+  // One row: the AVX-512 kernel, or sgemv (as fast as the AVX2 kernel there).
+  EXPECT_EQ(CpuLinearUsesKernel(1), std::string(CpuLinearKernelName()) == "AVX-512");
+  EXPECT_FALSE(CpuLinearUsesKernel(0));
   EXPECT_FALSE(CpuLinearUsesKernel(kCpuLinearMaxRows + 1));
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     EXPECT_TRUE(CpuLinearUsesKernel(2));

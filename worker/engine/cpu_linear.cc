@@ -40,6 +40,12 @@ struct LinearArgs {
   int64_t n;
 };
 
+// Software prefetch distance along each weight row, in floats (4 KiB): the first pass
+// over a chunk streams its weights from memory, and prefetching them this far ahead
+// overlaps the loads with the FMAs (measured on Zen 5 at 2-16 rows: 10-25% faster than
+// the hardware prefetcher alone). Later passes read the chunk from L2.
+constexpr int64_t kPrefetchFloats = 1024;
+
 // The same register-blocked loop for both vector widths: M rows of x against weight
 // rows [n, n + R), M*R independent FMA chains (8 or more hide the FMA latency on two
 // ports), each weight vector loaded once for all M rows. V is the ISA's traits.
@@ -57,7 +63,11 @@ struct LinearArgs {
     }                                                                                     \
     for (int64_t k = 0; k < k_vec; k += WIDTH) {                                          \
       VEC wv[R];                                                                          \
-      for (int r = 0; r < R; ++r) wv[r] = LOAD(w_rows[r] + k);                            \
+      for (int r = 0; r < R; ++r) {                                                       \
+        _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k + kPrefetchFloats),      \
+                     _MM_HINT_T0);                                                        \
+        wv[r] = LOAD(w_rows[r] + k);                                                      \
+      }                                                                                   \
       for (int m = 0; m < M; ++m) {                                                       \
         const VEC xv = LOAD(x_rows[m] + k);                                               \
         for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                \
@@ -120,36 +130,23 @@ void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t
 }
 constexpr int64_t kAvx2RowsPerPass = 4;
 
-// AVX-512 has 32: up to 12 rows per pass, M*R between 8 and 24 accumulators.
+// AVX-512 has 32 registers: passes of 4 rows against 6 weight rows (24 accumulators,
+// 10 loads per 24 FMAs), and 3 / 2 / 1 rows against 8 / 12 / 12 for a remainder. On
+// Zen 5 this beat 8x2 and 12x2 tiles (the previous kernel) by 15-35% at 2-16 rows,
+// streaming the weights, and by 20% at 96 rows (a prefill), where they sit in L2.
 void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
     case 1:
-      return SpanAvx512<1, 4>(a, m0, n0, n1);
+      return SpanAvx512<1, 12>(a, m0, n0, n1);
     case 2:
-      return SpanAvx512<2, 4>(a, m0, n0, n1);
+      return SpanAvx512<2, 12>(a, m0, n0, n1);
     case 3:
-      return SpanAvx512<3, 4>(a, m0, n0, n1);
-    case 4:
-      return SpanAvx512<4, 4>(a, m0, n0, n1);
-    case 5:
-      return SpanAvx512<5, 4>(a, m0, n0, n1);
-    case 6:
-      return SpanAvx512<6, 3>(a, m0, n0, n1);
-    case 7:
-      return SpanAvx512<7, 3>(a, m0, n0, n1);
-    case 8:
-      return SpanAvx512<8, 2>(a, m0, n0, n1);
-    case 9:
-      return SpanAvx512<9, 2>(a, m0, n0, n1);
-    case 10:
-      return SpanAvx512<10, 2>(a, m0, n0, n1);
-    case 11:
-      return SpanAvx512<11, 2>(a, m0, n0, n1);
+      return SpanAvx512<3, 8>(a, m0, n0, n1);
     default:
-      return SpanAvx512<12, 2>(a, m0, n0, n1);
+      return SpanAvx512<4, 6>(a, m0, n0, n1);
   }
 }
-constexpr int64_t kAvx512RowsPerPass = 12;
+constexpr int64_t kAvx512RowsPerPass = 4;
 
 at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.size(0) == 1) {
@@ -162,7 +159,10 @@ at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 }  // namespace
 
 bool CpuLinearUsesKernel(int64_t rows) {
-  return rows >= 2 && rows <= kCpuLinearMaxRows && KernelIsa() != Isa::kNone;
+  // One row: the AVX-512 tile (1 x 12 weight rows, prefetched) measured 5% faster than
+  // sgemv on Zen 5; the AVX2 one has too few accumulators to be, so sgemv keeps it.
+  const Isa isa = KernelIsa();
+  return rows >= (isa == Isa::kAvx512 ? 1 : 2) && rows <= kCpuLinearMaxRows && isa != Isa::kNone;
 }
 
 const char* CpuLinearKernelName() {
@@ -193,9 +193,15 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                         n};
   const bool avx512 = KernelIsa() == Isa::kAvx512;
   const int64_t rows_per_pass = avx512 ? kAvx512RowsPerPass : kAvx2RowsPerPass;
-  // Threads split the weight rows in chunks of about 128 KiB, which stay in L2 while
-  // each pass over rows of x reads them: the weights come from memory once.
-  const int64_t chunk = std::max<int64_t>(4, (128 * 1024 / sizeof(float)) / args.k / 4 * 4);
+  // Threads split the weight rows in chunks of at most 256 KiB, which stay in L2 while
+  // each pass over rows of x reads them: the weights come from memory once. Chunks are
+  // whole tiles (24 rows: a multiple of every tile's 2-12 weight rows), and at least 8
+  // per thread, so that an uneven split costs little.
+  constexpr int64_t kTileRows = 24;
+  const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(sizeof(float))) / args.k;
+  const int64_t balanced = n / (8 * std::max(1, at::get_num_threads()));
+  const int64_t chunk =
+      std::max(kTileRows, std::min(fits_l2, balanced) / kTileRows * kTileRows);
   at::parallel_for(0, (n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * chunk;

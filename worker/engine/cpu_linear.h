@@ -3,10 +3,10 @@
 // sequence) by every weight matrix. OpenBLAS's sgemm packs the whole weight matrix on
 // every call, which at 2-8 rows costs 3-4x the time of reading the weights once (gpt2
 // on 2 cores: 36 ms at 2 rows against 8 ms for one row through sgemv). CpuLinear
-// streams each weight row once for every 12 rows of x (4 with AVX2), with FMA chains
-// in registers, in L2-sized chunks of weight rows, up to kCpuLinearMaxRows rows (which
-// covers prefill of typical prompts); one row goes through sgemv, more rows through
-// sgemm.
+// streams each weight row once for every 4 rows of x (AVX-512; 4 with AVX2 too), with
+// FMA chains in registers and the weights prefetched ahead, in L2-sized chunks of
+// weight rows, up to kCpuLinearMaxRows rows (which covers prefill of typical prompts);
+// more rows go through sgemm, and one row through sgemv where only AVX2 is there.
 // KVPOOL_CPU_LINEAR=blas sends every shape to BLAS, =avx2 caps the kernel at AVX2
 // (for comparisons).
 #pragma once
