@@ -64,6 +64,53 @@ TEST(ExternalBlocksTest, GivenTablesGiveTheSameLogitsAsOwnBlocks) {
   EXPECT_EQ(ext->num_sequences(), 0);
 }
 
+TEST(ExternalBlocksTest, SwappedOutSequenceResumesInOtherBlocksWithTheSameLogits) {
+  auto ext = MakeEngine(true);
+  GenerationRequest r = Request(13, 3);
+  r.block_table = {1, 2};
+  const SequenceId a = *ext->AddSequence(r);
+  ASSERT_TRUE(ext->Prefill({a}).ok());
+  for (int step = 0; step < 3; ++step) ASSERT_TRUE(ext->Decode({a}).ok());
+  const Sequence before = ext->sequence(a);
+  ASSERT_EQ(before.tokens.size(), 17u);  // 13 + the prefill's token + 3
+  ASSERT_EQ(before.num_kv_tokens, 16);   // the last sampled token has no K/V yet
+  StatusOr<SwappedKv> swapped = ext->SwapOut(a);
+  ASSERT_TRUE(swapped.ok()) << swapped.status().ToString();
+  EXPECT_EQ(swapped->num_tokens, 16);
+  EXPECT_EQ(swapped->blocks.size(2), 2);  // whole blocks: positions 0-15
+  // The preempted sequence comes back with what it generated in its prompt, in
+  // other blocks; the manager found the first block cached (a hit), the second not.
+  GenerationRequest resumed = r;
+  resumed.prompt = before.tokens;
+  resumed.max_tokens = r.max_tokens - static_cast<int32_t>(before.num_generated());
+  resumed.rng = before.rng;
+  resumed.block_table = {1, 7, 8};
+  resumed.cached_tokens = 8;
+  resumed.swapped = std::make_shared<const SwappedKv>(*swapped);
+  // Running the original on: the reference for the next tokens.
+  ASSERT_TRUE(ext->AppendBlocks(a, {3}).ok());
+  ASSERT_TRUE(ext->Decode({a}).ok());
+  const std::vector<int32_t> reference = ext->sequence(a).tokens;
+  const at::Tensor reference_logits = ext->sequence(a).last_logits.clone();
+  // Block 2 is scribbled over, as if another sequence took it.
+  ext->Release(a);
+  GenerationRequest other = Request(8, 9);
+  other.block_table = {2};
+  const SequenceId scribbler = *ext->AddSequence(other);
+  ASSERT_TRUE(ext->Prefill({scribbler}).ok());
+  const SequenceId b = *ext->AddSequence(resumed);
+  EXPECT_EQ(ext->sequence(b).num_kv_tokens, 16);  // only token 17 is computed again
+  ASSERT_TRUE(ext->Prefill({b}).ok());
+  EXPECT_EQ(ext->sequence(b).tokens, reference);
+  EXPECT_LE(MaxDiff(ext->sequence(b).last_logits, reference_logits), 1e-5);
+  // A swap that does not fit the request is refused, not written anywhere.
+  GenerationRequest bad = resumed;
+  bad.prompt.resize(10);
+  bad.cached_tokens = 0;
+  bad.block_table = {5, 6};
+  EXPECT_EQ(ext->AddSequence(bad).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(ExternalBlocksTest, CachedTokensAreNotPrefilledAgain) {
   auto ext = MakeEngine(true);
   GenerationRequest r = Request(20, 2);

@@ -53,14 +53,12 @@ TEST(LoadTest, ThirtyTwoConcurrentClientsWithMixedModesAllComplete) {
   EXPECT_EQ(stats.num_sequences(), 0);
 }
 
-TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
-  // 24 blocks of 16 tokens; eight requests of 20 + 140 tokens need 10 blocks each (80).
-  // The worker admits while it keeps 4 blocks of headroom per running sequence, so a
-  // few start together and outgrow the pool as they decode.
-  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
-  ASSERT_FALSE(manager.address().empty());
-  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
-  ASSERT_FALSE(worker.address().empty());
+// Eight requests of 20 + 140 tokens in a 24-block pool (each needs 10 blocks, 80 in
+// all): the worker admits while it keeps 4 blocks of headroom per running sequence, so
+// a few start together and outgrow the pool as they decode. Every request completes,
+// and each preempted one produces the same greedy tokens as when it runs alone.
+// Returns the preemptions.
+int RunPreemptingLoad(WorkerProcess& worker) {
   constexpr int kClients = 8;
   std::vector<GenerateOutcome> outcomes(kClients);
   std::vector<std::thread> clients;
@@ -74,31 +72,50 @@ TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   }
   for (std::thread& t : clients) t.join();
   int preemptions = 0;
+  auto stub = worker.NewStub();
   for (int i = 0; i < kClients; ++i) {
-    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    EXPECT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    if (!outcomes[i].status.ok()) continue;
     EXPECT_EQ(outcomes[i].tokens[0].size(), 140u) << i;
+    if (outcomes[i].summary.preemptions() == 0) continue;
     preemptions += outcomes[i].summary.preemptions();
+    // Resumed from what it generated (and its K/V, from swap space or recomputed).
+    GenerateOutcome alone =
+        Generate(*stub, GreedyRequest(RandomTokens(20, 200 + i), 140, v1::KV_MODE_PAGED));
+    EXPECT_TRUE(alone.status.ok());
+    EXPECT_EQ(alone.tokens[0], outcomes[i].tokens[0]) << i;
   }
   EXPECT_GT(preemptions, 0);
+  return preemptions;
+}
+
+v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker) {
+  auto stub = worker.NewStub();
+  grpc::ClientContext context;
+  v1::GetWorkerStatsResponse stats;
+  EXPECT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+  return stats;
+}
+
+TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  const int preemptions = RunPreemptingLoad(worker);
   {
-    // The worker counts them, and the prompts it prefilled again, in their own phase.
-    auto stub = worker.NewStub();
-    grpc::ClientContext context;
-    v1::GetWorkerStatsResponse stats;
-    ASSERT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+    // Swap space (the default): each preempted sequence's K/V came back from host
+    // memory, and its prefill computed only its last token again.
+    const v1::GetWorkerStatsResponse stats = WorkerStats(worker);
     EXPECT_EQ(stats.preemptions_total(), preemptions);
-    // Every resumed sequence computes at least its last token (its prefix may be cached).
-    EXPECT_GE(stats.recomputed_tokens_total(), preemptions);
+    EXPECT_EQ(stats.recomputed_tokens_total(), preemptions);
+    // (Blocks it had committed may still be cached at the manager: those are hits.)
+    EXPECT_GT(stats.swapped_tokens_total(), 0);
+    EXPECT_EQ(stats.swap_space_used_bytes(), 0);  // every swapped sequence resumed
     EXPECT_GT(stats.scheduler_seconds_total().at("recompute"), 0);
     EXPECT_GT(stats.scheduler_seconds_total().at("prefill"), 0);
   }
-  // Preempted sequences resume from what they generated: the same greedy tokens as
-  // a request that ran alone.
   auto stub = worker.NewStub();
-  GenerateOutcome alone =
-      Generate(*stub, GreedyRequest(RandomTokens(20, 200), 140, v1::KV_MODE_PAGED));
-  ASSERT_TRUE(alone.status.ok());
-  EXPECT_EQ(alone.tokens[0], outcomes[0].tokens[0]);
   // One request that can never fit: RESOURCE_EXHAUSTED at once, naming the sizes.
   GenerateOutcome huge =
       Generate(*stub, GreedyRequest(RandomTokens(100, 9), 300, v1::KV_MODE_PAGED));
@@ -135,6 +152,21 @@ class TempFile {
  private:
   std::string path_;
 };
+
+TEST(LoadTest, WithoutSwapSpacePreemptedSequencesAreRecomputed) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(),
+                       {"--model", "tiny-gpt2", "--threads", "1", "--swap-space-gib", "0"});
+  ASSERT_FALSE(worker.address().empty());
+  const int preemptions = RunPreemptingLoad(worker);
+  const v1::GetWorkerStatsResponse stats = WorkerStats(worker);
+  EXPECT_EQ(stats.preemptions_total(), preemptions);
+  EXPECT_EQ(stats.swapped_tokens_total(), 0);
+  // Each resumed prompt (20 tokens + what it had generated) was computed again, all
+  // but what the manager still had cached (whole blocks, so at most 15 tokens short).
+  EXPECT_GT(stats.recomputed_tokens_total(), preemptions);
+}
 
 TEST(PrefixTest, OtherWorkerHitsThePrefixAndTenantsNeverShare) {
   TempFile tokens("kvpool_tokens.txt", "token-a tenant-a\ntoken-b tenant-b\ntoken-w workers\n");

@@ -205,8 +205,8 @@ Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
     return Internal("contiguous sequence outgrew its reservation");  // ValidateRequest bounds it
   }
   if (options_.external_blocks) {
-    return FailedPrecondition("the sequence needs " + std::to_string(need) +
-                              " blocks and holds " + std::to_string(have) +
+    return FailedPrecondition("the sequence needs " + std::to_string(need) + " blocks and holds " +
+                              std::to_string(have) +
                               "; append the manager's blocks before the step");
   }
   KVPOOL_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, allocator_.Allocate(need - have));
@@ -229,6 +229,21 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
   if (options_.external_blocks && seq.request.mode != KvMode::kNone) {
     seq.block_table = seq.request.block_table;
     seq.num_kv_tokens = seq.request.cached_tokens;
+    const std::shared_ptr<const SwappedKv> swapped = std::move(seq.request.swapped);
+    const int32_t bs = options_.block_size;
+    // The manager's hits are whole blocks (shared: never written here); the swapped
+    // positions after them go back into this sequence's own blocks.
+    if (swapped && swapped->num_tokens > seq.num_kv_tokens && seq.num_kv_tokens % bs == 0) {
+      const int64_t blocks = CeilDiv(swapped->num_tokens, bs);
+      if (swapped->num_tokens >= prompt_len || swapped->blocks.dim() != 4 ||
+          swapped->blocks.size(2) != blocks ||
+          static_cast<int64_t>(seq.block_table.size()) < blocks) {
+        return InvalidArgument("the swapped K/V (" + std::to_string(swapped->num_tokens) +
+                               " tokens) does not fit this request's prompt and block table");
+      }
+      SwapIn(*swapped, seq.block_table, seq.num_kv_tokens / bs);
+      seq.num_kv_tokens = swapped->num_tokens;
+    }
   } else if (seq.request.mode == KvMode::kContiguous) {
     KVPOOL_ASSIGN_OR_RETURN(seq.block_table,
                             allocator_.AllocateContiguous(
@@ -311,10 +326,59 @@ StatusOr<SequenceId> Engine::Fork(SequenceId parent_id, std::vector<int32_t> blo
   return id;
 }
 
+int64_t Engine::BlockPartBytes() const {
+  const PoolGeometry& g = pool_.geometry();
+  return static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim * KvDtypeBytes(g.dtype);
+}
+
+StatusOr<SwappedKv> Engine::SwapOut(SequenceId id) const {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
+  const Sequence& s = it->second;
+  if (s.request.mode == KvMode::kNone) {
+    return FailedPrecondition("a sequence in mode none holds no K/V to swap out");
+  }
+  const PoolGeometry& g = pool_.geometry();
+  const int64_t bytes = BlockPartBytes();
+  const int64_t blocks = CeilDiv(s.num_kv_tokens, g.block_size);
+  SwappedKv out;
+  out.num_tokens = s.num_kv_tokens;
+  out.blocks = at::empty({g.num_layers, 2, blocks, bytes}, at::TensorOptions().dtype(at::kByte));
+  const auto options = at::TensorOptions().dtype(at::kByte).device(runner_->device());
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int part = 0; part < 2; ++part) {
+      const char* region = static_cast<const char*>(
+          pool_.RegionBytes(layer, part == 0 ? KvPart::kKey : KvPart::kValue));
+      for (int64_t b = 0; b < blocks; ++b) {
+        at::Tensor from =
+            at::from_blob(const_cast<char*>(region) + s.block_table[b] * bytes, {bytes}, options);
+        out.blocks[layer][part][b].copy_(from);
+      }
+    }
+  }
+  return out;
+}
+
+void Engine::SwapIn(const SwappedKv& swapped, const std::vector<int32_t>& table, int64_t first) {
+  const PoolGeometry& g = pool_.geometry();
+  const int64_t bytes = BlockPartBytes();
+  const auto options = at::TensorOptions().dtype(at::kByte).device(runner_->device());
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int part = 0; part < 2; ++part) {
+      char* region =
+          static_cast<char*>(pool_.RegionBytes(layer, part == 0 ? KvPart::kKey : KvPart::kValue));
+      for (int64_t b = first; b < swapped.blocks.size(2); ++b) {
+        at::Tensor to = at::from_blob(region + table[b] * bytes, {bytes}, options);
+        to.copy_(swapped.blocks[layer][part][b]);
+      }
+    }
+  }
+}
+
 void Engine::CopyBlock(int32_t src, int32_t dst) {
   const PoolGeometry& g = pool_.geometry();
-  const int64_t bytes = static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim *
-                        KvDtypeBytes(g.dtype);
+  const int64_t bytes =
+      static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim * KvDtypeBytes(g.dtype);
   const auto options = at::TensorOptions().dtype(at::kByte).device(runner_->device());
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     for (KvPart part : {KvPart::kKey, KvPart::kValue}) {

@@ -39,6 +39,16 @@ StatusOr<KvMode> ParseKvMode(const std::string& name);
 enum class FinishReason { kRunning, kLength, kEos, kStop, kContext };
 const char* FinishReasonName(FinishReason reason);
 
+// A preempted sequence's K/V copied out of the pool into host memory (vLLM's swap
+// preemption), so that it can give its blocks back and later resume without
+// recomputing its prompt: the whole blocks holding its first `num_tokens` positions,
+// as uint8 [num_layers][2 (K, V)][blocks][block bytes of one layer's K or V], on the CPU.
+struct SwappedKv {
+  at::Tensor blocks;
+  int64_t num_tokens = 0;
+  int64_t bytes() const { return blocks.defined() ? blocks.numel() : 0; }
+};
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   int32_t max_tokens = 16;
@@ -62,6 +72,10 @@ struct GenerationRequest {
   // generated: its sampler state and generated text (for stop strings) carry over.
   std::optional<std::mt19937_64> rng;
   std::string generated_text;
+  // With external blocks: the K/V it had when it was preempted (SwapOut). AddSequence
+  // writes the positions the manager did not find cached back into block_table, so
+  // that only the prompt's last token is computed again.
+  std::shared_ptr<const SwappedKv> swapped;
 };
 
 struct EngineOptions {
@@ -145,13 +159,16 @@ class Engine {
   void Release(SequenceId id);
   // External blocks: appends blocks the manager gave the sequence to its table.
   Status AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks);
+  // Copies the K/V the sequence holds (its first num_kv_tokens positions) out of the
+  // pool, for a preemption that resumes from it (GenerationRequest::swapped).
+  StatusOr<SwappedKv> SwapOut(SequenceId id) const;
   // Parallel sampling (n > 1) after `parent`'s prefill: a sequence with the parent's
   // prompt and prompt K/V that samples its own first token from the parent's logits
   // with `seed`. External blocks take the manager's Fork table: shared full blocks and
   // a fresh last block, into which copy_src's K/V is first copied (-1: nothing to copy).
   // `none` mode needs no table.
-  StatusOr<SequenceId> Fork(SequenceId parent, std::vector<int32_t> block_table,
-                            int32_t copy_src, int32_t copy_dst, uint64_t seed);
+  StatusOr<SequenceId> Fork(SequenceId parent, std::vector<int32_t> block_table, int32_t copy_src,
+                            int32_t copy_dst, uint64_t seed);
 
   const Sequence& sequence(SequenceId id) const { return sequences_.at(id); }
   int64_t num_sequences() const { return static_cast<int64_t>(sequences_.size()); }
@@ -175,6 +192,10 @@ class Engine {
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
   // Copies one block's K/V (every layer) to another block of the pool.
   void CopyBlock(int32_t src, int32_t dst);
+  // Bytes of one block of one layer's K or V.
+  int64_t BlockPartBytes() const;
+  // Writes blocks [first, swapped.blocks.size(1)) of `swapped` into table[first...].
+  void SwapIn(const SwappedKv& swapped, const std::vector<int32_t>& table, int64_t first);
 
   std::unique_ptr<ModelRunner> runner_;
   KvPool pool_;

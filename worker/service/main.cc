@@ -74,6 +74,11 @@ int Run(int argc, char** argv) {
   app.add_option("--max-prefill-tokens", scheduler_options.max_prefill_tokens,
                  "prompt tokens prefilled per scheduler step (a longer prompt still runs alone)")
       ->check(CLI::PositiveNumber);
+  double swap_space_gib = static_cast<double>(scheduler_options.swap_space_bytes) / (1 << 30);
+  app.add_option("--swap-space-gib", swap_space_gib,
+                 "host memory for preempted sequences' K/V, written back when they resume "
+                 "(0: recompute them instead)")
+      ->check(CLI::Range(0.0, 1024.0));
   app.add_option("--token-file", token_file,
                  "this worker's bearer token for the manager (first line of the file)");
   app.add_option("--name", name, "worker name for the manager's logs");
@@ -95,6 +100,7 @@ int Run(int argc, char** argv) {
                  "PEM client certificate for a manager that requires one (mTLS)");
   app.add_option("--manager-tls-key", manager_tls.key, "PEM private key of --manager-tls-cert");
   CLI11_PARSE(app, argc, argv);
+  scheduler_options.swap_space_bytes = static_cast<int64_t>(swap_space_gib * (1 << 30));
 
   StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials = TlsServerCredentials(tls);
   if (!server_credentials.ok()) return FailUsage(server_credentials.status());

@@ -230,6 +230,7 @@ void Scheduler::FailAll(const Status& status, bool close_at_manager) {
       counters_.failed.fetch_add(1);
     }
   }
+  for (auto& seq : seqs_) DropSwap(*seq);
   seqs_.clear();
   waiting_.clear();
   running_.clear();
@@ -281,6 +282,9 @@ void Scheduler::DropCancelled() {
 
 void Scheduler::RemoveDeadSeqs() {
   auto dead = [](const Seq* s) { return s->dead; };
+  for (auto& seq : seqs_) {
+    if (seq->dead) DropSwap(*seq);
+  }
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), dead), waiting_.end());
   running_.erase(std::remove_if(running_.begin(), running_.end(), dead), running_.end());
   seqs_.remove_if([](const std::unique_ptr<Seq>& s) { return s->dead; });
@@ -307,6 +311,7 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     request.sampling.seed = seq.seed;
     request.rng = seq.rng;
     request.generated_text = seq.generated_text;
+    request.swapped = seq.swapped;
     const auto prompt = static_cast<int64_t>(request.prompt.size());
     if (!admitted.empty() && prefill_tokens + prompt > options_.max_prefill_tokens) break;
     int64_t manager_id = 0;
@@ -398,8 +403,13 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     seq.engine_id = *id;
     seq.committed = cached;
     seq.resumed = !seq.generated.empty();
-    seq.prefill_tokens = prompt - cached;
-    if (seq.resumed) counters_.recomputed_tokens.fetch_add(prompt - cached);
+    // What the prefill computes: the prompt less the cached prefix and, for a sequence
+    // resumed from swap space, less what was written back.
+    const int64_t have = engine_->sequence(seq.engine_id).num_kv_tokens;
+    seq.prefill_tokens = prompt - have;
+    if (seq.resumed) counters_.recomputed_tokens.fetch_add(prompt - have);
+    counters_.swapped_tokens.fetch_add(have - cached);
+    DropSwap(seq);
     seq.order = next_order_++;
     if (!job->admitted) {
       job->admitted = true;

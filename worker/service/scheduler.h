@@ -33,6 +33,10 @@ struct SchedulerOptions {
   int32_t threads = 0;                // LibTorch intra-op threads (0: its default)
   int32_t max_running = 64;           // sequences decoded together at most
   int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
+  // Host memory for the K/V of preempted sequences (vLLM's swap space): a preempted
+  // sequence's K/V is copied out and written back when it resumes, instead of being
+  // recomputed, while the copies fit. 0: always recompute.
+  int64_t swap_space_bytes = int64_t{4} << 30;
 };
 
 // Where the scheduler thread's time goes (cumulative, in nanoseconds): model forwards
@@ -46,6 +50,8 @@ const char* SchedulerPhaseName(SchedulerPhase phase);
 struct WorkerCounters {
   std::atomic<int64_t> phase_ns[static_cast<int>(SchedulerPhase::kCount)] = {};
   std::atomic<int64_t> recomputed_tokens{0};  // prompt tokens prefilled again after preemption
+  std::atomic<int64_t> swapped_tokens{0};     // tokens' K/V written back from swap space
+  std::atomic<int64_t> swap_bytes{0};         // swap space in use now
   std::atomic<int64_t> running{0}, waiting{0};
   std::atomic<int64_t> finished{0}, failed{0}, preemptions{0};
   std::atomic<int64_t> prompt_tokens{0}, cached_tokens{0}, generated_tokens{0};
@@ -97,6 +103,7 @@ class Scheduler {
   // sequences still ready to decode.
   std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
   void Preempt(Seq& seq);
+  void DropSwap(Seq& seq);              // frees its swapped K/V (if any)
   int64_t CommitBudget() const;         // tokens one Step may commit
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
   void Emit(Seq& seq, int32_t token, double step_s);
@@ -140,6 +147,7 @@ class Scheduler {
   int64_t next_order_ = 0;
   bool admission_paused_ = false;  // after a preemption, until a sequence leaves
   bool retry_soon_ = false;        // the pool was full at admission: poll again shortly
+  int64_t swap_bytes_ = 0;         // swap space the waiting preempted sequences hold
   std::vector<int64_t> unclosed_;  // manager sequences a CloseSequence did not reach
   std::thread thread_;
 };

@@ -21,19 +21,20 @@ struct Scheduler::Seq {
   std::shared_ptr<Job> job;
   int32_t index = 0;  // sample
   uint64_t seed = 0;
-  std::vector<int32_t> generated;      // survives preemption
-  std::string generated_text;          // for stop strings after a preemption
-  std::optional<std::mt19937_64> rng;  // saved at preemption
-  std::string pending_utf8;            // token bytes that are not a whole character yet
-  SequenceId engine_id = 0;            // 0: not admitted
-  int64_t manager_id = 0;              // 0: none mode, or not open
-  int64_t committed = 0;               // tokens the manager counts as committed
-  int64_t order = 0;                   // admission order; the newest is preempted first
-  bool fork_children = false;          // paged n > 1: fork the other samples after prefill
-  bool fresh = false;                  // prefilled in this iteration
-  bool resumed = false;                // admitted again after a preemption (recomputed)
-  int64_t prefill_tokens = 0;          // tokens its prefill computes (prompt less cached)
-  bool dead = false;                   // ended; dropped from every list this iteration
+  std::vector<int32_t> generated;            // survives preemption
+  std::string generated_text;                // for stop strings after a preemption
+  std::optional<std::mt19937_64> rng;        // saved at preemption
+  std::shared_ptr<const SwappedKv> swapped;  // its K/V, preempted with swap space free
+  std::string pending_utf8;                  // token bytes that are not a whole character yet
+  SequenceId engine_id = 0;                  // 0: not admitted
+  int64_t manager_id = 0;                    // 0: none mode, or not open
+  int64_t committed = 0;                     // tokens the manager counts as committed
+  int64_t order = 0;                         // admission order; the newest is preempted first
+  bool fork_children = false;                // paged n > 1: fork the other samples after prefill
+  bool fresh = false;                        // prefilled in this iteration
+  bool resumed = false;                      // admitted again after a preemption (recomputed)
+  int64_t prefill_tokens = 0;                // tokens its prefill computes (prompt less cached)
+  bool dead = false;                         // ended; dropped from every list this iteration
   bool has_token = false;
   Clock::time_point last_token_at;
 };

@@ -12,6 +12,7 @@
 namespace kvpool::worker {
 namespace {
 
+using scheduler_internal::CeilDiv;
 using scheduler_internal::FromGrpc;
 using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
@@ -221,12 +222,33 @@ void Scheduler::Preempt(Seq& seq) {
   const Sequence& q = engine_->sequence(seq.engine_id);
   seq.rng = q.rng;
   seq.generated_text = q.text;
+  // Swap: copying the K/V out costs ~1 ms per 16 MB; recomputing it, a forward over
+  // the whole prompt and what was generated.
+  const PoolGeometry& g = engine_->geometry();
+  const int64_t need =
+      CeilDiv(q.num_kv_tokens, g.block_size) * static_cast<int64_t>(g.block_bytes());
+  if (q.request.mode != KvMode::kNone && q.num_kv_tokens > 0 &&
+      swap_bytes_ + need <= options_.swap_space_bytes) {
+    StatusOr<SwappedKv> swapped = engine_->SwapOut(seq.engine_id);
+    if (swapped.ok()) {
+      swap_bytes_ += swapped->bytes();
+      seq.swapped = std::make_shared<const SwappedKv>(std::move(*swapped));
+    }
+  }
+  counters_.swap_bytes.store(swap_bytes_);
   Release(seq, /*close_at_manager=*/true);
   running_.erase(std::remove(running_.begin(), running_.end(), &seq), running_.end());
   waiting_.push_front(&seq);
   ++seq.job->preemptions;
   counters_.preemptions.fetch_add(1);
   admission_paused_ = true;
+}
+
+void Scheduler::DropSwap(Seq& seq) {
+  if (!seq.swapped) return;
+  swap_bytes_ -= seq.swapped->bytes();
+  seq.swapped.reset();
+  counters_.swap_bytes.store(swap_bytes_);
 }
 
 void Scheduler::Retire(std::vector<Seq*> seqs) {

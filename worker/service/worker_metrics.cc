@@ -25,7 +25,7 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
       {"kvpool_requests_failed_total", "Requests that ended with an error status.",
        c.failed.load()},
       {"kvpool_preemptions_total",
-       "Sequences preempted for lack of blocks (resumed later by recomputation).",
+       "Sequences preempted for lack of blocks (resumed from swap space or by recomputation).",
        c.preemptions.load()},
       {"kvpool_prompt_tokens_total", "Prompt tokens of admitted requests.", c.prompt_tokens.load()},
       {"kvpool_prompt_cached_tokens_total", "Prompt tokens served from the prefix cache.",
@@ -39,6 +39,9 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
        link.reattachments()},
       {"kvpool_recomputed_tokens_total", "Tokens prefilled again after preemptions.",
        c.recomputed_tokens.load()},
+      {"kvpool_swapped_tokens_total",
+       "Tokens whose K/V was written back from swap space when a preempted sequence resumed.",
+       c.swapped_tokens.load()},
   };
   for (const auto& m : counters) {
     out.Metric(m.name, "counter", m.help, static_cast<double>(m.value));
@@ -51,6 +54,9 @@ std::string RenderWorkerMetrics(const Scheduler& scheduler, const ManagerLink& l
                std::string("phase=\"") + SchedulerPhaseName(static_cast<SchedulerPhase>(p)) + "\"",
                static_cast<double>(c.phase_ns[p].load()) * 1e-9);
   }
+  out.Metric("kvpool_swap_space_used_bytes", "gauge",
+             "Host memory holding preempted sequences' K/V until they resume.",
+             static_cast<double>(c.swap_bytes.load()));
   out.Metric("kvpool_worker_kv_blocks", "gauge", "Pool blocks this worker's sequences hold.",
              static_cast<double>(c.blocks_held.load()));
   out.Metric("kvpool_worker_kv_reserved_bytes", "gauge",

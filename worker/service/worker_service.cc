@@ -236,6 +236,8 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetWorkerSt
   response->set_kv_bytes_reserved(c.bytes_reserved.load());
   response->set_kv_bytes_used(c.bytes_used.load());
   response->set_recomputed_tokens_total(c.recomputed_tokens.load());
+  response->set_swapped_tokens_total(c.swapped_tokens.load());
+  response->set_swap_space_used_bytes(c.swap_bytes.load());
   for (int p = 0; p < static_cast<int>(SchedulerPhase::kCount); ++p) {
     (*response
           ->mutable_scheduler_seconds_total())[SchedulerPhaseName(static_cast<SchedulerPhase>(p))] =
