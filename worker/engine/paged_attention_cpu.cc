@@ -1,9 +1,16 @@
 #include "engine/paged_attention_cpu.h"
 
+// GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which
+// -Wuninitialized flags wherever they inline (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -104,6 +111,112 @@ void AttendPartition(const float* q, const float* k_region, const float* v_regio
   }
 }
 
+#define KVPOOL_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+// Lane i of the result: the sum of the 16 lanes of a[i] (a transpose-and-add tree:
+// 16 dot products finished with 30 shuffles and adds instead of 16 full reductions).
+KVPOOL_AVX512 inline __m512 SumEachOf16(const __m512* a) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i) {
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                         _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  // c[i], 128-bit lane j: lane j's partial sums of a[4i], a[4i+1], a[4i+2], a[4i+3].
+  const __m512 d0 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+  const __m512 d1 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
+}
+
+// The same partition with AVX-512, head by head: the query head and its output stay in
+// registers (kHeadDim / 16 vectors each) while the partition's K and then V rows of
+// that head stream past, and 16 scores are finished at a time. On Zen 5 this took 22-25%
+// less time than the token-by-token loop above (gpt2, batch 8, context 256).
+template <int32_t kHeadDim>
+KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const float* k_region,
+                                         const float* v_region, const PoolGeometry& g,
+                                         const AttentionQuery& query, int32_t begin, int32_t end,
+                                         int32_t num_heads, float scale, Partial part) {
+  constexpr int kVecs = kHeadDim / 16;
+  const int32_t bs = g.block_size, n = end - begin, group = num_heads / g.num_kv_heads;
+  thread_local std::vector<float> scores;  // [n], one head at a time
+  thread_local std::vector<int64_t> rows;  // each position's row offset in a region
+  scores.resize(static_cast<size_t>(n));
+  rows.resize(static_cast<size_t>(n));
+  for (int32_t t = begin; t < end; ++t) {
+    rows[t - begin] =
+        int64_t{query.block_table[t / bs]} * g.block_elems() + int64_t{t % bs} * g.token_elems();
+  }
+  for (int32_t h = 0; h < num_heads; ++h) {
+    const int64_t head = int64_t{h / group} * kHeadDim;
+    __m512 qv[kVecs];
+    for (int v = 0; v < kVecs; ++v) qv[v] = _mm512_loadu_ps(q + int64_t{h} * kHeadDim + 16 * v);
+    auto dot = [&](int32_t i) {
+      const float* k = k_region + rows[i] + head;
+      __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+      for (int v = 1; v < kVecs; ++v)
+        acc = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(k + 16 * v), acc);
+      return acc;
+    };
+    const __m512 vscale = _mm512_set1_ps(scale);
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512 acc[16];
+      for (int j = 0; j < 16; ++j) acc[j] = dot(i + j);
+      const __m512 sc = _mm512_mul_ps(SumEachOf16(acc), vscale);
+      _mm512_storeu_ps(scores.data() + i, sc);
+      vmax = _mm512_max_ps(vmax, sc);
+    }
+    float mx = _mm512_reduce_max_ps(vmax);
+    for (; i < n; ++i) {
+      scores[i] = _mm512_reduce_add_ps(dot(i)) * scale;
+      mx = std::max(mx, scores[i]);
+    }
+    float sum = 0.f;
+    for (int32_t t = 0; t < n; ++t) {
+      scores[t] = FastExp(scores[t] - mx);
+      sum += scores[t];
+    }
+    part.max[h] = mx;
+    part.sum[h] = sum;
+    __m512 out[kVecs];
+    for (int v = 0; v < kVecs; ++v) out[v] = _mm512_setzero_ps();
+    for (int32_t t = 0; t < n; ++t) {
+      const float* vrow = v_region + rows[t] + head;
+      const __m512 w = _mm512_set1_ps(scores[t]);
+      for (int v = 0; v < kVecs; ++v)
+        out[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vrow + 16 * v), out[v]);
+    }
+    for (int v = 0; v < kVecs; ++v)
+      _mm512_storeu_ps(part.acc + int64_t{h} * kHeadDim + 16 * v, out[v]);
+  }
+}
+
+using AttendFn = void (*)(const float*, const float*, const float*, const PoolGeometry&,
+                          const AttentionQuery&, int32_t, int32_t, int32_t, float, Partial);
+
+// The partition kernel for this head size and CPU (KVPOOL_CPU_ATTENTION=generic: the
+// portable loop, for comparisons).
+AttendFn PickAttend(int32_t head_dim) {
+  static const bool avx512 = [] {
+    const char* choice = std::getenv("KVPOOL_CPU_ATTENTION");
+    return __builtin_cpu_supports("avx512f") != 0 &&
+           (choice == nullptr || std::strcmp(choice, "generic") != 0);
+  }();
+  if (avx512 && head_dim == 64) return &AttendPartitionAvx512<64>;
+  if (avx512 && head_dim == 128) return &AttendPartitionAvx512<128>;
+  return head_dim == 64    ? &AttendPartition<64>
+         : head_dim == 128 ? &AttendPartition<128>
+                           : &AttendPartition<0>;
+}
+
 }  // namespace
 
 void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const float* k_region,
@@ -126,6 +239,7 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
     float* p = base + task * stride;
     return Partial{p, p + num_heads, p + 2 * num_heads};
   };
+  const AttendFn attend = PickAttend(d);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     int64_t i =
         std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
@@ -133,9 +247,6 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
       while (task >= first_task[i + 1]) ++i;
       const int32_t from = static_cast<int32_t>(task - first_task[i]) * kPartitionTokens;
       const int32_t to = std::min(queries[i].context_len, from + kPartitionTokens);
-      auto* attend = d == 64    ? &AttendPartition<64>
-                     : d == 128 ? &AttendPartition<128>
-                                : &AttendPartition<0>;
       attend(q + i * q_row_stride, k_region, v_region, geometry, queries[i], from, to, num_heads,
              scale, partial_of(task));
     }
