@@ -124,6 +124,49 @@ TEST_F(EngineTest, RejectsBadRequests) {
   EXPECT_EQ(engine_->allocator().num_free(), 16);  // nothing leaked by the rejections
 }
 
+// A mixed step (new prompts and running sequences' next tokens in one forward) gives
+// what a prefill and then a decode step give, in every mode.
+TEST_P(ModesAgreeTest, MixedStepEqualsPrefillThenDecode) {
+  for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
+    auto mixed = MakeEngine(GetParam());
+    auto split = MakeEngine(GetParam());
+    auto request = [&](int len, uint64_t seed) {
+      GenerationRequest r;
+      r.prompt = RandomPrompt(len, 1000, seed);
+      r.max_tokens = 8;
+      r.mode = mode;
+      r.ignore_eos = true;
+      return r;
+    };
+    const SequenceId a1 = *mixed->AddSequence(request(11, 1));
+    const SequenceId a2 = *split->AddSequence(request(11, 1));
+    ASSERT_TRUE(mixed->Prefill({a1}).ok());
+    ASSERT_TRUE(split->Prefill({a2}).ok());
+    ASSERT_TRUE(mixed->Decode({a1}).ok());
+    ASSERT_TRUE(split->Decode({a2}).ok());
+    const SequenceId b1 = *mixed->AddSequence(request(19, 2));
+    const SequenceId c1 = *mixed->AddSequence(request(5, 3));
+    const SequenceId b2 = *split->AddSequence(request(19, 2));
+    const SequenceId c2 = *split->AddSequence(request(5, 3));
+    ASSERT_TRUE(mixed->Step({b1, c1}, {a1}).ok());
+    ASSERT_TRUE(split->Prefill({b2, c2}).ok());
+    ASSERT_TRUE(split->Decode({a2}).ok());
+    for (auto [x, y] : {std::pair{a1, a2}, std::pair{b1, b2}, std::pair{c1, c2}}) {
+      EXPECT_EQ(mixed->sequence(x).tokens, split->sequence(y).tokens) << static_cast<int>(mode);
+      EXPECT_EQ(mixed->sequence(x).num_kv_tokens, split->sequence(y).num_kv_tokens);
+      EXPECT_LE((mixed->sequence(x).last_logits - split->sequence(y).last_logits)
+                    .abs()
+                    .max()
+                    .item<double>(),
+                1e-4);
+    }
+    // The decoding ones must be prefilled, the prefilling ones not yet.
+    EXPECT_EQ(mixed->Step({a1}, {}).code(), StatusCode::kFailedPrecondition);
+    const SequenceId d1 = *mixed->AddSequence(request(7, 4));
+    EXPECT_EQ(mixed->Step({}, {d1}).code(), StatusCode::kFailedPrecondition);
+  }
+}
+
 TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
   auto unknown = BuiltinModelConfig("gpt5");
   EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);

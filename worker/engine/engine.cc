@@ -437,45 +437,32 @@ void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
   }
 }
 
-Status Engine::Prefill(const std::vector<SequenceId>& ids) {
-  std::vector<Sequence*> seqs;
-  for (SequenceId id : ids) {
+Status Engine::Prefill(const std::vector<SequenceId>& ids) { return Step(ids, {}); }
+
+Status Engine::Decode(const std::vector<SequenceId>& ids) { return Step({}, ids); }
+
+Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
+                    const std::vector<SequenceId>& decode_ids) {
+  // The sequences in the order their logits rows come: prefills, then decodes.
+  std::vector<Sequence*> cached, recomputed;
+  std::vector<bool> cached_is_prefill;
+  auto take = [&](Sequence* s, bool prefill) {
+    if (s->request.mode == KvMode::kNone) {
+      recomputed.push_back(s);  // its whole sequence, prefill or not
+      return;
+    }
+    cached.push_back(s);
+    cached_is_prefill.push_back(prefill);
+  };
+  for (SequenceId id : prefill_ids) {
     auto it = sequences_.find(id);
     if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
     if (it->second.prefilled) {
       return FailedPrecondition("sequence " + std::to_string(id) + " is already prefilled");
     }
-    seqs.push_back(&it->second);
+    take(&it->second, true);
   }
-  if (seqs.empty()) return Status::Ok();
-  std::vector<Sequence*> cached, recomputed;
-  for (Sequence* s : seqs) (s->request.mode == KvMode::kNone ? recomputed : cached).push_back(s);
-  if (!cached.empty()) {
-    batch_.Clear();
-    for (Sequence* s : cached) {
-      batch_.AddTokens(s->tokens, s->num_kv_tokens, s->prompt_len(), s->block_table,
-                       options_.block_size, true);
-    }
-    at::Tensor logits = runner_->Forward(batch_, pool_);
-    for (size_t i = 0; i < cached.size(); ++i) {
-      cached[i]->num_kv_tokens = cached[i]->prompt_len();
-      cached[i]->prefilled = true;
-      SampleNext(*cached[i], logits[i]);
-    }
-  }
-  if (!recomputed.empty()) {
-    KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
-    for (size_t i = 0; i < recomputed.size(); ++i) {
-      recomputed[i]->prefilled = true;
-      SampleNext(*recomputed[i], logits[i]);
-    }
-  }
-  return Status::Ok();
-}
-
-Status Engine::Decode(const std::vector<SequenceId>& ids) {
-  std::vector<Sequence*> cached, recomputed;
-  for (SequenceId id : ids) {
+  for (SequenceId id : decode_ids) {
     auto it = sequences_.find(id);
     if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
     Sequence& s = it->second;
@@ -483,25 +470,38 @@ Status Engine::Decode(const std::vector<SequenceId>& ids) {
       return FailedPrecondition("sequence " + std::to_string(id) +
                                 (s.finished() ? " has finished" : " is not prefilled yet"));
     }
-    (s.request.mode == KvMode::kNone ? recomputed : cached).push_back(&s);
+    take(&s, false);
   }
-  // Blocks first (the batch keeps pointers into the tables), then one forward.
-  for (Sequence* s : cached) KVPOOL_RETURN_IF_ERROR(EnsureBlocks(*s, s->tokens.size()));
+  // Blocks first (the batch keeps pointers into the tables), then one forward for the
+  // prompts' uncached tokens and every decoding sequence's next token.
+  for (size_t i = 0; i < cached.size(); ++i) {
+    if (!cached_is_prefill[i]) {
+      KVPOOL_RETURN_IF_ERROR(EnsureBlocks(*cached[i], cached[i]->tokens.size()));
+    }
+  }
   if (!cached.empty()) {
     batch_.Clear();
-    for (Sequence* s : cached) {
-      batch_.AddTokens(s->tokens, s->num_kv_tokens, s->tokens.size(), s->block_table,
-                       options_.block_size, true);
+    for (size_t i = 0; i < cached.size(); ++i) {
+      Sequence* s = cached[i];
+      const int64_t end =
+          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
+      batch_.AddTokens(s->tokens, s->num_kv_tokens, end, s->block_table, options_.block_size, true);
     }
     at::Tensor logits = runner_->Forward(batch_, pool_);
     for (size_t i = 0; i < cached.size(); ++i) {
-      cached[i]->num_kv_tokens = cached[i]->tokens.size();
-      SampleNext(*cached[i], logits[i]);
+      Sequence* s = cached[i];
+      s->num_kv_tokens =
+          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
+      s->prefilled = true;
+      SampleNext(*s, logits[static_cast<int64_t>(i)]);
     }
   }
   if (!recomputed.empty()) {
     KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
-    for (size_t i = 0; i < recomputed.size(); ++i) SampleNext(*recomputed[i], logits[i]);
+    for (size_t i = 0; i < recomputed.size(); ++i) {
+      recomputed[i]->prefilled = true;
+      SampleNext(*recomputed[i], logits[static_cast<int64_t>(i)]);
+    }
   }
   return Status::Ok();
 }

@@ -155,6 +155,10 @@ class Engine {
   Status Prefill(const std::vector<SequenceId>& ids);
   // One decode step for these (prefilled, running) sequences: one token each.
   Status Decode(const std::vector<SequenceId>& ids);
+  // Both in one forward (a mixed batch, as vLLM's scheduler builds them): the prompts of
+  // `prefill` and the next token of each of `decode`. The linear layers then read the
+  // weights once for all of them, where Prefill then Decode would read them twice.
+  Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode);
   // Frees the sequence's blocks (external blocks: forgets them; their owner frees).
   void Release(SequenceId id);
   // External blocks: appends blocks the manager gave the sequence to its table.

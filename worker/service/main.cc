@@ -74,6 +74,9 @@ int Run(int argc, char** argv) {
   app.add_option("--max-prefill-tokens", scheduler_options.max_prefill_tokens,
                  "prompt tokens prefilled per scheduler step (a longer prompt still runs alone)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--admission-headroom-blocks", scheduler_options.headroom_blocks,
+                 "free pool blocks per running sequence below which admission waits")
+      ->check(CLI::NonNegativeNumber);
   double swap_space_gib = static_cast<double>(scheduler_options.swap_space_bytes) / (1 << 30);
   app.add_option("--swap-space-gib", swap_space_gib,
                  "host memory for preempted sequences' K/V, written back when they resume "

@@ -26,10 +26,6 @@ using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 
-// Blocks of headroom per running sequence below which admission stops (each will need
-// a new block every block_size tokens; admitting into a full pool only preempts).
-constexpr int64_t kHeadroomBlocks = 4;
-
 v1::SequenceMode ToProto(KvMode mode) {
   return mode == KvMode::kContiguous ? v1::SEQUENCE_MODE_CONTIGUOUS : v1::SEQUENCE_MODE_PAGED;
 }
@@ -161,8 +157,7 @@ void Scheduler::Run() {
       RetryCloses();
       DropCancelled();
       std::vector<Seq*> admitted = Admit();
-      if (!admitted.empty()) Prefill(admitted);
-      if (engine_) Decode();
+      if (engine_) Step(std::move(admitted));
     } catch (const std::exception& e) {
       // A bug or a device error (e.g. out of memory) in the model: the jobs in flight
       // end INTERNAL, the worker keeps serving.
@@ -367,7 +362,9 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       // Headroom: every running sequence needs blocks within the next steps; when the
       // pool has less left, admitting more would only preempt someone soon.
       const auto running = static_cast<int64_t>(running_.size()) + 1;
-      if (opened.allocatable_blocks() < kHeadroomBlocks * running) stop_after_this = true;
+      if (opened.allocatable_blocks() < options_.headroom_blocks * running) {
+        stop_after_this = true;
+      }
     } else if (!job->admitted) {
       // No blocks, but the same client check as OpenSequence, so that mode none is no
       // way around the manager's auth.
@@ -470,36 +467,51 @@ void Scheduler::Emit(Seq& seq, int32_t token, double step_s) {
   job.Push(std::move(event));
 }
 
-void Scheduler::Prefill(std::vector<Seq*> seqs) {
+void Scheduler::Step(std::vector<Seq*> admitted) {
+  auto gone = [](const Seq* s) { return s->dead || s->engine_id == 0; };
   // A job failed during admission may have left admitted samples behind.
-  seqs.erase(std::remove_if(seqs.begin(), seqs.end(), [](const Seq* s) { return s->dead; }),
-             seqs.end());
-  if (seqs.empty()) return;
-  std::vector<SequenceId> ids;
-  for (Seq* s : seqs) ids.push_back(s->engine_id);
+  admitted.erase(std::remove_if(admitted.begin(), admitted.end(), gone), admitted.end());
+  std::vector<Seq*> decode;
+  for (Seq* s : running_) {
+    if (gone(s) || std::find(admitted.begin(), admitted.end(), s) != admitted.end()) continue;
+    if (!engine_->sequence(s->engine_id).finished()) decode.push_back(s);
+  }
+  if (!decode.empty()) {
+    // Blocks for the decoding sequences' next tokens; preemption, if the pool is out
+    // of them, takes the newest sequences first: prompts not prefilled yet lose nothing.
+    decode = GrantBlocks(std::move(decode));
+    if (!engine_) return;
+    admitted.erase(std::remove_if(admitted.begin(), admitted.end(), gone), admitted.end());
+  }
+  if (admitted.empty() && decode.empty()) return;
+  std::vector<SequenceId> prefill_ids, decode_ids;
+  for (Seq* s : admitted) prefill_ids.push_back(s->engine_id);
+  for (Seq* s : decode) decode_ids.push_back(s->engine_id);
+  // One forward: the new prompts and every running sequence's next token together.
   const auto t0 = Clock::now();
-  const Status status = engine_->Prefill(ids);
+  const Status status = engine_->Step(prefill_ids, decode_ids);
   const Clock::duration took = Clock::now() - t0;
   const double step_s = Seconds(took);
   counters_.steps.fetch_add(1);
-  // One forward for new and resumed prompts: its time is split by tokens computed.
+  // Its time goes to the phases by the tokens each computed.
   int64_t fresh_tokens = 0, resumed_tokens = 0;
-  for (const Seq* s : seqs) (s->resumed ? resumed_tokens : fresh_tokens) += s->prefill_tokens;
-  const int64_t resumed_ns = fresh_tokens + resumed_tokens > 0
-                                 ? Nanos(took) * resumed_tokens / (fresh_tokens + resumed_tokens)
-                                 : 0;
+  for (const Seq* s : admitted) (s->resumed ? resumed_tokens : fresh_tokens) += s->prefill_tokens;
+  const auto decode_tokens = static_cast<int64_t>(decode.size());
+  const int64_t all_tokens = std::max<int64_t>(1, fresh_tokens + resumed_tokens + decode_tokens);
+  const int64_t resumed_ns = Nanos(took) * resumed_tokens / all_tokens;
+  const int64_t decode_ns = Nanos(took) * decode_tokens / all_tokens;
   counters_.phase_ns[static_cast<int>(SchedulerPhase::kRecompute)].fetch_add(resumed_ns);
+  counters_.phase_ns[static_cast<int>(SchedulerPhase::kDecode)].fetch_add(decode_ns);
   counters_.phase_ns[static_cast<int>(SchedulerPhase::kPrefill)].fetch_add(Nanos(took) -
-                                                                           resumed_ns);
+                                                                           resumed_ns - decode_ns);
   if (!status.ok()) {
-    for (Seq* s : seqs) FailJob(s->job, Internal("prefill failed: " + status.ToString()));
+    for (Seq* s : admitted) FailJob(s->job, Internal("prefill failed: " + status.ToString()));
+    for (Seq* s : decode) FailJob(s->job, Internal("decode failed: " + status.ToString()));
     return;
   }
-  for (Seq* s : seqs) {
-    s->fresh = true;
-    Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
-  }
-  for (Seq* s : seqs) {
+  for (Seq* s : admitted) Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
+  for (Seq* s : decode) Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
+  for (Seq* s : admitted) {
     if (!engine_) return;  // the manager was lost while forking: every Seq is gone
     if (s->fork_children && !s->dead) ForkChildren(*s, step_s);
   }
@@ -507,39 +519,7 @@ void Scheduler::Prefill(std::vector<Seq*> seqs) {
   TrackJobPeaks();
   std::vector<Seq*> finished;
   for (Seq* s : running_) {
-    if (!s->dead && s->engine_id != 0 && engine_->sequence(s->engine_id).finished()) {
-      finished.push_back(s);
-    }
-  }
-  Retire(finished);
-}
-
-void Scheduler::Decode() {
-  std::vector<Seq*> batch;
-  for (Seq* s : running_) {
-    if (!s->dead && !s->fresh && !engine_->sequence(s->engine_id).finished()) batch.push_back(s);
-    s->fresh = false;
-  }
-  if (batch.empty()) return;
-  batch = GrantBlocks(std::move(batch));
-  if (!engine_ || batch.empty()) return;
-  std::vector<SequenceId> ids;
-  for (Seq* s : batch) ids.push_back(s->engine_id);
-  const auto t0 = Clock::now();
-  const Status status = engine_->Decode(ids);
-  const Clock::duration took = Clock::now() - t0;
-  const double step_s = Seconds(took);
-  counters_.phase_ns[static_cast<int>(SchedulerPhase::kDecode)].fetch_add(Nanos(took));
-  counters_.steps.fetch_add(1);
-  if (!status.ok()) {
-    for (Seq* s : batch) FailJob(s->job, Internal("decode failed: " + status.ToString()));
-    return;
-  }
-  TrackJobPeaks();
-  std::vector<Seq*> finished;
-  for (Seq* s : batch) {
-    Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
-    if (engine_->sequence(s->engine_id).finished()) finished.push_back(s);
+    if (!gone(s) && engine_->sequence(s->engine_id).finished()) finished.push_back(s);
   }
   Retire(finished);
 }

@@ -1,15 +1,17 @@
 // Scheduler: the worker's continuous-batching loop (iteration-level, as in Orca and
 // vLLM), on one thread that alone drives the Engine. Each iteration it takes new jobs,
-// admits waiting sequences while the manager grants blocks (OpenSequence), prefills
-// them together, makes ONE batched Step call for every running sequence that needs a
-// new block or has newly full blocks to commit, runs one decode step for all of them,
-// and streams the tokens. At batch 1 that is one manager call per block_size tokens.
-// When the manager answers RESOURCE_EXHAUSTED the newest sequence is preempted: its
-// blocks go back and it is recomputed later from its prompt plus what it generated
-// (its sampler state carries over), and admission pauses until a sequence leaves, so
-// nothing thrashes or deadlocks. Paged jobs with n > 1 fork after the prefill and
-// share the prompt's blocks. `none` never touches the pool. Losing the manager fails
-// the jobs in flight with UNAVAILABLE; a new attachment gets a fresh engine.
+// admits waiting sequences while the manager grants blocks (OpenSequence), makes ONE
+// batched Step call for every running sequence that needs a new block or has newly
+// full blocks to commit, runs one forward for the new prompts and every running
+// sequence's next token together (a mixed batch), and streams the tokens. At batch 1
+// that is one manager call per block_size tokens. When the manager answers
+// RESOURCE_EXHAUSTED the newest sequence is preempted: its K/V is copied to swap space
+// (or, without room there, dropped and recomputed), its blocks go back, and it resumes
+// later from its prompt plus what it generated (its sampler state carries over);
+// admission pauses until a sequence leaves, so nothing thrashes or deadlocks. Paged
+// jobs with n > 1 fork after the prefill and share the prompt's blocks. `none` never
+// touches the pool. Losing the manager fails the jobs in flight with UNAVAILABLE; a new
+// attachment gets a fresh engine.
 #pragma once
 
 #include <atomic>
@@ -33,6 +35,10 @@ struct SchedulerOptions {
   int32_t threads = 0;                // LibTorch intra-op threads (0: its default)
   int32_t max_running = 64;           // sequences decoded together at most
   int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
+  // Admission stops while the pool has fewer free blocks than this per running
+  // sequence (each needs a new block every block_size tokens; admitting into a full
+  // pool only preempts someone soon).
+  int64_t headroom_blocks = 4;
   // Host memory for the K/V of preempted sequences (vLLM's swap space): a preempted
   // sequence's K/V is copied out and written back when it resumes, instead of being
   // recomputed, while the copies fit. 0: always recompute.
@@ -95,9 +101,10 @@ class Scheduler {
   void FailAll(const Status& status, bool close_at_manager = false);
   void DropCancelled();
   std::vector<Seq*> Admit();
-  void Prefill(std::vector<Seq*> seqs);
+  // One forward: the prompts of `admitted` and the next token of every other running
+  // sequence (a mixed batch), after the blocks for those tokens are granted.
+  void Step(std::vector<Seq*> admitted);
   void ForkChildren(Seq& parent, double prefill_s);
-  void Decode();
   // One Step for `seqs`: blocks for their next token and commits of full blocks; on
   // RESOURCE_EXHAUSTED preempts the newest sequences until the rest fit. Returns the
   // sequences still ready to decode.

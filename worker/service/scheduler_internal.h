@@ -31,7 +31,6 @@ struct Scheduler::Seq {
   int64_t committed = 0;                     // tokens the manager counts as committed
   int64_t order = 0;                         // admission order; the newest is preempted first
   bool fork_children = false;                // paged n > 1: fork the other samples after prefill
-  bool fresh = false;                        // prefilled in this iteration
   bool resumed = false;                      // admitted again after a preemption (recomputed)
   int64_t prefill_tokens = 0;                // tokens its prefill computes (prompt less cached)
   bool dead = false;                         // ended; dropped from every list this iteration

@@ -130,7 +130,6 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
     child->engine_id = *id;
     child->committed = parent.committed;
     child->order = next_order_++;
-    child->fresh = true;
     Seq& stored = *child;
     running_.push_back(child.get());
     seqs_.push_back(std::move(child));
