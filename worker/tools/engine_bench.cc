@@ -107,6 +107,25 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
   return medians;
 }
 
+// Median seconds of the paged prefill of one `tokens`-token prompt (a fresh sequence
+// each time, nothing cached).
+StatusOr<double> PrefillSeconds(Engine& engine, int64_t tokens, int32_t warmup, int32_t steps) {
+  std::vector<double> times;
+  for (int32_t i = 0; i < warmup + steps; ++i) {
+    KVPOOL_ASSIGN_OR_RETURN(
+        SequenceId id, engine.AddSequence(TimedRequest(engine, tokens, KvMode::kPaged, 1,
+                                                       static_cast<uint32_t>(tokens * 100 + i))));
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status st = engine.Prefill({id});
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    engine.Release(id);
+    KVPOOL_RETURN_IF_ERROR(st);
+    if (i >= warmup) times.push_back(took);
+  }
+  return Median(times);
+}
+
 // Median seconds of one paged decode step of `batch` sequences that start at
 // `context` tokens: how a step's cost grows with the batch (per-token cost falls
 // while the weights, read once per step, dominate).
@@ -145,6 +164,7 @@ int Main(int argc, char** argv) {
   int threads = 2, steps = 20, warmup = 3, block_size = 16;
   bool json = false, quick = false, no_graphs = false, batches_only = false;
   std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32};
+  std::vector<int64_t> prefill_tokens;
   int64_t batch_context = 100;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
@@ -160,6 +180,10 @@ int Main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::Range(1, 256));
   app.add_option("--batch-context", batch_context, "context of the sequences in --batches")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--prefill-tokens", prefill_tokens,
+                 "with --batches-only: also time the prefill of prompts of these lengths")
+      ->delimiter(',')
       ->check(CLI::Range(1, 100000));
   app.add_flag("--batches-only", batches_only,
                "time only the --batches points (e.g. to profile a decode step)");
@@ -235,17 +259,33 @@ int Main(int argc, char** argv) {
                                      : std::string("BLAS");
   if (batches_only) {
     if (Status st = time_batches(); !st.ok()) return fail(st);
+    nlohmann::json prefill = nlohmann::json::array();
+    for (int64_t tokens : prefill_tokens) {
+      if (tokens >= config.max_position) {
+        std::cerr << "kvpool-engine-bench: --prefill-tokens must stay below "
+                  << config.max_position << "\n";
+        return 2;
+      }
+      auto took = PrefillSeconds(engine, tokens, warmup, point_steps);
+      if (!took.ok()) return fail(took.status());
+      prefill.push_back({{"tokens", tokens}, {"prefill_ms", *took * 1e3}});
+    }
     if (json) {
       std::cout << nlohmann::json{{"model", config.name},
                                   {"threads", threads},
                                   {"device", engine.runner().device()},
                                   {"batch_context", batch_context},
                                   {"cpu_linear", cpu_linear},
-                                  {"batch_decode", batch_decode}}
+                                  {"batch_decode", batch_decode},
+                                  {"prefill", prefill}}
                        .dump(2)
                 << std::endl;
     } else {
       print_batches(cpu_linear);
+      for (const auto& row : prefill) {
+        std::printf("prefill of %ld tokens: %.2f ms\n", static_cast<long>(row["tokens"].get<int64_t>()),
+                    row["prefill_ms"].get<double>());
+      }
     }
     return 0;
   }
