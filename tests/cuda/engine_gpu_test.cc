@@ -109,6 +109,104 @@ TEST(EngineGpuTest, UnsupportedHeadDimIsRefusedUpFront) {
   EXPECT_THAT(engine.status().message(), ::testing::HasSubstr("head_dim 16"));
 }
 
+GenerationRequest MixedRequest(int len, uint64_t seed, KvMode mode) {
+  GenerationRequest r;
+  r.prompt = RandomPrompt(len, 50257, seed);
+  r.max_tokens = 10;
+  r.mode = mode;
+  r.ignore_eos = true;
+  return r;
+}
+
+// A mixed step (new prompts and running sequences' next tokens in one forward, what
+// the worker's scheduler runs whenever it admits) takes the runner's eager path on the
+// GPU: the same tokens and logits as the CPU engine's mixed steps, then decode steps
+// (graphs) that go on from the K/V it wrote.
+TEST(EngineGpuTest, MixedStepEqualsTheCpuEngine) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  auto gpu = MakeEngine("gpt2", "cuda", at::kFloat);
+  auto cpu = MakeEngine("gpt2", "cpu", at::kFloat);
+  for (KvMode mode : {KvMode::kContiguous, KvMode::kPaged}) {
+    std::vector<SequenceId> g, c;
+    auto add = [&](int len, uint64_t seed) {
+      g.push_back(gpu->AddSequence(MixedRequest(len, seed, mode)).value());
+      c.push_back(cpu->AddSequence(MixedRequest(len, seed, mode)).value());
+    };
+    add(11, 1);
+    ASSERT_TRUE(gpu->Prefill({g[0]}).ok());
+    ASSERT_TRUE(cpu->Prefill({c[0]}).ok());
+    ASSERT_TRUE(gpu->Decode({g[0]}).ok());
+    ASSERT_TRUE(cpu->Decode({c[0]}).ok());
+    add(19, 2);
+    add(5, 3);
+    ASSERT_TRUE(gpu->Step({g[1], g[2]}, {g[0]}).ok());
+    ASSERT_TRUE(cpu->Step({c[1], c[2]}, {c[0]}).ok());
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_TRUE(gpu->Decode(g).ok());
+      ASSERT_TRUE(cpu->Decode(c).ok());
+    }
+    for (size_t i = 0; i < g.size(); ++i) {
+      EXPECT_EQ(gpu->sequence(g[i]).tokens, cpu->sequence(c[i]).tokens) << i;
+      EXPECT_LE((gpu->sequence(g[i]).last_logits.cpu() - cpu->sequence(c[i]).last_logits)
+                    .abs()
+                    .max()
+                    .item<double>(),
+                1e-3)
+          << KvModeName(mode) << " sequence " << i;
+      gpu->Release(g[i]);
+      cpu->Release(c[i]);
+    }
+  }
+}
+
+// Swap preemption on a GPU pool: the K/V copied to host memory and written back into
+// other blocks gives the logits of the sequence that was never interrupted.
+TEST(EngineGpuTest, SwappedOutSequenceResumesInOtherBlocksWithTheSameLogits) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  ModelConfig config = BuiltinModelConfig("gpt2").value();
+  EngineOptions options;
+  options.device = "cuda";
+  options.dtype = at::kHalf;
+  options.block_size = 16;
+  options.num_blocks = 16;
+  options.external_blocks = true;
+  auto engine = Engine::Create(config, RandomWeights(config, 7), options).value();
+  GenerationRequest r = MixedRequest(29, 4, KvMode::kPaged);
+  r.block_table = {1, 2};
+  const SequenceId a = engine->AddSequence(r).value();
+  ASSERT_TRUE(engine->Prefill({a}).ok());
+  for (int step = 0; step < 3; ++step) ASSERT_TRUE(engine->Decode({a}).ok());
+  const Sequence before = engine->sequence(a);
+  ASSERT_EQ(before.num_kv_tokens, 32);  // 29 + the prefill's token + 3, less the last
+  StatusOr<SwappedKv> swapped = engine->SwapOut(a);
+  ASSERT_TRUE(swapped.ok()) << swapped.status().ToString();
+  EXPECT_TRUE(swapped->blocks.device().is_cpu());
+  // The reference: the same sequence going on uninterrupted.
+  ASSERT_TRUE(engine->AppendBlocks(a, {3}).ok());
+  ASSERT_TRUE(engine->Decode({a}).ok());
+  const std::vector<int32_t> reference = engine->sequence(a).tokens;
+  const at::Tensor reference_logits = engine->sequence(a).last_logits.cpu();
+  engine->Release(a);
+  // Block 2 is overwritten by another sequence, as if the pool had given it away.
+  GenerationRequest other = MixedRequest(16, 5, KvMode::kPaged);
+  other.block_table = {2, 4};
+  const SequenceId scribbler = engine->AddSequence(other).value();
+  ASSERT_TRUE(engine->Prefill({scribbler}).ok());
+  GenerationRequest resumed = r;
+  resumed.prompt = before.tokens;
+  resumed.max_tokens = r.max_tokens - static_cast<int32_t>(before.num_generated());
+  resumed.rng = before.rng;
+  resumed.block_table = {1, 7, 8};  // block 1 a prefix hit; 7 written back; 8 fresh
+  resumed.cached_tokens = 16;
+  resumed.swapped = std::make_shared<const SwappedKv>(*swapped);
+  const SequenceId b = engine->AddSequence(resumed).value();
+  EXPECT_EQ(engine->sequence(b).num_kv_tokens, 32);
+  ASSERT_TRUE(engine->Prefill({b}).ok());
+  EXPECT_EQ(engine->sequence(b).tokens, reference);
+  EXPECT_LE((engine->sequence(b).last_logits.cpu() - reference_logits).abs().max().item<double>(),
+            2e-2);  // fp16: the same K/V, a prefill kernel instead of a decode one
+}
+
 // Hugging Face's logits for full-size GPT-2 on our own random weights, exported with
 // kvpool-export-hf, when KVPOOL_HF_GPT2_DIR names that folder (scripts/gpu-check.sh
 // sets it). The committed tiny fixtures (head_dim 16) are checked on the CPU.
