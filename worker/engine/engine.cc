@@ -377,8 +377,7 @@ void Engine::SwapIn(const SwappedKv& swapped, const std::vector<int32_t>& table,
 
 void Engine::CopyBlock(int32_t src, int32_t dst) {
   const PoolGeometry& g = pool_.geometry();
-  const int64_t bytes =
-      static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim * KvDtypeBytes(g.dtype);
+  const int64_t bytes = BlockPartBytes();
   const auto options = at::TensorOptions().dtype(at::kByte).device(runner_->device());
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     for (KvPart part : {KvPart::kKey, KvPart::kValue}) {

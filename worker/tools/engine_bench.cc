@@ -253,7 +253,8 @@ int Main(int argc, char** argv) {
   const std::string cpu_linear = device != "cpu" ? std::string("cuda")
                                  : CpuLinearUsesKernel(2)
                                      ? std::string("kvpool ") + CpuLinearKernelName() +
-                                           " kernel for 2-" + std::to_string(kCpuLinearMaxRows) +
+                                           " kernel for " + (CpuLinearUsesKernel(1) ? "1-" : "2-") +
+                                           std::to_string(kCpuLinearMaxRows) +
                                            " rows, BLAS otherwise (OPENBLAS_CORETYPE " +
                                            (blas_core ? blas_core : "unset") + ")"
                                      : std::string("BLAS");
@@ -262,8 +263,8 @@ int Main(int argc, char** argv) {
     nlohmann::json prefill = nlohmann::json::array();
     for (int64_t tokens : prefill_tokens) {
       if (tokens >= config.max_position) {
-        std::cerr << "kvpool-engine-bench: --prefill-tokens must stay below "
-                  << config.max_position << "\n";
+        std::cerr << "kvpool-engine-bench: --prefill-tokens must stay below " << config.max_position
+                  << "\n";
         return 2;
       }
       auto took = PrefillSeconds(engine, tokens, warmup, point_steps);
@@ -283,7 +284,8 @@ int Main(int argc, char** argv) {
     } else {
       print_batches(cpu_linear);
       for (const auto& row : prefill) {
-        std::printf("prefill of %ld tokens: %.2f ms\n", static_cast<long>(row["tokens"].get<int64_t>()),
+        std::printf("prefill of %ld tokens: %.2f ms\n",
+                    static_cast<long>(row["tokens"].get<int64_t>()),
                     row["prefill_ms"].get<double>());
       }
     }
