@@ -49,37 +49,36 @@ constexpr int64_t kPrefetchFloats = 1024;
 // The same register-blocked loop for both vector widths: M rows of x against weight
 // rows [n, n + R), M*R independent FMA chains (8 or more hide the FMA latency on two
 // ports), each weight vector loaded once for all M rows. V is the ISA's traits.
-#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)               \
-  template <int M, int R>                                                                 \
-  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) { \
-    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                      \
-    const float* w_rows[R];                                                               \
-    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                          \
-    const float* x_rows[M];                                                               \
-    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                       \
-    VEC acc[M][R];                                                                        \
-    for (int m = 0; m < M; ++m) {                                                         \
-      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                     \
-    }                                                                                     \
-    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                          \
-      VEC wv[R];                                                                          \
-      for (int r = 0; r < R; ++r) {                                                       \
-        _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k + kPrefetchFloats),      \
-                     _MM_HINT_T0);                                                        \
-        wv[r] = LOAD(w_rows[r] + k);                                                      \
-      }                                                                                   \
-      for (int m = 0; m < M; ++m) {                                                       \
-        const VEC xv = LOAD(x_rows[m] + k);                                               \
-        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                \
-      }                                                                                   \
-    }                                                                                     \
-    for (int m = 0; m < M; ++m) {                                                         \
-      for (int r = 0; r < R; ++r) {                                                       \
-        float sum = HSUM(acc[m][r]);                                                      \
-        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];         \
-        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;            \
-      }                                                                                   \
-    }                                                                                     \
+#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)                        \
+  template <int M, int R>                                                                          \
+  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) {          \
+    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                               \
+    const float* w_rows[R];                                                                        \
+    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                                   \
+    const float* x_rows[M];                                                                        \
+    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                                \
+    VEC acc[M][R];                                                                                 \
+    for (int m = 0; m < M; ++m) {                                                                  \
+      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                              \
+    }                                                                                              \
+    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                                   \
+      VEC wv[R];                                                                                   \
+      for (int r = 0; r < R; ++r) {                                                                \
+        _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k + kPrefetchFloats), _MM_HINT_T0); \
+        wv[r] = LOAD(w_rows[r] + k);                                                               \
+      }                                                                                            \
+      for (int m = 0; m < M; ++m) {                                                                \
+        const VEC xv = LOAD(x_rows[m] + k);                                                        \
+        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                         \
+      }                                                                                            \
+    }                                                                                              \
+    for (int m = 0; m < M; ++m) {                                                                  \
+      for (int r = 0; r < R; ++r) {                                                                \
+        float sum = HSUM(acc[m][r]);                                                               \
+        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];                  \
+        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;                     \
+      }                                                                                            \
+    }                                                                                              \
   }
 
 __attribute__((target("avx2,fma"))) inline float HorizontalSum256(__m256 v) {
@@ -128,12 +127,12 @@ void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t
       return SpanAvx2<4, 2>(a, m0, n0, n1);
   }
 }
-constexpr int64_t kAvx2RowsPerPass = 4;
 
 // AVX-512 has 32 registers: passes of 4 rows against 6 weight rows (24 accumulators,
 // 10 loads per 24 FMAs), and 3 / 2 / 1 rows against 8 / 12 / 12 for a remainder. On
 // Zen 5 this beat 8x2 and 12x2 tiles (the previous kernel) by 15-35% at 2-16 rows,
-// streaming the weights, and by 20% at 96 rows (a prefill), where they sit in L2.
+// streaming the weights, and by 20% at 96 rows (a prefill, where they sit in L2), in a
+// standalone harness of gpt2's shapes.
 void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
     case 1:
@@ -146,7 +145,8 @@ void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64
       return SpanAvx512<4, 6>(a, m0, n0, n1);
   }
 }
-constexpr int64_t kAvx512RowsPerPass = 4;
+// Rows of x per pass over a chunk of weights, with either ISA.
+constexpr int64_t kRowsPerPass = 4;
 
 at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (x.size(0) == 1) {
@@ -192,7 +192,6 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                         y.data_ptr<float>(),
                         n};
   const bool avx512 = KernelIsa() == Isa::kAvx512;
-  const int64_t rows_per_pass = avx512 ? kAvx512RowsPerPass : kAvx2RowsPerPass;
   // Threads split the weight rows in chunks of at most 256 KiB, which stay in L2 while
   // each pass over rows of x reads them: the weights come from memory once. Chunks are
   // whole tiles (24 rows: a multiple of every tile's 2-12 weight rows), and at least 8
@@ -200,14 +199,13 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   constexpr int64_t kTileRows = 24;
   const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(sizeof(float))) / args.k;
   const int64_t balanced = n / (8 * std::max(1, at::get_num_threads()));
-  const int64_t chunk =
-      std::max(kTileRows, std::min(fits_l2, balanced) / kTileRows * kTileRows);
+  const int64_t chunk = std::max(kTileRows, std::min(fits_l2, balanced) / kTileRows * kTileRows);
   at::parallel_for(0, (n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * chunk;
       const int64_t n1 = std::min(n, n0 + chunk);
-      for (int64_t m0 = 0; m0 < rows; m0 += rows_per_pass) {
-        const int64_t pass = std::min(rows_per_pass, rows - m0);
+      for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerPass) {
+        const int64_t pass = std::min(kRowsPerPass, rows - m0);
         if (avx512) {
           RowsAvx512(args, m0, pass, n0, n1);
         } else {
