@@ -68,6 +68,7 @@ class StepClient {
     v1::RegisterWorkerResponse worker;
     Check(stub_->RegisterWorker(&ctx, {}, &worker), "RegisterWorker");
     worker_id_ = worker.worker_id();
+    instance_ = worker.manager_instance();
     Reopen();
   }
 
@@ -77,6 +78,7 @@ class StepClient {
     ++num_tokens_;
     v1::StepRequest request;
     request.set_worker_id(worker_id_);
+    request.set_manager_instance(instance_);
     for (size_t s = 0; s < sequences_.size(); ++s) {
       v1::StepItem* item = request.add_items();
       item->set_sequence_id(sequences_[s]);
@@ -107,6 +109,7 @@ class StepClient {
       grpc::ClientContext ctx;
       v1::CloseSequenceRequest close;
       close.set_worker_id(worker_id_);
+      close.set_manager_instance(instance_);
       close.set_sequence_id(id);
       v1::CloseSequenceResponse closed;
       Check(stub_->CloseSequence(&ctx, close, &closed), "CloseSequence");
@@ -116,6 +119,7 @@ class StepClient {
       grpc::ClientContext ctx;
       v1::OpenSequenceRequest open;
       open.set_worker_id(worker_id_);
+      open.set_manager_instance(instance_);
       for (int i = 0; i < kPromptTokens; ++i) open.add_token_ids(Prompt(s, i));
       open.set_max_tokens(kMaxDecodeTokens);
       open.set_mode(v1::SEQUENCE_MODE_PAGED);
@@ -136,6 +140,7 @@ class StepClient {
   std::unique_ptr<v1::CacheManager::Stub> stub_;
   int index_;
   int64_t worker_id_ = 0;
+  std::string instance_;
   std::vector<int64_t> sequences_;
   int64_t num_tokens_ = 0;
 };

@@ -6,6 +6,8 @@
 #include "cache_service/cache_manager.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -25,7 +27,24 @@ std::string Str(int64_t v) { return std::to_string(v); }
 
 Status WorkerNotFound(WorkerId worker) {
   return NotFound("worker " + Str(worker) +
-                  " is not registered (or its lease expired): register again");
+                  " is not registered (or its lease expired): register again")
+      .WithReason(reason::kWorkerNotRegistered);
+}
+
+// Fills the identity options left empty from std::random_device: 128 bits of instance
+// id, and a first worker id in [1, 2^52) (exact in a JSON double, so the dashboard
+// shows it right; 2^52 registrations from any base fit an int64).
+CacheManagerOptions WithIdentity(CacheManagerOptions o) {
+  std::random_device random;
+  auto draw64 = [&] { return (static_cast<uint64_t>(random()) << 32) ^ random(); };
+  if (o.instance_id.empty()) {
+    char hex[33];
+    std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(draw64()),
+                  static_cast<unsigned long long>(draw64()));
+    o.instance_id = hex;
+  }
+  if (o.first_worker_id <= 0) o.first_worker_id = static_cast<WorkerId>((draw64() >> 12) | 1);
+  return o;
 }
 
 Status CheckTokenIds(const std::vector<int32_t>& ids, const char* field) {
@@ -42,7 +61,9 @@ Status CheckTokenIds(const std::vector<int32_t>& ids, const char* field) {
 
 struct CacheManager::State {
   explicit State(CacheManagerOptions o)
-      : options(std::move(o)), pool(options.geometry.num_blocks), leases(options.lease_ttl) {}
+      : options(std::move(o)),
+        pool(options.geometry.num_blocks),
+        leases(options.lease_ttl, options.first_worker_id) {}
 
   // Looks up `id` for `worker`: NOT_FOUND if no such sequence is open,
   // FAILED_PRECONDITION if another worker owns it.
@@ -72,10 +93,42 @@ struct CacheManager::State {
   // prefix), and forgets it.
   void Release(SequenceId id) {
     Sequence* sequence = sequences.Find(id);
+    TenantState& tenant = tenants[sequence->tenant];
     for (auto it = sequence->block_table.rbegin(); it != sequence->block_table.rend(); ++it) {
       pool.Free(*it);
+      if (pool.block(*it).ref_cnt == 0) --tenant.blocks_in_use;
     }
     sequences.Remove(id);
+  }
+
+  int64_t MaxBlocks(const std::string& tenant) const {
+    const auto it = options.tenant_max_blocks_override.find(tenant);
+    return it != options.tenant_max_blocks_override.end() ? it->second : options.tenant_max_blocks;
+  }
+
+  // OK when `tenant` may take `more` blocks into use; RESOURCE_EXHAUSTED (reason
+  // TENANT_QUOTA_EXCEEDED) otherwise.
+  Status CheckQuota(const std::string& tenant, int64_t more) {
+    TenantState& t = tenants[tenant];
+    const int64_t cap = MaxBlocks(tenant);
+    if (more <= 0 || t.blocks_in_use + more <= cap) return Status::Ok();
+    ++t.quota_rejections;
+    return ResourceExhausted("tenant " + tenant + " holds " + Str(t.blocks_in_use) + " of its " +
+                             Str(cap) + "-block quota and needs " + Str(more) +
+                             " more: its own sequences must finish first")
+        .WithReason(reason::kTenantQuotaExceeded);
+  }
+
+  // New blocks (ref_cnt 1) and hits taken from the free queue now count against the
+  // tenant.
+  void Take(const std::string& tenant, int32_t block) {
+    if (pool.block(block).ref_cnt == 0) ++tenants[tenant].blocks_in_use;
+    pool.Touch(block);
+  }
+  Status Allocate(const std::string& tenant, int64_t n, std::vector<int32_t>* out) {
+    KVPOOL_RETURN_IF_ERROR(pool.Allocate(n, out));
+    tenants[tenant].blocks_in_use += n;
+    return Status::Ok();
   }
 
   // Hashes the blocks that the committed tokens have filled since the last call and
@@ -101,6 +154,14 @@ struct CacheManager::State {
   int64_t prefix_queries_tokens = 0;
   int64_t prefix_hits_tokens = 0;
   int64_t expired_leases = 0;
+  struct TenantState {
+    int64_t blocks_in_use = 0;
+    int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
+    int64_t quota_rejections = 0;
+  };
+  // Every tenant that opened a sequence; bounded by the token file's tenants (only
+  // authenticated tenants get here), or "default" without one.
+  std::map<std::string, TenantState> tenants;
 };
 
 CacheManager::CacheManager(CacheManagerOptions options) {
@@ -108,12 +169,27 @@ CacheManager::CacheManager(CacheManagerOptions options) {
   if (g.block_size <= 0 || g.num_blocks < 0 || g.num_blocks > INT32_MAX) {
     throw std::invalid_argument("CacheManager: block_size must be > 0 and num_blocks in [0, 2^31)");
   }
-  state_ = std::make_unique<State>(std::move(options));
+  state_ = std::make_unique<State>(WithIdentity(std::move(options)));
 }
 
 CacheManager::~CacheManager() = default;
 
 const CacheManagerOptions& CacheManager::options() const { return state_->options; }
+
+const std::string& CacheManager::instance_id() const { return state_->options.instance_id; }
+
+Status CacheManager::CheckInstance(const std::string& instance) const {
+  // options is const after construction: no lock needed.
+  if (instance == state_->options.instance_id) return Status::Ok();
+  if (instance.empty()) {
+    return InvalidArgument(
+        "manager_instance is empty: send the manager_instance RegisterWorker returned");
+  }
+  return FailedPrecondition("manager restarted: this call names manager instance " +
+                            instance.substr(0, 64) + " but this is instance " +
+                            state_->options.instance_id + "; register again and map the new pool")
+      .WithReason(reason::kManagerRestarted);
+}
 
 WorkerLease CacheManager::RegisterWorker(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -147,19 +223,32 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
                            Str(request.max_tokens) + ") exceeds max_context_tokens " +
                            Str(o.max_context_tokens));
   }
+  // A sequence its tenant's quota could never hold fails for good, before any
+  // transient limit (one larger than the pool itself is the pool's RESOURCE_EXHAUSTED).
+  const int64_t cap = s.MaxBlocks(request.tenant);
+  const int64_t most_blocks = CeilDiv(prompt_tokens + request.max_tokens, o.geometry.block_size);
+  if (cap < s.pool.num_blocks() && most_blocks > cap) {
+    return FailedPrecondition("the sequence may need " + Str(most_blocks) +
+                              " blocks (prompt + max_tokens) but tenant " + request.tenant +
+                              "'s quota is " + Str(cap) +
+                              " blocks: lower max_tokens or raise the tenant's max_blocks");
+  }
   KVPOOL_RETURN_IF_ERROR(s.CheckSequenceLimit(request.worker_id));
 
   const int32_t block_size = o.geometry.block_size;
   Sequence sequence;
   sequence.worker = request.worker_id;
+  sequence.tenant = request.tenant;
   sequence.mode = request.mode;
   sequence.max_total_tokens = prompt_tokens + request.max_tokens;
   sequence.num_tokens = prompt_tokens;
   int64_t hit_blocks = 0;
 
   if (request.mode == SequenceMode::kContiguous) {
-    KVPOOL_RETURN_IF_ERROR(s.pool.AllocateContiguous(CeilDiv(sequence.max_total_tokens, block_size),
-                                                     &sequence.block_table));
+    const int64_t reserve = CeilDiv(sequence.max_total_tokens, block_size);
+    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(request.tenant, reserve));
+    KVPOOL_RETURN_IF_ERROR(s.pool.AllocateContiguous(reserve, &sequence.block_table));
+    s.tenants[request.tenant].blocks_in_use += reserve;
   } else {
     sequence.salt = TenantSalt(request.tenant);
     // Longest cached run of the prompt's full blocks, leaving at least one token to
@@ -178,21 +267,25 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
     hit_blocks = static_cast<int64_t>(hits.size());
     const int64_t need = CeilDiv(prompt_tokens, block_size) - hit_blocks;
     const int64_t available = s.pool.num_allocatable() - hits_in_free_queue;
+    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(request.tenant, need + hits_in_free_queue));
     if (need > available) {
       return ResourceExhausted("out of KV blocks: the prompt needs " + Str(need) + " new blocks (" +
                                Str(hit_blocks) + " cached), " + Str(available) +
                                " free or evictable of " + Str(s.pool.num_blocks()));
     }
-    // Touch the hits first so the allocation cannot evict them.
-    for (int32_t block : hits) s.pool.Touch(block);
+    // Take the hits first so the allocation cannot evict them.
+    for (int32_t block : hits) s.Take(request.tenant, block);
     sequence.block_table = hits;
-    const Status allocated = s.pool.Allocate(need, &sequence.block_table);
+    const Status allocated = s.Allocate(request.tenant, need, &sequence.block_table);
     (void)allocated;  // cannot fail: checked above
     sequence.block_hashes.assign(hashes.begin(), hashes.begin() + hit_blocks);
     sequence.committed_token_ids.assign(request.token_ids.begin(),
                                         request.token_ids.begin() + hit_blocks * block_size);
     s.prefix_queries_tokens += prompt_tokens;
     s.prefix_hits_tokens += hit_blocks * block_size;
+    State::TenantState& tenant = s.tenants[request.tenant];
+    tenant.prefix_queries_tokens += prompt_tokens;
+    tenant.prefix_hits_tokens += hit_blocks * block_size;
   }
 
   Sequence& stored = s.sequences.Add(std::move(sequence));
@@ -235,9 +328,11 @@ StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& ite
     const int64_t need = CeilDiv(num_tokens, options.geometry.block_size) -
                          static_cast<int64_t>(sequence->block_table.size());
     if (need > 0) {
-      Status allocated = pool.Allocate(need, &result.new_blocks);
+      Status allocated = CheckQuota(sequence->tenant, need);
+      if (allocated.ok()) allocated = Allocate(sequence->tenant, need, &result.new_blocks);
       if (!allocated.ok()) {
-        result.status = Status(allocated.code(), name + allocated.message());
+        result.status =
+            Status(allocated.code(), name + allocated.message()).WithReason(allocated.reason());
         return result;
       }
       sequence->block_table.insert(sequence->block_table.end(), result.new_blocks.begin(),
@@ -290,11 +385,13 @@ StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
   Sequence child;
   if (committed % block_size != 0) {
     std::vector<int32_t> fresh;
-    KVPOOL_RETURN_IF_ERROR(s.pool.Allocate(1, &fresh));
+    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(parent->tenant, 1));
+    KVPOOL_RETURN_IF_ERROR(s.Allocate(parent->tenant, 1, &fresh));
     result.copy_src_block = parent->block_table[full];
     result.copy_dst_block = fresh[0];
   }
   child.worker = worker;
+  child.tenant = parent->tenant;
   child.mode = SequenceMode::kPaged;
   child.salt = parent->salt;
   child.max_total_tokens = parent->max_total_tokens;
@@ -302,7 +399,7 @@ StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
   child.committed_token_ids = parent->committed_token_ids;
   child.block_hashes = parent->block_hashes;
   child.block_table.assign(parent->block_table.begin(), parent->block_table.begin() + full);
-  for (int32_t block : child.block_table) s.pool.Touch(block);
+  for (int32_t block : child.block_table) s.Take(child.tenant, block);
   if (result.copy_dst_block >= 0) child.block_table.push_back(result.copy_dst_block);
 
   Sequence& stored = s.sequences.Add(std::move(child));
@@ -364,7 +461,21 @@ ManagerStats CacheManager::Stats() const {
   int64_t used_tokens = 0;
   for (int32_t f : filled) used_tokens += f;
   stats.bytes_used = used_tokens * static_cast<int64_t>(g.token_bytes());
+  for (const auto& [name, t] : s.tenants) {
+    TenantStats& out = stats.tenants.emplace_back();
+    out.tenant = name;
+    out.blocks_in_use = t.blocks_in_use;
+    out.max_blocks = std::min(s.MaxBlocks(name), stats.num_blocks);
+    out.prefix_queries_tokens = t.prefix_queries_tokens;
+    out.prefix_hits_tokens = t.prefix_hits_tokens;
+    out.quota_rejections = t.quota_rejections;
+  }
   return stats;
+}
+
+int64_t CacheManager::TenantMaxBlocks(const std::string& tenant) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return state_->MaxBlocks(tenant);
 }
 
 Status CacheManager::CheckInvariants() const {
@@ -372,6 +483,10 @@ Status CacheManager::CheckInvariants() const {
   const State& s = *state_;
   const int32_t block_size = s.options.geometry.block_size;
   std::vector<int32_t> refs(static_cast<size_t>(s.pool.num_blocks()), 0);
+  // Each referenced block's tenant: "" until seen; a second tenant breaks the quota's
+  // accounting (and tenant isolation).
+  std::vector<const std::string*> block_tenant(static_cast<size_t>(s.pool.num_blocks()), nullptr);
+  std::map<std::string, int64_t> tenant_blocks;
   std::unordered_map<WorkerId, int64_t> per_worker;
   Status status;
   s.sequences.ForEach([&](const Sequence& q) {
@@ -390,6 +505,13 @@ Status CacheManager::CheckInvariants() const {
     for (int32_t b : q.block_table) {
       if (b < 0 || b >= s.pool.num_blocks()) return fail("block id " + Str(b) + " out of range");
       ++refs[b];
+      if (block_tenant[b] == nullptr) {
+        block_tenant[b] = &q.tenant;
+        ++tenant_blocks[q.tenant];
+      } else if (*block_tenant[b] != q.tenant) {
+        return fail("block " + Str(b) + " shared by tenants " + *block_tenant[b] + " and " +
+                    q.tenant);
+      }
     }
     if (q.mode == SequenceMode::kContiguous) {
       if (table != CeilDiv(q.max_total_tokens, block_size)) return fail("reservation size wrong");
@@ -421,6 +543,18 @@ Status CacheManager::CheckInvariants() const {
     }
   });
   KVPOOL_RETURN_IF_ERROR(status);
+  for (const auto& [tenant, t] : s.tenants) {
+    const auto it = tenant_blocks.find(tenant);
+    const int64_t held = it == tenant_blocks.end() ? 0 : it->second;
+    if (t.blocks_in_use != held) {
+      return Internal("tenant " + tenant + " counted " + Str(t.blocks_in_use) +
+                      " blocks in use, its sequences hold " + Str(held));
+    }
+    if (held > s.MaxBlocks(tenant)) {
+      return Internal("tenant " + tenant + " holds " + Str(held) + " blocks, over its quota " +
+                      Str(s.MaxBlocks(tenant)));
+    }
+  }
   for (const auto& [worker, count] : per_worker) {
     if (s.sequences.CountOf(worker) != count) {
       return Internal("worker " + Str(worker) + " indexed with " +

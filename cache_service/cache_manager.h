@@ -18,14 +18,28 @@
 //     as committed, so the worker's first commit_token_ids start at cached_tokens;
 //   - contiguous sequences neither look up nor publish prefix blocks (cached_tokens 0)
 //     and cannot be forked (FAILED_PRECONDITION);
-//   - a call by an unknown or expired worker is NOT_FOUND; a sequence id that is not
+//   - this object is one manager instance: its instance_id() (128 random bits) and
+//     its worker ids (from a random base below 2^52, then +1 per registration) never
+//     repeat across instances, so a worker of a previous instance can never be taken
+//     for one of this instance's; CheckInstance refuses a call naming another
+//     instance (FAILED_PRECONDITION, reason MANAGER_RESTARTED);
+//   - a call by an unknown or expired worker is NOT_FOUND (reason
+//     WORKER_NOT_REGISTERED); a sequence id that is not
 //     open is NOT_FOUND; another worker's sequence is FAILED_PRECONDITION;
 //   - a lease expires only when ExpireLeases finds it silent for longer than the TTL;
-//     every call by the worker renews it.
+//     every call by the worker renews it;
+//   - tenant quota: the blocks a tenant's sequences hold in use (ref_cnt >= 1; cached
+//     blocks with no reference do not count) never exceed its max_blocks. Blocks are
+//     only ever shared within one tenant (prefix hashes are salted by tenant, forks
+//     stay in it), so each in-use block counts against exactly one tenant. A call that
+//     would pass the cap fails RESOURCE_EXHAUSTED with reason TENANT_QUOTA_EXCEEDED and
+//     changes nothing; a sequence that could never fit the cap (prompt + max_tokens)
+//     fails FAILED_PRECONDITION at OpenSequence.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -48,6 +62,12 @@ struct CacheManagerOptions {
   int64_t max_tokens_per_call = 1 << 20;       // prompt tokens + committed tokens in one call
   int64_t max_sequences_per_worker = 4096;
   int64_t max_context_tokens = 1 << 20;  // prompt + max_tokens of one sequence
+  // This instance's identity; empty / 0: drawn from std::random_device (tests fix them).
+  std::string instance_id;
+  WorkerId first_worker_id = 0;
+  // Blocks a tenant's sequences may hold in use at once; per-tenant overrides.
+  int64_t tenant_max_blocks = INT64_MAX;
+  std::map<std::string, int64_t> tenant_max_blocks_override;
 };
 
 struct WorkerLease {
@@ -95,13 +115,22 @@ struct ForkResult {
   int32_t copy_src_block = -1, copy_dst_block = -1;
 };
 
+struct TenantStats {
+  std::string tenant;
+  int64_t blocks_in_use = 0;  // referenced by the tenant's sequences
+  int64_t max_blocks = 0;     // its quota (blocks)
+  int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
+  int64_t quota_rejections = 0;  // calls refused at the quota
+};
+
 struct ManagerStats {
   int64_t num_blocks = 0, free_blocks = 0, cached_blocks = 0, in_use_blocks = 0;
   int64_t num_sequences = 0, num_workers = 0;
   int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
   int64_t evictions = 0, expired_leases = 0;
-  int64_t bytes_reserved = 0;  // blocks held by sequences
-  int64_t bytes_used = 0;      // of those, bytes holding committed tokens' K/V
+  int64_t bytes_reserved = 0;        // blocks held by sequences
+  int64_t bytes_used = 0;            // of those, bytes holding committed tokens' K/V
+  std::vector<TenantStats> tenants;  // every tenant seen, by name
 };
 
 class CacheManager {
@@ -114,6 +143,11 @@ class CacheManager {
   CacheManager& operator=(const CacheManager&) = delete;
 
   const CacheManagerOptions& options() const;
+  // 32 hex digits, never repeated across instances.
+  const std::string& instance_id() const;
+  // OK when `instance` names this instance; FAILED_PRECONDITION (reason
+  // MANAGER_RESTARTED) for another one, INVALID_ARGUMENT when empty.
+  Status CheckInstance(const std::string& instance) const;
 
   WorkerLease RegisterWorker(Clock::time_point now);
   // NOT_FOUND for an unknown or expired worker (it must register anew).
@@ -133,6 +167,8 @@ class CacheManager {
   std::vector<WorkerId> ExpireLeases(Clock::time_point now);
 
   ManagerStats Stats() const;
+  // The quota a tenant gets (the override, else the default), in blocks.
+  int64_t TenantMaxBlocks(const std::string& tenant) const;
   // free + cached + in-use == total; every refcount equals the references held by
   // sequences; every hash in the index points at a cached or in-use block that holds
   // it; no block is in the free queue twice. INTERNAL naming the first violation.

@@ -49,15 +49,29 @@ Json LoadJson(const v1::WorkerLoad& l) {
 }  // namespace
 
 Dashboard::Dashboard(const CacheManager* core, const ManagerService* service,
-                     v1::PoolDescriptor pool, std::string chart_js)
+                     const Authenticator* auth, v1::PoolDescriptor pool, std::string chart_js)
     : core_(core),
       service_(service),
+      auth_(auth),
       pool_(std::move(pool)),
       chart_js_(std::move(chart_js)),
       started_at_(Clock::now()) {}
 
-std::optional<HttpResponse> Dashboard::Serve(const std::string& target) const {
-  if (target == "/api/stats") return HttpResponse{200, "application/json", StatsJson()};
+std::optional<HttpResponse> Dashboard::Serve(const HttpRequest& request) const {
+  const std::string& target = request.target;
+  if (target == "/api/stats") {
+    std::string error;
+    const std::optional<Caller> caller = auth_->Authenticate(
+        request.authorization.empty() ? std::nullopt : std::optional(request.authorization),
+        &error);
+    if (!caller) {
+      return HttpResponse{401, "application/json",
+                          Json({{"error", error + " (the manager has a token file: send "
+                                                  "\"Authorization: Bearer TOKEN\")"}})
+                              .dump()};
+    }
+    return HttpResponse{200, "application/json", StatsJson(*caller)};
+  }
   if (target == "/api/models") return HttpResponse{200, "application/json", ModelsJson()};
   if (target == "/chart.js") {
     if (chart_js_.empty()) {
@@ -73,12 +87,31 @@ std::optional<HttpResponse> Dashboard::Serve(const std::string& target) const {
   return HttpResponse{200, ContentType(path), std::string(asset)};
 }
 
-std::string Dashboard::StatsJson() const {
+std::string Dashboard::StatsJson(const Caller& caller) const {
   const ManagerStats s = core_->Stats();
   const Clock::time_point now = Clock::now();
+  // A client-only caller sees the pool and its own tenant, not the workers or others.
+  const bool operator_view = caller.Has(kRoleWorker);
+  Json tenants = Json::array();
+  int64_t queries = s.prefix_queries_tokens, hits = s.prefix_hits_tokens;
+  if (!operator_view) queries = hits = 0;
+  for (const TenantStats& t : s.tenants) {
+    if (!operator_view && t.tenant != caller.tenant) continue;
+    if (!operator_view) {
+      queries = t.prefix_queries_tokens;
+      hits = t.prefix_hits_tokens;
+    }
+    tenants.push_back({{"tenant", t.tenant},
+                       {"blocks_in_use", t.blocks_in_use},
+                       {"max_blocks", t.max_blocks},
+                       {"prefix_queries_tokens_total", t.prefix_queries_tokens},
+                       {"prefix_hits_tokens_total", t.prefix_hits_tokens},
+                       {"quota_rejections_total", t.quota_rejections}});
+  }
   Json workers = Json::array();
   Json totals = LoadJson(v1::WorkerLoad());
-  for (const WorkerSnapshot& w : service_->Workers()) {
+  for (const WorkerSnapshot& w :
+       operator_view ? service_->Workers() : std::vector<WorkerSnapshot>{}) {
     const Json load = LoadJson(w.load);
     workers.push_back({{"id", w.id},
                        {"name", w.name},
@@ -106,9 +139,9 @@ std::string Dashboard::StatsJson() const {
                  s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0},
                 {"bytes_reserved", s.bytes_reserved},
                 {"bytes_used", s.bytes_used}}},
-              {"prefix_cache",
-               {{"queries_tokens_total", s.prefix_queries_tokens},
-                {"hits_tokens_total", s.prefix_hits_tokens}}},
+              {"prefix_cache", {{"queries_tokens_total", queries}, {"hits_tokens_total", hits}}},
+              {"viewer", {{"tenant", caller.tenant}, {"operator", operator_view}}},
+              {"tenants", tenants},
               {"evictions_total", s.evictions},
               {"expired_leases_total", s.expired_leases},
               {"sequences", s.num_sequences},

@@ -3,13 +3,17 @@
 // comes from Debian's libjs-chart.js, read once at start (no CDN). /api/stats is the
 // pool, the prefix cache and the load each worker reported with its last heartbeat,
 // as JSON the page polls; /api/models lists KV shapes for the memory calculator.
-// Read-only: it never changes manager state.
+// With a token file, /api/stats answers only a request with "Authorization: Bearer
+// TOKEN" of a listed token (401 otherwise; the page asks for one): a `worker` token
+// (the operator's) sees everything, a `client`-only token the pool's occupancy and
+// its own tenant's counters. Read-only: it never changes manager state.
 #pragma once
 
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "cache_service/auth.h"
 #include "cache_service/cache_manager.h"
 #include "cache_service/grpc_service.h"
 #include "kvpool/observability/http_server.h"
@@ -26,20 +30,22 @@ std::string_view DashboardAsset(std::string_view path);
 class Dashboard {
  public:
   // `chart_js` is Chart.js's source (empty: the page says how to install it).
-  Dashboard(const CacheManager* core, const ManagerService* service, v1::PoolDescriptor pool,
-            std::string chart_js);
+  // `auth` must outlive the dashboard.
+  Dashboard(const CacheManager* core, const ManagerService* service, const Authenticator* auth,
+            v1::PoolDescriptor pool, std::string chart_js);
 
-  // The response for `target`, or nullopt when it is not a dashboard route.
-  std::optional<HttpResponse> Serve(const std::string& target) const;
+  // The response for `request`, or nullopt when it is not a dashboard route.
+  std::optional<HttpResponse> Serve(const HttpRequest& request) const;
 
-  // The body of /api/stats (exposed for tests).
-  std::string StatsJson() const;
+  // The body of /api/stats as `caller` sees it (exposed for tests).
+  std::string StatsJson(const Caller& caller) const;
   // The body of /api/models.
   std::string ModelsJson() const;
 
  private:
   const CacheManager* core_;
   const ManagerService* service_;
+  const Authenticator* auth_;
   const v1::PoolDescriptor pool_;
   const std::string chart_js_;
   const Clock::time_point started_at_;

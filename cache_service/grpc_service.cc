@@ -5,13 +5,21 @@
 #include <algorithm>
 #include <exception>
 
+#include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/metadata.h"
+#include "kvpool/v1/text_field.h"
 
 namespace kvpool::manager {
 namespace {
 
+using v1::ToGrpcStatus;
+
+// Bounds of the manager's inputs besides those in CacheManagerOptions (prompt and
+// commit tokens per call, sequences per worker, context), listed in docs/design.md.
 // A Step call may carry at most this many items; more is a malformed request.
 constexpr int kMaxStepItems = 1 << 16;
+// RegisterWorker's worker_name and model_name, in bytes.
+constexpr size_t kMaxNameBytes = 256;
 
 v1::KvDtype ToProto(KvDtype dtype) {
   switch (dtype) {
@@ -75,11 +83,6 @@ Status CheckStepItem(const v1::StepItem& item) {
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-
 v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
                                 const std::string& model_name) {
   v1::PoolDescriptor pool;
@@ -104,8 +107,8 @@ v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
 }
 
 std::vector<std::string> ManagerService::MethodNames() {
-  return {"RegisterWorker", "Heartbeat", "OpenSequence",    "Step",
-          "Fork",           "CloseSequence", "GetStats", "CheckInvariants", "AuthenticateClient"};
+  return {"RegisterWorker", "Heartbeat",       "OpenSequence",      "Step", "Fork", "CloseSequence",
+          "GetStats",       "CheckInvariants", "AuthenticateClient"};
 }
 
 ManagerService::ManagerService(CacheManager* core, v1::PoolDescriptor pool,
@@ -113,7 +116,7 @@ ManagerService::ManagerService(CacheManager* core, v1::PoolDescriptor pool,
     : core_(core), pool_(std::move(pool)), auth_(auth), metrics_(metrics) {}
 
 grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* context,
-                                   const std::function<Status(const std::string&)>& body) {
+                                   const std::function<Status(const Caller&)>& body) {
   const auto start = Clock::now();
   std::optional<std::string> authorization;
   const auto& metadata = context->client_metadata();
@@ -121,13 +124,19 @@ grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* con
     authorization.emplace(it->second.data(), it->second.size());
   }
   std::string auth_error;
-  const std::optional<std::string> tenant = auth_->Authenticate(authorization, &auth_error);
+  const std::optional<Caller> caller = auth_->Authenticate(authorization, &auth_error);
+  const bool worker_call = method != kGetStats && method != kCheckInvariants;
   grpc::Status result;
-  if (!tenant.has_value()) {
+  if (!caller.has_value()) {
     result = ToGrpcStatus(Unauthenticated(auth_error));
+  } else if (worker_call && !caller->Has(kRoleWorker)) {
+    result = ToGrpcStatus(PermissionDenied(
+        MethodNames()[method] +
+        " is a worker call and this token has the client role only: "
+        "start workers with a token whose line in the manager's token file has the worker role"));
   } else {
     try {
-      result = ToGrpcStatus(body(*tenant));
+      result = ToGrpcStatus(body(*caller));
     } catch (const std::exception& e) {
       result = ToGrpcStatus(Internal(std::string("unexpected error: ") + e.what()));
     }
@@ -136,7 +145,9 @@ grpc::Status ManagerService::Serve(Method method, const grpc::ServerContext* con
   return result;
 }
 
-Status ManagerService::CheckWorker(const std::string& tenant, int64_t worker_id) const {
+Status ManagerService::CheckWorker(const std::string& tenant, const std::string& instance,
+                                   int64_t worker_id) const {
+  KVPOOL_RETURN_IF_ERROR(core_->CheckInstance(instance));
   if (worker_id <= 0) {
     return InvalidArgument("worker_id " + std::to_string(worker_id) +
                            " is not valid; use the id RegisterWorker returned");
@@ -145,7 +156,8 @@ Status ManagerService::CheckWorker(const std::string& tenant, int64_t worker_id)
   const auto it = workers_.find(worker_id);
   if (it == workers_.end() || it->second.tenant != tenant) {
     return NotFound("unknown worker " + std::to_string(worker_id) +
-                    "; its lease may have expired: call RegisterWorker again");
+                    "; its lease may have expired: call RegisterWorker again")
+        .WithReason(reason::kWorkerNotRegistered);
   }
   return Status::Ok();
 }
@@ -171,7 +183,11 @@ std::vector<WorkerSnapshot> ManagerService::Workers() const {
 grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
                                             const v1::RegisterWorkerRequest* request,
                                             v1::RegisterWorkerResponse* response) {
-  return Serve(kRegisterWorker, context, [&](const std::string& tenant) -> Status {
+  return Serve(kRegisterWorker, context, [&](const Caller& caller) -> Status {
+    const std::string& tenant = caller.tenant;
+    KVPOOL_RETURN_IF_ERROR(
+        v1::CheckTextField(request->worker_name(), "worker_name", kMaxNameBytes));
+    KVPOOL_RETURN_IF_ERROR(v1::CheckTextField(request->model_name(), "model_name", kMaxNameBytes));
     if (!request->model_name().empty() && request->model_name() != pool_.model_name()) {
       return FailedPrecondition("worker serves model \"" + request->model_name() +
                                 "\" but this manager's pool holds \"" + pool_.model_name() +
@@ -193,6 +209,7 @@ grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
     response->set_lease_ttl_ms(lease.ttl.count());
     *response->mutable_pool() = pool_;
     response->set_max_tokens_per_call(core_->options().max_tokens_per_call);
+    response->set_manager_instance(core_->instance_id());
     return Status::Ok();
   });
 }
@@ -200,8 +217,9 @@ grpc::Status ManagerService::RegisterWorker(grpc::ServerContext* context,
 grpc::Status ManagerService::Heartbeat(grpc::ServerContext* context,
                                        const v1::HeartbeatRequest* request,
                                        v1::HeartbeatResponse* response) {
-  return Serve(kHeartbeat, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+  return Serve(kHeartbeat, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
     const Clock::time_point now = Clock::now();
     KVPOOL_RETURN_IF_ERROR(core_->Heartbeat(request->worker_id(), now));
     {
@@ -223,18 +241,24 @@ StatusOr<std::string> ManagerService::ClientTenant(const grpc::ServerContext* co
   const auto it = metadata.find(v1::kClientAuthorizationHeader);
   if (it == metadata.end()) return worker_tenant;
   std::string error;
-  const std::optional<std::string> client_tenant =
+  const std::optional<Caller> client =
       auth_->Authenticate(std::string(it->second.data(), it->second.size()), &error);
-  if (!client_tenant) return Unauthenticated("the client's token (" + error + ")");
-  return *client_tenant;
+  if (!client) return Unauthenticated("the client's token (" + error + ")");
+  if (!client->Has(kRoleClient)) {
+    return PermissionDenied(
+        "the client's token has the worker role only: a worker token cannot be used as a "
+        "client's credential; use a token whose line has the client role");
+  }
+  return client->tenant;
 }
 
 grpc::Status ManagerService::AuthenticateClient(grpc::ServerContext* context,
                                                 const v1::AuthenticateClientRequest* request,
                                                 v1::AuthenticateClientResponse* response) {
-  return Serve(kAuthenticateClient, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
-    KVPOOL_ASSIGN_OR_RETURN(const std::string client_tenant, ClientTenant(context, tenant));
+  return Serve(kAuthenticateClient, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
+    KVPOOL_ASSIGN_OR_RETURN(const std::string client_tenant, ClientTenant(context, caller.tenant));
     response->set_tenant(client_tenant);
     return Status::Ok();
   });
@@ -243,8 +267,9 @@ grpc::Status ManagerService::AuthenticateClient(grpc::ServerContext* context,
 grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
                                           const v1::OpenSequenceRequest* request,
                                           v1::OpenSequenceResponse* response) {
-  return Serve(kOpenSequence, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+  return Serve(kOpenSequence, context, [&](const Caller& caller) -> Status {
+    const std::string& tenant = caller.tenant;
+    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->manager_instance(), request->worker_id()));
     const CacheManagerOptions& options = core_->options();
     const int64_t prompt = request->token_ids_size();
     if (prompt == 0) {
@@ -295,8 +320,9 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
 
 grpc::Status ManagerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
                                   v1::StepResponse* response) {
-  return Serve(kStep, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+  return Serve(kStep, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
     if (request->items_size() > kMaxStepItems) {
       return InvalidArgument("a Step call carries at most " + std::to_string(kMaxStepItems) +
                              " items, got " + std::to_string(request->items_size()));
@@ -332,6 +358,7 @@ grpc::Status ManagerService::Step(grpc::ServerContext* context, const v1::StepRe
       }
       out->set_code(static_cast<int32_t>(status->code()));
       out->set_message(status->message());
+      out->set_reason(status->reason());
     }
     return Status::Ok();
   });
@@ -339,8 +366,9 @@ grpc::Status ManagerService::Step(grpc::ServerContext* context, const v1::StepRe
 
 grpc::Status ManagerService::Fork(grpc::ServerContext* context, const v1::ForkRequest* request,
                                   v1::ForkResponse* response) {
-  return Serve(kFork, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+  return Serve(kFork, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
     KVPOOL_RETURN_IF_ERROR(CheckSequenceId(request->sequence_id()));
     KVPOOL_ASSIGN_OR_RETURN(
         ForkResult result, core_->Fork(request->worker_id(), request->sequence_id(), Clock::now()));
@@ -355,8 +383,9 @@ grpc::Status ManagerService::Fork(grpc::ServerContext* context, const v1::ForkRe
 grpc::Status ManagerService::CloseSequence(grpc::ServerContext* context,
                                            const v1::CloseSequenceRequest* request,
                                            v1::CloseSequenceResponse*) {
-  return Serve(kCloseSequence, context, [&](const std::string& tenant) -> Status {
-    KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->worker_id()));
+  return Serve(kCloseSequence, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
     KVPOOL_RETURN_IF_ERROR(CheckSequenceId(request->sequence_id()));
     return core_->CloseSequence(request->worker_id(), request->sequence_id(), Clock::now());
   });
@@ -364,16 +393,27 @@ grpc::Status ManagerService::CloseSequence(grpc::ServerContext* context,
 
 grpc::Status ManagerService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*,
                                       v1::GetStatsResponse* response) {
-  return Serve(kGetStats, context, [&](const std::string&) -> Status {
+  return Serve(kGetStats, context, [&](const Caller& caller) -> Status {
     const ManagerStats s = core_->Stats();
+    const TenantStats* own = nullptr;
+    for (const TenantStats& t : s.tenants) {
+      if (t.tenant == caller.tenant) own = &t;
+    }
+    // A client sees the pool's occupancy and its own tenant's prefix counters only.
+    const bool operator_view = caller.Has(kRoleWorker);
     response->set_num_blocks(s.num_blocks);
     response->set_free_blocks(s.free_blocks);
     response->set_cached_blocks(s.cached_blocks);
     response->set_in_use_blocks(s.in_use_blocks);
     response->set_num_sequences(s.num_sequences);
     response->set_num_workers(s.num_workers);
-    response->set_prefix_queries_tokens(s.prefix_queries_tokens);
-    response->set_prefix_hits_tokens(s.prefix_hits_tokens);
+    response->set_prefix_queries_tokens(operator_view ? s.prefix_queries_tokens
+                                                      : (own ? own->prefix_queries_tokens : 0));
+    response->set_prefix_hits_tokens(operator_view ? s.prefix_hits_tokens
+                                                   : (own ? own->prefix_hits_tokens : 0));
+    response->set_tenant(caller.tenant);
+    response->set_tenant_blocks_in_use(own ? own->blocks_in_use : 0);
+    response->set_tenant_max_blocks(std::min(core_->TenantMaxBlocks(caller.tenant), s.num_blocks));
     response->set_evictions(s.evictions);
     response->set_expired_leases(s.expired_leases);
     response->set_bytes_reserved(s.bytes_reserved);
@@ -387,7 +427,7 @@ grpc::Status ManagerService::GetStats(grpc::ServerContext* context, const v1::Ge
 grpc::Status ManagerService::CheckInvariants(grpc::ServerContext* context,
                                              const v1::CheckInvariantsRequest*,
                                              v1::CheckInvariantsResponse* response) {
-  return Serve(kCheckInvariants, context, [&](const std::string&) -> Status {
+  return Serve(kCheckInvariants, context, [&](const Caller&) -> Status {
     const Status status = core_->CheckInvariants();
     response->set_ok(status.ok());
     response->set_violation(status.message());

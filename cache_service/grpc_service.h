@@ -1,7 +1,9 @@
 // ManagerService: the kvpool.v1.CacheManager gRPC service (synchronous API) over a
 // CacheManager. It owns the request-shape checks (every bad input gets a code and a
-// message a person can act on, never a crash), authentication (the tenant comes from
-// the bearer token via Authenticator, never from the request), the table of live
+// message a person can act on, never a crash; every input has a bound, the kMax*
+// constants of grpc_service.cc), authentication and roles (the tenant and roles come
+// from the bearer token via Authenticator, never from the request; only `worker`
+// tokens make worker calls), the manager-instance check on every worker call, the table of live
 // workers (tenant, which keeps one tenant from using another's worker id; name; the
 // load each last reported, for the dashboard), RPC latency metrics, and
 // the one mapping from kvpool::Status to grpc::Status. It holds no cache state of its
@@ -23,9 +25,6 @@
 #include "kvpool/v1/manager.grpc.pb.h"
 
 namespace kvpool::manager {
-
-// The one place a kvpool::Status becomes a grpc::Status (codes mirror gRPC's).
-grpc::Status ToGrpcStatus(const Status& status);
 
 // A live worker as the manager knows it, for the dashboard.
 struct WorkerSnapshot {
@@ -93,14 +92,20 @@ class ManagerService final : public v1::CacheManager::Service {
  private:
   // Authenticates, runs `body` with the caller's tenant, records latency, maps errors;
   // an exception from `body` becomes INTERNAL rather than a crash.
+  // Worker calls (every method but GetStats and CheckInvariants) need the `worker` role:
+  // PERMISSION_DENIED otherwise.
   grpc::Status Serve(Method method, const grpc::ServerContext* context,
-                     const std::function<Status(const std::string& tenant)>& body);
+                     const std::function<Status(const Caller& caller)>& body);
   // The tenant of the end client whose token a worker forwarded in `context`, or
-  // `worker_tenant` when none was forwarded; UNAUTHENTICATED for a bad token.
+  // `worker_tenant` when none was forwarded; UNAUTHENTICATED for a bad token,
+  // PERMISSION_DENIED for a token without the `client` role.
   StatusOr<std::string> ClientTenant(const grpc::ServerContext* context,
                                      const std::string& worker_tenant) const;
-  // INVALID_ARGUMENT for a non-positive id; NOT_FOUND unless `tenant` registered it.
-  Status CheckWorker(const std::string& tenant, int64_t worker_id) const;
+  // FAILED_PRECONDITION (MANAGER_RESTARTED) unless `instance` is this manager's;
+  // INVALID_ARGUMENT for a non-positive id; NOT_FOUND (WORKER_NOT_REGISTERED) unless
+  // `tenant` registered it with this instance.
+  Status CheckWorker(const std::string& tenant, const std::string& instance,
+                     int64_t worker_id) const;
 
   CacheManager* core_;
   const v1::PoolDescriptor pool_;

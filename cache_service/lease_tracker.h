@@ -1,5 +1,5 @@
 // LeaseTracker: the registered workers and when each was last heard from. It owns
-// worker ids (from 1, never reused) and the expiry rule (silent for longer than the
+// worker ids (from first_id, +1 each, never reused) and the expiry rule (silent for longer than the
 // TTL). It never reads a clock (`now` is passed in, so tests control time) and never
 // frees sequences: the cache manager does that for the workers it reports expired.
 #pragma once
@@ -15,7 +15,7 @@ namespace kvpool::manager {
 
 class LeaseTracker {
  public:
-  explicit LeaseTracker(std::chrono::milliseconds ttl) : ttl_(ttl) {}
+  LeaseTracker(std::chrono::milliseconds ttl, WorkerId first_id) : ttl_(ttl), next_id_(first_id) {}
 
   std::chrono::milliseconds ttl() const { return ttl_; }
   WorkerId Register(Clock::time_point now);
@@ -28,7 +28,7 @@ class LeaseTracker {
 
  private:
   std::chrono::milliseconds ttl_;
-  WorkerId next_id_ = 1;
+  WorkerId next_id_;
   std::unordered_map<WorkerId, Clock::time_point> last_seen_;
 };
 

@@ -14,8 +14,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <memory>
 
@@ -47,11 +47,18 @@ struct Flags {
   int64_t max_sequences_per_worker = 4096;
   int64_t max_context_tokens = 1 << 20;
   std::string auth_token_file;
+  std::string tenant_max_blocks = "100%";
   std::string backend = "shm";
   int cuda_device = 0;
   std::string chart_js = kDefaultChartJsPath;
   TlsFiles tls;  // the server's certificate; with a client CA (--tls-client-ca), mTLS
 };
+
+// Workers heartbeat every TTL/4 (at least 20 ms apart) and the manager sweeps leases
+// every TTL/4, over gRPC calls that take milliseconds on a busy node: below this TTL a
+// scheduling hiccup of a loaded machine would expire a live worker, which then loses
+// every sequence in flight and never serves a request.
+constexpr int64_t kMinLeaseTtlMs = 500;
 
 int Fail(const std::string& message) {
   std::cerr << "kvpool-manager: " << message << "\n";
@@ -127,7 +134,8 @@ int Run(int argc, char** argv) {
   app.add_option("--http", flags.http,
                  "HTTP address for the dashboard (/), /metrics, /healthz and /api/stats")
       ->capture_default_str();
-  app.add_option("--chart-js", flags.chart_js, "Chart.js for the dashboard (Debian: libjs-chart.js)")
+  app.add_option("--chart-js", flags.chart_js,
+                 "Chart.js for the dashboard (Debian: libjs-chart.js)")
       ->capture_default_str();
   app.add_option("--model", flags.model,
                  "built-in geometry: gpt2, gpt2-medium, "
@@ -151,11 +159,17 @@ int Run(int argc, char** argv) {
   app.add_option("--max-context-tokens", flags.max_context_tokens,
                  "limit on prompt + max_tokens of one sequence")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  app.add_option("--lease-ttl-ms", flags.lease_ttl_ms, "worker lease TTL in milliseconds")
-      ->capture_default_str()
-      ->check(CLI::Range(int64_t{10}, int64_t{86400000}));
+  app.add_option(
+         "--lease-ttl-ms", flags.lease_ttl_ms,
+         "worker lease TTL in milliseconds (" + std::to_string(kMinLeaseTtlMs) + " .. 86400000)")
+      ->capture_default_str();
   app.add_option("--auth-token-file", flags.auth_token_file,
-                 "lines \"TOKEN TENANT\"; every call then needs authorization: Bearer TOKEN");
+                 "lines \"TOKEN TENANT [worker|client|worker,client] [max_blocks=N|P%]\"; every "
+                 "call then needs authorization: Bearer TOKEN");
+  app.add_option("--tenant-max-blocks", flags.tenant_max_blocks,
+                 "each tenant's cap on blocks its sequences hold in use: a count (128) or a "
+                 "share of the pool (25%); the token file's max_blocks= overrides it per tenant")
+      ->capture_default_str();
   app.add_option("--cuda-device", flags.cuda_device, "--backend cuda: the device ordinal")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", flags.backend, "pool memory: shm, or cuda (device memory + IPC)")
@@ -167,6 +181,17 @@ int Run(int argc, char** argv) {
                  "PEM CA bundle: require client certificates signed by it (mTLS)");
   CLI11_PARSE(app, argc, argv);
   flags.num_blocks_given = num_blocks->count() > 0;
+  if (flags.lease_ttl_ms < kMinLeaseTtlMs || flags.lease_ttl_ms > 86400000) {
+    return FailUsage(InvalidArgument("--lease-ttl-ms " + std::to_string(flags.lease_ttl_ms) +
+                                     " is outside [" + std::to_string(kMinLeaseTtlMs) +
+                                     ", 86400000]: workers heartbeat every TTL/4, and a "
+                                     "TTL under " +
+                                     std::to_string(kMinLeaseTtlMs) +
+                                     " ms expires live workers whenever the node is busy"));
+  }
+  StatusOr<BlockQuota> default_quota =
+      ParseBlockQuota(flags.tenant_max_blocks, "--tenant-max-blocks");
+  if (!default_quota.ok()) return FailUsage(default_quota.status());
 
   StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = TlsServerCredentials(flags.tls);
   if (!credentials.ok()) return FailUsage(credentials.status());
@@ -178,6 +203,12 @@ int Run(int argc, char** argv) {
     StatusOr<Authenticator> loaded = Authenticator::FromTokenFile(flags.auth_token_file);
     if (!loaded.ok()) return Fail(loaded.status().message());
     auth = std::move(loaded).value();
+    if (auth.legacy_lines() > 0) {
+      std::cerr << "kvpool-manager: " << auth.legacy_lines() << " line(s) of "
+                << flags.auth_token_file
+                << " name no role (\"TOKEN TENANT\"): those tokens may act as workers and as "
+                   "clients; add \"worker\" or \"client\" to each line\n";
+    }
   }
   PoolBackend backend;
   if (flags.backend == "shm") {
@@ -200,6 +231,10 @@ int Run(int argc, char** argv) {
   options.max_tokens_per_call = flags.max_tokens_per_call;
   options.max_sequences_per_worker = flags.max_sequences_per_worker;
   options.max_context_tokens = flags.max_context_tokens;
+  options.tenant_max_blocks = default_quota->Resolve(geometry->num_blocks);
+  for (const auto& [tenant, quota] : auth.quotas()) {
+    options.tenant_max_blocks_override[tenant] = quota.Resolve(geometry->num_blocks);
+  }
   CacheManager core(options);
   ServiceMetrics metrics(ManagerService::MethodNames());
   ManagerService service(&core, DescribePool(*pool, *geometry, flags.model), &auth, &metrics);
@@ -223,17 +258,21 @@ int Run(int argc, char** argv) {
     std::cerr << "kvpool-manager: no Chart.js at " << flags.chart_js
               << ": the dashboard shows numbers without charts (install libjs-chart.js)\n";
   }
-  const Dashboard dashboard(&core, &service, DescribePool(*pool, *geometry, flags.model),
+  const Dashboard dashboard(&core, &service, &auth, DescribePool(*pool, *geometry, flags.model),
                             std::move(chart_js));
 
+  // /metrics and /healthz are operator-facing and unauthenticated (Prometheus and
+  // Kubernetes probes): keep --http on loopback or a cluster-internal address.
   boost::asio::io_context io;
-  HttpServer http(io, "kvpool-manager", [&](const std::string& target) -> HttpResponse {
-    if (std::optional<HttpResponse> page = dashboard.Serve(target)) return *std::move(page);
+  HttpServer http(io, "kvpool-manager", [&](const HttpRequest& request) -> HttpResponse {
+    const std::string& target = request.target;
+    if (std::optional<HttpResponse> page = dashboard.Serve(request)) return *std::move(page);
     if (target == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
     }
     if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    return {404, "text/plain; charset=utf-8", "not found: try /, /metrics, /healthz or /api/stats\n"};
+    return {404, "text/plain; charset=utf-8",
+            "not found: try /, /metrics, /healthz or /api/stats\n"};
   });
   StatusOr<boost::asio::ip::tcp::endpoint> http_endpoint = http.Listen(flags.http);
   if (!http_endpoint.ok()) {
@@ -251,7 +290,7 @@ int Run(int argc, char** argv) {
             << " blocks of " << geometry->block_size << " tokens (" << pool->pool_bytes()
             << " bytes, " << KvDtypeName(geometry->dtype) << ") in " << pool->shm_name()
             << ", lease ttl " << flags.lease_ttl_ms << " ms, gRPC " << TlsServerMode(flags.tls)
-            << "\n";
+            << ", instance " << core.instance_id() << "\n";
 
   // Leases are checked four times per TTL, so a dead worker's blocks come back
   // within 1.25 TTL of its last heartbeat.

@@ -2,6 +2,23 @@
 #include "cache_service/metrics.h"
 
 namespace kvpool::manager {
+namespace {
+
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string LabelValue(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
 
 ServiceMetrics::ServiceMetrics(std::vector<std::string> methods) : methods_(std::move(methods)) {
   for (size_t i = 0; i < methods_.size(); ++i) {
@@ -44,6 +61,32 @@ std::string ServiceMetrics::Render(const ManagerStats& s) const {
        "Workers whose lease expired (their sequences were freed).", s.expired_leases},
   };
   for (const auto& m : samples) out.Metric(m.name, m.type, m.help, static_cast<double>(m.value));
+
+  // Per tenant (operator-facing, like all of /metrics).
+  const struct {
+    const char* name;
+    const char* type;
+    const char* help;
+    int64_t TenantStats::*field;
+  } per_tenant[] = {
+      {"kvpool_tenant_blocks_in_use", "gauge", "Blocks the tenant's sequences hold in use.",
+       &TenantStats::blocks_in_use},
+      {"kvpool_tenant_max_blocks", "gauge", "The tenant's block quota.", &TenantStats::max_blocks},
+      {"kvpool_tenant_prefix_cache_hits_tokens_total", "counter",
+       "The tenant's prompt tokens found in the prefix cache.", &TenantStats::prefix_hits_tokens},
+      {"kvpool_tenant_prefix_cache_queries_tokens_total", "counter",
+       "The tenant's prompt tokens looked up in the prefix cache.",
+       &TenantStats::prefix_queries_tokens},
+      {"kvpool_tenant_quota_rejections_total", "counter",
+       "Calls refused because the tenant held its whole quota.", &TenantStats::quota_rejections},
+  };
+  for (const auto& m : per_tenant) {
+    out.Header(m.name, m.type, m.help);
+    for (const TenantStats& t : s.tenants) {
+      out.Sample(m.name, "tenant=\"" + LabelValue(t.tenant) + "\"",
+                 static_cast<double>(t.*m.field));
+    }
+  }
 
   out.Header("kvpool_rpc_latency_seconds", "histogram",
              "Manager RPC handling time by method, seconds.");

@@ -12,6 +12,7 @@ const GIB = 1024 ** 3;
 const state = {
   history: [],  // one derived point per poll
   prev: null,   // the previous /api/stats answer
+  askedToken: false,  // the bearer token was asked for (once per page)
   charts: {},
   models: [],
   pool: null,
@@ -151,6 +152,17 @@ function renderLive(s, p) {
   push('chart-evictions', label, [p.evictions_per_s, p.preemptions_per_s]);
   push('chart-requests', label, [p.requests_running, p.requests_waiting]);
   push('chart-latency', label, [p.ttft_ms, p.itl_ms]);
+  const tenantBody = document.querySelector('#tenants tbody');
+  tenantBody.replaceChildren(...(s.tenants || []).map((t) => {
+    const row = document.createElement('tr');
+    [t.tenant, t.blocks_in_use, t.max_blocks, t.prefix_hits_tokens_total,
+     t.prefix_queries_tokens_total, t.quota_rejections_total].forEach((v) => {
+      const cell = document.createElement('td');
+      cell.textContent = String(v);
+      row.appendChild(cell);
+    });
+    return row;
+  }));
   const body = document.querySelector('#workers tbody');
   body.replaceChildren(...s.workers.map((w) => {
     const row = document.createElement('tr');
@@ -165,9 +177,24 @@ function renderLive(s, p) {
   }));
 }
 
+// With a token file the manager answers /api/stats only with a bearer token: asked
+// for once, kept for this tab's session.
+function authHeaders() {
+  const token = sessionStorage.getItem('kvpool-token');
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 async function poll() {
   try {
-    const response = await fetch('/api/stats', { cache: 'no-store' });
+    let response = await fetch('/api/stats', { cache: 'no-store', headers: authHeaders() });
+    if (response.status === 401 && !state.askedToken) {
+      state.askedToken = true;
+      const token = window.prompt('This manager needs a bearer token (its token file):');
+      if (token) {
+        sessionStorage.setItem('kvpool-token', token.trim());
+        response = await fetch('/api/stats', { cache: 'no-store', headers: authHeaders() });
+      }
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const s = await response.json();
     const point = derive(s, state.prev);

@@ -241,7 +241,7 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
   command->add_option("--threads", flags->threads, "CPU threads per worker")
       ->check(CLI::PositiveNumber);
   command->add_option("--auth-token-file", flags->auth_token_file,
-                      "the manager's token file (lines \"TOKEN TENANT\")");
+                      "the manager's token file (lines \"TOKEN TENANT [ROLES] [max_blocks=]\")");
   command->add_option("--worker-token-file", flags->worker_token_file,
                       "the workers' bearer token for the manager (first line)");
   command->add_option("--lease-ttl-ms", flags->lease_ttl_ms, "worker lease TTL")

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <set>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -112,6 +113,82 @@ TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
   ASSERT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
   EXPECT_TRUE(stats.attached());
   EXPECT_EQ(stats.reattachments_total(), 1);
+  manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
+}
+
+v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker) {
+  auto stub = worker.NewStub();
+  grpc::ClientContext context;
+  v1::GetWorkerStatsResponse stats;
+  EXPECT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+  return stats;
+}
+
+// The race that once gave wrong tokens: a manager SIGKILLed and restarted on the same
+// port, and a new worker registered with the new instance before an idle worker's next
+// heartbeat. A restarted manager used to number workers from 1 again, so the idle
+// worker's heartbeat under its old id succeeded (the new worker had that id), it never
+// re-attached and kept writing K/V into the dead pool while the new manager published
+// the blocks as cached. Now every call names the manager instance: the idle workers
+// are told MANAGER_RESTARTED, register again, and every id is distinct.
+TEST(FailureTest, RestartedManagerNeverLetsTwoWorkersShareAnId) {
+  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  // Heartbeats every TTL/4 = 7.5 s: the restart and the third worker's registration fit
+  // between two heartbeats of the idle workers (most of the time on the old code).
+  const std::vector<std::string> manager_argv = {
+      KVPOOL_MANAGER_BIN, "--listen", address,          "--model", "tiny-gpt2",
+      "--num-blocks",     "128",      "--lease-ttl-ms", "30000"};
+  auto manager = std::make_unique<Subprocess>(manager_argv);
+  ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
+  const std::vector<std::string> worker_args = {"--model", "tiny-gpt2", "--threads", "1"};
+  WorkerProcess first(address, worker_args), second(address, worker_args);
+  ASSERT_FALSE(first.address().empty());
+  ASSERT_FALSE(second.address().empty());
+  const v1::GenerateRequest request = GreedyRequest(RandomTokens(48, 61), 16, v1::KV_MODE_PAGED);
+  auto first_stub = first.NewStub();
+  const GenerateOutcome fresh = Generate(*first_stub, request);
+  ASSERT_TRUE(fresh.status.ok()) << fresh.status.error_message();
+
+  manager->SignalAndWait(SIGKILL, std::chrono::seconds(10));
+  manager = std::make_unique<Subprocess>(manager_argv);
+  ASSERT_TRUE(manager->ReadLine(std::chrono::seconds(10)).has_value());
+  WorkerProcess third(address, worker_args);
+  ASSERT_FALSE(third.address().empty());
+
+  // The idle workers find out at their next heartbeat and attach to the new instance.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return WorkerStats(first).reattachments_total() == 1 &&
+               WorkerStats(second).reattachments_total() == 1;
+      },
+      std::chrono::seconds(25)))
+      << "reattachments: " << WorkerStats(first).reattachments_total() << ", "
+      << WorkerStats(second).reattachments_total();
+  std::set<int64_t> ids;
+  for (WorkerProcess* worker : {&first, &second, &third}) {
+    const v1::GetWorkerStatsResponse stats = WorkerStats(*worker);
+    EXPECT_TRUE(stats.attached());
+    ids.insert(stats.worker_id());
+  }
+  EXPECT_EQ(ids.size(), 3u) << "two workers share an id";
+  // Every worker serves the prompt as a fresh single-worker run did (the first one
+  // from the new pool's prefix cache, the others too once it is cached).
+  for (WorkerProcess* worker : {&third, &first, &second}) {
+    auto stub = worker->NewStub();
+    GenerateOutcome out;
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          out = Generate(*stub, request);
+          return out.status.ok();
+        },
+        std::chrono::seconds(10)))
+        << out.status.error_message();
+    EXPECT_EQ(out.tokens, fresh.tokens);
+  }
+  auto manager_stub =
+      v1::CacheManager::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  std::string violation;
+  EXPECT_TRUE(ManagerInvariantsHold(*manager_stub, &violation)) << violation;
   manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
 }
 

@@ -8,6 +8,7 @@ if(TARGET kvpool-manager)
     SOURCES
       ${CMAKE_CURRENT_LIST_DIR}/service/manager_process.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_errors_test.cc
+      ${CMAKE_CURRENT_LIST_DIR}/service/service_security_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_load_test.cc
       ${CMAKE_CURRENT_LIST_DIR}/service/service_lifecycle_test.cc
     LIBS kvpool_proto kvpool_health_proto nlohmann_json::nlohmann_json

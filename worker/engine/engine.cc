@@ -224,6 +224,11 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
     seq.rng.seed(request.sampling.seed);
   }
   seq.text = request.generated_text;
+  if (!request.stop.empty()) {
+    seq.stop_matcher = std::make_shared<const StopMatcher>(request.stop);
+    // A resumed sequence continues from the text it had generated.
+    seq.stop_matcher->Feed(seq.stop_state, seq.text);
+  }
   seq.request = std::move(request);
   const int64_t prompt_len = seq.prompt_len();
   if (options_.external_blocks && seq.request.mode != KvMode::kNone) {
@@ -320,6 +325,7 @@ StatusOr<SequenceId> Engine::Fork(SequenceId parent_id, std::vector<int32_t> blo
     child.num_kv_tokens = parent.num_kv_tokens;
   }
   child.text.clear();
+  child.stop_state = StopMatcher::kStart;
   SampleNext(child, parent.last_logits);
   const SequenceId id = next_id_++;
   sequences_.emplace(id, std::move(child));
@@ -418,13 +424,14 @@ void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
   const int32_t token =
       SampleToken(logits_row.data_ptr<float>(), c.vocab_size, seq.request.sampling, seq.rng);
   seq.tokens.push_back(token);
-  if (!seq.request.stop.empty()) {
-    seq.text += tokenizer_->TokenText(token);
-    for (const std::string& stop : seq.request.stop) {
-      if (!stop.empty() && seq.text.find(stop) != std::string::npos) {
-        seq.finish = FinishReason::kStop;
-        return;
-      }
+  if (seq.stop_matcher) {
+    // Only the new token's bytes are matched: the cost per token does not grow with
+    // the number of stop strings or the text so far.
+    const std::string piece = tokenizer_->TokenText(token);
+    seq.text += piece;
+    if (seq.stop_matcher->Feed(seq.stop_state, piece)) {
+      seq.finish = FinishReason::kStop;
+      return;
     }
   }
   if (!seq.request.ignore_eos && token == c.eos_token_id) {

@@ -26,6 +26,7 @@
 #include "engine/kv_pool.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
+#include "engine/stop_matcher.h"
 #include "kvpool/v1/status.h"
 
 namespace kvpool {
@@ -102,6 +103,9 @@ struct Sequence {
   FinishReason finish = FinishReason::kRunning;
   at::Tensor last_logits;  // [vocab], from the latest forward
   std::string text;        // generated text, kept when stop strings are set
+  // Stop strings as an automaton (null without stops) and where this sequence is in it.
+  std::shared_ptr<const StopMatcher> stop_matcher;
+  StopMatcher::State stop_state = StopMatcher::kStart;
   std::mt19937_64 rng;
 
   int64_t prompt_len() const { return static_cast<int64_t>(request.prompt.size()); }

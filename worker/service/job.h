@@ -71,6 +71,7 @@ class Job {
   int64_t cached_tokens = 0;
   int64_t completion_tokens = 0;
   bool admitted = false;
+  std::string tenant;  // the client's, as the manager authenticated it at intake
   Clock::time_point admitted_at, first_token_at, last_token_at;
   double gap_sum_s = 0;
   int64_t gaps = 0;

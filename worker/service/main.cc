@@ -172,7 +172,8 @@ int Run(int argc, char** argv) {
             << ", manager " << manager << (manager_tls.empty() ? "" : " over TLS") << "\n";
 
   boost::asio::io_context io;
-  HttpServer http(io, "kvpool-worker", [&](const std::string& target) -> HttpResponse {
+  HttpServer http(io, "kvpool-worker", [&](const HttpRequest& request) -> HttpResponse {
+    const std::string& target = request.target;
     if (target == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8",
               RenderWorkerMetrics(scheduler, link)};

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "engine/shm_pool.h"
+#include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/metadata.h"
 #ifdef KVPOOL_HAVE_CUDA_TORCH
 #include "cuda/cuda_pool.h"
@@ -26,11 +27,6 @@ StatusOr<KvDtype> FromProto(v1::KvDtype dtype) {
   }
 }
 
-Status FromGrpc(const grpc::Status& status, const std::string& what) {
-  if (status.ok()) return Status::Ok();
-  return Status(static_cast<StatusCode>(status.error_code()), what + ": " + status.error_message());
-}
-
 // The pool must hold this model's K/V: same layers, K/V heads and head size.
 Status CheckPoolFitsModel(const v1::PoolDescriptor& d, const ModelConfig& model) {
   if (d.num_layers() == model.num_layers && d.num_kv_heads() == model.num_kv_heads &&
@@ -47,6 +43,22 @@ Status CheckPoolFitsModel(const v1::PoolDescriptor& d, const ModelConfig& model)
 }
 
 }  // namespace
+
+bool IsLinkLoss(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+      return true;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::NOT_FOUND: {
+      const std::string reason = v1::ReasonOf(status);
+      return reason == reason::kManagerRestarted || reason == reason::kWorkerNotRegistered;
+    }
+    default:
+      return false;
+  }
+}
 
 ManagerLink::ManagerLink(ManagerLinkOptions options, ModelConfig model,
                          std::function<void()> on_change)
@@ -100,6 +112,24 @@ std::unique_ptr<grpc::ClientContext> ManagerLink::NewContext() const {
   return context;
 }
 
+StatusOr<std::string> ManagerLink::AuthenticateCaller(const std::string& authorization) const {
+  if (options_.token.empty()) return std::string("default");
+  const std::shared_ptr<const Attachment> attached = current();
+  if (!attached) {
+    return Unavailable("the worker is not attached to its cache manager (" + options_.address +
+                       "), which authenticates callers: retry shortly");
+  }
+  v1::AuthenticateClientRequest request;
+  request.set_worker_id(attached->worker_id);
+  request.set_manager_instance(attached->manager_instance);
+  v1::AuthenticateClientResponse response;
+  auto context = NewContext();
+  context->AddMetadata(v1::kClientAuthorizationHeader, authorization);
+  const grpc::Status status = stub_->AuthenticateClient(context.get(), request, &response);
+  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the caller");
+  return response.tenant();
+}
+
 void ManagerLink::ReportLost(int64_t epoch, const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -124,13 +154,19 @@ StatusOr<std::shared_ptr<Attachment>> ManagerLink::Register(int64_t epoch) {
   request.set_worker_name(options_.worker_name);
   v1::RegisterWorkerResponse response;
   auto context = NewContext();
-  KVPOOL_RETURN_IF_ERROR(
-      FromGrpc(stub_->RegisterWorker(context.get(), request, &response), "RegisterWorker"));
+  KVPOOL_RETURN_IF_ERROR(v1::FromGrpcStatus(
+      stub_->RegisterWorker(context.get(), request, &response), "RegisterWorker"));
+  if (response.manager_instance().empty()) {
+    return FailedPrecondition(
+        "the manager at " + options_.address +
+        " returned no manager_instance: it predates manager identity; upgrade it");
+  }
   const v1::PoolDescriptor& d = response.pool();
   KVPOOL_RETURN_IF_ERROR(CheckPoolFitsModel(d, model_));
   auto attachment = std::make_shared<Attachment>();
   attachment->epoch = epoch;
   attachment->worker_id = response.worker_id();
+  attachment->manager_instance = response.manager_instance();
   attachment->lease_ttl = std::chrono::milliseconds(response.lease_ttl_ms());
   attachment->max_tokens_per_call = response.max_tokens_per_call();
   attachment->descriptor = d;
@@ -204,7 +240,9 @@ void ManagerLink::Run() {
         continue;
       }
       const StatusCode code = attached.status().code();
-      if (code == StatusCode::kFailedPrecondition) {
+      // A pool that cannot hold the model, or a token without the worker role: no retry
+      // can fix either.
+      if (code == StatusCode::kFailedPrecondition || code == StatusCode::kPermissionDenied) {
         fatal_error_ = attached.status().message();
         lock.unlock();
         on_change_();
@@ -230,14 +268,12 @@ void ManagerLink::Run() {
     lock.unlock();
     v1::HeartbeatRequest request;
     request.set_worker_id(attached->worker_id);
+    request.set_manager_instance(attached->manager_instance);
     if (options_.report_load) options_.report_load(request.mutable_load());
     v1::HeartbeatResponse response;
     auto context = NewContext();
     const grpc::Status status = stub_->Heartbeat(context.get(), request, &response);
-    if (!status.ok() && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                         status.error_code() == grpc::StatusCode::NOT_FOUND ||
-                         status.error_code() == grpc::StatusCode::CANCELLED ||
-                         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
+    if (!status.ok() && IsLinkLoss(status)) {
       ReportLost(attached->epoch, "heartbeat: " + status.error_message());
     }
     lock.lock();

@@ -3,9 +3,12 @@
 // mapping of the manager's pool, and a thread that registers, heartbeats and, when the
 // manager goes away (a failed heartbeat, or the scheduler reporting a failed call),
 // registers again with backoff until a manager answers. Each registration is an
-// Attachment with a new epoch: sequences opened under an older epoch are gone (the old
-// manager's pool is unmapped once the scheduler drops its engine). The link never runs
-// the model and holds no sequence state.
+// Attachment with a new epoch and the manager instance that granted it; every call
+// names that instance, and a manager that is another instance (it restarted) answers
+// FAILED_PRECONDITION with reason MANAGER_RESTARTED, which IsLinkLoss recognises by
+// code and reason (never by message text). Sequences opened under an older epoch are
+// gone (the old manager's pool is unmapped once the scheduler drops its engine). The
+// link never runs the model and holds no sequence state.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -30,6 +33,7 @@ namespace kvpool::worker {
 struct Attachment {
   int64_t epoch = 0;  // 1 for the first registration, +1 for each later one
   int64_t worker_id = 0;
+  std::string manager_instance;  // the instance that registered us: sent in every call
   std::chrono::milliseconds lease_ttl{0};
   int64_t max_tokens_per_call = 0;  // the manager's cap on commits per Step (0: unknown)
   v1::PoolDescriptor descriptor;
@@ -52,6 +56,12 @@ struct ManagerLinkOptions {
   std::function<void(v1::WorkerLoad*)> report_load;
 };
 
+// A manager call failed in a way that ends the attachment: the manager is gone or
+// shutting down (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED: the worker never cancels
+// its own calls), it restarted (MANAGER_RESTARTED) or it forgot this worker
+// (WORKER_NOT_REGISTERED, a lease that ran out).
+bool IsLinkLoss(const grpc::Status& status);
+
 class ManagerLink {
  public:
   // `model` is what the pool must hold (layers, K/V heads, head dim); `on_change` runs
@@ -73,6 +83,11 @@ class ManagerLink {
   std::string fatal_error() const;
   // The attached pool cannot be used (the engine refused it): as fatal as a mismatch.
   void ReportFatal(const std::string& why);
+
+  // With auth on (this worker has a token), checks a caller's "authorization" value
+  // with the manager (AuthenticateClient) and returns its tenant; UNAVAILABLE while
+  // detached. Without a token everyone is "default". Any thread.
+  StatusOr<std::string> AuthenticateCaller(const std::string& authorization) const;
 
   v1::CacheManager::Stub& stub() { return *stub_; }
   // A context with this worker's credential and the call timeout.

@@ -10,8 +10,11 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 
+#include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/metadata.h"
+#include "service/fair_admission.h"
 #include "service/scheduler_internal.h"
 #include "service/utf8.h"
 #include "tokenizer/tokenizer.h"
@@ -138,6 +141,13 @@ void Scheduler::Run() {
         counters_.failed.fetch_add(1);
         continue;
       }
+      StatusOr<std::string> tenant = ResolveTenant(*job);
+      if (!tenant.ok()) {
+        job->End(tenant.status());
+        counters_.failed.fetch_add(1);
+        continue;
+      }
+      job->tenant = *std::move(tenant);
       job->samples_left = job->n;
       job->finish_reasons.assign(job->n, "");
       // Paged samples share the prompt through Fork; the other modes run n sequences.
@@ -191,6 +201,7 @@ void Scheduler::SyncAttachment() {
   }
   engine_.reset();
   attachment_ = current;
+  tenant_of_credential_.clear();  // another manager may map tokens differently
   SetServing(false);
   block_size_.store(0);
   num_blocks_.store(0);
@@ -235,17 +246,45 @@ void Scheduler::FailAll(const Status& status, bool close_at_manager) {
   UpdateUsage();
 }
 
-bool Scheduler::IsLinkLoss(const grpc::Status& status) const {
-  // CANCELLED: the worker never cancels its own manager calls; a manager shutting
-  // down cancels the calls in flight.
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-      status.error_code() == grpc::StatusCode::CANCELLED) {
-    return true;
+StatusOr<std::string> Scheduler::ResolveTenant(const Job& job) {
+  if (!attachment_) return Unavailable("the worker is not attached to a cache manager; retry");
+  const auto known = tenant_of_credential_.find(job.client_authorization);
+  if (known != tenant_of_credential_.end()) return known->second;
+  v1::AuthenticateClientRequest check;
+  check.set_worker_id(attachment_->worker_id);
+  check.set_manager_instance(attachment_->manager_instance);
+  v1::AuthenticateClientResponse checked;
+  auto context = link_->NewContext();
+  // Always sent: a client without a token is anonymous, never the worker's tenant.
+  context->AddMetadata(v1::kClientAuthorizationHeader, job.client_authorization);
+  counters_.manager_calls.fetch_add(1);
+  grpc::Status status;
+  {
+    const PhaseTimer timer(counters_, SchedulerPhase::kManager);
+    status = link_->stub().AuthenticateClient(context.get(), check, &checked);
   }
-  // The manager forgot this worker (its lease ran out, or it restarted).
-  return status.error_code() == grpc::StatusCode::NOT_FOUND &&
-         status.error_message().find("egister") != std::string::npos;
+  if (!status.ok()) {
+    if (IsLinkLoss(status)) {
+      LinkLost("AuthenticateClient: " + status.error_message());
+      return Unavailable("the worker lost its cache manager; retry");
+    }
+    return v1::FromGrpcStatus(status, "the cache manager refused the client");
+  }
+  // Credentials are few (a token file's); a flood of bad ones never gets here.
+  constexpr size_t kMaxCachedCredentials = 4096;
+  if (tenant_of_credential_.size() >= kMaxCachedCredentials) tenant_of_credential_.clear();
+  tenant_of_credential_.emplace(job.client_authorization, checked.tenant());
+  return checked.tenant();
+}
+
+Scheduler::Seq* Scheduler::NewestRunning(const std::string* tenant) const {
+  Seq* newest = nullptr;
+  for (Seq* s : running_) {
+    if (s->dead || s->manager_id == 0) continue;
+    if (tenant != nullptr && s->job->tenant != *tenant) continue;
+    if (newest == nullptr || s->order > newest->order) newest = s;
+  }
+  return newest;
 }
 
 void Scheduler::LinkLost(const std::string& why) {
@@ -293,12 +332,20 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
   const int32_t block_size = engine_->geometry().block_size;
   const int64_t num_blocks = engine_->geometry().num_blocks;
   int64_t prefill_tokens = 0;
+  std::set<std::string> at_quota;  // tenants the manager refused for their quota
+  std::vector<const std::string*> waiting_tenants;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
-    Seq& seq = *waiting_.front();
-    if (seq.dead) {
-      waiting_.pop_front();
-      continue;
-    }
+    waiting_.erase(
+        std::remove_if(waiting_.begin(), waiting_.end(), [](const Seq* s) { return s->dead; }),
+        waiting_.end());
+    waiting_tenants.clear();
+    for (const Seq* s : waiting_) waiting_tenants.push_back(&s->job->tenant);
+    const size_t next = NextToAdmit(waiting_tenants, last_admitted_, at_quota);
+    if (next >= waiting_.size()) break;
+    const auto at = waiting_.begin() + static_cast<std::ptrdiff_t>(next);
+    Seq& seq = **at;
+    // Takes `seq` off the waiting queue (before anything that can change the queue).
+    auto take = [&] { waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &seq)); };
     const std::shared_ptr<Job>& job = seq.job;
     GenerationRequest request = job->request;
     request.prompt.insert(request.prompt.end(), seq.generated.begin(), seq.generated.end());
@@ -316,7 +363,7 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
           static_cast<int64_t>(job->request.prompt.size()) + job->request.max_tokens;
       const int64_t need = CeilDiv(total, block_size);
       if (need > num_blocks) {
-        waiting_.pop_front();
+        take();
         FailJob(job, ResourceExhausted(
                          "the request needs " + std::to_string(need) + " KV blocks of " +
                          std::to_string(block_size) + " tokens (prompt " +
@@ -328,6 +375,7 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       }
       v1::OpenSequenceRequest open;
       open.set_worker_id(attachment_->worker_id);
+      open.set_manager_instance(attachment_->manager_instance);
       open.mutable_token_ids()->Add(request.prompt.begin(), request.prompt.end());
       open.set_mode(ToProto(request.mode));
       open.set_max_tokens(request.max_tokens);
@@ -348,11 +396,15 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
         }
         if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
           // Ask again when a sequence has left (or shortly, if none runs here).
-          retry_soon_ = running_.empty();
+          retry_soon_ = retry_soon_ || running_.empty();
+          if (v1::ReasonOf(status) == reason::kTenantQuotaExceeded) {
+            at_quota.insert(job->tenant);  // its own sequences must leave; others go on
+            continue;
+          }
           admission_paused_ = true;
           break;
         }
-        waiting_.pop_front();
+        take();
         FailJob(job, FromGrpc(status, "the cache manager refused the sequence"));
         continue;
       }
@@ -365,33 +417,11 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
       if (opened.allocatable_blocks() < options_.headroom_blocks * running) {
         stop_after_this = true;
       }
-    } else if (!job->admitted) {
-      // No blocks, but the same client check as OpenSequence, so that mode none is no
-      // way around the manager's auth.
-      v1::AuthenticateClientRequest check;
-      check.set_worker_id(attachment_->worker_id);
-      v1::AuthenticateClientResponse checked;
-      auto context = link_->NewContext();
-      context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
-      counters_.manager_calls.fetch_add(1);
-      grpc::Status status;
-      {
-        const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-        status = link_->stub().AuthenticateClient(context.get(), check, &checked);
-      }
-      if (!status.ok()) {
-        if (IsLinkLoss(status)) {
-          LinkLost("AuthenticateClient: " + status.error_message());
-          return {};
-        }
-        waiting_.pop_front();
-        FailJob(job, FromGrpc(status, "the cache manager refused the client"));
-        continue;
-      }
     }
+    // (Mode none holds no blocks; its client was authenticated at intake.)
     const int64_t cached = request.cached_tokens;
     StatusOr<SequenceId> id = engine_->AddSequence(std::move(request));
-    waiting_.pop_front();
+    take();
     seq.manager_id = manager_id;
     if (!id.ok()) {
       FailJob(job, id.status());
@@ -408,6 +438,7 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
     counters_.swapped_tokens.fetch_add(have - cached);
     DropSwap(seq);
     seq.order = next_order_++;
+    last_admitted_[job->tenant] = seq.order;
     if (!job->admitted) {
       job->admitted = true;
       job->admitted_at = Clock::now();

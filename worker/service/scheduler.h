@@ -8,7 +8,10 @@
 // RESOURCE_EXHAUSTED the newest sequence is preempted: its K/V is copied to swap space
 // (or, without room there, dropped and recomputed), its blocks go back, and it resumes
 // later from its prompt plus what it generated (its sampler state carries over);
-// admission pauses until a sequence leaves, so nothing thrashes or deadlocks. Paged
+// admission pauses until a sequence leaves, so nothing thrashes or deadlocks. Tenants
+// take turns at admission (fair_admission.h); a tenant at its block quota (the
+// manager's TENANT_QUOTA_EXCEEDED) has its own newest sequence preempted, or waits,
+// while the other tenants go on. Paged
 // jobs with n > 1 fork after the prefill and share the prompt's blocks. `none` never
 // touches the pool. Losing the manager fails the jobs in flight with UNAVAILABLE; a new
 // attachment gets a fresh engine.
@@ -21,7 +24,9 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/engine.h"
@@ -123,9 +128,12 @@ class Scheduler {
   void RemoveDeadSeqs();
   void TrackJobPeaks();  // each job's peak KV bytes, after a forward
   void UpdateUsage();    // the worker's counters
-  // A failed manager call: UNAVAILABLE / this worker unknown drop the attachment.
-  bool IsLinkLoss(const grpc::Status& status) const;
   void LinkLost(const std::string& why);
+  // The tenant of the job's client (AuthenticateClient, cached per credential for the
+  // attachment), which also authenticates every mode, none included, at intake.
+  StatusOr<std::string> ResolveTenant(const Job& job);
+  // The newest running sequence of `tenant` (any tenant when empty), or null.
+  Seq* NewestRunning(const std::string* tenant) const;
   void SetServing(bool serving);
 
   const SchedulerOptions options_;
@@ -156,6 +164,10 @@ class Scheduler {
   bool retry_soon_ = false;        // the pool was full at admission: poll again shortly
   int64_t swap_bytes_ = 0;         // swap space the waiting preempted sequences hold
   std::vector<int64_t> unclosed_;  // manager sequences a CloseSequence did not reach
+  // Client credential -> tenant, for the current attachment (bounded: cleared when full).
+  std::unordered_map<std::string, std::string> tenant_of_credential_;
+  // Each tenant's latest admission (next_order_ then), for fair admission.
+  std::unordered_map<std::string, int64_t> last_admitted_;
   std::thread thread_;
 };
 

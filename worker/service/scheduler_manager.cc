@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <iostream>
 
+#include "kvpool/v1/grpc_status.h"
 #include "service/scheduler.h"
 #include "service/scheduler_internal.h"
 
@@ -26,6 +27,7 @@ constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
 grpc::Status Scheduler::CloseAtManager(int64_t sequence_id) {
   v1::CloseSequenceRequest request;
   request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
   request.set_sequence_id(sequence_id);
   v1::CloseSequenceResponse response;
   auto context = link_->NewContext();
@@ -74,6 +76,7 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
   if (parent.committed < p.num_kv_tokens) {
     v1::StepRequest request;
     request.set_worker_id(attachment_->worker_id);
+    request.set_manager_instance(attachment_->manager_instance);
     v1::StepItem* item = request.add_items();
     item->set_sequence_id(parent.manager_id);
     item->set_num_tokens(p.num_kv_tokens);
@@ -98,6 +101,7 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
     child->seed = SampleSeed(parent.job->request.sampling.seed, i);
     v1::ForkRequest request;
     request.set_worker_id(attachment_->worker_id);
+    request.set_manager_instance(attachment_->manager_instance);
     request.set_sequence_id(parent.manager_id);
     v1::ForkResponse forked;
     auto context = link_->NewContext();
@@ -142,6 +146,7 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
   for (;;) {
     v1::StepRequest request;
     request.set_worker_id(attachment_->worker_id);
+    request.set_manager_instance(attachment_->manager_instance);
     std::vector<Seq*> asked;
     std::vector<int64_t> commit_to;
     // Commits are lazy and may wait: a call carries no more than the manager takes per
@@ -179,6 +184,7 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
       break;
     }
     bool exhausted = false;
+    const std::string* quota_tenant = nullptr;  // a tenant at its quota: preempt its own
     for (size_t i = 0; i < asked.size() && i < static_cast<size_t>(response.results_size()); ++i) {
       const v1::StepItemResult& result = response.results(static_cast<int>(i));
       Seq& s = *asked[i];
@@ -190,17 +196,17 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
         s.committed = commit_to[i];
       } else if (result.code() == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED)) {
         exhausted = true;
+        if (result.reason() == reason::kTenantQuotaExceeded && quota_tenant == nullptr) {
+          quota_tenant = &s.job->tenant;
+        }
       } else {
         FailJob(s.job, Status(static_cast<StatusCode>(result.code()), result.message()));
       }
     }
     if (!exhausted) continue;  // commits left over the budget go in the next call
-    Seq* victim = nullptr;
-    for (Seq* s : running_) {
-      if (!s->dead && s->manager_id != 0 && (victim == nullptr || s->order > victim->order)) {
-        victim = s;
-      }
-    }
+    // The pool is full: the newest sequence goes. A tenant at its quota: its own
+    // newest one, never another tenant's.
+    Seq* victim = NewestRunning(quota_tenant);
     if (victim == nullptr) break;
     Preempt(*victim);
     seqs.erase(std::remove(seqs.begin(), seqs.end(), victim), seqs.end());
@@ -262,6 +268,7 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
     more = false;
     v1::StepRequest request;
     request.set_worker_id(attachment_->worker_id);
+    request.set_manager_instance(attachment_->manager_instance);
     std::vector<std::pair<Seq*, int64_t>> committing;
     int64_t commit_budget = CommitBudget();
     for (Seq* s : seqs) {

@@ -5,18 +5,21 @@
 #include <fstream>
 #include <sstream>
 
+#include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/metadata.h"
+#include "kvpool/v1/text_field.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool::worker {
 namespace {
 
-constexpr int32_t kMaxSamples = 64;
+using v1::ToGrpcStatus;
 
-grpc::Status ToGrpc(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
+// The bounds of a GenerateRequest (listed in docs/design.md and worker.proto).
+constexpr int32_t kMaxSamples = 64;
+constexpr size_t kMaxPromptBytes = size_t{1} << 20;
+constexpr int kMaxStopStrings = 32;
+constexpr size_t kMaxStopBytes = 256;
 
 std::string Num(double value) {
   std::ostringstream out;
@@ -74,6 +77,22 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   if (!r.prompt().empty() && r.token_ids_size() > 0) {
     return InvalidArgument("give prompt or token_ids, not both");
   }
+  KVPOOL_RETURN_IF_ERROR(v1::CheckTextField(r.prompt(), "prompt", kMaxPromptBytes));
+  if (r.token_ids_size() >= config.max_position) {
+    return InvalidArgument("prompt has " + std::to_string(r.token_ids_size()) +
+                           " tokens (token_ids); model '" + config.name + "' has a context of " +
+                           std::to_string(config.max_position) +
+                           " and needs room for at least one new token");
+  }
+  if (r.stop_size() > kMaxStopStrings) {
+    return InvalidArgument("stop has " + std::to_string(r.stop_size()) +
+                           " strings, over the limit of " + std::to_string(kMaxStopStrings));
+  }
+  for (int i = 0; i < r.stop_size(); ++i) {
+    const std::string field = "stop[" + std::to_string(i) + "]";
+    KVPOOL_RETURN_IF_ERROR(v1::CheckTextField(r.stop(i), field, kMaxStopBytes));
+    if (r.stop(i).empty()) return InvalidArgument(field + " is empty");
+  }
   if (!r.prompt().empty()) {
     if (tokenizer == nullptr) {
       return InvalidArgument("prompt: this worker's model has no tokenizer; send token_ids");
@@ -130,10 +149,7 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
                            "] (0 means 1), got " + std::to_string(r.n()));
   }
   job->n = r.n() == 0 ? 1 : r.n();
-  for (int i = 0; i < r.stop_size(); ++i) {
-    if (r.stop(i).empty()) return InvalidArgument("stop[" + std::to_string(i) + "] is empty");
-    g.stop.push_back(r.stop(i));
-  }
+  g.stop.assign(r.stop().begin(), r.stop().end());
   if (!g.stop.empty() && tokenizer == nullptr) {
     return InvalidArgument("stop: stop strings need a tokenizer and this worker's model has none");
   }
@@ -154,7 +170,7 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
   thread_local std::mt19937_64 seeds{std::random_device{}()};
   StatusOr<std::shared_ptr<Job>> made =
       JobFromRequest(*request, scheduler_->config(), tokenizer_.get(), seeds());
-  if (!made.ok()) return ToGrpc(made.status());
+  if (!made.ok()) return ToGrpcStatus(made.status());
   if (!scheduler_->serving()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the worker is not attached to a cache manager (" + link_->address() +
@@ -178,7 +194,7 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
     }
-    if (done) return ToGrpc(outcome);
+    if (done) return ToGrpcStatus(outcome);
     if (context->IsCancelled()) {
       job->Cancel();
       scheduler_->Wake();
@@ -214,8 +230,17 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetMode
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
+grpc::Status WorkerService::GetStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
                                      v1::GetWorkerStatsResponse* response) {
+  // With auth on, only a caller the manager knows may read the worker's counters.
+  std::string authorization;
+  const auto& metadata = context->client_metadata();
+  if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
+    authorization.assign(it->second.data(), it->second.size());
+  }
+  if (StatusOr<std::string> tenant = link_->AuthenticateCaller(authorization); !tenant.ok()) {
+    return ToGrpcStatus(tenant.status());
+  }
   const std::shared_ptr<const Attachment> attachment = link_->current();
   const WorkerCounters& c = scheduler_->counters();
   response->set_attached(attachment != nullptr && scheduler_->serving());

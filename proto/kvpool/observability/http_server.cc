@@ -35,9 +35,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (request_.method() != http::verb::get && request_.method() != http::verb::head) {
       answer = {405, "text/plain; charset=utf-8", "only GET\n"};
     } else {
-      std::string target(request_.target());
-      target = target.substr(0, target.find('?'));
-      answer = handler_(target);
+      HttpRequest request;
+      request.target = std::string(request_.target());
+      request.target = request.target.substr(0, request.target.find('?'));
+      if (const auto it = request_.find(http::field::authorization); it != request_.end()) {
+        request.authorization = std::string(it->value());
+      }
+      answer = handler_(request);
     }
     response_.version(request_.version());
     response_.result(static_cast<http::status>(answer.status));

@@ -15,6 +15,12 @@
 
 namespace kvpool {
 
+// What a handler sees of a GET request.
+struct HttpRequest {
+  std::string target;         // the path, without the query string
+  std::string authorization;  // the Authorization header ("" when absent)
+};
+
 struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
@@ -23,8 +29,8 @@ struct HttpResponse {
 
 class HttpServer {
  public:
-  // Maps a request target (path, e.g. "/metrics") to the response.
-  using Handler = std::function<HttpResponse(const std::string& target)>;
+  // Maps a request (its path, e.g. "/metrics", and its credential) to the response.
+  using Handler = std::function<HttpResponse(const HttpRequest& request)>;
 
   // `server_name` goes into every response's Server header.
   HttpServer(boost::asio::io_context& io, std::string server_name, Handler handler);

@@ -31,6 +31,21 @@ enum class StatusCode {
   kUnauthenticated = 16,
 };
 
+// Machine-readable reasons some errors carry besides their code (sent as a
+// google.rpc.ErrorInfo detail, see grpc_status.h): a caller branches on the code and
+// the reason, never on the message text, which is for people.
+namespace reason {
+// The call named a manager instance that is not the one answering: the manager
+// restarted. Register again and map the new pool (FAILED_PRECONDITION).
+inline constexpr char kManagerRestarted[] = "MANAGER_RESTARTED";
+// The worker id is unknown to this manager instance (never registered, or its lease
+// expired). Register again (NOT_FOUND).
+inline constexpr char kWorkerNotRegistered[] = "WORKER_NOT_REGISTERED";
+// The tenant holds its whole block quota: preempt or queue that tenant's own
+// sequences, never another tenant's (RESOURCE_EXHAUSTED).
+inline constexpr char kTenantQuotaExceeded[] = "TENANT_QUOTA_EXCEEDED";
+}  // namespace reason
+
 class Status {
  public:
   Status() = default;
@@ -40,11 +55,18 @@ class Status {
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
+  // One of the reason:: constants, or "" for none.
+  const std::string& reason() const { return reason_; }
+  Status&& WithReason(std::string reason) && {
+    reason_ = std::move(reason);
+    return std::move(*this);
+  }
   std::string ToString() const;  // "CODE_NAME: message"
 
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::string reason_;
 };
 
 inline Status InvalidArgument(std::string m) {
@@ -63,6 +85,9 @@ inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status Unauthenticated(std::string m) {
   return {StatusCode::kUnauthenticated, std::move(m)};
+}
+inline Status PermissionDenied(std::string m) {
+  return {StatusCode::kPermissionDenied, std::move(m)};
 }
 
 inline const char* StatusCodeName(StatusCode code) {

@@ -1,13 +1,17 @@
-// Randomized property test of CacheManager: fixed seeds, several workers and tenants,
-// both modes, a mix of open / step (allocate + commit) / fork / close / heartbeat /
-// clock advance + lease expiry. After every operation it runs CheckInvariants and
-// compares the manager with a shadow model of the block tables, sequences and leases
-// this test holds (in-use blocks == the union of the shadow tables).
+// Randomized property test of CacheManager: fixed seeds, several workers and tenants
+// (one with a small block quota), both modes, a mix of open / step (allocate + commit)
+// / fork / close / heartbeat / clock advance + lease expiry / manager restart (a new
+// instance: the old instance id is refused as MANAGER_RESTARTED, its worker ids are
+// unknown and never handed out again). After every operation it runs CheckInvariants
+// and compares the manager with a shadow model of the block tables, sequences, leases
+// and per-tenant usage this test holds (in-use blocks == the union of the shadow
+// tables; no tenant above its quota).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -24,9 +28,12 @@ constexpr int32_t kBlockSize = 4;
 constexpr int64_t kNumBlocks = 48;
 constexpr int64_t kMaxContext = 64;
 constexpr int kOpsPerSeed = 25000;
+constexpr int64_t kTenantMaxBlocks = 30;  // every tenant's quota but "a"'s
+constexpr int64_t kTenantAMaxBlocks = 8;
 
 struct ShadowSequence {
   WorkerId worker = 0;
+  std::string tenant;
   SequenceMode mode = SequenceMode::kPaged;
   int64_t max_total = 0, num_tokens = 0, committed = 0;
   std::vector<int32_t> tokens;  // prompt, then generated tokens as they are committed
@@ -37,7 +44,8 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 class PropertyRun {
  public:
-  explicit PropertyRun(uint32_t seed) : rng_(seed), manager_(Options()) {
+  explicit PropertyRun(uint32_t seed)
+      : rng_(seed), manager_(std::make_unique<CacheManager>(Options())) {
     // Shared prompt stems, so prompts hit each other's prefixes.
     for (int i = 0; i < 4; ++i) {
       std::vector<int32_t> stem(24);
@@ -50,6 +58,7 @@ class PropertyRun {
     for (int i = 0; i < ops && !::testing::Test::HasFatalFailure(); ++i) {
       const int op = Rand(0, 99);
       if (op < 3 || workers_.empty()) {
+        if (Rand(0, 9) == 0) Restart();
         Register();
       } else if (op < 25) {
         Open();
@@ -67,10 +76,12 @@ class PropertyRun {
       Check(op);
     }
     // The run must have exercised the interesting paths.
-    const ManagerStats stats = manager_.Stats();
-    EXPECT_GT(stats.prefix_hits_tokens, 0);
-    EXPECT_GT(stats.evictions, 0);
-    EXPECT_GT(stats.expired_leases, 0);
+    const ManagerStats stats = manager_->Stats();
+    EXPECT_GT(restarts_, 0);
+    EXPECT_GT(quota_refusals_, 0);
+    EXPECT_GT(earlier_hits_ + stats.prefix_hits_tokens, 0);
+    EXPECT_GT(earlier_evictions_ + stats.evictions, 0);
+    EXPECT_GT(earlier_expired_ + stats.expired_leases, 0);
     EXPECT_GT(forks_, 0);
     EXPECT_GT(exhausted_, 0);
     EXPECT_GT(contiguous_, 0);
@@ -94,6 +105,8 @@ class PropertyRun {
     o.lease_ttl = milliseconds(1000);
     o.max_context_tokens = kMaxContext;
     o.max_sequences_per_worker = 12;
+    o.tenant_max_blocks = kTenantMaxBlocks;
+    o.tenant_max_blocks_override["a"] = kTenantAMaxBlocks;
     return o;
   }
 
@@ -114,18 +127,44 @@ class PropertyRun {
   void Heard(WorkerId w) { workers_[w] = now_; }
 
   void Register() {
-    WorkerLease lease = manager_.RegisterWorker(now_);
+    WorkerLease lease = manager_->RegisterWorker(now_);
     ASSERT_EQ(lease.ttl, milliseconds(1000));
     ASSERT_FALSE(Live(lease.worker_id));
+    // Never an id of this or an earlier instance.
+    ASSERT_TRUE(ever_registered_.insert(lease.worker_id).second) << lease.worker_id;
     Heard(lease.worker_id);
+  }
+
+  // The manager process restarts: a new instance with nothing in it. The workers of
+  // the old one are strangers to it; its instance id is refused by reason.
+  void Restart() {
+    const std::string old_instance = manager_->instance_id();
+    const ManagerStats before = manager_->Stats();
+    earlier_hits_ += before.prefix_hits_tokens;
+    earlier_evictions_ += before.evictions;
+    earlier_expired_ += before.expired_leases;
+    manager_ = std::make_unique<CacheManager>(Options());
+    ++restarts_;
+    ASSERT_NE(manager_->instance_id(), old_instance);
+    ASSERT_TRUE(manager_->CheckInstance(manager_->instance_id()).ok());
+    const Status stale = manager_->CheckInstance(old_instance);
+    ASSERT_EQ(stale.code(), StatusCode::kFailedPrecondition);
+    ASSERT_EQ(stale.reason(), reason::kManagerRestarted);
+    ASSERT_EQ(manager_->CheckInstance("").code(), StatusCode::kInvalidArgument);
+    for (const auto& [w, seen] : workers_) dead_workers_.push_back(w);
+    workers_.clear();
+    sequences_.clear();
+    closed_.clear();  // sequence ids mean nothing across instances
+    expired_total_ = 0;
   }
 
   void Heartbeat() {
     WorkerId w = AnyWorker();
-    Status s = manager_.Heartbeat(w, now_);
+    Status s = manager_->Heartbeat(w, now_);
     ASSERT_EQ(s.ok(), Live(w)) << s.ToString();
     if (!s.ok()) {
       ASSERT_EQ(s.code(), StatusCode::kNotFound);
+      ASSERT_EQ(s.reason(), reason::kWorkerNotRegistered);
     }
     if (Live(w)) Heard(w);
   }
@@ -141,15 +180,21 @@ class PropertyRun {
     for (int n = Rand(req.token_ids.empty() ? 1 : 0, 6); n > 0; --n)
       req.token_ids.push_back(Rand(0, 15));
     req.max_tokens = Rand(1, 16);
-    auto r = manager_.OpenSequence(req, now_);
+    auto r = manager_->OpenSequence(req, now_);
     if (!Live(w)) {
       ASSERT_EQ(r.status().code(), StatusCode::kNotFound);
       return;
     }
     Heard(w);
     const int64_t prompt = static_cast<int64_t>(req.token_ids.size());
+    const int64_t cap = req.tenant == "a" ? kTenantAMaxBlocks : kTenantMaxBlocks;
+    if (cap < kNumBlocks && CeilDiv(prompt + req.max_tokens, kBlockSize) > cap) {
+      ASSERT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status().ToString();
+      return;
+    }
     if (!r.ok()) {
       ASSERT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
+      if (r.status().reason() == reason::kTenantQuotaExceeded) ++quota_refusals_;
       ++exhausted_;
       return;
     }
@@ -157,6 +202,7 @@ class PropertyRun {
     if (req.mode == SequenceMode::kContiguous) ++contiguous_;
     ShadowSequence q;
     q.worker = w;
+    q.tenant = req.tenant;
     q.mode = req.mode;
     q.max_total = prompt + req.max_tokens;
     q.num_tokens = prompt;
@@ -203,7 +249,7 @@ class PropertyRun {
       }
       items.push_back(item);
     }
-    auto r = manager_.Step(w, items, now_);
+    auto r = manager_->Step(w, items, now_);
     if (!Live(w)) {
       ASSERT_EQ(r.status().code(), StatusCode::kNotFound);
       return;
@@ -230,6 +276,7 @@ class PropertyRun {
                                                           : 0;
       if (!res.status.ok()) {
         ASSERT_EQ(res.status.code(), StatusCode::kResourceExhausted) << res.status.ToString();
+        if (res.status.reason() == reason::kTenantQuotaExceeded) ++quota_refusals_;
         ASSERT_TRUE(res.new_blocks.empty());
         ASSERT_GT(want, 0);
         continue;
@@ -249,7 +296,7 @@ class PropertyRun {
     if (paged.empty()) return;
     const SequenceId parent_id = Pick(paged);
     const ShadowSequence parent = sequences_[parent_id];
-    auto r = manager_.Fork(parent.worker, parent_id, now_);
+    auto r = manager_->Fork(parent.worker, parent_id, now_);
     Heard(parent.worker);
     if (!r.ok()) {
       ASSERT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
@@ -277,7 +324,7 @@ class PropertyRun {
   void Close() {
     if (!closed_.empty() && Rand(0, 9) == 0) {  // double close
       const WorkerId w = AnyWorker();
-      Status s = manager_.CloseSequence(w, Pick(closed_), now_);
+      Status s = manager_->CloseSequence(w, Pick(closed_), now_);
       ASSERT_EQ(s.code(), StatusCode::kNotFound);
       if (Live(w)) Heard(w);
       return;
@@ -285,7 +332,7 @@ class PropertyRun {
     if (sequences_.empty()) return;
     const SequenceId id = Pick(sequences_).first;
     const WorkerId owner = sequences_[id].worker;
-    ASSERT_TRUE(manager_.CloseSequence(owner, id, now_).ok());
+    ASSERT_TRUE(manager_->CloseSequence(owner, id, now_).ok());
     Heard(owner);
     sequences_.erase(id);
     closed_.push_back(id);
@@ -297,7 +344,7 @@ class PropertyRun {
     for (const auto& [w, seen] : workers_) {
       if (now_ - seen > milliseconds(1000)) expected.push_back(w);
     }
-    std::vector<WorkerId> expired = manager_.ExpireLeases(now_);
+    std::vector<WorkerId> expired = manager_->ExpireLeases(now_);
     ASSERT_EQ(expired, expected);
     for (WorkerId w : expired) {
       workers_.erase(w);
@@ -315,11 +362,20 @@ class PropertyRun {
   }
 
   void Check(int op) {
-    Status s = manager_.CheckInvariants();
+    Status s = manager_->CheckInvariants();
     ASSERT_TRUE(s.ok()) << "after op " << op << ": " << s.ToString();
     std::set<int32_t> in_use;
-    for (const auto& [id, q] : sequences_) in_use.insert(q.table.begin(), q.table.end());
-    ManagerStats stats = manager_.Stats();
+    std::map<std::string, std::set<int32_t>> by_tenant;
+    for (const auto& [id, q] : sequences_) {
+      in_use.insert(q.table.begin(), q.table.end());
+      by_tenant[q.tenant].insert(q.table.begin(), q.table.end());
+    }
+    ManagerStats stats = manager_->Stats();
+    for (const TenantStats& t : stats.tenants) {
+      const int64_t held = static_cast<int64_t>(by_tenant[t.tenant].size());
+      ASSERT_EQ(t.blocks_in_use, held) << t.tenant;
+      ASSERT_LE(held, t.tenant == "a" ? kTenantAMaxBlocks : kTenantMaxBlocks) << t.tenant;
+    }
     ASSERT_EQ(stats.in_use_blocks, static_cast<int64_t>(in_use.size()));
     ASSERT_EQ(stats.free_blocks + stats.cached_blocks + stats.in_use_blocks, kNumBlocks);
     ASSERT_EQ(stats.num_sequences, static_cast<int64_t>(sequences_.size()));
@@ -329,7 +385,9 @@ class PropertyRun {
   }
 
   std::mt19937 rng_;
-  CacheManager manager_;
+  std::unique_ptr<CacheManager> manager_;
+  std::set<WorkerId> ever_registered_;                                      // across every instance
+  int64_t earlier_hits_ = 0, earlier_evictions_ = 0, earlier_expired_ = 0;  // of old instances
   Clock::time_point now_{};
   std::vector<std::vector<int32_t>> stems_;
   std::map<WorkerId, Clock::time_point> workers_;  // live, last heard
@@ -337,7 +395,7 @@ class PropertyRun {
   std::map<SequenceId, ShadowSequence> sequences_;
   std::vector<SequenceId> closed_;
   int64_t expired_total_ = 0;
-  int forks_ = 0, exhausted_ = 0, contiguous_ = 0;
+  int forks_ = 0, exhausted_ = 0, contiguous_ = 0, restarts_ = 0, quota_refusals_ = 0;
 };
 
 class CacheManagerPropertyTest : public ::testing::TestWithParam<uint32_t> {};

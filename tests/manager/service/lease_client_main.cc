@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   for (int s = 0; s < std::stoi(argv[2]); ++s) {
     kvpool::v1::OpenSequenceRequest open;
     open.set_worker_id(worker.worker_id());
+    open.set_manager_instance(worker.manager_instance());
     for (int i = 0; i < 40; ++i) open.add_token_ids(s * 100 + i);
     open.set_max_tokens(8);
     open.set_mode(s % 2 ? kvpool::v1::SEQUENCE_MODE_CONTIGUOUS : kvpool::v1::SEQUENCE_MODE_PAGED);
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
     grpc::ClientContext ctx;
     kvpool::v1::HeartbeatRequest beat;
     beat.set_worker_id(worker.worker_id());
+    beat.set_manager_instance(worker.manager_instance());
     kvpool::v1::HeartbeatResponse response;
     stub->Heartbeat(&ctx, beat, &response);
   }

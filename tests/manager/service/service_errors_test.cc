@@ -35,6 +35,7 @@ class ServiceErrorsTest : public ::testing::Test {
     v1::RegisterWorkerResponse response;
     ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), request, &response).ok());
     worker_id_ = response.worker_id();
+    instance_ = response.manager_instance();
   }
   void TearDown() override {
     // Whatever the test did, the service still serves and its state is consistent.
@@ -46,6 +47,7 @@ class ServiceErrorsTest : public ::testing::Test {
     ASSERT_TRUE(stub_->OpenSequence(Ctx().get(), open, &opened).ok());
     v1::CloseSequenceRequest close;
     close.set_worker_id(worker_id_);
+    close.set_manager_instance(instance_);
     close.set_sequence_id(opened.sequence_id());
     v1::CloseSequenceResponse closed;
     EXPECT_TRUE(stub_->CloseSequence(Ctx().get(), close, &closed).ok());
@@ -55,6 +57,7 @@ class ServiceErrorsTest : public ::testing::Test {
                                v1::SequenceMode mode = v1::SEQUENCE_MODE_PAGED) const {
     v1::OpenSequenceRequest request;
     request.set_worker_id(worker_id_);
+    request.set_manager_instance(instance_);
     request.mutable_token_ids()->Add(tokens.begin(), tokens.end());
     request.set_max_tokens(max_tokens);
     request.set_mode(mode);
@@ -68,6 +71,7 @@ class ServiceErrorsTest : public ::testing::Test {
   static ManagerProcess* manager_;
   std::unique_ptr<v1::CacheManager::Stub> stub_;
   int64_t worker_id_ = 0;
+  std::string instance_;
 };
 ManagerProcess* ServiceErrorsTest::manager_ = nullptr;
 
@@ -114,6 +118,7 @@ TEST_F(ServiceErrorsTest, ContiguousLargerThanThePoolIsResourceExhausted) {
 TEST_F(ServiceErrorsTest, UnknownSequenceIsNotFound) {
   v1::CloseSequenceRequest close;
   close.set_worker_id(worker_id_);
+  close.set_manager_instance(instance_);
   close.set_sequence_id(987654321);
   v1::CloseSequenceResponse closed;
   grpc::Status status = stub_->CloseSequence(Ctx().get(), close, &closed);
@@ -122,6 +127,7 @@ TEST_F(ServiceErrorsTest, UnknownSequenceIsNotFound) {
 
   v1::ForkRequest fork;
   fork.set_worker_id(worker_id_);
+  fork.set_manager_instance(instance_);
   fork.set_sequence_id(987654321);
   v1::ForkResponse forked;
   status = stub_->Fork(Ctx().get(), fork, &forked);
@@ -130,6 +136,7 @@ TEST_F(ServiceErrorsTest, UnknownSequenceIsNotFound) {
   // In a Step, an unknown or malformed item fails alone; the call succeeds.
   v1::StepRequest step;
   step.set_worker_id(worker_id_);
+  step.set_manager_instance(instance_);
   v1::StepItem* unknown = step.add_items();
   unknown->set_sequence_id(987654321);
   unknown->set_num_tokens(1);
@@ -147,12 +154,14 @@ TEST_F(ServiceErrorsTest, UnknownSequenceIsNotFound) {
 TEST_F(ServiceErrorsTest, NegativeIdsAreInvalidArgument) {
   v1::CloseSequenceRequest close;
   close.set_worker_id(worker_id_);
+  close.set_manager_instance(instance_);
   close.set_sequence_id(-1);
   v1::CloseSequenceResponse closed;
   EXPECT_EQ(stub_->CloseSequence(Ctx().get(), close, &closed).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   v1::HeartbeatRequest beat;
   beat.set_worker_id(-4);
+  beat.set_manager_instance(instance_);
   v1::HeartbeatResponse beaten;
   const grpc::Status status = stub_->Heartbeat(Ctx().get(), beat, &beaten);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -162,6 +171,7 @@ TEST_F(ServiceErrorsTest, NegativeIdsAreInvalidArgument) {
 TEST_F(ServiceErrorsTest, UnknownWorkerIsNotFound) {
   v1::OpenSequenceRequest request = Open({1, 2, 3}, 4);
   request.set_worker_id(worker_id_ + 100000);
+  request.set_manager_instance(instance_);
   const grpc::Status status = CallOpen(request);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("RegisterWorker"));
@@ -213,6 +223,7 @@ class ServiceAuthTest : public ::testing::Test {
   int64_t Register(const std::string& token) {
     v1::RegisterWorkerResponse response;
     EXPECT_TRUE(stub_->RegisterWorker(Ctx(token).get(), {}, &response).ok());
+    instance_ = response.manager_instance();
     return response.worker_id();
   }
   // Opens the prompt, commits it whole, closes; returns the cached tokens it found.
@@ -220,6 +231,7 @@ class ServiceAuthTest : public ::testing::Test {
                           const std::vector<int32_t>& prompt) {
     v1::OpenSequenceRequest open;
     open.set_worker_id(worker);
+    open.set_manager_instance(instance_);
     open.mutable_token_ids()->Add(prompt.begin(), prompt.end());
     open.set_max_tokens(4);
     open.set_mode(v1::SEQUENCE_MODE_PAGED);
@@ -227,6 +239,7 @@ class ServiceAuthTest : public ::testing::Test {
     EXPECT_TRUE(stub_->OpenSequence(Ctx(token).get(), open, &opened).ok());
     v1::StepRequest step;
     step.set_worker_id(worker);
+    step.set_manager_instance(instance_);
     v1::StepItem* item = step.add_items();
     item->set_sequence_id(opened.sequence_id());
     item->set_num_tokens(static_cast<int64_t>(prompt.size()));
@@ -236,6 +249,7 @@ class ServiceAuthTest : public ::testing::Test {
     EXPECT_EQ(stepped.results(0).code(), 0) << stepped.results(0).message();
     v1::CloseSequenceRequest close;
     close.set_worker_id(worker);
+    close.set_manager_instance(instance_);
     close.set_sequence_id(opened.sequence_id());
     v1::CloseSequenceResponse closed;
     EXPECT_TRUE(stub_->CloseSequence(Ctx(token).get(), close, &closed).ok());
@@ -243,6 +257,7 @@ class ServiceAuthTest : public ::testing::Test {
   }
 
   std::string token_file_;
+  std::string instance_;  // the manager's, from the latest Register
   std::unique_ptr<ManagerProcess> manager_;
   std::unique_ptr<v1::CacheManager::Stub> stub_;
 };
@@ -274,6 +289,7 @@ TEST_F(ServiceAuthTest, WorkerOfAnotherTenantIsNotFound) {
   const int64_t alice_worker = Register("tok-alice");
   v1::HeartbeatRequest beat;
   beat.set_worker_id(alice_worker);
+  beat.set_manager_instance(instance_);
   v1::HeartbeatResponse beaten;
   EXPECT_TRUE(stub_->Heartbeat(Ctx("tok-alice").get(), beat, &beaten).ok());
   EXPECT_EQ(stub_->Heartbeat(Ctx("tok-bob").get(), beat, &beaten).error_code(),

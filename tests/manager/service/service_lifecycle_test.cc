@@ -25,7 +25,7 @@ using Clock = std::chrono::steady_clock;
 bool ShmExists(const std::string& name) { return access(("/dev/shm" + name).c_str(), F_OK) == 0; }
 
 TEST(ServiceLifecycleTest, KilledWorkersBlocksReturnWithinTwoLeaseTtls) {
-  constexpr int kTtlMs = 300;
+  constexpr int kTtlMs = 500;
   ManagerProcess manager(
       {"--model", "tiny-llama", "--num-blocks", "256", "--lease-ttl-ms", std::to_string(kTtlMs)});
   ASSERT_FALSE(manager.address().empty());
@@ -105,9 +105,11 @@ TEST(ServiceLifecycleTest, RestartKeepsSegmentsOfLiveManagers) {
 }
 
 // A paged sequence of 20 prompt tokens (2 blocks of tiny-gpt2's 16) and 4 new tokens.
-grpc::Status OpenTwentyTokenSequence(v1::CacheManager::Stub& stub, int64_t worker_id) {
+grpc::Status OpenTwentyTokenSequence(v1::CacheManager::Stub& stub, int64_t worker_id,
+                                     const std::string& instance) {
   v1::OpenSequenceRequest open;
   open.set_worker_id(worker_id);
+  open.set_manager_instance(instance);
   for (int i = 0; i < 20; ++i) open.add_token_ids(i);
   open.set_max_tokens(4);
   open.set_mode(v1::SEQUENCE_MODE_PAGED);
@@ -121,7 +123,7 @@ TEST(ServiceLifecycleTest, MetricsAfterTraffic) {
   auto stub = manager.NewStub();
   v1::RegisterWorkerResponse worker;
   ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), {}, &worker).ok());
-  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id()).ok());
+  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id(), worker.manager_instance()).ok());
 
   const std::string scrape = HttpGet(manager.http_address(), "/metrics");
   EXPECT_THAT(scrape, HasSubstr("HTTP/1.1 200"));
@@ -154,6 +156,7 @@ TEST(ServiceLifecycleTest, DashboardServesPageAndLiveStats) {
   ASSERT_TRUE(stub->RegisterWorker(Ctx().get(), register_request, &worker).ok());
   v1::HeartbeatRequest heartbeat;
   heartbeat.set_worker_id(worker.worker_id());
+  heartbeat.set_manager_instance(worker.manager_instance());
   heartbeat.mutable_load()->set_requests_running(3);
   heartbeat.mutable_load()->set_requests_waiting(2);
   heartbeat.mutable_load()->set_generated_tokens_total(41);
@@ -161,7 +164,7 @@ TEST(ServiceLifecycleTest, DashboardServesPageAndLiveStats) {
   heartbeat.mutable_load()->set_ttft_count(4);
   v1::HeartbeatResponse beat;
   ASSERT_TRUE(stub->Heartbeat(Ctx().get(), heartbeat, &beat).ok());
-  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id()).ok());
+  ASSERT_TRUE(OpenTwentyTokenSequence(*stub, worker.worker_id(), worker.manager_instance()).ok());
 
   const std::string stats = HttpGet(manager.http_address(), "/api/stats");
   ASSERT_THAT(stats, HasSubstr("HTTP/1.1 200"));

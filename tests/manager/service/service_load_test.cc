@@ -31,6 +31,7 @@ std::string RunClient(const ManagerProcess& manager, int thread) {
     const bool paged = s % 4 != 3;
     v1::OpenSequenceRequest open;
     open.set_worker_id(worker.worker_id());
+    open.set_manager_instance(worker.manager_instance());
     open.mutable_token_ids()->Add(prompt.begin(), prompt.end());
     open.set_max_tokens(kDecodeSteps + 1);
     open.set_mode(paged ? v1::SEQUENCE_MODE_PAGED : v1::SEQUENCE_MODE_CONTIGUOUS);
@@ -44,6 +45,7 @@ std::string RunClient(const ManagerProcess& manager, int thread) {
       ++num_tokens;
       v1::StepRequest request;
       request.set_worker_id(worker.worker_id());
+      request.set_manager_instance(worker.manager_instance());
       for (int64_t id : sequences) {
         v1::StepItem* item = request.add_items();
         item->set_sequence_id(id);
@@ -62,6 +64,7 @@ std::string RunClient(const ManagerProcess& manager, int thread) {
         // Fork after this step's commit... the child shares the committed prefix.
         v1::ForkRequest fork;
         fork.set_worker_id(worker.worker_id());
+        fork.set_manager_instance(worker.manager_instance());
         fork.set_sequence_id(sequences[0]);
         v1::ForkResponse forked;
         status = stub->Fork(Ctx().get(), fork, &forked);
@@ -72,6 +75,7 @@ std::string RunClient(const ManagerProcess& manager, int thread) {
     for (int64_t id : sequences) {
       v1::CloseSequenceRequest close;
       close.set_worker_id(worker.worker_id());
+      close.set_manager_instance(worker.manager_instance());
       close.set_sequence_id(id);
       v1::CloseSequenceResponse closed;
       status = stub->CloseSequence(Ctx().get(), close, &closed);

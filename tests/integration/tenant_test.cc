@@ -1,0 +1,154 @@
+// Tenants and hostile input through the real services: tenants take turns at the
+// worker's admission (one tenant's full queue never delays another's request past the
+// first free slot), a worker's counters answer only authenticated callers, and invalid
+// UTF-8 in a prompt or a stop string is INVALID_ARGUMENT naming the field through the
+// SDK and the CLI.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "kvpool/client.h"
+#include "system_harness.h"
+
+namespace kvpool::integration {
+namespace {
+
+using ::testing::HasSubstr;
+
+class TokenFiles {
+ public:
+  TokenFiles() {
+    std::ofstream(tokens_) << "tok-worker workers worker\ntok-a tenant-a client\n"
+                              "tok-b tenant-b client\n";
+    std::ofstream(worker_) << "tok-worker\n";
+  }
+  ~TokenFiles() {
+    std::remove(tokens_.c_str());
+    std::remove(worker_.c_str());
+  }
+  const std::string& tokens() const { return tokens_; }
+  const std::string& worker() const { return worker_; }
+
+ private:
+  const std::string tokens_ = ::testing::TempDir() + "kvpool_tenant_tokens.txt";
+  const std::string worker_ = ::testing::TempDir() + "kvpool_tenant_worker_token.txt";
+};
+
+v1::GetWorkerStatsResponse Stats(v1::Worker::Stub& stub, const std::string& bearer,
+                                 grpc::Status* status = nullptr) {
+  grpc::ClientContext context;
+  if (!bearer.empty()) context.AddMetadata("authorization", "Bearer " + bearer);
+  v1::GetWorkerStatsResponse stats;
+  const grpc::Status got = stub.GetStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  if (status != nullptr) *status = got;
+  return stats;
+}
+
+TEST(TenantTest, AnotherTenantIsAdmittedAtTheFirstFreeSlot) {
+  TokenFiles files;
+  ManagerProcess manager(
+      {"--model", "gpt2", "--num-blocks", "256", "--auth-token-file", files.tokens()});
+  ASSERT_FALSE(manager.address().empty());
+  // One sequence at a time: every admission is a scheduling decision we can observe.
+  WorkerProcess worker(manager.address(), {"--model", "gpt2", "--threads", "2", "--token-file",
+                                           files.worker(), "--max-running", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  auto stub = worker.NewStub();
+  std::atomic<int> first_tokens{0};
+  std::vector<int> order(5, -1);  // A1..A4, B1: the rank of each one's first token
+  std::atomic<bool> a1_started{false};
+  auto run = [&](int index, const std::string& bearer, int max_tokens) {
+    auto own_stub = worker.NewStub();
+    bool seen = false;
+    const GenerateOutcome out = Generate(
+        *own_stub, GreedyRequest(RandomTokens(16, 70 + index), max_tokens, v1::KV_MODE_PAGED),
+        bearer, [&](const v1::GeneratedToken&) {
+          if (!seen) {
+            seen = true;
+            order[index] = first_tokens.fetch_add(1);
+            if (index == 0) a1_started = true;
+          }
+          return true;
+        });
+    EXPECT_TRUE(out.status.ok()) << index << ": " << out.status.error_message();
+  };
+  std::vector<std::thread> clients;
+  clients.emplace_back(run, 0, "tok-a", 120);  // long enough for the others to queue
+  ASSERT_TRUE(WaitUntil([&] { return a1_started.load(); }, std::chrono::seconds(30)));
+  for (int i = 1; i <= 3; ++i) clients.emplace_back(run, i, "tok-a", 4);
+  ASSERT_TRUE(WaitUntil([&] { return Stats(*stub, "tok-a").requests_waiting() == 3; },
+                        std::chrono::seconds(10)));
+  clients.emplace_back(run, 4, "tok-b", 4);
+  ASSERT_TRUE(WaitUntil([&] { return Stats(*stub, "tok-b").requests_waiting() == 4; },
+                        std::chrono::seconds(10)));
+  EXPECT_EQ(order[1], -1) << "A1 finished before the queue formed: the test proves nothing";
+  for (std::thread& t : clients) t.join();
+  // A1 ran first; when its slot freed, B's one request went before A's queue.
+  EXPECT_EQ(order[0], 0);
+  EXPECT_EQ(order[4], 1) << "B1 waited behind tenant A's queue";
+  EXPECT_EQ(order[1], 2);
+  EXPECT_EQ(order[2], 3);
+  EXPECT_EQ(order[3], 4);
+}
+
+TEST(TenantTest, WorkerStatsAnswerOnlyAuthenticatedCallers) {
+  TokenFiles files;
+  ManagerProcess manager(
+      {"--model", "tiny-gpt2", "--num-blocks", "64", "--auth-token-file", files.tokens()});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(),
+                       {"--model", "tiny-gpt2", "--threads", "1", "--token-file", files.worker()});
+  ASSERT_FALSE(worker.address().empty());
+  auto stub = worker.NewStub();
+  grpc::Status status;
+  Stats(*stub, "", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+  Stats(*stub, "nope", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  const v1::GetWorkerStatsResponse stats = Stats(*stub, "tok-a", &status);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(stats.attached());
+}
+
+TEST(Utf8InputTest, InvalidUtf8IsInvalidArgumentThroughTheSdkAndTheCli) {
+  ManagerProcess manager({"--model", "gpt2", "--num-blocks", "64"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(), {"--model", "gpt2", "--threads", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  ClientOptions options;
+  options.addresses = {worker.address()};
+  Client client(options);
+  GenerateParams params;
+  params.prompt = "caf\xC3";  // cut mid-character
+  params.max_tokens = 2;
+  StatusOr<GenerateResult> result = client.Generate(params);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument) << result.status().ToString();
+  EXPECT_THAT(result.status().message(), HasSubstr("prompt is not valid UTF-8"));
+  params.prompt = "fine";
+  params.stop = {"ok", "\xFF\xFE"};
+  result = client.Generate(params);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(result.status().message(), HasSubstr("stop[1] is not valid UTF-8"));
+
+  Subprocess cli({KVPOOL_CLI_BIN, "generate", "--server", worker.address(), "--prompt",
+                  "bad \xE6\xB7 prompt", "--max-tokens", "2"},
+                 /*merge_stderr=*/true);
+  std::string output;
+  while (std::optional<std::string> line = cli.ReadLine(std::chrono::seconds(30))) {
+    output += *line + "\n";
+  }
+  const std::optional<int> exit_status = cli.SignalAndWait(0, std::chrono::seconds(10));
+  ASSERT_TRUE(exit_status.has_value());
+  EXPECT_NE(WEXITSTATUS(*exit_status), 0);
+  EXPECT_THAT(output, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(output, HasSubstr("prompt is not valid UTF-8"));
+}
+
+}  // namespace
+}  // namespace kvpool::integration
