@@ -10,6 +10,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "cache_service/block_hash.h"
@@ -93,7 +94,7 @@ struct CacheManager::State {
   // prefix), and forgets it.
   void Release(SequenceId id) {
     Sequence* sequence = sequences.Find(id);
-    TenantState& tenant = tenants[sequence->tenant];
+    TenantState& tenant = tenants[static_cast<size_t>(sequence->tenant)];
     for (auto it = sequence->block_table.rbegin(); it != sequence->block_table.rend(); ++it) {
       pool.Free(*it);
       if (pool.block(*it).ref_cnt == 0) --tenant.blocks_in_use;
@@ -106,28 +107,41 @@ struct CacheManager::State {
     return it != options.tenant_max_blocks_override.end() ? it->second : options.tenant_max_blocks;
   }
 
-  // OK when `tenant` may take `more` blocks into use; RESOURCE_EXHAUSTED (reason
+  // The index of `name` in the tenant table, added on first sight (its salt and quota
+  // computed once, not per call).
+  int32_t TenantOf(const std::string& name) {
+    const auto it = tenant_index.find(name);
+    if (it != tenant_index.end()) return it->second;
+    const auto index = static_cast<int32_t>(tenants.size());
+    TenantState& t = tenants.emplace_back();
+    t.name = name;
+    t.salt = TenantSalt(name);
+    t.max_blocks = MaxBlocks(name);
+    tenant_index.emplace(name, index);
+    return index;
+  }
+
+  // OK when tenant `t` may take `more` blocks into use; RESOURCE_EXHAUSTED (reason
   // TENANT_QUOTA_EXCEEDED) otherwise.
-  Status CheckQuota(const std::string& tenant, int64_t more) {
-    TenantState& t = tenants[tenant];
-    const int64_t cap = MaxBlocks(tenant);
-    if (more <= 0 || t.blocks_in_use + more <= cap) return Status::Ok();
-    ++t.quota_rejections;
-    return ResourceExhausted("tenant " + tenant + " holds " + Str(t.blocks_in_use) + " of its " +
-                             Str(cap) + "-block quota and needs " + Str(more) +
-                             " more: its own sequences must finish first")
+  Status CheckQuota(int32_t t, int64_t more) {
+    TenantState& tenant = tenants[static_cast<size_t>(t)];
+    if (more <= 0 || tenant.blocks_in_use + more <= tenant.max_blocks) return Status::Ok();
+    ++tenant.quota_rejections;
+    return ResourceExhausted("tenant " + tenant.name + " holds " + Str(tenant.blocks_in_use) +
+                             " of its " + Str(tenant.max_blocks) + "-block quota and needs " +
+                             Str(more) + " more: its own sequences must finish first")
         .WithReason(reason::kTenantQuotaExceeded);
   }
 
   // New blocks (ref_cnt 1) and hits taken from the free queue now count against the
   // tenant.
-  void Take(const std::string& tenant, int32_t block) {
-    if (pool.block(block).ref_cnt == 0) ++tenants[tenant].blocks_in_use;
+  void Take(int32_t t, int32_t block) {
+    if (pool.block(block).ref_cnt == 0) ++tenants[static_cast<size_t>(t)].blocks_in_use;
     pool.Touch(block);
   }
-  Status Allocate(const std::string& tenant, int64_t n, std::vector<int32_t>* out) {
+  Status Allocate(int32_t t, int64_t n, std::vector<int32_t>* out) {
     KVPOOL_RETURN_IF_ERROR(pool.Allocate(n, out));
-    tenants[tenant].blocks_in_use += n;
+    tenants[static_cast<size_t>(t)].blocks_in_use += n;
     return Status::Ok();
   }
 
@@ -155,13 +169,17 @@ struct CacheManager::State {
   int64_t prefix_hits_tokens = 0;
   int64_t expired_leases = 0;
   struct TenantState {
+    std::string name;
+    BlockHash salt;          // TenantSalt(name)
+    int64_t max_blocks = 0;  // its quota
     int64_t blocks_in_use = 0;
     int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
     int64_t quota_rejections = 0;
   };
-  // Every tenant that opened a sequence; bounded by the token file's tenants (only
-  // authenticated tenants get here), or "default" without one.
-  std::map<std::string, TenantState> tenants;
+  // Every tenant that opened a sequence, by index (Sequence::tenant); bounded by the
+  // token file's tenants (only authenticated tenants get here), or "default" without one.
+  std::vector<TenantState> tenants;
+  std::unordered_map<std::string, int32_t> tenant_index;
 };
 
 CacheManager::CacheManager(CacheManagerOptions options) {
@@ -236,9 +254,10 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
   KVPOOL_RETURN_IF_ERROR(s.CheckSequenceLimit(request.worker_id));
 
   const int32_t block_size = o.geometry.block_size;
+  const int32_t tenant = s.TenantOf(request.tenant);
   Sequence sequence;
   sequence.worker = request.worker_id;
-  sequence.tenant = request.tenant;
+  sequence.tenant = tenant;
   sequence.mode = request.mode;
   sequence.max_total_tokens = prompt_tokens + request.max_tokens;
   sequence.num_tokens = prompt_tokens;
@@ -246,11 +265,11 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
 
   if (request.mode == SequenceMode::kContiguous) {
     const int64_t reserve = CeilDiv(sequence.max_total_tokens, block_size);
-    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(request.tenant, reserve));
+    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(tenant, reserve));
     KVPOOL_RETURN_IF_ERROR(s.pool.AllocateContiguous(reserve, &sequence.block_table));
-    s.tenants[request.tenant].blocks_in_use += reserve;
+    s.tenants[static_cast<size_t>(tenant)].blocks_in_use += reserve;
   } else {
-    sequence.salt = TenantSalt(request.tenant);
+    sequence.salt = s.tenants[static_cast<size_t>(tenant)].salt;
     // Longest cached run of the prompt's full blocks, leaving at least one token to
     // compute (the last position's logits are needed).
     const int64_t max_hit = (prompt_tokens - 1) / block_size;
@@ -267,25 +286,25 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
     hit_blocks = static_cast<int64_t>(hits.size());
     const int64_t need = CeilDiv(prompt_tokens, block_size) - hit_blocks;
     const int64_t available = s.pool.num_allocatable() - hits_in_free_queue;
-    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(request.tenant, need + hits_in_free_queue));
+    KVPOOL_RETURN_IF_ERROR(s.CheckQuota(tenant, need + hits_in_free_queue));
     if (need > available) {
       return ResourceExhausted("out of KV blocks: the prompt needs " + Str(need) + " new blocks (" +
                                Str(hit_blocks) + " cached), " + Str(available) +
                                " free or evictable of " + Str(s.pool.num_blocks()));
     }
     // Take the hits first so the allocation cannot evict them.
-    for (int32_t block : hits) s.Take(request.tenant, block);
+    for (int32_t block : hits) s.Take(tenant, block);
     sequence.block_table = hits;
-    const Status allocated = s.Allocate(request.tenant, need, &sequence.block_table);
+    const Status allocated = s.Allocate(tenant, need, &sequence.block_table);
     (void)allocated;  // cannot fail: checked above
     sequence.block_hashes.assign(hashes.begin(), hashes.begin() + hit_blocks);
     sequence.committed_token_ids.assign(request.token_ids.begin(),
                                         request.token_ids.begin() + hit_blocks * block_size);
     s.prefix_queries_tokens += prompt_tokens;
     s.prefix_hits_tokens += hit_blocks * block_size;
-    State::TenantState& tenant = s.tenants[request.tenant];
-    tenant.prefix_queries_tokens += prompt_tokens;
-    tenant.prefix_hits_tokens += hit_blocks * block_size;
+    State::TenantState& t = s.tenants[static_cast<size_t>(tenant)];
+    t.prefix_queries_tokens += prompt_tokens;
+    t.prefix_hits_tokens += hit_blocks * block_size;
   }
 
   Sequence& stored = s.sequences.Add(std::move(sequence));
@@ -332,7 +351,8 @@ StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& ite
       if (allocated.ok()) allocated = Allocate(sequence->tenant, need, &result.new_blocks);
       if (!allocated.ok()) {
         result.status =
-            Status(allocated.code(), name + allocated.message()).WithReason(allocated.reason());
+            Status(allocated.code(), name + allocated.message())
+                            .WithReason(allocated.reason().data());
         return result;
       }
       sequence->block_table.insert(sequence->block_table.end(), result.new_blocks.begin(),
@@ -461,15 +481,17 @@ ManagerStats CacheManager::Stats() const {
   int64_t used_tokens = 0;
   for (int32_t f : filled) used_tokens += f;
   stats.bytes_used = used_tokens * static_cast<int64_t>(g.token_bytes());
-  for (const auto& [name, t] : s.tenants) {
+  for (const State::TenantState& t : s.tenants) {
     TenantStats& out = stats.tenants.emplace_back();
-    out.tenant = name;
+    out.tenant = t.name;
     out.blocks_in_use = t.blocks_in_use;
-    out.max_blocks = std::min(s.MaxBlocks(name), stats.num_blocks);
+    out.max_blocks = std::min(t.max_blocks, stats.num_blocks);
     out.prefix_queries_tokens = t.prefix_queries_tokens;
     out.prefix_hits_tokens = t.prefix_hits_tokens;
     out.quota_rejections = t.quota_rejections;
   }
+  std::sort(stats.tenants.begin(), stats.tenants.end(),
+            [](const TenantStats& a, const TenantStats& b) { return a.tenant < b.tenant; });
   return stats;
 }
 
@@ -483,10 +505,10 @@ Status CacheManager::CheckInvariants() const {
   const State& s = *state_;
   const int32_t block_size = s.options.geometry.block_size;
   std::vector<int32_t> refs(static_cast<size_t>(s.pool.num_blocks()), 0);
-  // Each referenced block's tenant: "" until seen; a second tenant breaks the quota's
+  // Each referenced block's tenant (-1 until seen); a second tenant breaks the quota's
   // accounting (and tenant isolation).
-  std::vector<const std::string*> block_tenant(static_cast<size_t>(s.pool.num_blocks()), nullptr);
-  std::map<std::string, int64_t> tenant_blocks;
+  std::vector<int32_t> block_tenant(static_cast<size_t>(s.pool.num_blocks()), -1);
+  std::vector<int64_t> tenant_blocks(s.tenants.size(), 0);
   std::unordered_map<WorkerId, int64_t> per_worker;
   Status status;
   s.sequences.ForEach([&](const Sequence& q) {
@@ -505,12 +527,16 @@ Status CacheManager::CheckInvariants() const {
     for (int32_t b : q.block_table) {
       if (b < 0 || b >= s.pool.num_blocks()) return fail("block id " + Str(b) + " out of range");
       ++refs[b];
-      if (block_tenant[b] == nullptr) {
-        block_tenant[b] = &q.tenant;
-        ++tenant_blocks[q.tenant];
-      } else if (*block_tenant[b] != q.tenant) {
-        return fail("block " + Str(b) + " shared by tenants " + *block_tenant[b] + " and " +
-                    q.tenant);
+      if (q.tenant < 0 || static_cast<size_t>(q.tenant) >= s.tenants.size()) {
+        return fail("unknown tenant index " + Str(q.tenant));
+      }
+      if (block_tenant[b] < 0) {
+        block_tenant[b] = q.tenant;
+        ++tenant_blocks[static_cast<size_t>(q.tenant)];
+      } else if (block_tenant[b] != q.tenant) {
+        return fail("block " + Str(b) + " shared by tenants " +
+                    s.tenants[static_cast<size_t>(block_tenant[b])].name + " and " +
+                    s.tenants[static_cast<size_t>(q.tenant)].name);
       }
     }
     if (q.mode == SequenceMode::kContiguous) {
@@ -543,16 +569,16 @@ Status CacheManager::CheckInvariants() const {
     }
   });
   KVPOOL_RETURN_IF_ERROR(status);
-  for (const auto& [tenant, t] : s.tenants) {
-    const auto it = tenant_blocks.find(tenant);
-    const int64_t held = it == tenant_blocks.end() ? 0 : it->second;
+  for (size_t i = 0; i < s.tenants.size(); ++i) {
+    const State::TenantState& t = s.tenants[i];
+    const int64_t held = tenant_blocks[i];
     if (t.blocks_in_use != held) {
-      return Internal("tenant " + tenant + " counted " + Str(t.blocks_in_use) +
+      return Internal("tenant " + t.name + " counted " + Str(t.blocks_in_use) +
                       " blocks in use, its sequences hold " + Str(held));
     }
-    if (held > s.MaxBlocks(tenant)) {
-      return Internal("tenant " + tenant + " holds " + Str(held) + " blocks, over its quota " +
-                      Str(s.MaxBlocks(tenant)));
+    if (held > t.max_blocks) {
+      return Internal("tenant " + t.name + " holds " + Str(held) + " blocks, over its quota " +
+                      Str(t.max_blocks));
     }
   }
   for (const auto& [worker, count] : per_worker) {

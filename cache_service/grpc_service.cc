@@ -358,7 +358,7 @@ grpc::Status ManagerService::Step(grpc::ServerContext* context, const v1::StepRe
       }
       out->set_code(static_cast<int32_t>(status->code()));
       out->set_message(status->message());
-      out->set_reason(status->reason());
+      out->set_reason(std::string(status->reason()));
     }
     return Status::Ok();
   });

@@ -24,7 +24,7 @@ namespace kvpool::manager {
 struct Sequence {
   SequenceId id = 0;
   WorkerId worker = 0;
-  std::string tenant;  // whose quota its blocks count against
+  int32_t tenant = 0;  // index in the cache manager's tenant table: whose quota it uses
   SequenceMode mode = SequenceMode::kPaged;
   BlockHash salt;                // the tenant's, for the first block's hash
   int64_t max_total_tokens = 0;  // prompt + max_tokens

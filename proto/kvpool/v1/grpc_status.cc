@@ -18,7 +18,7 @@ grpc::Status ToGrpcStatus(const Status& status) {
   details.set_code(static_cast<int32_t>(status.code()));
   details.set_message(status.message());
   ErrorInfo info;
-  info.set_reason(status.reason());
+  info.set_reason(std::string(status.reason()));
   info.set_domain(kErrorDomain);
   google::protobuf::Any* any = details.add_details();
   any->set_type_url(kErrorInfoTypeUrl);
@@ -42,8 +42,14 @@ Status FromGrpcStatus(const grpc::Status& status, const std::string& what) {
   if (status.ok()) return Status::Ok();
   std::string message =
       what.empty() ? status.error_message() : what + ": " + status.error_message();
-  return Status(static_cast<StatusCode>(status.error_code()), std::move(message))
-      .WithReason(ReasonOf(status));
+  Status out(static_cast<StatusCode>(status.error_code()), std::move(message));
+  // Reasons this version knows; others are dropped (the code still says what happened).
+  const std::string got = ReasonOf(status);
+  for (const char* known :
+       {reason::kManagerRestarted, reason::kWorkerNotRegistered, reason::kTenantQuotaExceeded}) {
+    if (got == known) return std::move(out).WithReason(known);
+  }
+  return out;
 }
 
 }  // namespace kvpool::v1

@@ -6,6 +6,7 @@
 #include <cassert>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -55,10 +56,11 @@ class Status {
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
-  // One of the reason:: constants, or "" for none.
-  const std::string& reason() const { return reason_; }
-  Status&& WithReason(std::string reason) && {
-    reason_ = std::move(reason);
+  // One of the reason:: constants, or "" for none. A pointer to a constant, not a
+  // string, so that a Status costs no more than its message on the hot paths.
+  std::string_view reason() const { return reason_; }
+  Status&& WithReason(const char* reason) && {
+    reason_ = reason;
     return std::move(*this);
   }
   std::string ToString() const;  // "CODE_NAME: message"
@@ -66,7 +68,7 @@ class Status {
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
-  std::string reason_;
+  const char* reason_ = "";
 };
 
 inline Status InvalidArgument(std::string m) {
