@@ -56,7 +56,8 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_EQ(r["scenarios"]["throughput"]["points"].size(), 4u);
   for (const nlohmann::json& point : r["scenarios"]["throughput"]["points"]) {
     const nlohmann::json& paged = point["paged"];
-    EXPECT_EQ(paged["requests"].get<int>(), std::max(4, 2 * point["concurrency"].get<int>()));  // --quick
+    EXPECT_EQ(paged["requests"].get<int>(),
+              std::max(4, 2 * point["concurrency"].get<int>()));  // --quick
     EXPECT_GT(paged["sustained_s"].get<double>(), 0);
     EXPECT_LT(paged["sustained_s"].get<double>(), paged["wall_s"].get<double>());
     EXPECT_GT(paged["sustained_tokens_per_s"].get<double>(), 0);
@@ -82,7 +83,10 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   // baseline in it (here written by hand: CI has no torch) the report compares them.
   nlohmann::json with_hf = r;
   with_hf["baseline"]["hf"] = {
-      {"transformers", "x"}, {"torch", "y"}, {"context", 200}, {"steps", 10},
+      {"transformers", "x"},
+      {"torch", "y"},
+      {"context", 200},
+      {"steps", 10},
       {"use_cache_false", {{"decode_ms_per_token", 400.0}, {"generate_ms_per_token", 90.0}}},
       {"use_cache_true", {{"decode_ms_per_token", 30.0}, {"generate_ms_per_token", 30.0}}}};
   std::ofstream(out / "report.json") << with_hf.dump();

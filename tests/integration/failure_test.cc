@@ -116,14 +116,6 @@ TEST(FailureTest, WorkersRecoverWhenTheManagerRestarts) {
   manager->SignalAndWait(SIGTERM, std::chrono::seconds(10));
 }
 
-v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker) {
-  auto stub = worker.NewStub();
-  grpc::ClientContext context;
-  v1::GetWorkerStatsResponse stats;
-  EXPECT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
-  return stats;
-}
-
 // The race that once gave wrong tokens: a manager SIGKILLed and restarted on the same
 // port, and a new worker registered with the new instance before an idle worker's next
 // heartbeat. A restarted manager used to number workers from 1 again, so the idle

@@ -89,14 +89,6 @@ int RunPreemptingLoad(WorkerProcess& worker) {
   return preemptions;
 }
 
-v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker) {
-  auto stub = worker.NewStub();
-  grpc::ClientContext context;
-  v1::GetWorkerStatsResponse stats;
-  EXPECT_TRUE(stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
-  return stats;
-}
-
 TEST(LoadTest, PoolTooSmallPreemptsAndEveryRequestStillCompletes) {
   ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "24"});
   ASSERT_FALSE(manager.address().empty());

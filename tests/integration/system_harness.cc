@@ -10,8 +10,8 @@ namespace kvpool::integration {
 
 WorkerProcess::WorkerProcess(const std::string& manager, std::vector<std::string> args,
                              std::shared_ptr<grpc::ChannelCredentials> credentials) {
-  std::vector<std::string> argv = {KVPOOL_WORKER_BIN, "--manager", manager, "--listen",
-                                   "127.0.0.1:0",       "--http",    "127.0.0.1:0"};
+  std::vector<std::string> argv = {KVPOOL_WORKER_BIN, "--manager", manager,      "--listen",
+                                   "127.0.0.1:0",     "--http",    "127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
   process_ = std::make_unique<Subprocess>(argv);
   static const std::string kListening = "kvpool-worker listening on ";
@@ -108,6 +108,22 @@ std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab) {
   std::vector<int32_t> tokens(n);
   for (int32_t& t : tokens) t = pick(rng);
   return tokens;
+}
+
+v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker, const std::string& bearer,
+                                       grpc::Status* status) {
+  auto stub = worker.NewStub();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (!bearer.empty()) context.AddMetadata("authorization", "Bearer " + bearer);
+  v1::GetWorkerStatsResponse stats;
+  const grpc::Status got = stub->GetStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  if (status != nullptr) {
+    *status = got;
+  } else {
+    EXPECT_TRUE(got.ok()) << got.error_message();
+  }
+  return stats;
 }
 
 v1::GetStatsResponse ManagerStats(v1::CacheManager::Stub& stub) {

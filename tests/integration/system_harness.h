@@ -67,6 +67,10 @@ v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& token_ids, int32_t
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab = 50257);
 
 v1::GetStatsResponse ManagerStats(v1::CacheManager::Stub& stub);
+// The worker's GetStats, as `bearer` ("authorization: Bearer ..." when set); the call's
+// status goes to `status` when given, else it must be OK.
+v1::GetWorkerStatsResponse WorkerStats(WorkerProcess& worker, const std::string& bearer = "",
+                                       grpc::Status* status = nullptr);
 bool ManagerInvariantsHold(v1::CacheManager::Stub& stub, std::string* violation);
 // Polls `condition` every 20 ms until it holds or `timeout` passes.
 bool WaitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);

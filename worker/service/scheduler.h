@@ -114,7 +114,9 @@ class Scheduler {
   // RESOURCE_EXHAUSTED preempts the newest sequences until the rest fit. Returns the
   // sequences still ready to decode.
   std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
-  void Preempt(Seq& seq);
+  // Admission pauses afterwards (the pool is full) unless the preemption was for a
+  // tenant's quota, which the other tenants' admissions do not touch.
+  void Preempt(Seq& seq, bool pause_admission = true);
   void DropSwap(Seq& seq);              // frees its swapped K/V (if any)
   int64_t CommitBudget() const;         // tokens one Step may commit
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account

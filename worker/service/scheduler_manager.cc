@@ -208,7 +208,7 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
     // newest one, never another tenant's.
     Seq* victim = NewestRunning(quota_tenant);
     if (victim == nullptr) break;
-    Preempt(*victim);
+    Preempt(*victim, /*pause_admission=*/quota_tenant == nullptr);
     seqs.erase(std::remove(seqs.begin(), seqs.end(), victim), seqs.end());
   }
   std::vector<Seq*> ready;
@@ -223,7 +223,7 @@ int64_t Scheduler::CommitBudget() const {
   return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
 }
 
-void Scheduler::Preempt(Seq& seq) {
+void Scheduler::Preempt(Seq& seq, bool pause_admission) {
   const Sequence& q = engine_->sequence(seq.engine_id);
   seq.rng = q.rng;
   seq.generated_text = q.text;
@@ -246,7 +246,7 @@ void Scheduler::Preempt(Seq& seq) {
   waiting_.push_front(&seq);
   ++seq.job->preemptions;
   counters_.preemptions.fetch_add(1);
-  admission_paused_ = true;
+  if (pause_admission) admission_paused_ = true;
 }
 
 void Scheduler::DropSwap(Seq& seq) {
