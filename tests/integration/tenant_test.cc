@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <set>
@@ -18,13 +19,14 @@
 namespace kvpool::integration {
 namespace {
 
+using manager::testing::HttpGet;
 using ::testing::HasSubstr;
 
 class TokenFiles {
  public:
-  TokenFiles() {
-    std::ofstream(tokens_) << "tok-worker workers worker\ntok-a tenant-a client\n"
-                              "tok-b tenant-b client\n";
+  explicit TokenFiles(const std::string& tenant_a = "tok-a tenant-a client\n") {
+    std::ofstream(tokens_) << "tok-worker workers worker\n"
+                           << tenant_a << "tok-b tenant-b client\n";
     std::ofstream(worker_) << "tok-worker\n";
   }
   ~TokenFiles() {
@@ -82,6 +84,68 @@ TEST(TenantTest, AnotherTenantIsAdmittedAtTheFirstFreeSlot) {
   EXPECT_EQ(order[0], 0);
   EXPECT_EQ(order[4], 1) << "B1 waited behind tenant A's queue";
   EXPECT_THAT((std::set<int>{order[1], order[2], order[3]}), ::testing::ElementsAre(2, 3, 4));
+}
+
+// A tenant at its block quota waits for its own sequences (queued at admission,
+// preempted when a running one needs a block past the cap), never fails and never
+// holds more than its cap, while another tenant is served as usual.
+TEST(TenantTest, ATenantAtItsQuotaWaitsForItsOwnSequences) {
+  TokenFiles files("tok-a tenant-a client max_blocks=6\n");
+  ManagerProcess manager(
+      {"--model", "tiny-gpt2", "--num-blocks", "256", "--auth-token-file", files.tokens()});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(),
+                       {"--model", "tiny-gpt2", "--threads", "1", "--token-file", files.worker()});
+  ASSERT_FALSE(worker.address().empty());
+  // 20 prompt + 60 new tokens: 5 blocks of 16 at the end; two at once do not fit 6.
+  constexpr int kRequests = 4;
+  std::vector<v1::GenerateRequest> requests;
+  std::vector<GenerateOutcome> alone(kRequests), together(kRequests);
+  auto stub = worker.NewStub();
+  for (int i = 0; i < kRequests; ++i) {
+    requests.push_back(GreedyRequest(RandomTokens(20, 90 + i), 60, v1::KV_MODE_PAGED));
+    alone[i] = Generate(*stub, requests[i], "tok-a");
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+  }
+  auto manager_stub = manager.NewStub();
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> most_held{0};
+  std::thread watcher([&] {
+    while (!done) {
+      grpc::ClientContext context;
+      context.AddMetadata("authorization", "Bearer tok-a");
+      v1::GetStatsResponse stats;
+      if (manager_stub->GetStats(&context, v1::GetStatsRequest(), &stats).ok()) {
+        most_held = std::max<int64_t>(most_held, stats.tenant_blocks_in_use());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kRequests; ++i) {
+    clients.emplace_back([&, i] {
+      auto own = worker.NewStub();
+      together[i] = Generate(*own, requests[i], "tok-a");
+    });
+  }
+  // Tenant B is not held up by A's quota.
+  GenerateOutcome other =
+      Generate(*stub, GreedyRequest(RandomTokens(20, 99), 8, v1::KV_MODE_PAGED), "tok-b");
+  EXPECT_TRUE(other.status.ok()) << other.status.error_message();
+  for (std::thread& t : clients) t.join();
+  done = true;
+  watcher.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+  }
+  EXPECT_GT(most_held.load(), 0);
+  EXPECT_LE(most_held.load(), 6);
+  const std::string metrics = HttpGet(manager.http_address(), "/metrics");
+  EXPECT_THAT(metrics, HasSubstr("kvpool_tenant_max_blocks{tenant=\"tenant-a\"} 6"));
+  EXPECT_THAT(
+      metrics,
+      ::testing::Not(HasSubstr("kvpool_tenant_quota_rejections_total{tenant=\"tenant-a\"} 0")));
 }
 
 TEST(TenantTest, WorkerStatsAnswerOnlyAuthenticatedCallers) {
