@@ -237,6 +237,14 @@ TEST_F(ServiceSecurityTest, NamesAreBoundedAndMustBeUtf8) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("worker_name is not valid UTF-8"));
   request.set_worker_name("ok");
+  request.set_model_name(std::string(256, 'm'));  // within the bound: only the wrong model
+  status = stub_->RegisterWorker(Ctx("tok-worker").get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  request.set_model_name(std::string(257, 'm'));
+  status = stub_->RegisterWorker(Ctx("tok-worker").get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model_name has 257 bytes"));
+  EXPECT_THAT(status.error_message(), HasSubstr("256"));
   request.set_model_name("\xFF");
   status = stub_->RegisterWorker(Ctx("tok-worker").get(), request, &response);
   EXPECT_THAT(status.error_message(), HasSubstr("model_name is not valid UTF-8"));
