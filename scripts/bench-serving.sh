@@ -15,17 +15,10 @@ model="${MODEL:-gpt2}" threads="${THREADS:-$(nproc)}" rounds="${ROUNDS:-3}"
 new_tokens="${NEW_TOKENS:-128}" prompt_tokens=32
 mkdir -p "$out"
 
-"$bin/kvpool" up --workers 1 --model "$model" --threads "$threads" --num-blocks 2048 \
-  >"$out/up.log" 2>"$out/up.err" &
-up_pid=$!
-trap 'kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1200); do
-  grep -q '^ready' "$out/up.log" && break
-  kill -0 $up_pid 2>/dev/null || { cat "$out/up.err" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^ready' "$out/up.log" || { echo "kvpool up did not get ready" >&2; exit 1; }
-worker="$(awk '$1 == "worker" {print $2; exit}' "$out/up.log")"
+source "$here/scripts/kvpool-up.sh"
+up_pid=""
+trap '[ -z "$up_pid" ] || { kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null; } || true' EXIT
+start_kvpool_up "$out" --workers 1 --model "$model" --threads "$threads" --num-blocks 2048
 echo "worker $worker ($model, $threads threads); $rounds rounds of $new_tokens tokens"
 
 for round in $(seq "$rounds"); do

@@ -15,18 +15,11 @@ model="${MODEL:-gpt2}" threads="${THREADS:-$(nproc)}" rounds="${ROUNDS:-5}"
 new_tokens="${NEW_TOKENS:-64}"
 mkdir -p "$out"
 
-"$bin/kvpool" up --workers 1 --model "$model" --threads "$threads" --num-blocks 1024 \
-  >"$out/up.log" 2>"$out/up.err" &
-up_pid=$!
-companion=0
-trap 'kill $companion 2>/dev/null; kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1200); do
-  grep -q '^ready' "$out/up.log" && break
-  kill -0 $up_pid 2>/dev/null || { cat "$out/up.err" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^ready' "$out/up.log" || { echo "kvpool up did not get ready" >&2; exit 1; }
-worker="$(awk '$1 == "worker" {print $2; exit}' "$out/up.log")"
+source "$here/scripts/kvpool-up.sh"
+up_pid="" companion=""
+trap '[ -z "$companion" ] || kill $companion 2>/dev/null
+      [ -z "$up_pid" ] || { kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null; } || true' EXIT
+start_kvpool_up "$out" --workers 1 --model "$model" --threads "$threads" --num-blocks 1024
 
 # 32 distinct 256-byte stop strings over the letters q and z (the random-weight model
 # emits them too rarely to ever match 256 in a row).
@@ -53,7 +46,7 @@ measure() {  # $1: label; the rest: the companion's extra flags (none: run alone
   if [ "$label" != alone ]; then
     kill $companion 2>/dev/null || true
     wait $companion 2>/dev/null || true
-    companion=0
+    companion=""
   fi
 }
 
