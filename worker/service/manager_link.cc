@@ -44,21 +44,19 @@ Status CheckPoolFitsModel(const v1::PoolDescriptor& d, const ModelConfig& model)
 
 }  // namespace
 
-bool IsLinkLoss(const grpc::Status& status) {
-  switch (status.error_code()) {
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-    case grpc::StatusCode::CANCELLED:
+bool IsLinkLoss(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kUnavailable:
+    case StatusCode::kDeadlineExceeded:
+    case StatusCode::kCancelled:
       return true;
-    case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::NOT_FOUND: {
-      const std::string reason = v1::ReasonOf(status);
-      return reason == reason::kManagerRestarted || reason == reason::kWorkerNotRegistered;
-    }
     default:
-      return false;
+      return status.reason() == reason::kManagerRestarted ||
+             status.reason() == reason::kWorkerNotRegistered;
   }
 }
+
+bool IsLinkLoss(const grpc::Status& status) { return IsLinkLoss(v1::FromGrpcStatus(status)); }
 
 ManagerLink::ManagerLink(ManagerLinkOptions options, ModelConfig model,
                          std::function<void()> on_change)

@@ -60,6 +60,7 @@ struct ManagerLinkOptions {
 // shutting down (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED: the worker never cancels
 // its own calls), it restarted (MANAGER_RESTARTED) or it forgot this worker
 // (WORKER_NOT_REGISTERED, a lease that ran out).
+bool IsLinkLoss(const Status& status);
 bool IsLinkLoss(const grpc::Status& status);
 
 class ManagerLink {

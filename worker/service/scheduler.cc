@@ -12,8 +12,6 @@
 #include <random>
 #include <set>
 
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
 #include "service/fair_admission.h"
 #include "service/scheduler_internal.h"
 #include "service/utf8.h"
@@ -23,15 +21,10 @@ namespace kvpool::worker {
 namespace {
 
 using scheduler_internal::CeilDiv;
-using scheduler_internal::FromGrpc;
 using scheduler_internal::Nanos;
 using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
-
-v1::SequenceMode ToProto(KvMode mode) {
-  return mode == KvMode::kContiguous ? v1::SEQUENCE_MODE_CONTIGUOUS : v1::SEQUENCE_MODE_PAGED;
-}
 
 at::ScalarType TorchDtype(KvDtype dtype) {
   switch (dtype) {
@@ -71,6 +64,12 @@ Scheduler::Scheduler(SchedulerOptions options, ModelConfig config, ModelWeights 
       weights_(std::move(weights)),
       tokenizer_(std::move(tokenizer)),
       link_(link),
+      manager_(link,
+               [this](std::chrono::nanoseconds took) {
+                 counters_.manager_calls.fetch_add(1);
+                 counters_.phase_ns[static_cast<int>(SchedulerPhase::kManager)].fetch_add(
+                     took.count(), std::memory_order_relaxed);
+               }),
       on_serving_(std::move(on_serving)) {}
 
 void Scheduler::SetServing(bool serving) {
@@ -201,6 +200,7 @@ void Scheduler::SyncAttachment() {
   }
   engine_.reset();
   attachment_ = current;
+  manager_.Attach(current);
   tenant_of_credential_.clear();  // another manager may map tokens differently
   SetServing(false);
   block_size_.store(0);
@@ -247,34 +247,19 @@ void Scheduler::FailAll(const Status& status, bool close_at_manager) {
 }
 
 StatusOr<std::string> Scheduler::ResolveTenant(const Job& job) {
-  if (!attachment_) return Unavailable("the worker is not attached to a cache manager; retry");
   const auto known = tenant_of_credential_.find(job.client_authorization);
   if (known != tenant_of_credential_.end()) return known->second;
-  v1::AuthenticateClientRequest check;
-  check.set_worker_id(attachment_->worker_id);
-  check.set_manager_instance(attachment_->manager_instance);
-  v1::AuthenticateClientResponse checked;
-  auto context = link_->NewContext();
-  // Always sent: a client without a token is anonymous, never the worker's tenant.
-  context->AddMetadata(v1::kClientAuthorizationHeader, job.client_authorization);
-  counters_.manager_calls.fetch_add(1);
-  grpc::Status status;
-  {
-    const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-    status = link_->stub().AuthenticateClient(context.get(), check, &checked);
-  }
-  if (!status.ok()) {
-    if (IsLinkLoss(status)) {
-      LinkLost("AuthenticateClient: " + status.error_message());
-      return Unavailable("the worker lost its cache manager; retry");
-    }
-    return v1::FromGrpcStatus(status, "the cache manager refused the client");
+  StatusOr<std::string> tenant = manager_.AuthenticateClient(job.client_authorization);
+  if (!tenant.ok()) {
+    if (!IsLinkLoss(tenant.status())) return tenant.status();
+    LinkLost(tenant.status().message());
+    return Unavailable("the worker lost its cache manager; retry");
   }
   // Credentials are few (a token file's); a flood of bad ones never gets here.
   constexpr size_t kMaxCachedCredentials = 4096;
   if (tenant_of_credential_.size() >= kMaxCachedCredentials) tenant_of_credential_.clear();
-  tenant_of_credential_.emplace(job.client_authorization, checked.tenant());
-  return checked.tenant();
+  tenant_of_credential_.emplace(job.client_authorization, *tenant);
+  return tenant;
 }
 
 Scheduler::Seq* Scheduler::NewestRunning(const std::string* tenant) const {
@@ -373,31 +358,18 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
                          ": lower max_tokens or give the manager more blocks (--num-blocks)"));
         continue;
       }
-      v1::OpenSequenceRequest open;
-      open.set_worker_id(attachment_->worker_id);
-      open.set_manager_instance(attachment_->manager_instance);
-      open.mutable_token_ids()->Add(request.prompt.begin(), request.prompt.end());
-      open.set_mode(ToProto(request.mode));
-      open.set_max_tokens(request.max_tokens);
-      v1::OpenSequenceResponse opened;
-      auto context = link_->NewContext();
-      // Always sent: a client without a token is anonymous, never the worker's tenant.
-      context->AddMetadata(v1::kClientAuthorizationHeader, job->client_authorization);
-      counters_.manager_calls.fetch_add(1);
-      grpc::Status status;
-      {
-        const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-        status = link_->stub().OpenSequence(context.get(), open, &opened);
-      }
-      if (!status.ok()) {
+      StatusOr<OpenedSequence> opened = manager_.Open(
+          request.prompt, request.mode, request.max_tokens, job->client_authorization);
+      if (!opened.ok()) {
+        const Status& status = opened.status();
         if (IsLinkLoss(status)) {
-          LinkLost("OpenSequence: " + status.error_message());
+          LinkLost(status.message());
           return {};
         }
-        if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        if (status.code() == StatusCode::kResourceExhausted) {
           // Ask again when a sequence has left (or shortly, if none runs here).
           retry_soon_ = retry_soon_ || running_.empty();
-          if (v1::ReasonOf(status) == reason::kTenantQuotaExceeded) {
+          if (status.reason() == reason::kTenantQuotaExceeded) {
             at_quota.insert(job->tenant);  // its own sequences must leave; others go on
             continue;
           }
@@ -405,16 +377,16 @@ std::vector<Scheduler::Seq*> Scheduler::Admit() {
           break;
         }
         take();
-        FailJob(job, FromGrpc(status, "the cache manager refused the sequence"));
+        FailJob(job, status);
         continue;
       }
-      manager_id = opened.sequence_id();
-      request.block_table.assign(opened.block_table().begin(), opened.block_table().end());
-      request.cached_tokens = opened.cached_tokens();
+      manager_id = opened->sequence_id;
+      request.block_table = std::move(opened->block_table);
+      request.cached_tokens = opened->cached_tokens;
       // Headroom: every running sequence needs blocks within the next steps; when the
       // pool has less left, admitting more would only preempt someone soon.
       const auto running = static_cast<int64_t>(running_.size()) + 1;
-      if (opened.allocatable_blocks() < options_.headroom_blocks * running) {
+      if (opened->allocatable_blocks < options_.headroom_blocks * running) {
         stop_after_this = true;
       }
     }

@@ -32,6 +32,7 @@
 #include "engine/engine.h"
 #include "kvpool/observability/prometheus.h"
 #include "service/job.h"
+#include "service/manager_client.h"
 #include "service/manager_link.h"
 
 namespace kvpool::worker {
@@ -118,14 +119,10 @@ class Scheduler {
   // tenant's quota, which the other tenants' admissions do not touch.
   void Preempt(Seq& seq, bool pause_admission = true);
   void DropSwap(Seq& seq);              // frees its swapped K/V (if any)
-  int64_t CommitBudget() const;         // tokens one Step may commit
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
   void Emit(Seq& seq, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);
   void RetryCloses();  // sequences whose CloseSequence failed
-  // One CloseSequence / Step call of this attachment (counted in manager_calls).
-  grpc::Status CloseAtManager(int64_t sequence_id);
-  grpc::Status StepAtManager(const v1::StepRequest& request, v1::StepResponse* response);
   void Release(Seq& seq, bool close_at_manager);
   void RemoveDeadSeqs();
   void TrackJobPeaks();  // each job's peak KV bytes, after a forward
@@ -143,6 +140,7 @@ class Scheduler {
   const ModelWeights weights_;
   const std::shared_ptr<const Tokenizer> tokenizer_;
   ManagerLink* const link_;
+  ManagerClient manager_;  // the sequence protocol, for the current attachment
   const std::function<void(bool)> on_serving_;
   WorkerCounters counters_;
   std::atomic<bool> serving_{false};

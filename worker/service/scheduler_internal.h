@@ -3,8 +3,6 @@
 // state and small helpers. Internal to worker/service; include nowhere else.
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -69,10 +67,6 @@ inline uint64_t SampleSeed(uint64_t seed, int32_t index) {
                     static_cast<uint32_t>(index)};
   std::mt19937_64 rng(mix);
   return rng();
-}
-
-inline Status FromGrpc(const grpc::Status& status, const std::string& what) {
-  return Status(static_cast<StatusCode>(status.error_code()), what + ": " + status.error_message());
 }
 
 }  // namespace scheduler_internal

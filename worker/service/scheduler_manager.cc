@@ -1,12 +1,12 @@
-// The Scheduler's side of the manager protocol: the batched Step that grants blocks
-// and publishes committed full blocks (within the manager's per-call cap), preemption
-// on RESOURCE_EXHAUSTED, Fork for parallel samples, closing sequences (retried when a
-// close does not get through), and retiring finished sequences with their summary.
-// The loop, admission, prefill and decode are in scheduler.cc.
+// The Scheduler's side of the manager protocol, through ManagerClient (never its
+// protobufs): the batched Step that grants blocks and publishes committed full blocks
+// (within the manager's per-call cap), preemption on RESOURCE_EXHAUSTED, Fork for
+// parallel samples, closing sequences (retried when a close does not get through), and
+// retiring finished sequences with their summary. The loop, admission, prefill and
+// decode are in scheduler.cc.
 #include <algorithm>
 #include <iostream>
 
-#include "kvpool/v1/grpc_status.h"
 #include "service/scheduler.h"
 #include "service/scheduler_internal.h"
 
@@ -14,41 +14,17 @@ namespace kvpool::worker {
 namespace {
 
 using scheduler_internal::CeilDiv;
-using scheduler_internal::FromGrpc;
-using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 
-// Tokens committed in one Step call at most, below the manager's own cap.
-constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
-
 }  // namespace
-
-grpc::Status Scheduler::CloseAtManager(int64_t sequence_id) {
-  v1::CloseSequenceRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
-  request.set_sequence_id(sequence_id);
-  v1::CloseSequenceResponse response;
-  auto context = link_->NewContext();
-  counters_.manager_calls.fetch_add(1);
-  const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-  return link_->stub().CloseSequence(context.get(), request, &response);
-}
-
-grpc::Status Scheduler::StepAtManager(const v1::StepRequest& request, v1::StepResponse* response) {
-  auto context = link_->NewContext();
-  counters_.manager_calls.fetch_add(1);
-  const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-  return link_->stub().Step(context.get(), request, response);
-}
 
 void Scheduler::Release(Seq& seq, bool close_at_manager) {
   if (seq.engine_id != 0 && engine_) engine_->Release(seq.engine_id);
   seq.engine_id = 0;
   if (seq.manager_id != 0 && close_at_manager && attachment_) {
-    const grpc::Status status = CloseAtManager(seq.manager_id);
-    if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
+    const Status status = manager_.Close(seq.manager_id);
+    if (!status.ok() && status.code() != StatusCode::kNotFound) {
       // Its blocks stay held until a close gets through (or the lease ends).
       unclosed_.push_back(seq.manager_id);
     }
@@ -62,9 +38,9 @@ void Scheduler::RetryCloses() {
   std::vector<int64_t> ids;
   ids.swap(unclosed_);
   for (int64_t id : ids) {
-    const grpc::Status status = CloseAtManager(id);
-    if (status.ok() || status.error_code() == grpc::StatusCode::NOT_FOUND) continue;
-    if (IsLinkLoss(status)) return LinkLost("CloseSequence: " + status.error_message());
+    const Status status = manager_.Close(id);
+    if (status.ok() || status.code() == StatusCode::kNotFound) continue;
+    if (IsLinkLoss(status)) return LinkLost(status.message());
     unclosed_.push_back(id);
   }
 }
@@ -74,24 +50,19 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
   const Sequence& p = engine_->sequence(parent.engine_id);
   // The manager forks what is committed: the whole prompt first.
   if (parent.committed < p.num_kv_tokens) {
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_manager_instance(attachment_->manager_instance);
-    v1::StepItem* item = request.add_items();
-    item->set_sequence_id(parent.manager_id);
-    item->set_num_tokens(p.num_kv_tokens);
-    item->mutable_commit_token_ids()->Add(p.tokens.begin() + parent.committed,
-                                          p.tokens.begin() + p.num_kv_tokens);
-    v1::StepResponse response;
-    const grpc::Status status = StepAtManager(request, &response);
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) return LinkLost("Step: " + status.error_message());
-      return FailJob(parent.job, FromGrpc(status, "committing the prompt before Fork"));
+    StepItemRequest item;
+    item.sequence_id = parent.manager_id;
+    item.num_tokens = p.num_kv_tokens;
+    item.commit_token_ids.assign(p.tokens.begin() + parent.committed,
+                                 p.tokens.begin() + p.num_kv_tokens);
+    StatusOr<std::vector<StepItemOutcome>> stepped = manager_.Step({item});
+    if (!stepped.ok()) {
+      if (IsLinkLoss(stepped.status())) return LinkLost(stepped.status().message());
+      return FailJob(parent.job,
+                     Status(stepped.status().code(),
+                            "committing the prompt before Fork: " + stepped.status().message()));
     }
-    if (response.results(0).code() != 0) {
-      return FailJob(parent.job, Status(static_cast<StatusCode>(response.results(0).code()),
-                                        response.results(0).message()));
-    }
+    if (!(*stepped)[0].status.ok()) return FailJob(parent.job, (*stepped)[0].status);
     parent.committed = p.num_kv_tokens;
   }
   for (int32_t i = 1; i < parent.job->n; ++i) {
@@ -99,22 +70,11 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
     child->job = parent.job;
     child->index = i;
     child->seed = SampleSeed(parent.job->request.sampling.seed, i);
-    v1::ForkRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_manager_instance(attachment_->manager_instance);
-    request.set_sequence_id(parent.manager_id);
-    v1::ForkResponse forked;
-    auto context = link_->NewContext();
-    counters_.manager_calls.fetch_add(1);
-    grpc::Status status;
-    {
-      const PhaseTimer timer(counters_, SchedulerPhase::kManager);
-      status = link_->stub().Fork(context.get(), request, &forked);
-    }
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) return LinkLost("Fork: " + status.error_message());
-      if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-        return FailJob(parent.job, FromGrpc(status, "Fork"));
+    StatusOr<ForkedSequence> forked = manager_.Fork(parent.manager_id);
+    if (!forked.ok()) {
+      if (IsLinkLoss(forked.status())) return LinkLost(forked.status().message());
+      if (forked.status().code() != StatusCode::kResourceExhausted) {
+        return FailJob(parent.job, forked.status());
       }
       // No block for the copy: the sample runs on its own later (the prompt's blocks
       // are cached, so its prefill is mostly a prefix hit).
@@ -122,11 +82,10 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
       seqs_.push_back(std::move(child));
       continue;
     }
-    StatusOr<SequenceId> id = engine_->Fork(
-        parent.engine_id,
-        std::vector<int32_t>(forked.block_table().begin(), forked.block_table().end()),
-        forked.copy_src_block(), forked.copy_dst_block(), child->seed);
-    child->manager_id = forked.sequence_id();
+    StatusOr<SequenceId> id =
+        engine_->Fork(parent.engine_id, std::move(forked->block_table), forked->copy_src_block,
+                      forked->copy_dst_block, child->seed);
+    child->manager_id = forked->sequence_id;
     if (!id.ok()) {
       Release(*child, /*close_at_manager=*/true);
       return FailJob(parent.job, id.status());
@@ -144,14 +103,12 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
 std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
   const int32_t block_size = engine_->geometry().block_size;
   for (;;) {
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_manager_instance(attachment_->manager_instance);
+    std::vector<StepItemRequest> items;
     std::vector<Seq*> asked;
     std::vector<int64_t> commit_to;
     // Commits are lazy and may wait: a call carries no more than the manager takes per
     // call, whole blocks at a time.
-    int64_t commit_budget = CommitBudget();
+    int64_t commit_budget = manager_.CommitBudget();
     for (Seq* s : seqs) {
       if (s->dead || s->manager_id == 0) continue;
       const Sequence& q = engine_->sequence(s->engine_id);
@@ -164,43 +121,39 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
                       std::min(full, s->committed + commit_budget / block_size * block_size));
       if (slots <= have && s->committed >= full) continue;
       commit_budget -= full - s->committed;
-      v1::StepItem* item = request.add_items();
-      item->set_sequence_id(s->manager_id);
-      item->set_num_tokens(slots);
-      item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                            q.tokens.begin() + full);
+      StepItemRequest& item = items.emplace_back();
+      item.sequence_id = s->manager_id;
+      item.num_tokens = slots;
+      item.commit_token_ids.assign(q.tokens.begin() + s->committed, q.tokens.begin() + full);
       asked.push_back(s);
       commit_to.push_back(full);
     }
     if (asked.empty()) break;
-    v1::StepResponse response;
-    const grpc::Status status = StepAtManager(request, &response);
-    if (!status.ok()) {
-      if (IsLinkLoss(status)) {
-        LinkLost("Step: " + status.error_message());
+    StatusOr<std::vector<StepItemOutcome>> stepped = manager_.Step(items);
+    if (!stepped.ok()) {
+      if (IsLinkLoss(stepped.status())) {
+        LinkLost(stepped.status().message());
         return {};
       }
-      for (Seq* s : asked) FailJob(s->job, FromGrpc(status, "Step"));
+      for (Seq* s : asked) FailJob(s->job, stepped.status());
       break;
     }
     bool exhausted = false;
     const std::string* quota_tenant = nullptr;  // a tenant at its quota: preempt its own
-    for (size_t i = 0; i < asked.size() && i < static_cast<size_t>(response.results_size()); ++i) {
-      const v1::StepItemResult& result = response.results(static_cast<int>(i));
+    for (size_t i = 0; i < asked.size(); ++i) {
+      StepItemOutcome& outcome = (*stepped)[i];
       Seq& s = *asked[i];
-      if (result.code() == 0) {
-        const Status appended = engine_->AppendBlocks(
-            s.engine_id,
-            std::vector<int32_t>(result.new_blocks().begin(), result.new_blocks().end()));
+      if (outcome.status.ok()) {
+        const Status appended = engine_->AppendBlocks(s.engine_id, std::move(outcome.new_blocks));
         if (!appended.ok()) FailJob(s.job, appended);
         s.committed = commit_to[i];
-      } else if (result.code() == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED)) {
+      } else if (outcome.status.code() == StatusCode::kResourceExhausted) {
         exhausted = true;
-        if (result.reason() == reason::kTenantQuotaExceeded && quota_tenant == nullptr) {
+        if (outcome.status.reason() == reason::kTenantQuotaExceeded && quota_tenant == nullptr) {
           quota_tenant = &s.job->tenant;
         }
       } else {
-        FailJob(s.job, Status(static_cast<StatusCode>(result.code()), result.message()));
+        FailJob(s.job, outcome.status);
       }
     }
     if (!exhausted) continue;  // commits left over the budget go in the next call
@@ -216,11 +169,6 @@ std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
     if (!s->dead && s->engine_id != 0) ready.push_back(s);
   }
   return ready;
-}
-
-int64_t Scheduler::CommitBudget() const {
-  const int64_t cap = attachment_->max_tokens_per_call;
-  return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
 }
 
 void Scheduler::Preempt(Seq& seq, bool pause_admission) {
@@ -266,11 +214,9 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
   std::string lost_why;
   for (bool more = true; more && !lost;) {
     more = false;
-    v1::StepRequest request;
-    request.set_worker_id(attachment_->worker_id);
-    request.set_manager_instance(attachment_->manager_instance);
+    std::vector<StepItemRequest> items;
     std::vector<std::pair<Seq*, int64_t>> committing;
-    int64_t commit_budget = CommitBudget();
+    int64_t commit_budget = manager_.CommitBudget();
     for (Seq* s : seqs) {
       if (s->dead || s->manager_id == 0) continue;
       const Sequence& q = engine_->sequence(s->engine_id);
@@ -283,24 +229,21 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
       }
       commit_budget -= full - s->committed;
       more = more || full < all;
-      v1::StepItem* item = request.add_items();
-      item->set_sequence_id(s->manager_id);
-      item->set_num_tokens(q.num_kv_tokens);
-      item->mutable_commit_token_ids()->Add(q.tokens.begin() + s->committed,
-                                            q.tokens.begin() + full);
+      StepItemRequest& item = items.emplace_back();
+      item.sequence_id = s->manager_id;
+      item.num_tokens = q.num_kv_tokens;
+      item.commit_token_ids.assign(q.tokens.begin() + s->committed, q.tokens.begin() + full);
       committing.emplace_back(s, full);
     }
     if (committing.empty()) break;
-    v1::StepResponse response;
-    const grpc::Status status = StepAtManager(request, &response);
-    if (!status.ok()) {
-      lost = IsLinkLoss(status);
-      lost_why = status.error_message();
+    StatusOr<std::vector<StepItemOutcome>> stepped = manager_.Step(items);
+    if (!stepped.ok()) {
+      lost = IsLinkLoss(stepped.status());
+      lost_why = stepped.status().message();
       break;
     }
-    for (size_t i = 0; i < committing.size() && i < static_cast<size_t>(response.results_size());
-         ++i) {
-      if (response.results(static_cast<int>(i)).code() != 0) {
+    for (size_t i = 0; i < committing.size(); ++i) {
+      if (!(*stepped)[i].status.ok()) {
         more = false;  // the manager refused a sequence's commit: do not loop on it
         continue;
       }
@@ -335,7 +278,7 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
     job.End(Status::Ok());
   }
   admission_paused_ = false;
-  if (lost) LinkLost("Step: " + lost_why);
+  if (lost) LinkLost(lost_why);
 }
 
 }  // namespace kvpool::worker

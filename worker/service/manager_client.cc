@@ -1,0 +1,169 @@
+// ManagerClient: the protobuf side of the worker's manager calls. See manager_client.h.
+#include "service/manager_client.h"
+
+#include <algorithm>
+
+#include "kvpool/v1/grpc_status.h"
+#include "kvpool/v1/metadata.h"
+
+namespace kvpool::worker {
+namespace {
+
+// Tokens committed in one Step call at most, below the manager's own cap.
+constexpr int64_t kMaxCommitTokensPerStep = 1 << 16;
+
+v1::SequenceMode ToProto(KvMode mode) {
+  return mode == KvMode::kContiguous ? v1::SEQUENCE_MODE_CONTIGUOUS : v1::SEQUENCE_MODE_PAGED;
+}
+
+Status Detached() { return Unavailable("the worker is not attached to a cache manager; retry"); }
+
+// Times one call and reports it, whatever path leaves the scope.
+class CallTimer {
+ public:
+  explicit CallTimer(const std::function<void(std::chrono::nanoseconds)>& on_call)
+      : on_call_(on_call), start_(std::chrono::steady_clock::now()) {}
+  ~CallTimer() {
+    if (on_call_) on_call_(std::chrono::steady_clock::now() - start_);
+  }
+  CallTimer(const CallTimer&) = delete;
+  CallTimer& operator=(const CallTimer&) = delete;
+
+ private:
+  const std::function<void(std::chrono::nanoseconds)>& on_call_;
+  const std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+ManagerClient::ManagerClient(ManagerLink* link,
+                             std::function<void(std::chrono::nanoseconds)> on_call)
+    : link_(link), on_call_(std::move(on_call)) {}
+
+int64_t ManagerClient::CommitBudget() const {
+  const int64_t cap = attachment_ ? attachment_->max_tokens_per_call : 0;
+  return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
+}
+
+std::unique_ptr<grpc::ClientContext> ManagerClient::NewContext() const {
+  return link_->NewContext();
+}
+
+StatusOr<std::string> ManagerClient::AuthenticateClient(const std::string& client_authorization) {
+  if (!attachment_) return Detached();
+  v1::AuthenticateClientRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  v1::AuthenticateClientResponse response;
+  auto context = NewContext();
+  // Always sent: a client without a token is anonymous, never the worker's tenant.
+  context->AddMetadata(v1::kClientAuthorizationHeader, client_authorization);
+  const CallTimer timer(on_call_);
+  const grpc::Status status = link_->stub().AuthenticateClient(context.get(), request, &response);
+  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the client");
+  return response.tenant();
+}
+
+StatusOr<OpenedSequence> ManagerClient::Open(const std::vector<int32_t>& prompt, KvMode mode,
+                                             int64_t max_tokens,
+                                             const std::string& client_authorization) {
+  if (!attachment_) return Detached();
+  v1::OpenSequenceRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  request.mutable_token_ids()->Add(prompt.begin(), prompt.end());
+  request.set_mode(ToProto(mode));
+  request.set_max_tokens(max_tokens);
+  v1::OpenSequenceResponse response;
+  auto context = NewContext();
+  context->AddMetadata(v1::kClientAuthorizationHeader, client_authorization);
+  grpc::Status status;
+  {
+    const CallTimer timer(on_call_);
+    status = link_->stub().OpenSequence(context.get(), request, &response);
+  }
+  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the sequence");
+  OpenedSequence opened;
+  opened.sequence_id = response.sequence_id();
+  opened.block_table.assign(response.block_table().begin(), response.block_table().end());
+  opened.cached_tokens = response.cached_tokens();
+  opened.allocatable_blocks = response.allocatable_blocks();
+  return opened;
+}
+
+StatusOr<std::vector<StepItemOutcome>> ManagerClient::Step(
+    const std::vector<StepItemRequest>& items) {
+  if (!attachment_) return Detached();
+  v1::StepRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  for (const StepItemRequest& item : items) {
+    v1::StepItem* out = request.add_items();
+    out->set_sequence_id(item.sequence_id);
+    out->set_num_tokens(item.num_tokens);
+    out->mutable_commit_token_ids()->Add(item.commit_token_ids.begin(),
+                                         item.commit_token_ids.end());
+  }
+  v1::StepResponse response;
+  auto context = NewContext();
+  grpc::Status status;
+  {
+    const CallTimer timer(on_call_);
+    status = link_->stub().Step(context.get(), request, &response);
+  }
+  if (!status.ok()) return v1::FromGrpcStatus(status, "Step");
+  if (response.results_size() != static_cast<int>(items.size())) {
+    return Internal("the cache manager answered " + std::to_string(response.results_size()) +
+                    " Step results for " + std::to_string(items.size()) + " items");
+  }
+  std::vector<StepItemOutcome> outcomes(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const v1::StepItemResult& result = response.results(static_cast<int>(i));
+    outcomes[i].new_blocks.assign(result.new_blocks().begin(), result.new_blocks().end());
+    if (result.code() == 0) continue;
+    // The reasons this version knows (FromGrpcStatus does the same for whole calls).
+    Status item(static_cast<StatusCode>(result.code()), result.message());
+    if (result.reason() == reason::kTenantQuotaExceeded) {
+      item = std::move(item).WithReason(reason::kTenantQuotaExceeded);
+    }
+    outcomes[i].status = std::move(item);
+  }
+  return outcomes;
+}
+
+StatusOr<ForkedSequence> ManagerClient::Fork(int64_t parent_sequence_id) {
+  if (!attachment_) return Detached();
+  v1::ForkRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  request.set_sequence_id(parent_sequence_id);
+  v1::ForkResponse response;
+  auto context = NewContext();
+  grpc::Status status;
+  {
+    const CallTimer timer(on_call_);
+    status = link_->stub().Fork(context.get(), request, &response);
+  }
+  if (!status.ok()) return v1::FromGrpcStatus(status, "Fork");
+  ForkedSequence forked;
+  forked.sequence_id = response.sequence_id();
+  forked.block_table.assign(response.block_table().begin(), response.block_table().end());
+  forked.copy_src_block = response.copy_src_block();
+  forked.copy_dst_block = response.copy_dst_block();
+  return forked;
+}
+
+Status ManagerClient::Close(int64_t sequence_id) {
+  if (!attachment_) return Detached();
+  v1::CloseSequenceRequest request;
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  request.set_sequence_id(sequence_id);
+  v1::CloseSequenceResponse response;
+  auto context = NewContext();
+  const CallTimer timer(on_call_);
+  return v1::FromGrpcStatus(link_->stub().CloseSequence(context.get(), request, &response),
+                            "CloseSequence");
+}
+
+}  // namespace kvpool::worker
