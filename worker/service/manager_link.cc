@@ -110,24 +110,6 @@ std::unique_ptr<grpc::ClientContext> ManagerLink::NewContext() const {
   return context;
 }
 
-StatusOr<std::string> ManagerLink::AuthenticateCaller(const std::string& authorization) const {
-  if (options_.token.empty()) return std::string("default");
-  const std::shared_ptr<const Attachment> attached = current();
-  if (!attached) {
-    return Unavailable("the worker is not attached to its cache manager (" + options_.address +
-                       "), which authenticates callers: retry shortly");
-  }
-  v1::AuthenticateClientRequest request;
-  request.set_worker_id(attached->worker_id);
-  request.set_manager_instance(attached->manager_instance);
-  v1::AuthenticateClientResponse response;
-  auto context = NewContext();
-  context->AddMetadata(v1::kClientAuthorizationHeader, authorization);
-  const grpc::Status status = stub_->AuthenticateClient(context.get(), request, &response);
-  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the caller");
-  return response.tenant();
-}
-
 void ManagerLink::ReportLost(int64_t epoch, const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);

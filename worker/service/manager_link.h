@@ -85,10 +85,8 @@ class ManagerLink {
   // The attached pool cannot be used (the engine refused it): as fatal as a mismatch.
   void ReportFatal(const std::string& why);
 
-  // With auth on (this worker has a token), checks a caller's "authorization" value
-  // with the manager (AuthenticateClient) and returns its tenant; UNAVAILABLE while
-  // detached. Without a token everyone is "default". Any thread.
-  StatusOr<std::string> AuthenticateCaller(const std::string& authorization) const;
+  // This worker presents a token to its manager, so the manager has auth on.
+  bool has_token() const { return !options_.token.empty(); }
 
   v1::CacheManager::Stub& stub() { return *stub_; }
   // A context with this worker's credential and the call timeout.

@@ -8,6 +8,7 @@
 #include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/metadata.h"
 #include "kvpool/v1/text_field.h"
+#include "service/manager_client.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool::worker {
@@ -238,8 +239,18 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext* context, const v1::Get
   if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
     authorization.assign(it->second.data(), it->second.size());
   }
-  if (StatusOr<std::string> tenant = link_->AuthenticateCaller(authorization); !tenant.ok()) {
-    return ToGrpcStatus(tenant.status());
+  if (link_->has_token()) {
+    const std::shared_ptr<const Attachment> attached = link_->current();
+    if (!attached) {
+      return ToGrpcStatus(Unavailable("the worker is not attached to its cache manager (" +
+                                      link_->address() +
+                                      "), which authenticates callers: retry shortly"));
+    }
+    ManagerClient manager(link_, /*on_call=*/{});
+    manager.Attach(attached);
+    if (StatusOr<std::string> tenant = manager.AuthenticateClient(authorization); !tenant.ok()) {
+      return ToGrpcStatus(tenant.status());
+    }
   }
   const std::shared_ptr<const Attachment> attachment = link_->current();
   const WorkerCounters& c = scheduler_->counters();
