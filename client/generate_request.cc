@@ -72,13 +72,4 @@ StatusOr<v1::GenerateRequest> ToGenerateRequest(const GenerateParams& params) {
   return request;
 }
 
-Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return Status::Ok();
-  const int code = static_cast<int>(status.error_code());
-  if (code < 0 || code > static_cast<int>(StatusCode::kUnauthenticated)) {
-    return Status(StatusCode::kUnknown, status.error_message());
-  }
-  return Status(static_cast<StatusCode>(code), status.error_message());
-}
-
 }  // namespace kvpool

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvpool/v1/grpc_status.h"
 #include "kvpool/v1/manager.pb.h"
 #include "kvpool/v1/status.h"
 #include "kvpool/v1/worker.pb.h"
@@ -68,16 +69,18 @@ StatusOr<v1::KvMode> ParseKvMode(std::string_view mode);
 // The inverse of ParseKvMode: "none", "contiguous", "paged" or "" for unspecified.
 std::string_view KvModeName(v1::KvMode mode);
 
-// The kvpool::Status of a gRPC status: same code (the numbering is shared), same message.
-Status FromGrpcStatus(const grpc::Status& status);
+// The kvpool::Status of a gRPC status: same code (the numbering is shared), same
+// message, and the reason of a kvpool error detail (kvpool/v1/grpc_status.h, the one
+// mapping every process uses).
+using v1::FromGrpcStatus;
 
 // One generated token as it arrives.
 struct TokenEvent {
   int index = 0;  // sample, 0 .. n-1
   int32_t token_id = 0;
-  std::string text;             // the token's text piece (may be a partial UTF-8 sequence)
-  double step_latency_s = 0.0;  // the server's forward that produced it
-  double arrival_s = 0.0;       // client clock since the call started
+  std::string text;               // the token's text piece (may be a partial UTF-8 sequence)
+  double step_latency_s = 0.0;    // the server's forward that produced it
+  double arrival_s = 0.0;         // client clock since the call started
   int64_t kv_bytes_reserved = 0;  // the sample's KV blocks on the server after this step
   int64_t kv_bytes_used = 0;      // of those, bytes holding its tokens
 };

@@ -120,6 +120,9 @@ TEST(StatusMappingTest, KeepsCodeAndServerMessage) {
     EXPECT_EQ(static_cast<int>(status.code()), code);
     EXPECT_EQ(status.message(), "from the server");
   }
+  // A code outside gRPC's numbering is UNKNOWN, not a value past the enum.
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "odd")).code(),
+            StatusCode::kUnknown);
 }
 
 TEST(ClientArgumentsTest, FailBeforeAnyCall) {

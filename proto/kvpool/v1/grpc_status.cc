@@ -42,7 +42,9 @@ Status FromGrpcStatus(const grpc::Status& status, const std::string& what) {
   if (status.ok()) return Status::Ok();
   std::string message =
       what.empty() ? status.error_message() : what + ": " + status.error_message();
-  Status out(static_cast<StatusCode>(status.error_code()), std::move(message));
+  const int code = static_cast<int>(status.error_code());
+  const bool known = code > 0 && code <= static_cast<int>(StatusCode::kUnauthenticated);
+  Status out(known ? static_cast<StatusCode>(code) : StatusCode::kUnknown, std::move(message));
   // Reasons this version knows; others are dropped (the code still says what happened).
   const std::string got = ReasonOf(status);
   for (const char* known :
