@@ -21,9 +21,6 @@
 namespace kvpool::manager {
 namespace {
 
-// Overflow-free for any a >= 0, b > 0 (request fields are bounded, but not trusted).
-int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0); }
-
 std::string Str(int64_t v) { return std::to_string(v); }
 
 Status WorkerNotFound(WorkerId worker) {
@@ -350,8 +347,7 @@ StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& ite
       Status allocated = CheckQuota(sequence->tenant, need);
       if (allocated.ok()) allocated = Allocate(sequence->tenant, need, &result.new_blocks);
       if (!allocated.ok()) {
-        result.status =
-            Status(allocated.code(), name + allocated.message())
+        result.status = Status(allocated.code(), name + allocated.message())
                             .WithReason(allocated.reason().data());
         return result;
       }

@@ -20,7 +20,6 @@
 namespace kvpool::worker {
 namespace {
 
-using scheduler_internal::CeilDiv;
 using scheduler_internal::Nanos;
 using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;

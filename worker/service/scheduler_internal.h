@@ -38,8 +38,6 @@ struct Scheduler::Seq {
 
 namespace scheduler_internal {
 
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 inline int64_t Nanos(Clock::duration d) {

@@ -13,7 +13,6 @@
 namespace kvpool::worker {
 namespace {
 
-using scheduler_internal::CeilDiv;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 

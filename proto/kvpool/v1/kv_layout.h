@@ -17,6 +17,10 @@ namespace kvpool {
 
 enum class KvDtype : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// ceil(a / b) for a >= 0, b > 0, without overflow (a may come from a request): e.g. the
+// blocks that hold `a` tokens.
+constexpr int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+
 constexpr size_t KvDtypeBytes(KvDtype dtype) { return dtype == KvDtype::kFloat32 ? 4 : 2; }
 
 inline const char* KvDtypeName(KvDtype dtype) {

@@ -40,7 +40,6 @@ struct ShadowSequence {
   std::vector<int32_t> table;
 };
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 class PropertyRun {
  public:
