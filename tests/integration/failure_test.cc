@@ -245,5 +245,22 @@ TEST(FailureTest, WorkerRefusesAPoolThatCannotHoldItsModel) {
   EXPECT_EQ(WEXITSTATUS(*status), 1);
 }
 
+TEST(FailureTest, WorkerWithANameTheManagerRefusesExitsNamingIt) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "16"});
+  ASSERT_FALSE(manager.address().empty());
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager.address(), "--listen", "127.0.0.1:0",
+                     "--model", "tiny-gpt2", "--threads", "1", "--name", std::string(300, 'n')},
+                    /*merge_stderr=*/true);
+  std::string output;
+  while (std::optional<std::string> line = worker.ReadLine(std::chrono::seconds(30))) {
+    output += *line + "\n";
+  }
+  const std::optional<int> status = worker.SignalAndWait(0, std::chrono::seconds(20));
+  ASSERT_TRUE(status.has_value());
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+  EXPECT_NE(output.find("worker_name has 300 bytes"), std::string::npos) << output;
+}
+
 }  // namespace
 }  // namespace kvpool::integration

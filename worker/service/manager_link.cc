@@ -220,9 +220,10 @@ void ManagerLink::Run() {
         continue;
       }
       const StatusCode code = attached.status().code();
-      // A pool that cannot hold the model, or a token without the worker role: no retry
-      // can fix either.
-      if (code == StatusCode::kFailedPrecondition || code == StatusCode::kPermissionDenied) {
+      // A pool that cannot hold the model, a token without the worker role, or a name
+      // the manager refuses (--name over 256 bytes or not UTF-8): no retry can fix them.
+      if (code == StatusCode::kFailedPrecondition || code == StatusCode::kPermissionDenied ||
+          code == StatusCode::kInvalidArgument) {
         fatal_error_ = attached.status().message();
         lock.unlock();
         on_change_();
