@@ -10,6 +10,7 @@
 
 #include "engine/model_config.h"
 #include "engine/stop_matcher.h"
+#include "service/commit_planner.h"
 #include "service/fair_admission.h"
 #include "service/worker_service.h"
 #include "tokenizer/tokenizer.h"
@@ -177,6 +178,44 @@ TEST(FairAdmissionTest, AnotherTenantGoesAtTheFirstFreeSlot) {
   // A tenant at its quota is skipped; none left: nothing to admit.
   EXPECT_EQ(NextToAdmit(waiting, last_admitted, {a}), 2u);
   EXPECT_EQ(NextToAdmit(waiting, last_admitted, {a, b, c}), waiting.size());
+}
+
+// Blocks of 4 tokens; a budget of 8 tokens (two blocks) per call.
+TEST(CommitPlannerTest, GrantsSlotsAndCommitsWholeWrittenBlocksWithinTheBudget) {
+  std::vector<CommitProgress> seqs(4);
+  seqs[0] = {/*slots=*/9, /*held_slots=*/8, /*written=*/8, /*committed=*/0, true};  // needs a block
+  seqs[1] = {6, 8, 5, 4, true};     // nothing: one partial block written past its commit
+  seqs[2] = {13, 12, 12, 0, true};  // needs a block; its 3 full blocks are over the budget
+  seqs[3] = {9, 12, 8, 0, false};   // contiguous: holds its slots, publishes nothing
+  const StepPlan plan = PlanStep(seqs, 4, 8, /*grant=*/true);
+  ASSERT_EQ(plan.items.size(), 2u);
+  EXPECT_EQ(plan.items[0].index, 0u);  // its 8 written tokens: the whole budget
+  EXPECT_EQ(plan.items[0].num_tokens, 9);
+  EXPECT_EQ(plan.items[0].commit_to, 8);
+  EXPECT_EQ(plan.items[1].index, 2u);  // its slots now, its commits in a later call
+  EXPECT_EQ(plan.items[1].num_tokens, 13);
+  EXPECT_EQ(plan.items[1].commit_to, 0);
+  EXPECT_TRUE(plan.more);
+}
+
+TEST(CommitPlannerTest, PublishesOnlyPagedSequencesAndSaysWhenMoreIsLeft) {
+  std::vector<CommitProgress> seqs(3);
+  seqs[0] = {16, 16, 16, 4, true};   // 12 more full tokens
+  seqs[1] = {10, 12, 10, 0, false};  // contiguous: never published
+  seqs[2] = {7, 8, 7, 0, true};      // one full block
+  StepPlan plan = PlanStep(seqs, 4, 8, /*grant=*/false);
+  ASSERT_EQ(plan.items.size(), 1u);  // the budget ends inside the first sequence
+  EXPECT_EQ(plan.items[0].index, 0u);
+  EXPECT_EQ(plan.items[0].num_tokens, 16);
+  EXPECT_EQ(plan.items[0].commit_to, 12);
+  EXPECT_TRUE(plan.more);
+  seqs[0].committed = 12;
+  plan = PlanStep(seqs, 4, 8, /*grant=*/false);
+  ASSERT_EQ(plan.items.size(), 2u);
+  EXPECT_EQ(plan.items[0].commit_to, 16);
+  EXPECT_EQ(plan.items[1].index, 2u);
+  EXPECT_EQ(plan.items[1].commit_to, 4);
+  EXPECT_FALSE(plan.more);
 }
 
 }  // namespace

@@ -31,6 +31,7 @@
 
 #include "engine/engine.h"
 #include "kvpool/observability/prometheus.h"
+#include "service/commit_planner.h"
 #include "service/job.h"
 #include "service/manager_client.h"
 #include "service/manager_link.h"
@@ -118,6 +119,9 @@ class Scheduler {
   // Admission pauses afterwards (the pool is full) unless the preemption was for a
   // tenant's quota, which the other tenants' admissions do not touch.
   void Preempt(Seq& seq, bool pause_admission = true);
+  // Where `seqs` stand for the commit planner, and the Step item for one planned.
+  std::vector<CommitProgress> Progress(const std::vector<Seq*>& seqs) const;
+  StepItemRequest StepItemFor(const Seq& seq, const PlannedItem& planned) const;
   void DropSwap(Seq& seq);              // frees its swapped K/V (if any)
   void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
   void Emit(Seq& seq, int32_t token, double step_s);

@@ -99,33 +99,51 @@ void Scheduler::ForkChildren(Seq& parent, double prefill_s) {
   }
 }
 
+std::vector<CommitProgress> Scheduler::Progress(const std::vector<Seq*>& seqs) const {
+  const int64_t block_size = engine_->geometry().block_size;
+  std::vector<CommitProgress> progress;
+  progress.reserve(seqs.size());
+  for (const Seq* s : seqs) {
+    const Sequence& q = engine_->sequence(s->engine_id);
+    CommitProgress& p = progress.emplace_back();
+    p.slots = static_cast<int64_t>(q.tokens.size());
+    p.held_slots = static_cast<int64_t>(q.block_table.size()) * block_size;
+    p.written = q.num_kv_tokens;
+    p.committed = s->committed;
+    p.publishes = q.request.mode == KvMode::kPaged;
+  }
+  return progress;
+}
+
+StepItemRequest Scheduler::StepItemFor(const Seq& seq, const PlannedItem& planned) const {
+  const Sequence& q = engine_->sequence(seq.engine_id);
+  StepItemRequest item;
+  item.sequence_id = seq.manager_id;
+  item.num_tokens = planned.num_tokens;
+  item.commit_token_ids.assign(q.tokens.begin() + seq.committed,
+                               q.tokens.begin() + planned.commit_to);
+  return item;
+}
+
 std::vector<Scheduler::Seq*> Scheduler::GrantBlocks(std::vector<Seq*> seqs) {
   const int32_t block_size = engine_->geometry().block_size;
   for (;;) {
+    // Commits are lazy and may wait: a call carries no more than the manager takes per
+    // call, whole blocks at a time; the loop calls again until nothing is left.
+    std::vector<Seq*> live;
+    for (Seq* s : seqs) {
+      if (!s->dead && s->manager_id != 0) live.push_back(s);
+    }
+    const StepPlan plan =
+        PlanStep(Progress(live), block_size, manager_.CommitBudget(), /*grant=*/true);
     std::vector<StepItemRequest> items;
     std::vector<Seq*> asked;
     std::vector<int64_t> commit_to;
-    // Commits are lazy and may wait: a call carries no more than the manager takes per
-    // call, whole blocks at a time.
-    int64_t commit_budget = manager_.CommitBudget();
-    for (Seq* s : seqs) {
-      if (s->dead || s->manager_id == 0) continue;
-      const Sequence& q = engine_->sequence(s->engine_id);
-      const auto slots = static_cast<int64_t>(q.tokens.size());
-      const int64_t have = static_cast<int64_t>(q.block_table.size()) * block_size;
-      // Full blocks become shareable; contiguous sequences publish nothing.
-      int64_t full = q.request.mode == KvMode::kPaged ? q.num_kv_tokens / block_size * block_size
-                                                      : s->committed;
-      full = std::max(s->committed,
-                      std::min(full, s->committed + commit_budget / block_size * block_size));
-      if (slots <= have && s->committed >= full) continue;
-      commit_budget -= full - s->committed;
-      StepItemRequest& item = items.emplace_back();
-      item.sequence_id = s->manager_id;
-      item.num_tokens = slots;
-      item.commit_token_ids.assign(q.tokens.begin() + s->committed, q.tokens.begin() + full);
+    for (const PlannedItem& planned : plan.items) {
+      Seq* s = live[planned.index];
+      items.push_back(StepItemFor(*s, planned));
       asked.push_back(s);
-      commit_to.push_back(full);
+      commit_to.push_back(planned.commit_to);
     }
     if (asked.empty()) break;
     StatusOr<std::vector<StepItemOutcome>> stepped = manager_.Step(items);
@@ -212,27 +230,19 @@ void Scheduler::Retire(std::vector<Seq*> seqs) {
   bool lost = false;
   std::string lost_why;
   for (bool more = true; more && !lost;) {
-    more = false;
+    std::vector<Seq*> live;
+    for (Seq* s : seqs) {
+      if (!s->dead && s->manager_id != 0) live.push_back(s);
+    }
+    const StepPlan plan =
+        PlanStep(Progress(live), block_size, manager_.CommitBudget(), /*grant=*/false);
+    more = plan.more;
     std::vector<StepItemRequest> items;
     std::vector<std::pair<Seq*, int64_t>> committing;
-    int64_t commit_budget = manager_.CommitBudget();
-    for (Seq* s : seqs) {
-      if (s->dead || s->manager_id == 0) continue;
-      const Sequence& q = engine_->sequence(s->engine_id);
-      if (q.request.mode != KvMode::kPaged) continue;
-      const int64_t all = q.num_kv_tokens / block_size * block_size;
-      const int64_t full = std::min(all, s->committed + commit_budget / block_size * block_size);
-      if (s->committed >= full) {
-        more = more || s->committed < all;
-        continue;
-      }
-      commit_budget -= full - s->committed;
-      more = more || full < all;
-      StepItemRequest& item = items.emplace_back();
-      item.sequence_id = s->manager_id;
-      item.num_tokens = q.num_kv_tokens;
-      item.commit_token_ids.assign(q.tokens.begin() + s->committed, q.tokens.begin() + full);
-      committing.emplace_back(s, full);
+    for (const PlannedItem& planned : plan.items) {
+      Seq* s = live[planned.index];
+      items.push_back(StepItemFor(*s, planned));
+      committing.emplace_back(s, planned.commit_to);
     }
     if (committing.empty()) break;
     StatusOr<std::vector<StepItemOutcome>> stepped = manager_.Step(items);
