@@ -93,11 +93,12 @@ std::string Dashboard::StatsJson(const Caller& caller) const {
   // A client-only caller sees the pool and its own tenant, not the workers or others.
   const bool operator_view = caller.Has(kRoleWorker);
   Json tenants = Json::array();
-  int64_t queries = s.prefix_queries_tokens, hits = s.prefix_hits_tokens;
-  if (!operator_view) queries = hits = 0;
+  // The prefix counters: the node's for the operator, the caller's tenant's otherwise.
+  int64_t queries = operator_view ? s.prefix_queries_tokens : 0;
+  int64_t hits = operator_view ? s.prefix_hits_tokens : 0;
   for (const TenantStats& t : s.tenants) {
-    if (!operator_view && t.tenant != caller.tenant) continue;
     if (!operator_view) {
+      if (t.tenant != caller.tenant) continue;
       queries = t.prefix_queries_tokens;
       hits = t.prefix_hits_tokens;
     }

@@ -16,24 +16,6 @@ v1::SequenceMode ToProto(KvMode mode) {
   return mode == KvMode::kContiguous ? v1::SEQUENCE_MODE_CONTIGUOUS : v1::SEQUENCE_MODE_PAGED;
 }
 
-Status Detached() { return Unavailable("the worker is not attached to a cache manager; retry"); }
-
-// Times one call and reports it, whatever path leaves the scope.
-class CallTimer {
- public:
-  explicit CallTimer(const std::function<void(std::chrono::nanoseconds)>& on_call)
-      : on_call_(on_call), start_(std::chrono::steady_clock::now()) {}
-  ~CallTimer() {
-    if (on_call_) on_call_(std::chrono::steady_clock::now() - start_);
-  }
-  CallTimer(const CallTimer&) = delete;
-  CallTimer& operator=(const CallTimer&) = delete;
-
- private:
-  const std::function<void(std::chrono::nanoseconds)>& on_call_;
-  const std::chrono::steady_clock::time_point start_;
-};
-
 }  // namespace
 
 ManagerClient::ManagerClient(ManagerLink* link,
@@ -45,44 +27,41 @@ int64_t ManagerClient::CommitBudget() const {
   return cap > 0 ? std::min(cap, kMaxCommitTokensPerStep) : kMaxCommitTokensPerStep;
 }
 
-std::unique_ptr<grpc::ClientContext> ManagerClient::NewContext() const {
-  return link_->NewContext();
+template <typename Request, typename Response>
+Status ManagerClient::Call(Rpc<Request, Response> rpc, Request& request, Response* response,
+                           const char* what, const std::string* client_authorization) {
+  if (!attachment_) return Unavailable("the worker is not attached to a cache manager; retry");
+  request.set_worker_id(attachment_->worker_id);
+  request.set_manager_instance(attachment_->manager_instance);
+  auto context = link_->NewContext();
+  if (client_authorization != nullptr) {
+    // Always sent: a client without a token is anonymous, never the worker's tenant.
+    context->AddMetadata(v1::kClientAuthorizationHeader, *client_authorization);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const grpc::Status status = (link_->stub().*rpc)(context.get(), request, response);
+  if (on_call_) on_call_(std::chrono::steady_clock::now() - start);
+  return v1::FromGrpcStatus(status, what);
 }
 
 StatusOr<std::string> ManagerClient::AuthenticateClient(const std::string& client_authorization) {
-  if (!attachment_) return Detached();
   v1::AuthenticateClientRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
   v1::AuthenticateClientResponse response;
-  auto context = NewContext();
-  // Always sent: a client without a token is anonymous, never the worker's tenant.
-  context->AddMetadata(v1::kClientAuthorizationHeader, client_authorization);
-  const CallTimer timer(on_call_);
-  const grpc::Status status = link_->stub().AuthenticateClient(context.get(), request, &response);
-  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the client");
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::AuthenticateClient, request, &response,
+                              "the cache manager refused the client", &client_authorization));
   return response.tenant();
 }
 
 StatusOr<OpenedSequence> ManagerClient::Open(const std::vector<int32_t>& prompt, KvMode mode,
                                              int64_t max_tokens,
                                              const std::string& client_authorization) {
-  if (!attachment_) return Detached();
   v1::OpenSequenceRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
   request.mutable_token_ids()->Add(prompt.begin(), prompt.end());
   request.set_mode(ToProto(mode));
   request.set_max_tokens(max_tokens);
   v1::OpenSequenceResponse response;
-  auto context = NewContext();
-  context->AddMetadata(v1::kClientAuthorizationHeader, client_authorization);
-  grpc::Status status;
-  {
-    const CallTimer timer(on_call_);
-    status = link_->stub().OpenSequence(context.get(), request, &response);
-  }
-  if (!status.ok()) return v1::FromGrpcStatus(status, "the cache manager refused the sequence");
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::OpenSequence, request, &response,
+                              "the cache manager refused the sequence", &client_authorization));
   OpenedSequence opened;
   opened.sequence_id = response.sequence_id();
   opened.block_table.assign(response.block_table().begin(), response.block_table().end());
@@ -93,10 +72,7 @@ StatusOr<OpenedSequence> ManagerClient::Open(const std::vector<int32_t>& prompt,
 
 StatusOr<std::vector<StepItemOutcome>> ManagerClient::Step(
     const std::vector<StepItemRequest>& items) {
-  if (!attachment_) return Detached();
   v1::StepRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
   for (const StepItemRequest& item : items) {
     v1::StepItem* out = request.add_items();
     out->set_sequence_id(item.sequence_id);
@@ -105,13 +81,7 @@ StatusOr<std::vector<StepItemOutcome>> ManagerClient::Step(
                                          item.commit_token_ids.end());
   }
   v1::StepResponse response;
-  auto context = NewContext();
-  grpc::Status status;
-  {
-    const CallTimer timer(on_call_);
-    status = link_->stub().Step(context.get(), request, &response);
-  }
-  if (!status.ok()) return v1::FromGrpcStatus(status, "Step");
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::Step, request, &response, "Step"));
   if (response.results_size() != static_cast<int>(items.size())) {
     return Internal("the cache manager answered " + std::to_string(response.results_size()) +
                     " Step results for " + std::to_string(items.size()) + " items");
@@ -132,19 +102,10 @@ StatusOr<std::vector<StepItemOutcome>> ManagerClient::Step(
 }
 
 StatusOr<ForkedSequence> ManagerClient::Fork(int64_t parent_sequence_id) {
-  if (!attachment_) return Detached();
   v1::ForkRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
   request.set_sequence_id(parent_sequence_id);
   v1::ForkResponse response;
-  auto context = NewContext();
-  grpc::Status status;
-  {
-    const CallTimer timer(on_call_);
-    status = link_->stub().Fork(context.get(), request, &response);
-  }
-  if (!status.ok()) return v1::FromGrpcStatus(status, "Fork");
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::Fork, request, &response, "Fork"));
   ForkedSequence forked;
   forked.sequence_id = response.sequence_id();
   forked.block_table.assign(response.block_table().begin(), response.block_table().end());
@@ -154,16 +115,10 @@ StatusOr<ForkedSequence> ManagerClient::Fork(int64_t parent_sequence_id) {
 }
 
 Status ManagerClient::Close(int64_t sequence_id) {
-  if (!attachment_) return Detached();
   v1::CloseSequenceRequest request;
-  request.set_worker_id(attachment_->worker_id);
-  request.set_manager_instance(attachment_->manager_instance);
   request.set_sequence_id(sequence_id);
   v1::CloseSequenceResponse response;
-  auto context = NewContext();
-  const CallTimer timer(on_call_);
-  return v1::FromGrpcStatus(link_->stub().CloseSequence(context.get(), request, &response),
-                            "CloseSequence");
+  return Call(&v1::CacheManager::Stub::CloseSequence, request, &response, "CloseSequence");
 }
 
 }  // namespace kvpool::worker

@@ -70,7 +70,14 @@ class ManagerClient {
   Status Close(int64_t sequence_id);
 
  private:
-  std::unique_ptr<grpc::ClientContext> NewContext() const;
+  template <typename Request, typename Response>
+  using Rpc = grpc::Status (v1::CacheManager::Stub::*)(grpc::ClientContext*, const Request&,
+                                                       Response*);
+  // One call: names this attachment's worker and manager instance, forwards the end
+  // client's credential when given, reports its duration; `what` prefixes the error.
+  template <typename Request, typename Response>
+  Status Call(Rpc<Request, Response> rpc, Request& request, Response* response, const char* what,
+              const std::string* client_authorization = nullptr);
 
   ManagerLink* const link_;
   const std::function<void(std::chrono::nanoseconds)> on_call_;
