@@ -22,7 +22,7 @@
 #include <optional>
 #include <string>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::manager {
 

@@ -18,7 +18,7 @@
 
 #include "cache_service/block_hash.h"
 #include "cache_service/prefix_index.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::manager {
 

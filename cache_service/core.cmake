@@ -9,4 +9,4 @@ set(KVPOOL_MANAGER_CORE_SRC
 list(TRANSFORM KVPOOL_MANAGER_CORE_SRC PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/)
 add_library(kvpool_manager_core STATIC ${KVPOOL_MANAGER_CORE_SRC})
 target_include_directories(kvpool_manager_core PUBLIC ${CMAKE_SOURCE_DIR})
-target_link_libraries(kvpool_manager_core PUBLIC kvpool_layout Threads::Threads PRIVATE kvpool_warnings)
+target_link_libraries(kvpool_manager_core PUBLIC kvpool_common Threads::Threads PRIVATE kvpool_warnings)

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <utility>
 
-#include "kvpool/v1/gpu_uuid.h"
+#include "common/gpu_uuid.h"
 
 namespace kvpool::manager {
 namespace {

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
-#include "kvpool/v1/model_shapes.h"
+#include "common/model_config.h"
 
 namespace kvpool::manager {
 namespace {
@@ -154,8 +154,14 @@ std::string Dashboard::StatsJson(const Caller& caller) const {
 
 std::string Dashboard::ModelsJson() const {
   Json models = Json::array();
-  for (const ReferenceShape& m : kReferenceShapes) {
-    models.push_back({{"name", m.model},
+  // Published architectures for the memory calculator: GPT-2, GPT-3 and Llama families,
+  // MHA and GQA (shapes from the one model list, common/model_config.cc).
+  for (const char* name : {"gpt2", "gpt2-medium", "gpt3-175b", "llama-7b", "llama-13b",
+                           "llama-70b"}) {
+    const StatusOr<ModelConfig> config = BuiltinModelConfig(name);
+    if (!config.ok()) continue;
+    const ModelConfig& m = *config;
+    models.push_back({{"name", m.name},
                       {"num_layers", m.num_layers},
                       {"num_heads", m.num_heads},
                       {"num_kv_heads", m.num_kv_heads},

@@ -16,7 +16,7 @@
 #include "cache_service/auth.h"
 #include "cache_service/cache_manager.h"
 #include "cache_service/grpc_service.h"
-#include "kvpool/observability/http_server.h"
+#include "common/observability/http_server.h"
 #include "kvpool/v1/manager.pb.h"
 
 namespace kvpool::manager {

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <exception>
 
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
-#include "kvpool/v1/text_field.h"
+#include "common/grpc_status.h"
+#include "common/metadata.h"
+#include "common/text_field.h"
 
 namespace kvpool::manager {
 namespace {

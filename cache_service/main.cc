@@ -9,9 +9,6 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <CLI/CLI.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -25,9 +22,10 @@
 #include "cache_service/grpc_service.h"
 #include "cache_service/metrics.h"
 #include "cache_service/pool_host.h"
-#include "kvpool/observability/http_server.h"
-#include "kvpool/v1/model_shapes.h"
-#include "kvpool/v1/tls.h"
+#include "common/observability/http_server.h"
+#include "common/service_loop.h"
+#include "common/model_config.h"
+#include "common/tls.h"
 
 namespace kvpool::manager {
 namespace {
@@ -73,15 +71,15 @@ int FailUsage(const Status& status) {
 
 StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
   if (!flags.model.empty()) {
-    if (const KvShape* shape = FindKvShape(flags.model)) {
-      if (flags.num_layers == 0) flags.num_layers = shape->num_layers;
-      if (flags.num_kv_heads == 0) flags.num_kv_heads = shape->num_kv_heads;
-      if (flags.head_dim == 0) flags.head_dim = shape->head_dim;
+    if (const StatusOr<ModelConfig> shape = BuiltinModelConfig(flags.model); shape.ok()) {
+      if (flags.num_layers == 0) flags.num_layers = static_cast<int32_t>(shape->num_layers);
+      if (flags.num_kv_heads == 0) flags.num_kv_heads = static_cast<int32_t>(shape->num_kv_heads);
+      if (flags.head_dim == 0) flags.head_dim = static_cast<int32_t>(shape->head_dim);
     }
   }
   if (flags.num_layers <= 0 || flags.num_kv_heads <= 0 || flags.head_dim <= 0) {
     std::string known;
-    for (const KvShape& shape : kBuiltinKvShapes) known += " " + std::string(shape.model);
+    for (const std::string& name : BuiltinModelNames()) known += " " + name;
     return InvalidArgument("give --model (one of:" + known +
                            ") or all of --num-layers --num-kv-heads --head-dim (> 0)");
   }
@@ -263,8 +261,8 @@ int Run(int argc, char** argv) {
 
   // /metrics and /healthz are operator-facing and unauthenticated (Prometheus and
   // Kubernetes probes): keep --http on loopback or a cluster-internal address.
-  boost::asio::io_context io;
-  HttpServer http(io, "kvpool-manager", [&](const HttpRequest& request) -> HttpResponse {
+  ServiceLoop loop("kvpool-manager");
+  HttpServer http(loop.io(), "kvpool-manager", [&](const HttpRequest& request) -> HttpResponse {
     const std::string& target = request.target;
     if (std::optional<HttpResponse> page = dashboard.Serve(request)) return *std::move(page);
     if (target == "/metrics") {
@@ -294,28 +292,13 @@ int Run(int argc, char** argv) {
 
   // Leases are checked four times per TTL, so a dead worker's blocks come back
   // within 1.25 TTL of its last heartbeat.
-  boost::asio::steady_timer lease_timer(io);
   const auto lease_period = std::chrono::milliseconds(std::max<int64_t>(1, flags.lease_ttl_ms / 4));
-  std::function<void()> arm_lease_timer = [&] {
-    lease_timer.expires_after(lease_period);
-    lease_timer.async_wait([&](const boost::system::error_code& ec) {
-      if (ec) return;
-      service.ExpireLeases(Clock::now());
-      arm_lease_timer();
-    });
-  };
-  arm_lease_timer();
-
-  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
-  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
-    if (ec) return;
-    std::cerr << "kvpool-manager: signal " << signal << ", shutting down\n";
-    lease_timer.cancel();
+  loop.Every(lease_period, [&] { service.ExpireLeases(Clock::now()); });
+  loop.OnShutdown([&] {
     http.Close();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    io.stop();
   });
-  io.run();
+  loop.Run();
   server->Wait();
   return 0;  // `pool` unmaps and unlinks the shm segment on the way out
 }

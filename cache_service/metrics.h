@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cache_service/cache_manager.h"
-#include "kvpool/observability/prometheus.h"
+#include "common/observability/prometheus.h"
 
 namespace kvpool::manager {
 

@@ -19,8 +19,8 @@
 #include <memory>
 #include <string>
 
-#include "kvpool/v1/kv_layout.h"
-#include "kvpool/v1/status.h"
+#include "common/kv_layout.h"
+#include "common/status.h"
 
 namespace kvpool::manager {
 

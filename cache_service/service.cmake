@@ -19,7 +19,8 @@ add_library(kvpool_manager_service STATIC
   ${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc)
 target_include_directories(kvpool_manager_service PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(kvpool_manager_service
-  PUBLIC kvpool_manager_core kvpool_proto kvpool_observability gRPC::grpc++ Boost::system Threads::Threads rt
+  PUBLIC kvpool_manager_core kvpool_rpc kvpool_observability kvpool_model_config gRPC::grpc++
+    Boost::system Threads::Threads rt
   PRIVATE nlohmann_json::nlohmann_json kvpool_warnings)
 
 if(TARGET kvpool_manager_cuda)
@@ -28,7 +29,7 @@ if(TARGET kvpool_manager_cuda)
 endif()
 
 add_executable(kvpool-manager ${CMAKE_CURRENT_LIST_DIR}/main.cc)
-target_link_libraries(kvpool-manager PRIVATE kvpool_manager_service kvpool_tls gRPC::grpc++_reflection
+target_link_libraries(kvpool-manager PRIVATE kvpool_manager_service kvpool_rpc gRPC::grpc++_reflection
   kvpool_warnings)
 
 add_executable(kvpool-manager-bench ${CMAKE_CURRENT_LIST_DIR}/bench_main.cc)

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 
-#include "kvpool/v1/metadata.h"
-#include "kvpool/v1/tls.h"
+#include "common/metadata.h"
+#include "common/tls.h"
 
 namespace kvpool::client_internal {
 

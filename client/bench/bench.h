@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "client/cli/child_process.h"
+#include "common/subprocess.h"
 #include "kvpool/client.h"
 
 namespace kvpool::bench {
@@ -56,7 +56,7 @@ class LocalNode {
 
  private:
   const BenchOptions& options_;
-  std::unique_ptr<cli::ChildProcess> up_;
+  std::unique_ptr<Subprocess> up_;
   std::string worker_, manager_;
 };
 

@@ -46,7 +46,12 @@ Status LocalNode::Start(int64_t num_blocks, int32_t block_size) {
   if (block_size > 0) argv.insert(argv.end(), {"--block-size", std::to_string(block_size)});
   sigset_t mask;
   pthread_sigmask(SIG_SETMASK, nullptr, &mask);
-  KVPOOL_ASSIGN_OR_RETURN(up_, cli::ChildProcess::Start("kvpool up", argv, mask));
+  SubprocessOptions up_options;
+  up_options.name = "kvpool up";
+  up_options.own_process_group = true;
+  up_options.die_with_parent = true;
+  up_options.signal_mask = mask;
+  KVPOOL_ASSIGN_OR_RETURN(up_, Subprocess::Start(argv, std::move(up_options)));
   const auto deadline = Clock::now() + std::chrono::seconds(180);
   while (Clock::now() < deadline) {
     bool eof = false;

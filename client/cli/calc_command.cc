@@ -12,7 +12,7 @@
 
 #include "client/cli/cli_util.h"
 #include "client/cli/kv_memory.h"
-#include "engine/model_config.h"
+#include "common/model_config.h"
 
 namespace kvpool::cli {
 namespace {

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <iostream>
 
-#include "kvpool/v1/tls.h"
+#include "common/tls.h"
 
 namespace kvpool::cli {
 

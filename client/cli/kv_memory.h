@@ -10,8 +10,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/model_config.h"
-#include "kvpool/v1/status.h"
+#include "common/model_config.h"
+#include "common/status.h"
 
 namespace kvpool::cli {
 

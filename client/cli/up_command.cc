@@ -12,8 +12,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include "client/cli/child_process.h"
 #include "client/cli/cli_util.h"
+#include "common/subprocess.h"
 
 namespace kvpool::cli {
 namespace {
@@ -62,9 +62,21 @@ struct Signals {
   }
 };
 
+// A service started by `kvpool up`: in its own process group (a terminal's Ctrl-C reaches
+// only us, and we stop the children in order), with our original signal mask, and
+// SIGTERMed if we die.
+SubprocessOptions ServiceOptions(std::string name, const Signals& signals) {
+  SubprocessOptions options;
+  options.name = std::move(name);
+  options.own_process_group = true;
+  options.die_with_parent = true;
+  options.signal_mask = signals.original;
+  return options;
+}
+
 // Reads `child`'s stdout until a line starting with `prefix`; returns the rest of it.
 // Other lines are copied to stderr.
-StatusOr<std::string> WaitForLine(ChildProcess& child, const std::string& prefix,
+StatusOr<std::string> WaitForLine(Subprocess& child, const std::string& prefix,
                                   Clock::time_point deadline, const Signals& signals) {
   while (Clock::now() < deadline) {
     if (signals.StopRequested(std::chrono::milliseconds(0))) return Cancelled("interrupted");
@@ -84,9 +96,9 @@ StatusOr<std::string> WaitForLine(ChildProcess& child, const std::string& prefix
 
 // Stops `children` in reverse start order (workers before their manager): SIGTERM, then
 // SIGKILL for any still running after kStopGrace.
-void StopAll(std::vector<std::unique_ptr<ChildProcess>>& children) {
+void StopAll(std::vector<std::unique_ptr<Subprocess>>& children) {
   for (auto it = children.rbegin(); it != children.rend(); ++it) {
-    ChildProcess& child = **it;
+    Subprocess& child = **it;
     child.Signal(SIGTERM);
     const auto deadline = Clock::now() + kStopGrace;
     while (!child.Exited() && Clock::now() < deadline) {
@@ -140,7 +152,7 @@ std::vector<std::string> WorkerArgv(const std::string& dir, const UpFlags& flags
 // Starts the manager and the workers and prints their addresses; the children are
 // appended to `children` as they start, so the caller can stop them on any error.
 Status StartNode(const UpFlags& flags, const Signals& signals,
-                 std::vector<std::unique_ptr<ChildProcess>>& children) {
+                 std::vector<std::unique_ptr<Subprocess>>& children) {
   const std::string dir = BinaryDirectory();
   for (const char* binary : {"kvpool-manager", "kvpool-worker"}) {
     if (flags.workers == 0 && std::string(binary) == "kvpool-worker") continue;
@@ -150,8 +162,8 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
   }
   KVPOOL_ASSIGN_OR_RETURN(
       auto manager,
-      ChildProcess::Start("kvpool-manager", ManagerArgv(dir, flags), signals.original));
-  ChildProcess& manager_process = *manager;
+      Subprocess::Start(ManagerArgv(dir, flags), ServiceOptions("kvpool-manager", signals)));
+  Subprocess& manager_process = *manager;
   children.push_back(std::move(manager));
   const auto manager_deadline = Clock::now() + std::chrono::seconds(30);
   KVPOOL_ASSIGN_OR_RETURN(
@@ -167,8 +179,8 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
   for (int i = 0; i < flags.workers; ++i) {
     KVPOOL_ASSIGN_OR_RETURN(
         auto worker,
-        ChildProcess::Start("worker-" + std::to_string(i),
-                            WorkerArgv(dir, flags, manager_address, i), signals.original));
+        Subprocess::Start(WorkerArgv(dir, flags, manager_address, i),
+                          ServiceOptions("worker-" + std::to_string(i), signals)));
     children.push_back(std::move(worker));
   }
   const auto worker_deadline = Clock::now() + std::chrono::seconds(120);
@@ -202,7 +214,7 @@ int RunUp(const UpFlags& flags) {
   sigaddset(&signals.waited, SIGCHLD);
   pthread_sigmask(SIG_BLOCK, &signals.waited, &signals.original);
 
-  std::vector<std::unique_ptr<ChildProcess>> children;
+  std::vector<std::unique_ptr<Subprocess>> children;
   const Status started = StartNode(flags, signals, children);
   if (!started.ok()) {
     StopAll(children);
@@ -214,7 +226,7 @@ int RunUp(const UpFlags& flags) {
       StopAll(children);
       return 0;
     }
-    for (const std::unique_ptr<ChildProcess>& child : children) {
+    for (const std::unique_ptr<Subprocess>& child : children) {
       if (!child->Exited()) continue;
       const Status died = Unavailable(child->name() + " (pid " + std::to_string(child->pid()) +
                                       ") " + child->ExitDescription());

@@ -21,9 +21,9 @@
 #include <string_view>
 #include <vector>
 
-#include "kvpool/v1/grpc_status.h"
+#include "common/grpc_status.h"
 #include "kvpool/v1/manager.pb.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 #include "kvpool/v1/worker.pb.h"
 
 namespace kvpool {
@@ -70,7 +70,7 @@ StatusOr<v1::KvMode> ParseKvMode(std::string_view mode);
 std::string_view KvModeName(v1::KvMode mode);
 
 // The kvpool::Status of a gRPC status: same code (the numbering is shared), same
-// message, and the reason of a kvpool error detail (kvpool/v1/grpc_status.h, the one
+// message, and the reason of a kvpool error detail (common/grpc_status.h, the one
 // mapping every process uses).
 using v1::FromGrpcStatus;
 

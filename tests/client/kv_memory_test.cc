@@ -5,7 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "engine/model_config.h"
+#include "common/model_config.h"
 
 namespace kvpool::cli {
 namespace {

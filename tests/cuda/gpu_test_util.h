@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "kvpool/v1/kv_layout.h"
+#include "common/kv_layout.h"
 
 namespace kvpool::gpu::testing {
 

@@ -12,7 +12,6 @@
 #include <random>
 
 #include "engine_trace.h"
-#include "kvpool/v1/model_shapes.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -178,34 +177,6 @@ TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
   ModelConfig c = BuiltinModelConfig("gpt2").value();
   EXPECT_EQ(c.NumParameters(), 124439808);  // GPT-2 small, tied head counted once
   EXPECT_EQ(c.KvBytesPerToken(), 73728);
-}
-
-// The manager sizes pools from proto/kvpool/v1/model_shapes.h; the engine's configs
-// must give the same K/V shapes, or a worker could never attach to that pool.
-TEST(EngineConfigTest, KvShapesMatchTheSharedTable) {
-  for (const KvShape& shape : kBuiltinKvShapes) {
-    const ModelConfig c = BuiltinModelConfig(std::string(shape.model)).value();
-    EXPECT_EQ(c.num_layers, shape.num_layers) << shape.model;
-    EXPECT_EQ(c.num_kv_heads, shape.num_kv_heads) << shape.model;
-    EXPECT_EQ(c.head_dim, shape.head_dim) << shape.model;
-  }
-  for (const std::string& name : BuiltinModelNames()) {
-    if (BuiltinModelConfig(name)->runnable) {
-      EXPECT_NE(FindKvShape(name), nullptr) << name;
-    }
-  }
-}
-
-// The dashboard's calculator reads kReferenceShapes; `kvpool calc` reads the configs.
-TEST(EngineConfigTest, ReferenceShapesMatchTheConfigs) {
-  for (const ReferenceShape& shape : kReferenceShapes) {
-    const ModelConfig c = BuiltinModelConfig(std::string(shape.model)).value();
-    EXPECT_EQ(c.num_layers, shape.num_layers) << shape.model;
-    EXPECT_EQ(c.num_heads, shape.num_heads) << shape.model;
-    EXPECT_EQ(c.num_kv_heads, shape.num_kv_heads) << shape.model;
-    EXPECT_EQ(c.head_dim, shape.head_dim) << shape.model;
-    EXPECT_EQ(c.max_position, shape.max_position) << shape.model;
-  }
 }
 
 TEST_F(EngineTest, ContiguousNeedsARunPagedDoesNot) {

@@ -250,7 +250,7 @@ TEST(FailureTest, WorkerWithANameTheManagerRefusesExitsNamingIt) {
   ASSERT_FALSE(manager.address().empty());
   Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager.address(), "--listen", "127.0.0.1:0",
                      "--model", "tiny-gpt2", "--threads", "1", "--name", std::string(300, 'n')},
-                    /*merge_stderr=*/true);
+                    MergedStderr());
   std::string output;
   while (std::optional<std::string> line = worker.ReadLine(std::chrono::seconds(30))) {
     output += *line + "\n";

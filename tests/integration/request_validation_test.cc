@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "common/model_config.h"
 #include "engine/stop_matcher.h"
 #include "service/commit_planner.h"
 #include "service/fair_admission.h"

@@ -20,6 +20,7 @@
 namespace kvpool::integration {
 
 using manager::testing::ManagerProcess;
+using manager::testing::MergedStderr;
 using manager::testing::Subprocess;
 
 class WorkerProcess {

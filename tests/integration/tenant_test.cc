@@ -190,7 +190,7 @@ TEST(Utf8InputTest, InvalidUtf8IsInvalidArgumentThroughTheSdkAndTheCli) {
 
   Subprocess cli({KVPOOL_CLI_BIN, "generate", "--server", worker.address(), "--prompt",
                   "bad \xE6\xB7 prompt", "--max-tokens", "2"},
-                 /*merge_stderr=*/true);
+                 MergedStderr());
   std::string output;
   while (std::optional<std::string> line = cli.ReadLine(std::chrono::seconds(30))) {
     output += *line + "\n";

@@ -6,7 +6,7 @@
 // certificate are refused; a worker without a client certificate never attaches; bad
 // TLS flags end either service with exit code 2 and the flag's name; `kvpool up`
 // passes the TLS flags on and the CLI connects with --tls-*.
-#include "kvpool/v1/tls.h"
+#include "common/tls.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -137,7 +137,7 @@ int TlsTest::serial_ = 0;
 // Runs `argv` to its end (within 30 s) with stdout and stderr in `output`; the exit code,
 // or -1 when it did not exit by itself.
 int RunToExit(const std::vector<std::string>& argv, std::string* output) {
-  Subprocess process(argv, /*merge_stderr=*/true);
+  Subprocess process(argv, MergedStderr());
   while (std::optional<std::string> line = process.ReadLine(std::chrono::seconds(30))) {
     *output += *line + "\n";
   }
@@ -200,7 +200,7 @@ TEST_F(TlsTest, WorkerWithoutClientCertificateNeverAttachesToAnMtlsManager) {
                                    "tiny-gpt2",        "--threads",   "1",
                                    "--manager-tls-ca", Path("ca.pem")};
   for (const std::string& flag : ServerFlags(/*client_ca=*/false)) argv.push_back(flag);
-  Subprocess worker(argv, /*merge_stderr=*/true);
+  Subprocess worker(argv, MergedStderr());
   static const std::string kListening = "kvpool-worker listening on ";
   std::string address;
   bool register_failed = false, attached = false;

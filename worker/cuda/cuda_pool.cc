@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "cuda/cuda_status.h"
-#include "kvpool/v1/gpu_uuid.h"
+#include "common/gpu_uuid.h"
 
 namespace kvpool::gpu {
 namespace {

@@ -1,7 +1,7 @@
 // CUDA errors as kvpool::Status values: the one place where a cudaError_t becomes
 // an error a person can act on (the CUDA error name and string, plus what we were
 // doing). Every CUDA call of this library goes through KVPOOL_CUDA_RETURN_IF_ERROR.
-// kvpool/v1/status.h is header-only, so this library links no engine code (and no
+// common/status.h is header-only, so this library links no engine code (and no
 // LibTorch).
 #pragma once
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::gpu {
 

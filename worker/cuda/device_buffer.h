@@ -5,7 +5,7 @@
 
 #include <cstddef>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::gpu {
 

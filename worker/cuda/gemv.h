@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "kvpool/v1/kv_layout.h"
-#include "kvpool/v1/status.h"
+#include "common/kv_layout.h"
+#include "common/status.h"
 
 namespace kvpool::gpu {
 

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <string>
 
-#include "kvpool/v1/status.h"
-#include "kvpool/v1/kv_layout.h"
+#include "common/status.h"
+#include "common/kv_layout.h"
 
 namespace kvpool::gpu::detail {
 

@@ -1,7 +1,7 @@
 // The GPU attention kernels over the KV pool, and the kernel that writes new K/V
 // into it: PagedAttentionDecode (one query token per sequence), PagedAttentionPrefill
 // (varlen causal prefill over the pool, prefix included) and WriteKvCache. They read
-// and write the pool only through kvpool::PoolGeometry (proto/kvpool/v1/kv_layout.h):
+// and write the pool only through kvpool::PoolGeometry (common/kv_layout.h):
 // the k_cache / v_cache pointers are one layer's K and V region bases (see
 // RegionPointer in cuda/cuda_pool.h), and a token slot is block_id * block_size +
 // offset. They take raw device pointers and a cudaStream_t (no LibTorch), launch
@@ -25,8 +25,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kvpool/v1/status.h"
-#include "kvpool/v1/kv_layout.h"
+#include "common/status.h"
+#include "common/kv_layout.h"
 
 namespace kvpool::gpu {
 

@@ -27,7 +27,7 @@
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/stop_matcher.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

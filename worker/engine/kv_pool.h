@@ -1,5 +1,5 @@
 // The KV pool memory as the engine sees it: one mapping laid out per
-// proto/kvpool/v1/kv_layout.h, and the in-process block allocator that hands out
+// common/kv_layout.h, and the in-process block allocator that hands out
 // block ids for it. The worker issue swaps the allocator for manager calls and the
 // anonymous mapping for the manager's shared memory; the layout stays.
 //
@@ -12,8 +12,8 @@
 #include <set>
 #include <vector>
 
-#include "kvpool/v1/kv_layout.h"
-#include "kvpool/v1/status.h"
+#include "common/kv_layout.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -6,8 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "engine/model_config.h"
-#include "kvpool/v1/status.h"
+#include "common/model_config.h"
+#include "common/status.h"
 #include "weights/weights.h"
 
 namespace kvpool {

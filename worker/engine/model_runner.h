@@ -11,9 +11,9 @@
 #include <string>
 
 #include "engine/kv_pool.h"
-#include "engine/model_config.h"
+#include "common/model_config.h"
 #include "engine/paged_attention_cpu.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 #include "weights/weights.h"
 
 namespace kvpool {

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "kvpool/v1/kv_layout.h"
+#include "common/kv_layout.h"
 
 namespace kvpool {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <random>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

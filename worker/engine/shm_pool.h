@@ -8,8 +8,8 @@
 
 #include <string>
 
-#include "kvpool/v1/kv_layout.h"
-#include "kvpool/v1/status.h"
+#include "common/kv_layout.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 #include "kvpool/v1/worker.pb.h"
 
 namespace kvpool::worker {

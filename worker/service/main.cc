@@ -15,17 +15,15 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <fstream>
 #include <functional>
 #include <iostream>
 
 #include "engine/engine.h"
 #include "engine/model_loader.h"
-#include "kvpool/observability/http_server.h"
-#include "kvpool/v1/tls.h"
+#include "common/observability/http_server.h"
+#include "common/service_loop.h"
+#include "common/tls.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
 #include "service/worker_metrics.h"
@@ -171,8 +169,8 @@ int Run(int argc, char** argv) {
   std::cerr << "kvpool-worker: " << loaded->source << ", gRPC " << TlsServerMode(tls)
             << ", manager " << manager << (manager_tls.empty() ? "" : " over TLS") << "\n";
 
-  boost::asio::io_context io;
-  HttpServer http(io, "kvpool-worker", [&](const HttpRequest& request) -> HttpResponse {
+  ServiceLoop loop("kvpool-worker");
+  HttpServer http(loop.io(), "kvpool-worker", [&](const HttpRequest& request) -> HttpResponse {
     const std::string& target = request.target;
     if (target == "/metrics") {
       return {200, "text/plain; version=0.0.4; charset=utf-8",
@@ -199,35 +197,20 @@ int Run(int argc, char** argv) {
   link.Start();
 
   int exit_code = 0;
-  auto stop = [&] {
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    io.stop();
-  };
-  // A pool that cannot hold the model ends the process.
-  boost::asio::steady_timer poll(io);
-  std::function<void()> arm = [&] {
-    poll.expires_after(std::chrono::milliseconds(50));
-    poll.async_wait([&](const boost::system::error_code& ec) {
-      if (ec) return;
-      if (const std::string fatal = link.fatal_error(); !fatal.empty()) {
-        std::cerr << "kvpool-worker: " << fatal << "\n";
-        exit_code = 1;
-        return stop();
-      }
-      arm();
-    });
-  };
-  arm();
-  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
-  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
-    if (ec) return;
-    std::cerr << "kvpool-worker: signal " << signal << ", shutting down\n";
-    poll.cancel();
+  loop.OnShutdown([&] {
     http.Close();
     server->GetHealthCheckService()->SetServingStatus(false);
-    stop();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   });
-  io.run();
+  // A pool that cannot hold the model (or a name the manager refuses) ends the process.
+  loop.Every(std::chrono::milliseconds(50), [&] {
+    if (const std::string fatal = link.fatal_error(); !fatal.empty()) {
+      std::cerr << "kvpool-worker: " << fatal << "\n";
+      exit_code = 1;
+      loop.Stop();
+    }
+  });
+  loop.Run();
   server->Wait();
   // In this order, so that no thread calls into an object already gone: the health
   // callback is cut, the link stops (no more wake-ups), the scheduler closes what is

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
+#include "common/grpc_status.h"
+#include "common/metadata.h"
 
 namespace kvpool::worker {
 namespace {

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 #include "service/manager_link.h"
 
 namespace kvpool::worker {

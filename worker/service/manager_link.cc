@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "engine/shm_pool.h"
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
+#include "common/grpc_status.h"
+#include "common/metadata.h"
 #ifdef KVPOOL_HAVE_CUDA_TORCH
 #include "cuda/cuda_pool.h"
 #endif

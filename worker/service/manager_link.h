@@ -23,9 +23,9 @@
 #include <thread>
 
 #include "engine/kv_pool.h"
-#include "engine/model_config.h"
+#include "common/model_config.h"
 #include "kvpool/v1/manager.grpc.pb.h"
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::worker {
 

@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "kvpool/observability/prometheus.h"
+#include "common/observability/prometheus.h"
 #include "service/commit_planner.h"
 #include "service/job.h"
 #include "service/manager_client.h"

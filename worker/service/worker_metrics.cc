@@ -1,7 +1,7 @@
 // Worker metrics rendering and the heartbeat's load. See worker_metrics.h.
 #include "service/worker_metrics.h"
 
-#include "kvpool/observability/prometheus.h"
+#include "common/observability/prometheus.h"
 
 namespace kvpool::worker {
 

@@ -5,9 +5,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
-#include "kvpool/v1/text_field.h"
+#include "common/grpc_status.h"
+#include "common/metadata.h"
+#include "common/text_field.h"
 #include "service/manager_client.h"
 #include "tokenizer/tokenizer.h"
 

@@ -11,7 +11,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/model_config.h"
+#include "common/model_config.h"
 #include "kvpool/v1/worker.grpc.pb.h"
 #include "service/job.h"
 #include "service/manager_link.h"

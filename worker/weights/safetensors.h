@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 #include "weights/safetensors.h"
 
 namespace kvpool {

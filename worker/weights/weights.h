@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/model_config.h"
-#include "kvpool/v1/status.h"
+#include "common/model_config.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -1,5 +1,5 @@
-// The GPU UUID text both sides of the CUDA pool compare (proto/kvpool/v1/gpu_uuid.h).
-#include "kvpool/v1/gpu_uuid.h"
+// The GPU UUID text both sides of the CUDA pool compare (common/gpu_uuid.h).
+#include "common/gpu_uuid.h"
 
 #include <gtest/gtest.h>
 

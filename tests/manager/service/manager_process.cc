@@ -1,4 +1,4 @@
-// ManagerProcess / Subprocess / HttpGet: see manager_process.h.
+// ManagerProcess / HttpGet: see manager_process.h.
 #include "tests/manager/service/manager_process.h"
 
 #include <arpa/inet.h>
@@ -13,64 +13,6 @@
 #include <thread>
 
 namespace kvpool::manager::testing {
-
-Subprocess::Subprocess(const std::vector<std::string>& argv, bool merge_stderr) {
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return;
-  pid_ = fork();
-  if (pid_ == 0) {
-    dup2(fds[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copy
-    if (merge_stderr) dup2(fds[1], STDERR_FILENO);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  stdout_fd_ = fds[0];
-}
-
-Subprocess::~Subprocess() {
-  if (pid_ > 0) SignalAndWait(SIGKILL, std::chrono::seconds(5));
-  if (stdout_fd_ >= 0) close(stdout_fd_);
-}
-
-std::optional<std::string> Subprocess::ReadLine(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    const size_t newline = buffer_.find('\n');
-    if (newline != std::string::npos) {
-      std::string line = buffer_.substr(0, newline);
-      buffer_.erase(0, newline + 1);
-      return line;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || stdout_fd_ < 0) return std::nullopt;
-    pollfd pfd{stdout_fd_, POLLIN, 0};
-    if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
-    char chunk[4096];
-    const ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
-    if (n <= 0) return std::nullopt;
-    buffer_.append(chunk, static_cast<size_t>(n));
-  }
-}
-
-std::optional<int> Subprocess::SignalAndWait(int signal, std::chrono::milliseconds timeout) {
-  if (pid_ <= 0) return std::nullopt;
-  kill(pid_, signal);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return status;
-    }
-    if (std::chrono::steady_clock::now() > deadline) return std::nullopt;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
 
 ManagerProcess::ManagerProcess(std::vector<std::string> args,
                                std::shared_ptr<grpc::ChannelCredentials> credentials) {

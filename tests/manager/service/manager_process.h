@@ -1,8 +1,8 @@
 // Test harness for the real kvpool-manager binary: ManagerProcess starts it on
 // 127.0.0.1 with port 0, parses the printed gRPC and HTTP addresses, hands out stubs,
 // and tears it down (SIGTERM, then SIGKILL if it lingers), so every test is bounded in
-// time and leaves no process behind. Subprocess is the fork/exec + stdout pipe beneath
-// it, also used for the lease test's helper client. HttpGet is a tiny loopback client.
+// time and leaves no process behind. Subprocess (common/subprocess.h) is the fork/exec
+// and stdout pipe beneath it. HttpGet is a tiny loopback client.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -14,30 +14,21 @@
 #include <string>
 #include <vector>
 
+#include "common/subprocess.h"
 #include "kvpool/v1/manager.grpc.pb.h"
 
 namespace kvpool::manager::testing {
 
-class Subprocess {
- public:
-  // Starts `argv[0]` with `argv`; its stdout (and its stderr, with `merge_stderr`) is
-  // readable through ReadLine.
-  explicit Subprocess(const std::vector<std::string>& argv, bool merge_stderr = false);
-  ~Subprocess();  // SIGKILLs and reaps it if still running
-  Subprocess(const Subprocess&) = delete;
-  Subprocess& operator=(const Subprocess&) = delete;
+// The one fork/exec helper (common/subprocess.h), by its old name in the tests.
+using ::kvpool::Subprocess;
+using ::kvpool::SubprocessOptions;
 
-  pid_t pid() const { return pid_; }
-  // The next stdout line, or nullopt at EOF or after `timeout`.
-  std::optional<std::string> ReadLine(std::chrono::milliseconds timeout);
-  // Sends `signal` and waits up to `timeout` for the exit; the wait status, or nullopt.
-  std::optional<int> SignalAndWait(int signal, std::chrono::milliseconds timeout);
-
- private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  std::string buffer_;
-};
+// Options for a child whose stderr is read through ReadLine with its stdout.
+inline SubprocessOptions MergedStderr() {
+  SubprocessOptions options;
+  options.merge_stderr = true;
+  return options;
+}
 
 class ManagerProcess {
  public:

@@ -11,8 +11,8 @@
 #include <cstdio>
 #include <fstream>
 
-#include "kvpool/v1/grpc_status.h"
-#include "kvpool/v1/metadata.h"
+#include "common/grpc_status.h"
+#include "common/metadata.h"
 #include "tests/manager/service/manager_process.h"
 
 namespace kvpool::manager::testing {
@@ -253,7 +253,7 @@ TEST_F(ServiceSecurityTest, NamesAreBoundedAndMustBeUtf8) {
 TEST(ServiceStartTest, ALeaseTtlNoWorkerCanKeepExitsTwoNamingTheMinimum) {
   Subprocess manager({KVPOOL_MANAGER_BIN, "--listen", "127.0.0.1:0", "--model", "tiny-gpt2",
                       "--num-blocks", "8", "--lease-ttl-ms", "10"},
-                     /*merge_stderr=*/true);
+                     MergedStderr());
   const std::optional<std::string> line = manager.ReadLine(std::chrono::seconds(10));
   ASSERT_TRUE(line.has_value());
   EXPECT_THAT(*line, HasSubstr("--lease-ttl-ms 10"));

@@ -1,5 +1,5 @@
 // TLS credentials from PEM files: see tls.h.
-#include "kvpool/v1/tls.h"
+#include "common/tls.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,6 +1,6 @@
 // HttpServer: async accept loop and one-request sessions with Boost.Beast. See
 // http_server.h.
-#include "kvpool/observability/http_server.h"
+#include "common/observability/http_server.h"
 
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/core.hpp>

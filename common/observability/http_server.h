@@ -11,7 +11,7 @@
 #include <functional>
 #include <string>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

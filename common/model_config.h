@@ -1,14 +1,16 @@
 // Model shapes by name: the built-in configurations (GPT-2 sizes, the Chinese GPT-2
 // of the original experiment, a small GQA Llama that runs on CPU, and GPT-3 / Llama
 // shapes used only for memory arithmetic), and parsing of a Hugging Face config.json.
-// No LibTorch here: the kvpool CLI links this file alone (kvpool_model_config).
+// The one model list: the manager sizes its pool from it (`--model NAME`), the worker
+// builds its model from it, `kvpool calc` and the dashboard's calculator read it. It
+// never links LibTorch or gRPC.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -1,5 +1,5 @@
 // PrometheusText and Histogram. See prometheus.h.
-#include "kvpool/observability/prometheus.h"
+#include "common/observability/prometheus.h"
 
 #include <cmath>
 #include <cstdio>

@@ -14,7 +14,7 @@
 #include <memory>
 #include <string>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool {
 

@@ -1,5 +1,5 @@
 // kvpool::Status <-> grpc::Status with ErrorInfo details. See grpc_status.h.
-#include "kvpool/v1/grpc_status.h"
+#include "common/grpc_status.h"
 
 #include "kvpool/v1/error_details.pb.h"
 

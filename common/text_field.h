@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "kvpool/v1/status.h"
+#include "common/status.h"
 
 namespace kvpool::v1 {
 

@@ -1,4 +1,4 @@
-#include "engine/model_config.h"
+#include "common/model_config.h"
 
 #include <nlohmann/json.hpp>
 
