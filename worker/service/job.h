@@ -1,6 +1,7 @@
-// Job: one Generate call as the scheduler and the gRPC handler share it. The handler
-// fills the request once and then only reads the event channel (tokens, then a
-// summary) and may cancel; the scheduler thread owns every other field and pushes
+// Job: one Generate call as the scheduler and the gRPC handler share it, and the
+// response side of the worker: the only place the stream's messages (tokens, then a
+// summary) are built. The handler fills the request once and then only reads the
+// event channel and may cancel; the scheduler thread owns every other field and pushes
 // events. The channel is the only state both threads touch, under its mutex.
 #pragma once
 
@@ -44,7 +45,12 @@ class Job {
     return done_;
   }
 
-  // Scheduler side.
+  // Scheduler side. One token of sample `index`: `text` holds the characters it
+  // completes (UTF-8), the KV bytes are the sample's after the step.
+  void PushToken(int32_t index, int32_t token_id, std::string text, double step_s,
+                 int64_t kv_bytes_reserved, int64_t kv_bytes_used);
+  // The summary, from the accounting below, after the last sample finished.
+  void PushSummary();
   void Push(v1::GenerateResponse event) {
     {
       std::lock_guard<std::mutex> lock(mu_);

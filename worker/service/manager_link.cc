@@ -1,3 +1,5 @@
+// ManagerLink: see manager_link.h. Registration, heartbeats, attaching the pool and
+// noticing a lost manager, on the link's own thread; sequence calls are ManagerClient's.
 #include "service/manager_link.h"
 
 #include <algorithm>
@@ -43,18 +45,6 @@ Status CheckPoolFitsModel(const v1::PoolDescriptor& d, const ModelConfig& model)
 }
 
 }  // namespace
-
-bool IsLinkLoss(const Status& status) {
-  switch (status.code()) {
-    case StatusCode::kUnavailable:
-    case StatusCode::kDeadlineExceeded:
-    case StatusCode::kCancelled:
-      return true;
-    default:
-      return status.reason() == reason::kManagerRestarted ||
-             status.reason() == reason::kWorkerNotRegistered;
-  }
-}
 
 bool IsLinkLoss(const grpc::Status& status) { return IsLinkLoss(v1::FromGrpcStatus(status)); }
 

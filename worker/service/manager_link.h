@@ -24,6 +24,7 @@
 
 #include "engine/kv_pool.h"
 #include "common/model_config.h"
+#include "service/manager_api.h"
 #include "kvpool/v1/manager.grpc.pb.h"
 #include "common/status.h"
 
@@ -56,11 +57,7 @@ struct ManagerLinkOptions {
   std::function<void(v1::WorkerLoad*)> report_load;
 };
 
-// A manager call failed in a way that ends the attachment: the manager is gone or
-// shutting down (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED: the worker never cancels
-// its own calls), it restarted (MANAGER_RESTARTED) or it forgot this worker
-// (WORKER_NOT_REGISTERED, a lease that ran out).
-bool IsLinkLoss(const Status& status);
+// IsLinkLoss (manager_api.h) for a gRPC status.
 bool IsLinkLoss(const grpc::Status& status);
 
 class ManagerLink {

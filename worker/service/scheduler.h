@@ -1,20 +1,22 @@
 // Scheduler: the worker's continuous-batching loop (iteration-level, as in Orca and
 // vLLM), on one thread that alone drives the Engine. Each iteration it takes new jobs,
-// admits waiting sequences while the manager grants blocks (OpenSequence), makes ONE
-// batched Step call for every running sequence that needs a new block or has newly
-// full blocks to commit, runs one forward for the new prompts and every running
-// sequence's next token together (a mixed batch), and streams the tokens. At batch 1
-// that is one manager call per block_size tokens. When the manager answers
-// RESOURCE_EXHAUSTED the newest sequence is preempted: its K/V is copied to swap space
-// (or, without room there, dropped and recomputed), its blocks go back, and it resumes
-// later from its prompt plus what it generated (its sampler state carries over);
-// admission pauses until a sequence leaves, so nothing thrashes or deadlocks. Tenants
-// take turns at admission (fair_admission.h); a tenant at its block quota (the
-// manager's TENANT_QUOTA_EXCEEDED) has its own newest sequence preempted, or waits,
-// while the other tenants go on. Paged
-// jobs with n > 1 fork after the prefill and share the prompt's blocks. `none` never
-// touches the pool. Losing the manager fails the jobs in flight with UNAVAILABLE; a new
-// attachment gets a fresh engine.
+// admits the samples the policy lets in (KvPolicy: fair across tenants, within the
+// pool's headroom and the prefill budget), makes ONE batched Step call for every
+// running sample that needs a new block or has newly full blocks to commit, runs one
+// forward for the new prompts and every running sample's next token together (a mixed
+// batch), and streams the tokens through each Job. At batch 1 that is one manager call
+// per block_size tokens. When the manager answers RESOURCE_EXHAUSTED the policy's
+// victim (the newest sample; for a tenant at its quota, its own newest) is preempted:
+// its K/V is copied to swap space (or, without room there, dropped and recomputed),
+// its blocks go back, and it resumes later from its prompt plus what it generated (its
+// sampler state carries over); admission pauses until a sample leaves, so nothing
+// thrashes or deadlocks. Paged jobs with n > 1 fork after the prefill and share the
+// prompt's blocks. `none` never touches the pool. Losing the manager fails the jobs in
+// flight with UNAVAILABLE; a new attachment gets a fresh engine.
+// Who does what: ManagerClient speaks to the manager, KvPolicy decides, the Engine
+// runs the model, Job writes the client's stream; the Scheduler carries the decisions
+// out (scheduler.cc: the loop and lifecycle; scheduler_batch.cc: admission, the forward,
+// forks, streaming; scheduler_blocks.cc: grants, preemption, retiring, closing).
 #pragma once
 
 #include <atomic>
@@ -31,10 +33,11 @@
 
 #include "engine/engine.h"
 #include "common/observability/prometheus.h"
-#include "service/commit_planner.h"
 #include "service/job.h"
+#include "service/kv_policy.h"
 #include "service/manager_client.h"
 #include "service/manager_link.h"
+#include "service/sample.h"
 
 namespace kvpool::worker {
 
@@ -100,43 +103,40 @@ class Scheduler {
   int64_t num_blocks() const { return num_blocks_.load(); }
 
  private:
-  struct Seq;
   void Run();
   void SyncAttachment();
   int64_t TimedNs() const;  // the forward and manager phases' time so far
   // Ends every job; the manager is told only when `close_at_manager` (it may be gone).
   void FailAll(const Status& status, bool close_at_manager = false);
   void DropCancelled();
-  std::vector<Seq*> Admit();
+  // Admits what the policy lets in: adds those samples to the engine.
+  std::vector<Sample*> Admit();
   // One forward: the prompts of `admitted` and the next token of every other running
-  // sequence (a mixed batch), after the blocks for those tokens are granted.
-  void Step(std::vector<Seq*> admitted);
-  void ForkChildren(Seq& parent, double prefill_s);
-  // One Step for `seqs`: blocks for their next token and commits of full blocks; on
-  // RESOURCE_EXHAUSTED preempts the newest sequences until the rest fit. Returns the
-  // sequences still ready to decode.
-  std::vector<Seq*> GrantBlocks(std::vector<Seq*> seqs);
+  // sample (a mixed batch), after the blocks for those tokens are granted.
+  void Step(std::vector<Sample*> admitted);
+  void ForkChildren(Sample& parent, double prefill_s);
+  // Step rounds for `samples` until each holds the slots for its next token (full
+  // blocks committed on the way); on RESOURCE_EXHAUSTED preempts the policy's victim
+  // and asks again. Returns the samples still ready to decode.
+  std::vector<Sample*> GrantBlocks(std::vector<Sample*> samples);
   // Admission pauses afterwards (the pool is full) unless the preemption was for a
   // tenant's quota, which the other tenants' admissions do not touch.
-  void Preempt(Seq& seq, bool pause_admission = true);
-  // Where `seqs` stand for the commit planner, and the Step item for one planned.
-  std::vector<CommitProgress> Progress(const std::vector<Seq*>& seqs) const;
-  StepItemRequest StepItemFor(const Seq& seq, const PlannedItem& planned) const;
-  void DropSwap(Seq& seq);              // frees its swapped K/V (if any)
-  void Retire(std::vector<Seq*> seqs);  // finished sequences: commit, close, account
-  void Emit(Seq& seq, int32_t token, double step_s);
+  void Preempt(Sample& sample, bool pause_admission = true);
+  // One Step round for `samples` (see KvPolicy::Step), with their engine state.
+  StepRound StepRoundFor(const std::vector<Sample*>& samples, bool grant);
+  void DropSwap(Sample& sample);             // frees its swapped K/V (if any)
+  void Retire(std::vector<Sample*> samples);  // finished samples: commit, close, account
+  void Emit(Sample& sample, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);
   void RetryCloses();  // sequences whose CloseSequence failed
-  void Release(Seq& seq, bool close_at_manager);
-  void RemoveDeadSeqs();
+  void Release(Sample& sample, bool close_at_manager);
+  void RemoveDeadSamples();
   void TrackJobPeaks();  // each job's peak KV bytes, after a forward
   void UpdateUsage();    // the worker's counters
   void LinkLost(const std::string& why);
   // The tenant of the job's client (AuthenticateClient, cached per credential for the
   // attachment), which also authenticates every mode, none included, at intake.
   StatusOr<std::string> ResolveTenant(const Job& job);
-  // The newest running sequence of `tenant` (any tenant when empty), or null.
-  Seq* NewestRunning(const std::string* tenant) const;
   void SetServing(bool serving);
 
   const SchedulerOptions options_;
@@ -145,6 +145,7 @@ class Scheduler {
   const std::shared_ptr<const Tokenizer> tokenizer_;
   ManagerLink* const link_;
   ManagerClient manager_;  // the sequence protocol, for the current attachment
+  KvPolicy policy_;        // admission, Step rounds and preemption, against manager_
   const std::function<void(bool)> on_serving_;
   WorkerCounters counters_;
   std::atomic<bool> serving_{false};
@@ -160,18 +161,13 @@ class Scheduler {
   // Scheduler thread only.
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<const Attachment> attachment_;
-  std::list<std::unique_ptr<Seq>> seqs_;  // every live sequence
-  std::deque<Seq*> waiting_;              // not admitted, in order (preempted at the front)
-  std::vector<Seq*> running_;             // admitted, in admission order (newest last)
-  int64_t next_order_ = 0;
-  bool admission_paused_ = false;  // after a preemption, until a sequence leaves
-  bool retry_soon_ = false;        // the pool was full at admission: poll again shortly
-  int64_t swap_bytes_ = 0;         // swap space the waiting preempted sequences hold
+  std::list<std::unique_ptr<Sample>> samples_;  // every live sample
+  std::deque<Sample*> waiting_;  // not admitted, in order (preempted at the front)
+  std::vector<Sample*> running_;  // admitted, in admission order (newest last)
+  int64_t swap_bytes_ = 0;        // swap space the waiting preempted samples hold
   std::vector<int64_t> unclosed_;  // manager sequences a CloseSequence did not reach
   // Client credential -> tenant, for the current attachment (bounded: cleared when full).
   std::unordered_map<std::string, std::string> tenant_of_credential_;
-  // Each tenant's latest admission (next_order_ then), for fair admission.
-  std::unordered_map<std::string, int64_t> last_admitted_;
   std::thread thread_;
 };
 

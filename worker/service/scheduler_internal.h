@@ -1,40 +1,15 @@
-// What the two halves of the Scheduler share (scheduler.cc: the loop, admission,
-// prefill and decode; scheduler_manager.cc: the manager protocol): the per-sequence
-// state and small helpers. Internal to worker/service; include nowhere else.
+// Small helpers the Scheduler's three files share (scheduler.cc, scheduler_batch.cc,
+// scheduler_blocks.cc): durations, the phase timer, sample seeds. Internal to
+// worker/service; include nowhere else.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <optional>
 #include <random>
-#include <string>
-#include <vector>
 
 #include "service/scheduler.h"
 
 namespace kvpool::worker {
-
-// One sample of a job: a sequence that may be admitted, preempted and admitted again.
-struct Scheduler::Seq {
-  std::shared_ptr<Job> job;
-  int32_t index = 0;  // sample
-  uint64_t seed = 0;
-  std::vector<int32_t> generated;            // survives preemption
-  std::string generated_text;                // for stop strings after a preemption
-  std::optional<std::mt19937_64> rng;        // saved at preemption
-  std::shared_ptr<const SwappedKv> swapped;  // its K/V, preempted with swap space free
-  std::string pending_utf8;                  // token bytes that are not a whole character yet
-  SequenceId engine_id = 0;                  // 0: not admitted
-  int64_t manager_id = 0;                    // 0: none mode, or not open
-  int64_t committed = 0;                     // tokens the manager counts as committed
-  int64_t order = 0;                         // admission order; the newest is preempted first
-  bool fork_children = false;                // paged n > 1: fork the other samples after prefill
-  bool resumed = false;                      // admitted again after a preemption (recomputed)
-  int64_t prefill_tokens = 0;                // tokens its prefill computes (prompt less cached)
-  bool dead = false;                         // ended; dropped from every list this iteration
-  bool has_token = false;
-  Clock::time_point last_token_at;
-};
 
 namespace scheduler_internal {
 

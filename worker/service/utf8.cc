@@ -1,3 +1,4 @@
+// Whole UTF-8 characters out of token bytes: see utf8.h.
 #include "service/utf8.h"
 
 #include <cstdint>

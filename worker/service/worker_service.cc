@@ -1,3 +1,5 @@
+// WorkerService: see worker_service.h. Request validation at the edge, Job submission,
+// streaming the job's events, cancellation; the scheduler owns everything after Submit.
 #include "service/worker_service.h"
 
 #include <cmath>

@@ -1,0 +1,41 @@
+// Job's stream messages: see job.h.
+#include "service/job.h"
+
+namespace kvpool::worker {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+void Job::PushToken(int32_t index, int32_t token_id, std::string text, double step_s,
+                    int64_t kv_bytes_reserved, int64_t kv_bytes_used) {
+  v1::GenerateResponse event;
+  v1::GeneratedToken* out = event.mutable_token();
+  out->set_index(index);
+  out->set_token_id(token_id);
+  out->set_text(std::move(text));
+  out->set_step_latency_s(step_s);
+  out->set_kv_bytes_reserved(kv_bytes_reserved);
+  out->set_kv_bytes_used(kv_bytes_used);
+  Push(std::move(event));
+}
+
+void Job::PushSummary() {
+  v1::GenerateResponse event;
+  v1::GenerateSummary* summary = event.mutable_summary();
+  summary->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(request.prompt.size()));
+  summary->mutable_usage()->set_cached_tokens(cached_tokens);
+  summary->mutable_usage()->set_completion_tokens(completion_tokens);
+  summary->set_ttft_s(Seconds(first_token_at - arrival));
+  summary->set_time_per_output_token_s(gaps > 0 ? gap_sum_s / gaps : 0.0);
+  summary->set_total_s(Seconds(last_token_at - arrival));
+  summary->set_queue_s(Seconds(admitted_at - arrival));
+  summary->set_kv_bytes_reserved(peak_reserved_bytes);
+  summary->set_kv_bytes_used(peak_used_bytes);
+  for (const std::string& reason : finish_reasons) summary->add_finish_reasons(reason);
+  summary->set_preemptions(preemptions);
+  Push(std::move(event));
+}
+
+}  // namespace kvpool::worker
