@@ -16,12 +16,11 @@
 #include "cache_service/block_hash.h"
 #include "cache_service/block_pool.h"
 #include "cache_service/lease_tracker.h"
+#include "cache_service/cache_manager_state.h"
 #include "cache_service/sequence_table.h"
 
 namespace kvpool::manager {
 namespace {
-
-std::string Str(int64_t v) { return std::to_string(v); }
 
 Status WorkerNotFound(WorkerId worker) {
   return NotFound("worker " + Str(worker) +
@@ -56,128 +55,6 @@ Status CheckTokenIds(const std::vector<int32_t>& ids, const char* field) {
 }
 
 }  // namespace
-
-struct CacheManager::State {
-  explicit State(CacheManagerOptions o)
-      : options(std::move(o)),
-        pool(options.geometry.num_blocks),
-        leases(options.lease_ttl, options.first_worker_id) {}
-
-  // Looks up `id` for `worker`: NOT_FOUND if no such sequence is open,
-  // FAILED_PRECONDITION if another worker owns it.
-  StatusOr<Sequence*> OwnedSequence(WorkerId worker, SequenceId id) {
-    Sequence* sequence = sequences.Find(id);
-    if (sequence == nullptr) {
-      return NotFound("sequence " + Str(id) +
-                      " is not open (never opened, closed, or its worker's lease expired)");
-    }
-    if (sequence->worker != worker) {
-      // Same answer as for an unknown id: another worker's ids are none of its business.
-      return NotFound("sequence " + Str(id) + " is not open for worker " + Str(worker));
-    }
-    return sequence;
-  }
-
-  Status CheckSequenceLimit(WorkerId worker) const {
-    if (sequences.CountOf(worker) >= options.max_sequences_per_worker) {
-      return ResourceExhausted("worker " + Str(worker) + " already holds " +
-                               Str(sequences.CountOf(worker)) +
-                               " sequences, the max_sequences_per_worker limit: close some first");
-    }
-    return Status::Ok();
-  }
-
-  // Drops the sequence's references, last block first (its tail is evicted before its
-  // prefix), and forgets it.
-  void Release(SequenceId id) {
-    Sequence* sequence = sequences.Find(id);
-    TenantState& tenant = tenants[static_cast<size_t>(sequence->tenant)];
-    for (auto it = sequence->block_table.rbegin(); it != sequence->block_table.rend(); ++it) {
-      pool.Free(*it);
-      if (pool.block(*it).ref_cnt == 0) --tenant.blocks_in_use;
-    }
-    sequences.Remove(id);
-  }
-
-  int64_t MaxBlocks(const std::string& tenant) const {
-    const auto it = options.tenant_max_blocks_override.find(tenant);
-    return it != options.tenant_max_blocks_override.end() ? it->second : options.tenant_max_blocks;
-  }
-
-  // The index of `name` in the tenant table, added on first sight (its salt and quota
-  // computed once, not per call).
-  int32_t TenantOf(const std::string& name) {
-    const auto it = tenant_index.find(name);
-    if (it != tenant_index.end()) return it->second;
-    const auto index = static_cast<int32_t>(tenants.size());
-    TenantState& t = tenants.emplace_back();
-    t.name = name;
-    t.salt = TenantSalt(name);
-    t.max_blocks = MaxBlocks(name);
-    tenant_index.emplace(name, index);
-    return index;
-  }
-
-  // OK when tenant `t` may take `more` blocks into use; RESOURCE_EXHAUSTED (reason
-  // TENANT_QUOTA_EXCEEDED) otherwise.
-  Status CheckQuota(int32_t t, int64_t more) {
-    TenantState& tenant = tenants[static_cast<size_t>(t)];
-    if (more <= 0 || tenant.blocks_in_use + more <= tenant.max_blocks) return Status::Ok();
-    ++tenant.quota_rejections;
-    return ResourceExhausted("tenant " + tenant.name + " holds " + Str(tenant.blocks_in_use) +
-                             " of its " + Str(tenant.max_blocks) + "-block quota and needs " +
-                             Str(more) + " more: its own sequences must finish first")
-        .WithReason(reason::kTenantQuotaExceeded);
-  }
-
-  // New blocks (ref_cnt 1) and hits taken from the free queue now count against the
-  // tenant.
-  void Take(int32_t t, int32_t block) {
-    if (pool.block(block).ref_cnt == 0) ++tenants[static_cast<size_t>(t)].blocks_in_use;
-    pool.Touch(block);
-  }
-  Status Allocate(int32_t t, int64_t n, std::vector<int32_t>* out) {
-    KVPOOL_RETURN_IF_ERROR(pool.Allocate(n, out));
-    tenants[static_cast<size_t>(t)].blocks_in_use += n;
-    return Status::Ok();
-  }
-
-  // Hashes the blocks that the committed tokens have filled since the last call and
-  // registers each in the prefix index unless a block with that hash is there already.
-  void PublishFullBlocks(Sequence* sequence) {
-    const int32_t block_size = options.geometry.block_size;
-    const size_t full = sequence->committed_token_ids.size() / block_size;
-    const size_t known = sequence->block_hashes.size();
-    if (full <= known) return;
-    HashFullBlocks(sequence->salt, sequence->committed_token_ids, block_size, known, full - known,
-                   &sequence->block_hashes);
-    for (size_t i = known; i < full; ++i) {
-      pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i]);
-    }
-  }
-
-  StepItemResult StepOne(WorkerId worker, const StepItem& item);
-
-  const CacheManagerOptions options;
-  BlockPool pool;
-  SequenceTable sequences;
-  LeaseTracker leases;
-  int64_t prefix_queries_tokens = 0;
-  int64_t prefix_hits_tokens = 0;
-  int64_t expired_leases = 0;
-  struct TenantState {
-    std::string name;
-    BlockHash salt;          // TenantSalt(name)
-    int64_t max_blocks = 0;  // its quota
-    int64_t blocks_in_use = 0;
-    int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
-    int64_t quota_rejections = 0;
-  };
-  // Every tenant that opened a sequence, by index (Sequence::tenant); bounded by the
-  // token file's tenants (only authenticated tenants get here), or "default" without one.
-  std::vector<TenantState> tenants;
-  std::unordered_map<std::string, int32_t> tenant_index;
-};
 
 CacheManager::CacheManager(CacheManagerOptions options) {
   const PoolGeometry& g = options.geometry;
@@ -222,6 +99,9 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
   State& s = *state_;
   const CacheManagerOptions& o = s.options;
   if (!s.leases.Renew(request.worker_id, now)) return WorkerNotFound(request.worker_id);
+  if (request.mode == KvMode::kNone) {
+    return InvalidArgument("mode none keeps no K/V in the pool: it never opens a sequence");
+  }
 
   const auto prompt_tokens = static_cast<int64_t>(request.token_ids.size());
   if (prompt_tokens == 0) return InvalidArgument("token_ids is empty: the prompt needs a token");
@@ -260,7 +140,7 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
   sequence.num_tokens = prompt_tokens;
   int64_t hit_blocks = 0;
 
-  if (request.mode == SequenceMode::kContiguous) {
+  if (request.mode == KvMode::kContiguous) {
     const int64_t reserve = CeilDiv(sequence.max_total_tokens, block_size);
     KVPOOL_RETURN_IF_ERROR(s.CheckQuota(tenant, reserve));
     KVPOOL_RETURN_IF_ERROR(s.pool.AllocateContiguous(reserve, &sequence.block_table));
@@ -340,7 +220,7 @@ StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& ite
                                     " slots it holds: raise num_tokens first");
     return result;
   }
-  if (sequence->mode == SequenceMode::kPaged) {
+  if (sequence->mode == KvMode::kPaged) {
     const int64_t need = CeilDiv(num_tokens, options.geometry.block_size) -
                          static_cast<int64_t>(sequence->block_table.size());
     if (need > 0) {
@@ -358,7 +238,7 @@ StepItemResult CacheManager::State::StepOne(WorkerId worker, const StepItem& ite
   sequence->num_tokens = num_tokens;
   sequence->committed_token_ids.insert(sequence->committed_token_ids.end(),
                                        item.commit_token_ids.begin(), item.commit_token_ids.end());
-  if (sequence->mode == SequenceMode::kPaged) PublishFullBlocks(sequence);
+  if (sequence->mode == KvMode::kPaged) PublishFullBlocks(sequence);
   return result;
 }
 
@@ -388,7 +268,7 @@ StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
   State& s = *state_;
   if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
   KVPOOL_ASSIGN_OR_RETURN(Sequence * parent, s.OwnedSequence(worker, parent_id));
-  if (parent->mode != SequenceMode::kPaged) {
+  if (parent->mode != KvMode::kPaged) {
     return FailedPrecondition("sequence " + Str(parent_id) +
                               " is contiguous: only paged sequences can be forked");
   }
@@ -408,7 +288,7 @@ StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
   }
   child.worker = worker;
   child.tenant = parent->tenant;
-  child.mode = SequenceMode::kPaged;
+  child.mode = KvMode::kPaged;
   child.salt = parent->salt;
   child.max_total_tokens = parent->max_total_tokens;
   child.num_tokens = committed;
@@ -444,146 +324,6 @@ std::vector<WorkerId> CacheManager::ExpireLeases(Clock::time_point now) {
   }
   s.expired_leases += static_cast<int64_t>(expired.size());
   return expired;
-}
-
-ManagerStats CacheManager::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  const State& s = *state_;
-  const PoolGeometry& g = s.options.geometry;
-  ManagerStats stats;
-  stats.num_blocks = s.pool.num_blocks();
-  stats.free_blocks = s.pool.num_free();
-  stats.cached_blocks = s.pool.num_cached();
-  stats.in_use_blocks = s.pool.num_in_use();
-  stats.num_sequences = s.sequences.size();
-  stats.num_workers = s.leases.size();
-  stats.prefix_queries_tokens = s.prefix_queries_tokens;
-  stats.prefix_hits_tokens = s.prefix_hits_tokens;
-  stats.evictions = s.pool.evictions();
-  stats.expired_leases = s.expired_leases;
-  stats.bytes_reserved = stats.in_use_blocks * static_cast<int64_t>(g.block_bytes());
-  // A shared block counts once, with the most committed slots any holder has in it.
-  // O(num_blocks + table entries): Stats is not on the per-token path.
-  std::vector<int32_t> filled(static_cast<size_t>(stats.num_blocks), 0);
-  s.sequences.ForEach([&](const Sequence& sequence) {
-    const auto committed = static_cast<int64_t>(sequence.committed_token_ids.size());
-    for (size_t i = 0; i < sequence.block_table.size(); ++i) {
-      const int64_t in_block =
-          std::clamp<int64_t>(committed - static_cast<int64_t>(i) * g.block_size, 0, g.block_size);
-      int32_t& slot = filled[sequence.block_table[i]];
-      slot = std::max(slot, static_cast<int32_t>(in_block));
-    }
-  });
-  int64_t used_tokens = 0;
-  for (int32_t f : filled) used_tokens += f;
-  stats.bytes_used = used_tokens * static_cast<int64_t>(g.token_bytes());
-  for (const State::TenantState& t : s.tenants) {
-    TenantStats& out = stats.tenants.emplace_back();
-    out.tenant = t.name;
-    out.blocks_in_use = t.blocks_in_use;
-    out.max_blocks = std::min(t.max_blocks, stats.num_blocks);
-    out.prefix_queries_tokens = t.prefix_queries_tokens;
-    out.prefix_hits_tokens = t.prefix_hits_tokens;
-    out.quota_rejections = t.quota_rejections;
-  }
-  std::sort(stats.tenants.begin(), stats.tenants.end(),
-            [](const TenantStats& a, const TenantStats& b) { return a.tenant < b.tenant; });
-  return stats;
-}
-
-int64_t CacheManager::TenantMaxBlocks(const std::string& tenant) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return state_->MaxBlocks(tenant);
-}
-
-Status CacheManager::CheckInvariants() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  const State& s = *state_;
-  const int32_t block_size = s.options.geometry.block_size;
-  std::vector<int32_t> refs(static_cast<size_t>(s.pool.num_blocks()), 0);
-  // Each referenced block's tenant (-1 until seen); a second tenant breaks the quota's
-  // accounting (and tenant isolation).
-  std::vector<int32_t> block_tenant(static_cast<size_t>(s.pool.num_blocks()), -1);
-  std::vector<int64_t> tenant_blocks(s.tenants.size(), 0);
-  std::unordered_map<WorkerId, int64_t> per_worker;
-  Status status;
-  s.sequences.ForEach([&](const Sequence& q) {
-    if (!status.ok()) return;
-    const std::string name = "sequence " + Str(q.id) + ": ";
-    auto fail = [&](const std::string& what) { status = Internal(name + what); };
-    ++per_worker[q.worker];
-    const auto committed = static_cast<int64_t>(q.committed_token_ids.size());
-    const auto table = static_cast<int64_t>(q.block_table.size());
-    if (!s.leases.Contains(q.worker))
-      return fail("owner worker " + Str(q.worker) + " unregistered");
-    if (committed > q.num_tokens || q.num_tokens > q.max_total_tokens) {
-      return fail("committed " + Str(committed) + " <= num_tokens " + Str(q.num_tokens) +
-                  " <= max_total " + Str(q.max_total_tokens) + " broken");
-    }
-    for (int32_t b : q.block_table) {
-      if (b < 0 || b >= s.pool.num_blocks()) return fail("block id " + Str(b) + " out of range");
-      ++refs[b];
-      if (q.tenant < 0 || static_cast<size_t>(q.tenant) >= s.tenants.size()) {
-        return fail("unknown tenant index " + Str(q.tenant));
-      }
-      if (block_tenant[b] < 0) {
-        block_tenant[b] = q.tenant;
-        ++tenant_blocks[static_cast<size_t>(q.tenant)];
-      } else if (block_tenant[b] != q.tenant) {
-        return fail("block " + Str(b) + " shared by tenants " +
-                    s.tenants[static_cast<size_t>(block_tenant[b])].name + " and " +
-                    s.tenants[static_cast<size_t>(q.tenant)].name);
-      }
-    }
-    if (q.mode == SequenceMode::kContiguous) {
-      if (table != CeilDiv(q.max_total_tokens, block_size)) return fail("reservation size wrong");
-      for (int64_t i = 1; i < table; ++i) {
-        if (q.block_table[i] != q.block_table[i - 1] + 1) return fail("reservation not contiguous");
-      }
-      if (!q.block_hashes.empty()) return fail("contiguous sequence has block hashes");
-    } else {
-      if (table != CeilDiv(q.num_tokens, block_size)) {
-        return fail(Str(table) + " blocks for " + Str(q.num_tokens) + " tokens");
-      }
-      if (static_cast<int64_t>(q.block_hashes.size()) != committed / block_size) {
-        return fail(Str(q.block_hashes.size()) + " hashes for " + Str(committed) + " committed");
-      }
-    }
-    // A block that is not full and committed belongs to this sequence alone, unhashed; a
-    // hashed full block holds exactly the content this sequence committed there.
-    for (int64_t i = 0; i < table; ++i) {
-      const KvBlock& block = s.pool.block(q.block_table[i]);
-      const bool full_committed =
-          q.mode == SequenceMode::kPaged && i < static_cast<int64_t>(q.block_hashes.size());
-      if (!full_committed && (block.ref_cnt != 1 || block.has_hash)) {
-        return fail("block " + Str(block.block_id) +
-                    " (partial or uncommitted) is shared or hashed");
-      }
-      if (full_committed && block.has_hash && block.hash != q.block_hashes[i]) {
-        return fail("block " + Str(block.block_id) + " holds another content's hash");
-      }
-    }
-  });
-  KVPOOL_RETURN_IF_ERROR(status);
-  for (size_t i = 0; i < s.tenants.size(); ++i) {
-    const State::TenantState& t = s.tenants[i];
-    const int64_t held = tenant_blocks[i];
-    if (t.blocks_in_use != held) {
-      return Internal("tenant " + t.name + " counted " + Str(t.blocks_in_use) +
-                      " blocks in use, its sequences hold " + Str(held));
-    }
-    if (held > t.max_blocks) {
-      return Internal("tenant " + t.name + " holds " + Str(held) + " blocks, over its quota " +
-                      Str(t.max_blocks));
-    }
-  }
-  for (const auto& [worker, count] : per_worker) {
-    if (s.sequences.CountOf(worker) != count) {
-      return Internal("worker " + Str(worker) + " indexed with " +
-                      Str(s.sequences.CountOf(worker)) + " sequences, holds " + Str(count));
-    }
-  }
-  return s.pool.CheckInvariants(refs);
 }
 
 }  // namespace kvpool::manager

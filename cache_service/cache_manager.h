@@ -46,11 +46,10 @@
 #include <vector>
 
 #include "common/kv_layout.h"
+#include "common/kv_mode.h"
 #include "common/status.h"
 
 namespace kvpool::manager {
-
-enum class SequenceMode { kContiguous, kPaged };  // `none` never asks the manager
 
 using Clock = std::chrono::steady_clock;
 using WorkerId = int64_t;
@@ -79,7 +78,7 @@ struct OpenRequest {
   WorkerId worker_id = 0;
   std::string tenant;              // from the authenticated caller, never the request body
   std::vector<int32_t> token_ids;  // the prompt
-  SequenceMode mode = SequenceMode::kPaged;
+  KvMode mode = KvMode::kPaged;
   int64_t max_tokens = 0;  // new tokens the sequence may generate
 };
 

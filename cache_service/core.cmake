@@ -5,7 +5,8 @@ set(KVPOOL_MANAGER_CORE_SRC
   prefix_index.cc
   sequence_table.cc
   lease_tracker.cc
-  cache_manager.cc)
+  cache_manager.cc
+  cache_manager_stats.cc)
 list(TRANSFORM KVPOOL_MANAGER_CORE_SRC PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/)
 add_library(kvpool_manager_core STATIC ${KVPOOL_MANAGER_CORE_SRC})
 target_include_directories(kvpool_manager_core PUBLIC ${CMAKE_SOURCE_DIR})

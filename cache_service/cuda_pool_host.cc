@@ -1,3 +1,5 @@
+// CudaPoolHost: see cuda_pool_host.h. Only the CUDA runtime calls that create, zero and
+// export the pool live here; the manager's bookkeeping never depends on where the pool is.
 #include "cache_service/cuda_pool_host.h"
 
 #include <cuda_runtime_api.h>

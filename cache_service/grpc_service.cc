@@ -55,16 +55,6 @@ Status CheckGeometry(const v1::PoolGeometry& want, const v1::PoolDescriptor& hav
   return Status::Ok();
 }
 
-Status CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, const char* field) {
-  for (int i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0) {
-      return InvalidArgument(std::string(field) + "[" + std::to_string(i) +
-                             "] = " + std::to_string(ids[i]) + " is negative; token ids are >= 0");
-    }
-  }
-  return Status::Ok();
-}
-
 Status CheckSequenceId(int64_t sequence_id) {
   if (sequence_id < 0) {
     return InvalidArgument("sequence_id " + std::to_string(sequence_id) +
@@ -73,13 +63,8 @@ Status CheckSequenceId(int64_t sequence_id) {
   return Status::Ok();
 }
 
-Status CheckStepItem(const v1::StepItem& item) {
-  KVPOOL_RETURN_IF_ERROR(CheckSequenceId(item.sequence_id()));
-  if (item.num_tokens() < 0) {
-    return InvalidArgument("num_tokens " + std::to_string(item.num_tokens()) + " is negative");
-  }
-  return CheckTokenIds(item.commit_token_ids(), "commit_token_ids");
-}
+// What only the wire can get wrong; num_tokens and the token ids are the core's checks.
+Status CheckStepItem(const v1::StepItem& item) { return CheckSequenceId(item.sequence_id()); }
 
 }  // namespace
 
@@ -270,38 +255,19 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
   return Serve(kOpenSequence, context, [&](const Caller& caller) -> Status {
     const std::string& tenant = caller.tenant;
     KVPOOL_RETURN_IF_ERROR(CheckWorker(tenant, request->manager_instance(), request->worker_id()));
-    const CacheManagerOptions& options = core_->options();
-    const int64_t prompt = request->token_ids_size();
-    if (prompt == 0) {
-      return InvalidArgument("token_ids is empty; a sequence needs at least one prompt token");
-    }
-    if (prompt > options.max_tokens_per_call) {
-      return InvalidArgument("prompt of " + std::to_string(prompt) + " tokens is over the " +
-                             std::to_string(options.max_tokens_per_call) + "-token limit");
-    }
-    KVPOOL_RETURN_IF_ERROR(CheckTokenIds(request->token_ids(), "token_ids"));
     OpenRequest open;
     switch (request->mode()) {
       case v1::SEQUENCE_MODE_CONTIGUOUS:
-        open.mode = SequenceMode::kContiguous;
+        open.mode = KvMode::kContiguous;
         break;
       case v1::SEQUENCE_MODE_PAGED:
-        open.mode = SequenceMode::kPaged;
+        open.mode = KvMode::kPaged;
         break;
       default:
         return InvalidArgument("mode " + std::to_string(request->mode()) +
                                " is not SEQUENCE_MODE_CONTIGUOUS (1) or SEQUENCE_MODE_PAGED (2)");
     }
-    if (request->max_tokens() <= 0) {
-      return InvalidArgument("max_tokens must be >= 1, got " +
-                             std::to_string(request->max_tokens()));
-    }
-    if (request->max_tokens() > options.max_context_tokens - prompt) {
-      return InvalidArgument("prompt (" + std::to_string(prompt) + ") + max_tokens (" +
-                             std::to_string(request->max_tokens()) +
-                             ") is over the manager's context limit of " +
-                             std::to_string(options.max_context_tokens) + " tokens");
-    }
+    // Token ids, max_tokens and the context are checked once, by the core.
     open.worker_id = request->worker_id();
     // A worker serving end clients forwards the client's own bearer token; the prefix
     // cache is then salted by the client's tenant (authenticated here, like any token),

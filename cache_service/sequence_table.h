@@ -25,7 +25,7 @@ struct Sequence {
   SequenceId id = 0;
   WorkerId worker = 0;
   int32_t tenant = 0;  // index in the cache manager's tenant table: whose quota it uses
-  SequenceMode mode = SequenceMode::kPaged;
+  KvMode mode = KvMode::kPaged;
   BlockHash salt;                // the tenant's, for the first block's hash
   int64_t max_total_tokens = 0;  // prompt + max_tokens
   int64_t num_tokens = 0;        // slots the worker holds (may write)

@@ -1,3 +1,5 @@
+// The one model list and config.json parsing: see model_config.h. Shapes only: nothing
+// here loads weights or links LibTorch.
 #include "common/model_config.h"
 
 #include <nlohmann/json.hpp>

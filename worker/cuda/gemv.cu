@@ -1,3 +1,6 @@
+// The decode GEMV kernels (see gemv.h): one warp per output row, 16-byte loads, up to
+// 8 input rows kept in registers, fused bias and activation epilogues. Launch
+// configuration and argument checks are here; the weights' layout is the engine's.
 #include <string>
 
 #include "cuda/cuda_status.h"

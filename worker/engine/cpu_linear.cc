@@ -1,3 +1,5 @@
+// The CPU linear layers: see cpu_linear.h. The small-row kernel (weights read once for
+// every row) and the dispatch to BLAS above it; no model structure here.
 #include "engine/cpu_linear.h"
 
 // GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which

@@ -1,44 +1,19 @@
+// The Engine: see engine.h. Creation, request checks, sequences and their block tables
+// per mode (added, forked, grown, released, swapped out and in); the forward steps are
+// engine_step.cc. It never talks to the manager: block tables come from outside (the
+// worker's scheduler) or, for the engine tools and tests, from its own allocator.
 #include "engine/engine.h"
 
 #include <ATen/Parallel.h>
 #include <malloc.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdlib>
 
 #include "engine/model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
-namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
-const char* KvModeName(KvMode mode) {
-  switch (mode) {
-    case KvMode::kNone:
-      return "none";
-    case KvMode::kContiguous:
-      return "contiguous";
-    case KvMode::kPaged:
-      return "paged";
-  }
-  return "?";
-}
-
-StatusOr<KvMode> ParseKvMode(const std::string& name) {
-  if (name == "none") return KvMode::kNone;
-  if (name == "contiguous") return KvMode::kContiguous;
-  if (name == "paged") return KvMode::kPaged;
-  return InvalidArgument("unknown KV mode '" + name + "' (none, contiguous, paged)");
-}
-
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kRunning:
@@ -391,192 +366,6 @@ void Engine::CopyBlock(int32_t src, int32_t dst) {
       to.copy_(from);
     }
   }
-}
-
-StatusOr<at::Tensor> Engine::Recompute(const std::vector<Sequence*>& seqs) {
-  const PoolGeometry& g = pool_.geometry();
-  int64_t blocks = 0;
-  for (const Sequence* s : seqs) blocks += CeilDiv(s->tokens.size(), g.block_size);
-  if (!scratch_ || scratch_->geometry().num_blocks < blocks) {
-    PoolGeometry sg = g;
-    sg.num_blocks = blocks;
-    KVPOOL_ASSIGN_OR_RETURN(KvPool scratch, runner_->CreatePool(sg));
-    scratch_ = std::move(scratch);
-  }
-  scratch_bytes_ = static_cast<int64_t>(g.block_bytes()) * blocks;
-  // Consecutive scratch blocks per sequence; tables must outlive the forward.
-  std::vector<std::vector<int32_t>> tables(seqs.size());
-  batch_.Clear();
-  int32_t next_block = 0;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const int64_t n = static_cast<int64_t>(seqs[i]->tokens.size());
-    for (int64_t b = 0; b < CeilDiv(n, g.block_size); ++b) tables[i].push_back(next_block++);
-    batch_.AddTokens(seqs[i]->tokens, 0, n, tables[i], g.block_size, /*want_logits=*/true);
-  }
-  return runner_->Forward(batch_, *scratch_);
-}
-
-void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
-  seq.last_logits = logits_row;
-  const ModelConfig& c = runner_->config();
-  const int32_t token =
-      SampleToken(logits_row.data_ptr<float>(), c.vocab_size, seq.request.sampling, seq.rng);
-  seq.tokens.push_back(token);
-  if (seq.stop_matcher) {
-    // Only the new token's bytes are matched: the cost per token does not grow with
-    // the number of stop strings or the text so far.
-    const std::string piece = tokenizer_->TokenText(token);
-    seq.text += piece;
-    if (seq.stop_matcher->Feed(seq.stop_state, piece)) {
-      seq.finish = FinishReason::kStop;
-      return;
-    }
-  }
-  if (!seq.request.ignore_eos && token == c.eos_token_id) {
-    seq.finish = FinishReason::kEos;
-  } else if (seq.num_generated() >= seq.request.max_tokens) {
-    seq.finish = FinishReason::kLength;
-  } else if (static_cast<int64_t>(seq.tokens.size()) >= c.max_position) {
-    seq.finish = FinishReason::kContext;
-  }
-}
-
-Status Engine::Prefill(const std::vector<SequenceId>& ids) { return Step(ids, {}); }
-
-Status Engine::Decode(const std::vector<SequenceId>& ids) { return Step({}, ids); }
-
-Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
-                    const std::vector<SequenceId>& decode_ids) {
-  // The sequences in the order their logits rows come: prefills, then decodes.
-  std::vector<Sequence*> cached, recomputed;
-  std::vector<bool> cached_is_prefill;
-  auto take = [&](Sequence* s, bool prefill) {
-    if (s->request.mode == KvMode::kNone) {
-      recomputed.push_back(s);  // its whole sequence, prefill or not
-      return;
-    }
-    cached.push_back(s);
-    cached_is_prefill.push_back(prefill);
-  };
-  for (SequenceId id : prefill_ids) {
-    auto it = sequences_.find(id);
-    if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
-    if (it->second.prefilled) {
-      return FailedPrecondition("sequence " + std::to_string(id) + " is already prefilled");
-    }
-    take(&it->second, true);
-  }
-  for (SequenceId id : decode_ids) {
-    auto it = sequences_.find(id);
-    if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
-    Sequence& s = it->second;
-    if (!s.prefilled || s.finished()) {
-      return FailedPrecondition("sequence " + std::to_string(id) +
-                                (s.finished() ? " has finished" : " is not prefilled yet"));
-    }
-    take(&s, false);
-  }
-  // Blocks first (the batch keeps pointers into the tables), then one forward for the
-  // prompts' uncached tokens and every decoding sequence's next token.
-  for (size_t i = 0; i < cached.size(); ++i) {
-    if (!cached_is_prefill[i]) {
-      KVPOOL_RETURN_IF_ERROR(EnsureBlocks(*cached[i], cached[i]->tokens.size()));
-    }
-  }
-  if (!cached.empty()) {
-    batch_.Clear();
-    for (size_t i = 0; i < cached.size(); ++i) {
-      Sequence* s = cached[i];
-      const int64_t end =
-          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
-      batch_.AddTokens(s->tokens, s->num_kv_tokens, end, s->block_table, options_.block_size, true);
-    }
-    at::Tensor logits = runner_->Forward(batch_, pool_);
-    for (size_t i = 0; i < cached.size(); ++i) {
-      Sequence* s = cached[i];
-      s->num_kv_tokens =
-          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
-      s->prefilled = true;
-      SampleNext(*s, logits[static_cast<int64_t>(i)]);
-    }
-  }
-  if (!recomputed.empty()) {
-    KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
-    for (size_t i = 0; i < recomputed.size(); ++i) {
-      recomputed[i]->prefilled = true;
-      SampleNext(*recomputed[i], logits[static_cast<int64_t>(i)]);
-    }
-  }
-  return Status::Ok();
-}
-
-KvUsage Engine::Usage() const {
-  KvUsage u;
-  const PoolGeometry& g = pool_.geometry();
-  for (const auto& [id, s] : sequences_) {
-    u.blocks_in_use += static_cast<int64_t>(s.block_table.size());
-    u.bytes_used += s.num_kv_tokens * static_cast<int64_t>(g.token_bytes());
-  }
-  u.bytes_reserved = u.blocks_in_use * static_cast<int64_t>(g.block_bytes());
-  u.scratch_bytes = scratch_bytes_;
-  return u;
-}
-
-StatusOr<std::vector<GenerationResult>> Engine::Generate(std::vector<GenerationRequest> requests) {
-  const auto t_start = std::chrono::steady_clock::now();
-  std::vector<SequenceId> ids;
-  auto release_all = [&] {
-    for (SequenceId id : ids) Release(id);
-  };
-  for (GenerationRequest& r : requests) {
-    StatusOr<SequenceId> id = AddSequence(std::move(r));
-    if (!id.ok()) {
-      release_all();
-      return id.status();
-    }
-    ids.push_back(*id);
-  }
-  std::vector<GenerationResult> results(ids.size());
-  // Records one step's latency and the pool's KV bytes for the sequences it ran.
-  auto record = [&](const std::vector<SequenceId>& stepped, double step_s, bool first) {
-    const KvUsage u = Usage();
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (std::find(stepped.begin(), stepped.end(), ids[i]) == stepped.end()) continue;
-      (first ? results[i].ttft_s : results[i].step_s.emplace_back()) = step_s;
-      results[i].step_kv_reserved_bytes.push_back(u.bytes_reserved);
-      results[i].step_kv_used_bytes.push_back(u.bytes_used);
-    }
-  };
-  auto t0 = std::chrono::steady_clock::now();
-  Status st = Prefill(ids);
-  if (!st.ok()) {
-    release_all();
-    return st;
-  }
-  record(ids, SecondsSince(t0), true);
-  for (;;) {
-    std::vector<SequenceId> running;
-    for (SequenceId id : ids) {
-      if (!sequences_.at(id).finished()) running.push_back(id);
-    }
-    if (running.empty()) break;
-    t0 = std::chrono::steady_clock::now();
-    st = Decode(running);
-    if (!st.ok()) {
-      release_all();
-      return st;
-    }
-    record(running, SecondsSince(t0), false);
-  }
-  const double total = SecondsSince(t_start);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    const Sequence& s = sequences_.at(ids[i]);
-    results[i].tokens.assign(s.tokens.begin() + s.prompt_len(), s.tokens.end());
-    results[i].finish = s.finish;
-    results[i].total_s = total;
-  }
-  release_all();
-  return results;
 }
 
 }  // namespace kvpool

@@ -27,15 +27,12 @@
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/stop_matcher.h"
+#include "common/kv_mode.h"
 #include "common/status.h"
 
 namespace kvpool {
 
 class Tokenizer;
-
-enum class KvMode { kNone, kContiguous, kPaged };
-const char* KvModeName(KvMode mode);
-StatusOr<KvMode> ParseKvMode(const std::string& name);
 
 enum class FinishReason { kRunning, kLength, kEos, kStop, kContext };
 const char* FinishReasonName(FinishReason reason);

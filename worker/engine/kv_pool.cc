@@ -1,3 +1,5 @@
+// KvPool and the in-process BlockAllocator: see kv_pool.h. Memory and block ids only;
+// which sequence owns a block is the engine's (or, in the worker, the manager's).
 #include "engine/kv_pool.h"
 
 #include <sys/mman.h>

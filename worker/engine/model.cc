@@ -1,3 +1,6 @@
+// The CPU transformer forward (GPT-2 and Llama): see model.h. Embedding, per layer the
+// fused QKV projection, K/V written to the pool, paged attention, the MLP, then the
+// final norm and the logits of the rows asked for. Sampling is the engine's.
 #include "engine/model.h"
 
 #include <cmath>

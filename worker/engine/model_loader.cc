@@ -1,3 +1,5 @@
+// --model resolution: see model_loader.h. A built-in name (seeded random weights) or a
+// Hugging Face folder; the model list itself is common/model_config.
 #include "engine/model_loader.h"
 
 #include <filesystem>

@@ -1,3 +1,6 @@
+// ForwardBatch's packing of tokens, and the CUDA runner's factory where the build has
+// no CUDA: see model_runner.h. The forwards themselves are model.cc (CPU) and
+// cuda_model_runner.cc (CUDA).
 #include "engine/model_runner.h"
 
 namespace kvpool {

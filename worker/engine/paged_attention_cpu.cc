@@ -1,3 +1,6 @@
+// The CPU paged-attention kernel: see paged_attention_cpu.h. Reads K/V through block
+// tables straight from the pool, one pass per (query token, KV head) with an online
+// softmax; it never writes the pool.
 #include "engine/paged_attention_cpu.h"
 
 // GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which

@@ -1,3 +1,5 @@
+// Next-token sampling: see sampler.h. Greedy, temperature, top-k and top-p over one row
+// of logits with the request's own generator; no state beyond that generator.
 #include "engine/sampler.h"
 
 #include <algorithm>

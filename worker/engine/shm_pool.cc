@@ -1,3 +1,5 @@
+// ShmPoolMapping: see shm_pool.h. Opens, checks and maps the manager's POSIX shared
+// memory segment; it never creates or unlinks one (the manager owns it).
 #include "engine/shm_pool.h"
 
 #include <fcntl.h>

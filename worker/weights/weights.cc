@@ -1,3 +1,6 @@
+// ModelWeights: see weights.h. Seeded random weights in the engine's layout, the
+// checks that loaded weights have the shapes the config says, and the copy to another
+// device or dtype.
 #include "weights/weights.h"
 
 #include <ATen/Parallel.h>

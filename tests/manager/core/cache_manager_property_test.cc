@@ -34,7 +34,7 @@ constexpr int64_t kTenantAMaxBlocks = 8;
 struct ShadowSequence {
   WorkerId worker = 0;
   std::string tenant;
-  SequenceMode mode = SequenceMode::kPaged;
+  KvMode mode = KvMode::kPaged;
   int64_t max_total = 0, num_tokens = 0, committed = 0;
   std::vector<int32_t> tokens;  // prompt, then generated tokens as they are committed
   std::vector<int32_t> table;
@@ -173,7 +173,7 @@ class PropertyRun {
     OpenRequest req;
     req.worker_id = w;
     req.tenant = std::string(1, static_cast<char>('a' + Rand(0, 2)));
-    req.mode = Rand(0, 4) == 0 ? SequenceMode::kContiguous : SequenceMode::kPaged;
+    req.mode = Rand(0, 4) == 0 ? KvMode::kContiguous : KvMode::kPaged;
     const std::vector<int32_t>& stem = stems_[Rand(0, 3)];
     req.token_ids.assign(stem.begin(), stem.begin() + Rand(0, 24));
     for (int n = Rand(req.token_ids.empty() ? 1 : 0, 6); n > 0; --n)
@@ -198,7 +198,7 @@ class PropertyRun {
       return;
     }
     ASSERT_FALSE(sequences_.count(r->sequence_id));
-    if (req.mode == SequenceMode::kContiguous) ++contiguous_;
+    if (req.mode == KvMode::kContiguous) ++contiguous_;
     ShadowSequence q;
     q.worker = w;
     q.tenant = req.tenant;
@@ -210,7 +210,7 @@ class PropertyRun {
     q.table = r->block_table;
     ASSERT_EQ(r->cached_tokens % kBlockSize, 0);
     ASSERT_LT(r->cached_tokens, prompt);  // at least one token is computed
-    if (req.mode == SequenceMode::kContiguous) {
+    if (req.mode == KvMode::kContiguous) {
       ASSERT_EQ(r->cached_tokens, 0);
       ASSERT_EQ(static_cast<int64_t>(q.table.size()), CeilDiv(q.max_total, kBlockSize));
       for (size_t i = 1; i < q.table.size(); ++i) ASSERT_EQ(q.table[i], q.table[i - 1] + 1);
@@ -270,7 +270,7 @@ class PropertyRun {
         continue;
       }
       const int64_t num_tokens = std::max(q.num_tokens, items[i].num_tokens);
-      const int64_t want = q.mode == SequenceMode::kPaged ? CeilDiv(num_tokens, kBlockSize) -
+      const int64_t want = q.mode == KvMode::kPaged ? CeilDiv(num_tokens, kBlockSize) -
                                                                 static_cast<int64_t>(q.table.size())
                                                           : 0;
       if (!res.status.ok()) {
@@ -290,7 +290,7 @@ class PropertyRun {
   void Fork() {
     std::vector<SequenceId> paged;
     for (const auto& [id, q] : sequences_) {
-      if (q.mode == SequenceMode::kPaged) paged.push_back(id);
+      if (q.mode == KvMode::kPaged) paged.push_back(id);
     }
     if (paged.empty()) return;
     const SequenceId parent_id = Pick(paged);

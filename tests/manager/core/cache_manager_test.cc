@@ -55,7 +55,7 @@ class CacheManagerTest : public ::testing::Test {
   }
 
   OpenResult Open(const std::vector<int32_t>& prompt, const std::string& tenant = "t",
-                  SequenceMode mode = SequenceMode::kPaged, int64_t max_tokens = 4) {
+                  KvMode mode = KvMode::kPaged, int64_t max_tokens = 4) {
     auto r = manager_.OpenSequence({worker_, tenant, prompt, mode, max_tokens}, t0_);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : OpenResult{};
@@ -155,7 +155,7 @@ TEST_F(CacheManagerTest, LruEvictsTheTailOfTheLeastRecentlyFreedSequence) {
   EXPECT_EQ(stats.free_blocks, 0);
   // A's prompt again hits block 0 but needs two new blocks; none: all or nothing.
   std::vector<int32_t> a_again = Iota(9);
-  auto refused = manager_.OpenSequence({worker_, "t", a_again, SequenceMode::kPaged, 4}, t0_);
+  auto refused = manager_.OpenSequence({worker_, "t", a_again, KvMode::kPaged, 4}, t0_);
   ASSERT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(manager_.Stats().cached_blocks, 1);
   EXPECT_EQ(manager_.Stats().prefix_queries_tokens, 8 + 28);  // the refusal counts nothing
@@ -172,14 +172,14 @@ TEST_F(CacheManagerTest, ContiguousReservationsAndFragmentation) {
   for (int i = 1; i < kNumBlocks; i += 2) {
     ASSERT_TRUE(manager_.CloseSequence(worker_, ones[i], t0_).ok());  // frees 1, 3, 5, 7
   }
-  auto refused = manager_.OpenSequence({worker_, "t", Iota(4), SequenceMode::kContiguous, 4}, t0_);
+  auto refused = manager_.OpenSequence({worker_, "t", Iota(4), KvMode::kContiguous, 4}, t0_);
   ASSERT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
   EXPECT_THAT(refused.status().message(), HasSubstr("4 blocks free in total but no run of 2"));
-  OpenResult one = Open(Iota(1), "t", SequenceMode::kContiguous, 3);
+  OpenResult one = Open(Iota(1), "t", KvMode::kContiguous, 3);
   EXPECT_THAT(one.block_table, ElementsAre(1));  // first fit
   for (int i = 0; i < kNumBlocks; i += 2)
     ASSERT_TRUE(manager_.CloseSequence(worker_, ones[i], t0_).ok());
-  OpenResult run = Open(Iota(5), "t", SequenceMode::kContiguous, 7);  // 12 tokens: 3 blocks
+  OpenResult run = Open(Iota(5), "t", KvMode::kContiguous, 7);  // 12 tokens: 3 blocks
   EXPECT_THAT(run.block_table, ElementsAre(2, 3, 4));
   EXPECT_EQ(run.cached_tokens, 0);
   // Slots within the reservation need no new blocks; beyond prompt + max_tokens fail.
@@ -237,7 +237,7 @@ TEST_F(CacheManagerTest, DoubleCloseAndUnknownIds) {
   EXPECT_EQ(bad_worker.code(), StatusCode::kNotFound);
   EXPECT_THAT(bad_worker.message(), HasSubstr("worker 999 is not registered"));
   EXPECT_EQ(manager_.Step(999, {}, t0_).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(manager_.OpenSequence({999, "t", {1}, SequenceMode::kPaged, 1}, t0_).status().code(),
+  EXPECT_EQ(manager_.OpenSequence({999, "t", {1}, KvMode::kPaged, 1}, t0_).status().code(),
             StatusCode::kNotFound);
   // Another worker's sequence looks like an unknown one (no owner leaks out).
   OpenResult mine = Open(Iota(3));
@@ -250,7 +250,7 @@ TEST_F(CacheManagerTest, DoubleCloseAndUnknownIds) {
 TEST_F(CacheManagerTest, ValidatesRequests) {
   auto open = [&](std::vector<int32_t> prompt, int64_t max_tokens) {
     return manager_
-        .OpenSequence({worker_, "t", std::move(prompt), SequenceMode::kPaged, max_tokens}, t0_)
+        .OpenSequence({worker_, "t", std::move(prompt), KvMode::kPaged, max_tokens}, t0_)
         .status();
   };
   EXPECT_THAT(open({}, 4).message(), HasSubstr("token_ids is empty"));
@@ -260,6 +260,9 @@ TEST_F(CacheManagerTest, ValidatesRequests) {
   EXPECT_THAT(open({1}, 0).message(), HasSubstr("max_tokens must be > 0"));
   EXPECT_THAT(open(Iota(30), 3).message(), HasSubstr("exceeds max_context_tokens 32"));
   EXPECT_EQ(open(Iota(65), 1).code(), StatusCode::kInvalidArgument);  // per-call limit
+  const Status none = manager_.OpenSequence({worker_, "t", {1}, KvMode::kNone, 1}, t0_).status();
+  EXPECT_EQ(none.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(none.message(), HasSubstr("mode none"));
   auto step = manager_.Step(worker_, {{1, 1, Iota(40)}, {2, 1, Iota(40)}}, t0_);
   EXPECT_EQ(step.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(step.status().message(), HasSubstr("max_tokens_per_call 64"));
@@ -296,7 +299,7 @@ TEST_F(CacheManagerTest, StepItemsFailIndependently) {
   EXPECT_TRUE((*r)[5].status.ok());
   EXPECT_THAT((*r)[5].new_blocks, ElementsAre(3));
   // Out of blocks for one item only: 4 free, c asks for 5 more.
-  OpenResult c = Open(Iota(1, 300), "t", SequenceMode::kPaged, 24);
+  OpenResult c = Open(Iota(1, 300), "t", KvMode::kPaged, 24);
   auto full = manager_.Step(worker_, {{c.sequence_id, 24, {}}, {a.sequence_id, 8, {}}}, t0_);
   ASSERT_TRUE(full.ok());
   EXPECT_EQ((*full)[0].status.code(), StatusCode::kResourceExhausted);
@@ -320,7 +323,7 @@ TEST_F(CacheManagerTest, ExpiredLeaseFreesBlocksAndKeepsCommittedOnesCached) {
   EXPECT_EQ(manager_.Heartbeat(worker_, t0_).code(), StatusCode::kNotFound);
   EXPECT_EQ(manager_.CloseSequence(worker_, r.sequence_id, t0_).code(), StatusCode::kNotFound);
   // Another worker reuses the prefix.
-  auto again = manager_.OpenSequence({alive, "t", Iota(6), SequenceMode::kPaged, 4}, t0_);
+  auto again = manager_.OpenSequence({alive, "t", Iota(6), KvMode::kPaged, 4}, t0_);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->cached_tokens, 4);
   EXPECT_EQ(again->block_table[0], 0);
@@ -329,7 +332,7 @@ TEST_F(CacheManagerTest, ExpiredLeaseFreesBlocksAndKeepsCommittedOnesCached) {
 TEST_F(CacheManagerTest, StatsCountReservedAndUsedBytes) {
   constexpr int64_t kBlockBytes = 2 * 1 * kBlockSize * 1 * 2 * 4;  // K+V, fp32
   OpenResult paged = OpenAndCommit(Iota(6));                       // 2 blocks, 6 tokens
-  OpenResult contiguous = Open(Iota(2, 50), "t", SequenceMode::kContiguous, 10);  // 3 blocks
+  OpenResult contiguous = Open(Iota(2, 50), "t", KvMode::kContiguous, 10);  // 3 blocks
   ASSERT_TRUE(Commit(contiguous.sequence_id, 2, Iota(2, 50)).status.ok());
   auto child = manager_.Fork(worker_, paged.sequence_id, t0_);  // shares block 0, copies 1
   ASSERT_TRUE(child.ok());

@@ -98,12 +98,12 @@ TEST_F(ServiceErrorsTest, WrongModeIsInvalidArgument) {
 TEST_F(ServiceErrorsTest, AbsurdMaxTokensIsInvalidArgument) {
   grpc::Status status = CallOpen(Open({1, 2}, 0));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(status.error_message(), HasSubstr("max_tokens must be >= 1"));
+  EXPECT_THAT(status.error_message(), HasSubstr("max_tokens must be > 0"));
   status = CallOpen(Open({1, 2}, -5));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   status = CallOpen(Open({1, 2}, int64_t{1} << 40));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(status.error_message(), HasSubstr("context limit"));
+  EXPECT_THAT(status.error_message(), HasSubstr("exceeds max_context_tokens"));
   status = CallOpen(Open({1, 2}, INT64_MAX));  // no overflow on prompt + max_tokens
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
