@@ -2,6 +2,7 @@
 // 1 and at batch 4 with different lengths, for GPT-2 and a GQA Llama; plus request
 // validation, pool exhaustion and finish reasons.
 #include "engine/engine.h"
+#include "engine/request_check.h"
 
 #include <execinfo.h>
 #include <gmock/gmock.h>
@@ -98,9 +99,10 @@ class EngineTest : public ::testing::Test {
   std::unique_ptr<Engine> engine_;
 };
 
-TEST_F(EngineTest, RejectsBadRequests) {
+// The one request check every API makes (the engine only asserts it).
+TEST_F(EngineTest, TheRequestCheckRefusesBadRequestsNamingTheField) {
   auto expect_invalid = [&](GenerationRequest r, const std::string& needle) {
-    Status st = engine_->AddSequence(std::move(r)).status();
+    Status st = CheckGeneration(r, engine_->config(), /*has_tokenizer=*/false);
     EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
     EXPECT_THAT(st.message(), HasSubstr(needle));
   };
@@ -120,7 +122,31 @@ TEST_F(EngineTest, RejectsBadRequests) {
   r = Request(4, 4, KvMode::kPaged);
   r.sampling.temperature = std::nan("");
   expect_invalid(r, "temperature");
-  EXPECT_EQ(engine_->allocator().num_free(), 16);  // nothing leaked by the rejections
+  r = Request(4, 4, KvMode::kPaged);
+  r.stop = {"x"};
+  expect_invalid(r, "stop strings need a tokenizer");
+  // The API's own field names.
+  r = Request(4, 4, KvMode::kPaged);
+  r.prompt[1] = -1;
+  r.sampling.top_k = -2;
+  RequestFieldNames names;
+  names.prompt = "token_ids";
+  names.sampling = "sampling.";
+  EXPECT_THAT(CheckGeneration(r, engine_->config(), false, names).message(),
+              HasSubstr("token_ids[1] is -1"));
+  r.prompt[1] = 1;
+  EXPECT_THAT(CheckGeneration(r, engine_->config(), false, names).message(),
+              HasSubstr("sampling.top_k"));
+  EXPECT_TRUE(CheckGeneration(Request(4, 4, KvMode::kPaged), engine_->config(), false).ok());
+}
+
+TEST_F(EngineTest, GenerateChecksItsRequestsAndLeaksNothing) {
+  GenerationRequest fine = Request(4, 2, KvMode::kPaged);
+  GenerationRequest bad = Request(4, 0, KvMode::kPaged);
+  const auto refused = engine_->Generate({fine, bad});
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("max_tokens must be > 0"));
+  EXPECT_EQ(engine_->allocator().num_free(), 16);  // the first one's blocks came back
 }
 
 // A mixed step (new prompts and running sequences' next tokens in one forward) gives

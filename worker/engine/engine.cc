@@ -8,9 +8,11 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstdlib>
 
 #include "engine/model.h"
+#include "engine/request_check.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -104,31 +106,10 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions o
       options_(options),
       tokenizer_(std::move(tok)) {}
 
-Status Engine::ValidateRequest(const GenerationRequest& r) const {
-  const ModelConfig& c = runner_->config();
-  const int64_t n = static_cast<int64_t>(r.prompt.size());
-  if (n == 0) return InvalidArgument("prompt is empty: give at least one token");
-  for (int64_t i = 0; i < n; ++i) {
-    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
-      return InvalidArgument("prompt token " + std::to_string(i) + " is " +
-                             std::to_string(r.prompt[i]) + ", outside the vocabulary [0, " +
-                             std::to_string(c.vocab_size) + ")");
-    }
-  }
-  if (n >= c.max_position) {
-    return InvalidArgument("prompt has " + std::to_string(n) + " tokens; model '" + c.name +
-                           "' has a context of " + std::to_string(c.max_position) +
-                           " and needs room for at least one new token");
-  }
-  if (r.max_tokens <= 0) {
-    return InvalidArgument("max_tokens must be > 0, got " + std::to_string(r.max_tokens));
-  }
-  if (n + r.max_tokens > c.max_position) {
-    return InvalidArgument("prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
-                           std::to_string(r.max_tokens) + ") exceeds the context of " +
-                           std::to_string(c.max_position));
-  }
-  KVPOOL_RETURN_IF_ERROR(r.sampling.Validate());
+Status Engine::CheckBlocks(const GenerationRequest& r) const {
+  // What the caller asks for was checked at the API's edge (request_check.h).
+  assert(CheckGeneration(r, runner_->config(), tokenizer_ != nullptr).ok());
+  const auto n = static_cast<int64_t>(r.prompt.size());
   if (!r.prefix_blocks.empty()) {
     if (r.mode != KvMode::kPaged) return InvalidArgument("prefix blocks need the paged mode");
     const int64_t cached = static_cast<int64_t>(r.prefix_blocks.size()) * options_.block_size;
@@ -164,9 +145,6 @@ Status Engine::ValidateRequest(const GenerationRequest& r) const {
   } else if (!r.block_table.empty() || r.cached_tokens != 0) {
     return InvalidArgument("block_table and cached_tokens need an engine on external blocks");
   }
-  if (!r.stop.empty() && tokenizer_ == nullptr) {
-    return InvalidArgument("stop strings need a tokenizer; this engine has none");
-  }
   return Status::Ok();
 }
 
@@ -175,7 +153,7 @@ Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
   const int64_t have = static_cast<int64_t>(seq.block_table.size());
   if (need <= have) return Status::Ok();
   if (seq.request.mode == KvMode::kContiguous) {
-    return Internal("contiguous sequence outgrew its reservation");  // ValidateRequest bounds it
+    return Internal("contiguous sequence outgrew its reservation");  // the request check bounds it
   }
   if (options_.external_blocks) {
     return FailedPrecondition("the sequence needs " + std::to_string(need) + " blocks and holds " +
@@ -188,7 +166,7 @@ Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
 }
 
 StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
-  KVPOOL_RETURN_IF_ERROR(ValidateRequest(request));
+  KVPOOL_RETURN_IF_ERROR(CheckBlocks(request));
   Sequence seq;
   seq.tokens = request.prompt;
   if (request.rng) {

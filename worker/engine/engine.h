@@ -148,7 +148,9 @@ class Engine {
   // process, the blocks that process owns.
   Status ReserveBlocks(const std::vector<int32_t>& blocks);
 
-  Status ValidateRequest(const GenerationRequest& request) const;
+  // The block-side preconditions of a request (prefix blocks, an external block table,
+  // cached tokens): INVALID_ARGUMENT when they do not fit the pool or the prompt.
+  Status CheckBlocks(const GenerationRequest& request) const;
   // Validates and admits a request, reserving its blocks as its mode says.
   StatusOr<SequenceId> AddSequence(GenerationRequest request);
   // Runs the prompts of these (new) sequences in one forward and samples each one's

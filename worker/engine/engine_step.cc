@@ -11,6 +11,7 @@
 
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "engine/request_check.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -158,6 +159,12 @@ StatusOr<std::vector<GenerationResult>> Engine::Generate(std::vector<GenerationR
     for (SequenceId id : ids) Release(id);
   };
   for (GenerationRequest& r : requests) {
+    // Generate is the engine tools' API: their requests are checked here.
+    if (Status checked = CheckGeneration(r, runner_->config(), tokenizer_ != nullptr);
+        !checked.ok()) {
+      release_all();
+      return checked;
+    }
     StatusOr<SequenceId> id = AddSequence(std::move(r));
     if (!id.ok()) {
       release_all();

@@ -9,16 +9,19 @@
 
 namespace kvpool {
 
-Status SamplingParams::Validate() const {
+Status SamplingParams::Validate(const std::string& field_prefix) const {
   if (!std::isfinite(temperature) || temperature < 0) {
-    return InvalidArgument("temperature must be a finite number >= 0 (0 = greedy), got " +
+    return InvalidArgument(field_prefix +
+                           "temperature must be a finite number >= 0 (0 = greedy), got " +
                            std::to_string(temperature));
   }
   if (!(top_p > 0.0 && top_p <= 1.0)) {
-    return InvalidArgument("top_p must be in (0, 1], got " + std::to_string(top_p));
+    return InvalidArgument(field_prefix + "top_p must be in (0, 1], got " + std::to_string(top_p));
   }
-  if (top_k < 0)
-    return InvalidArgument("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
+  if (top_k < 0) {
+    return InvalidArgument(field_prefix + "top_k must be >= 0 (0 = off), got " +
+                           std::to_string(top_k));
+  }
   return Status::Ok();
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 
 #include "common/status.h"
 
@@ -16,7 +17,8 @@ struct SamplingParams {
   double top_p = 1.0;        // in (0, 1]
   uint64_t seed = 0;
 
-  Status Validate() const;
+  // INVALID_ARGUMENT naming the field, as `field_prefix` + its name.
+  Status Validate(const std::string& field_prefix = "") const;
 };
 
 // Returns the chosen token id. `logits` has `vocab` entries.

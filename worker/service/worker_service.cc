@@ -2,14 +2,13 @@
 // streaming the job's events, cancellation; the scheduler owns everything after Submit.
 #include "service/worker_service.h"
 
-#include <cmath>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 
 #include "common/grpc_status.h"
 #include "common/metadata.h"
 #include "common/text_field.h"
+#include "engine/request_check.h"
 #include "service/manager_client.h"
 #include "tokenizer/tokenizer.h"
 
@@ -23,12 +22,6 @@ constexpr int32_t kMaxSamples = 64;
 constexpr size_t kMaxPromptBytes = size_t{1} << 20;
 constexpr int kMaxStopStrings = 32;
 constexpr size_t kMaxStopBytes = 256;
-
-std::string Num(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 StatusOr<KvMode> ModeFromProto(v1::KvMode mode) {
   switch (mode) {
@@ -59,17 +52,6 @@ std::pair<int64_t, int64_t> ProcessMemory() {
   return {rss, peak};
 }
 
-const char* DtypeName(KvDtype dtype) {
-  switch (dtype) {
-    case KvDtype::kFloat16:
-      return "fp16";
-    case KvDtype::kBFloat16:
-      return "bf16";
-    default:
-      return "fp32";
-  }
-}
-
 }  // namespace
 
 StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
@@ -80,13 +62,10 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   if (!r.prompt().empty() && r.token_ids_size() > 0) {
     return InvalidArgument("give prompt or token_ids, not both");
   }
-  KVPOOL_RETURN_IF_ERROR(v1::CheckTextField(r.prompt(), "prompt", kMaxPromptBytes));
-  if (r.token_ids_size() >= config.max_position) {
-    return InvalidArgument("prompt has " + std::to_string(r.token_ids_size()) +
-                           " tokens (token_ids); model '" + config.name + "' has a context of " +
-                           std::to_string(config.max_position) +
-                           " and needs room for at least one new token");
+  if (r.prompt().empty() && r.token_ids_size() == 0) {
+    return InvalidArgument("prompt and token_ids are both empty: give at least one token");
   }
+  KVPOOL_RETURN_IF_ERROR(v1::CheckTextField(r.prompt(), "prompt", kMaxPromptBytes));
   if (r.stop_size() > kMaxStopStrings) {
     return InvalidArgument("stop has " + std::to_string(r.stop_size()) +
                            " strings, over the limit of " + std::to_string(kMaxStopStrings));
@@ -104,45 +83,9 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   } else {
     g.prompt.assign(r.token_ids().begin(), r.token_ids().end());
   }
-  const auto prompt_len = static_cast<int64_t>(g.prompt.size());
-  if (prompt_len == 0) {
-    return InvalidArgument("prompt and token_ids are both empty: give at least one token");
-  }
-  for (int64_t i = 0; i < prompt_len; ++i) {
-    if (g.prompt[i] < 0 || g.prompt[i] >= config.vocab_size) {
-      return InvalidArgument("token_ids[" + std::to_string(i) + "] is " +
-                             std::to_string(g.prompt[i]) + ", outside the vocabulary [0, " +
-                             std::to_string(config.vocab_size) + ")");
-    }
-  }
-  if (prompt_len >= config.max_position) {
-    return InvalidArgument("prompt has " + std::to_string(prompt_len) + " tokens; model '" +
-                           config.name + "' has a context of " +
-                           std::to_string(config.max_position) +
-                           " and needs room for at least one new token");
-  }
-  if (r.max_tokens() <= 0) {
-    return InvalidArgument("max_tokens must be >= 1, got " + std::to_string(r.max_tokens()));
-  }
-  if (prompt_len + r.max_tokens() > config.max_position) {
-    return InvalidArgument("prompt (" + std::to_string(prompt_len) + " tokens) + max_tokens (" +
-                           std::to_string(r.max_tokens()) + ") is over model '" + config.name +
-                           "''s context of " + std::to_string(config.max_position) + " tokens");
-  }
   g.max_tokens = r.max_tokens();
   KVPOOL_ASSIGN_OR_RETURN(g.mode, ModeFromProto(r.mode()));
   const v1::SamplingParams& s = r.sampling();
-  if (!std::isfinite(s.temperature()) || s.temperature() < 0) {
-    return InvalidArgument("sampling.temperature must be a finite number >= 0 (0 = greedy), got " +
-                           Num(s.temperature()));
-  }
-  if (s.has_top_p() && !(s.top_p() > 0 && s.top_p() <= 1)) {
-    return InvalidArgument("sampling.top_p must be in (0, 1], got " + Num(s.top_p()));
-  }
-  if (s.top_k() < 0) {
-    return InvalidArgument("sampling.top_k must be >= 0 (0 = off), got " +
-                           std::to_string(s.top_k()));
-  }
   g.sampling.temperature = s.temperature();
   g.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0;
   g.sampling.top_k = s.top_k();
@@ -153,10 +96,12 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   }
   job->n = r.n() == 0 ? 1 : r.n();
   g.stop.assign(r.stop().begin(), r.stop().end());
-  if (!g.stop.empty() && tokenizer == nullptr) {
-    return InvalidArgument("stop: stop strings need a tokenizer and this worker's model has none");
-  }
   g.ignore_eos = r.ignore_eos();
+  // What the model can generate: the one check every API makes (request_check.h).
+  RequestFieldNames names;
+  names.prompt = r.prompt().empty() ? "token_ids" : "prompt";
+  names.sampling = "sampling.";
+  KVPOOL_RETURN_IF_ERROR(CheckGeneration(g, config, tokenizer != nullptr, names));
   return job;
 }
 
@@ -222,7 +167,7 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetMode
   response->set_block_size(scheduler_->block_size());
   response->set_num_blocks(scheduler_->num_blocks());
   const std::shared_ptr<const Attachment> attachment = link_->current();
-  response->set_kv_dtype(attachment ? DtypeName(attachment->geometry.dtype) : "");
+  response->set_kv_dtype(attachment ? KvDtypeName(attachment->geometry.dtype) : "");
   response->set_device(attachment ? attachment->device : identity_.device);
   response->set_has_tokenizer(tokenizer_ != nullptr);
   response->set_eos_token_id(static_cast<int32_t>(c.eos_token_id));

@@ -16,6 +16,7 @@
 #include "engine/cpu_linear.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
+#include "engine/request_check.h"
 
 namespace kvpool {
 namespace {
@@ -61,6 +62,15 @@ GenerationRequest TimedRequest(const Engine& engine, int64_t context, KvMode mod
   return r;
 }
 
+// TimedRequest, checked as every API checks a request (flags can ask for more context
+// than the model has), then added to the engine.
+StatusOr<SequenceId> AddTimed(Engine& engine, int64_t context, KvMode mode, int32_t steps,
+                              uint32_t seed) {
+  GenerationRequest r = TimedRequest(engine, context, mode, steps, seed);
+  KVPOOL_RETURN_IF_ERROR(CheckGeneration(r, engine.config(), /*has_tokenizer=*/false));
+  return engine.AddSequence(std::move(r));
+}
+
 // Median seconds of one decode step for batch-1 sequences whose contexts start at
 // each point's `context` (growing by one per step). The points' steps are interleaved
 // (a step of each in turn), so that a slow spell of a noisy machine hits them all
@@ -73,8 +83,7 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
     for (SequenceId id : ids) engine.Release(id);
   };
   for (const Point& p : points) {
-    auto id = engine.AddSequence(
-        TimedRequest(engine, p.context, p.mode, warmup + steps, static_cast<uint32_t>(p.context)));
+    auto id = AddTimed(engine, p.context, p.mode, warmup + steps, static_cast<uint32_t>(p.context));
     if (!id.ok()) {
       release();
       return id.status();
@@ -112,9 +121,8 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
 StatusOr<double> PrefillSeconds(Engine& engine, int64_t tokens, int32_t warmup, int32_t steps) {
   std::vector<double> times;
   for (int32_t i = 0; i < warmup + steps; ++i) {
-    KVPOOL_ASSIGN_OR_RETURN(
-        SequenceId id, engine.AddSequence(TimedRequest(engine, tokens, KvMode::kPaged, 1,
-                                                       static_cast<uint32_t>(tokens * 100 + i))));
+    KVPOOL_ASSIGN_OR_RETURN(SequenceId id, AddTimed(engine, tokens, KvMode::kPaged, 1,
+                                                    static_cast<uint32_t>(tokens * 100 + i)));
     const auto t0 = std::chrono::steady_clock::now();
     const Status st = engine.Prefill({id});
     const double took =
@@ -136,8 +144,8 @@ StatusOr<double> BatchStepSeconds(Engine& engine, int64_t batch, int64_t context
     for (SequenceId id : ids) engine.Release(id);
   };
   for (int64_t b = 0; b < batch; ++b) {
-    auto id = engine.AddSequence(TimedRequest(engine, context, KvMode::kPaged, warmup + steps,
-                                              static_cast<uint32_t>(batch * 1000 + b)));
+    auto id = AddTimed(engine, context, KvMode::kPaged, warmup + steps,
+                       static_cast<uint32_t>(batch * 1000 + b));
     if (!id.ok()) {
       release();
       return id.status();
