@@ -33,12 +33,6 @@ namespace {
 constexpr int64_t kGraphBatches[] = {1, 2, 4, 8};
 constexpr int64_t kMaxGraphBatch = 8;
 
-KvDtype ToKvDtype(at::ScalarType t) {
-  return t == at::kHalf       ? KvDtype::kFloat16
-         : t == at::kBFloat16 ? KvDtype::kBFloat16
-                              : KvDtype::kFloat32;
-}
-
 // Device-side inputs of one forward. Decode graphs keep one of these alive as the
 // static buffers their replays read.
 struct DeviceInputs {
@@ -82,7 +76,7 @@ class CudaModelRunner : public ModelRunner {
 
   const ModelConfig& config() const override { return config_; }
   std::string device() const override { return "cuda:" + std::to_string(device_); }
-  KvDtype kv_dtype() const override { return ToKvDtype(dtype_); }
+  KvDtype kv_dtype() const override { return KvDtypeOf(dtype_); }
 
   StatusOr<KvPool> CreatePool(const PoolGeometry& geometry) const override {
     // A private pool (no manager): plain device memory. A pool shared with other
@@ -312,7 +306,7 @@ class CudaModelRunner : public ModelRunner {
     if (gemv_kernel_ && m <= gpu::kGemvMaxRows && x.is_contiguous() && aligned) {
       at::Tensor y = at::empty({m, n}, x.options());
       gpu::GemvParams p;
-      p.dtype = ToKvDtype(x.scalar_type());
+      p.dtype = KvDtypeOf(x.scalar_type());
       p.w = w.data_ptr();
       p.x = x.data_ptr();
       p.bias = b.defined() ? b.data_ptr() : nullptr;

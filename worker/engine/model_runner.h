@@ -18,6 +18,24 @@
 
 namespace kvpool {
 
+// A pool dtype as LibTorch's and back: the one mapping, both directions.
+inline at::ScalarType TorchDtypeOf(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kFloat16:
+      return at::kHalf;
+    case KvDtype::kBFloat16:
+      return at::kBFloat16;
+    case KvDtype::kFloat32:
+      break;
+  }
+  return at::kFloat;
+}
+inline KvDtype KvDtypeOf(at::ScalarType dtype) {
+  return dtype == at::kHalf       ? KvDtype::kFloat16
+         : dtype == at::kBFloat16 ? KvDtype::kBFloat16
+                                  : KvDtype::kFloat32;
+}
+
 struct ForwardBatch {
   // Per token.
   std::vector<int64_t> token_ids;

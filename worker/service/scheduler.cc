@@ -18,17 +18,6 @@ using scheduler_internal::PhaseTimer;
 using scheduler_internal::SampleSeed;
 using scheduler_internal::Seconds;
 
-at::ScalarType TorchDtype(KvDtype dtype) {
-  switch (dtype) {
-    case KvDtype::kFloat16:
-      return at::kHalf;
-    case KvDtype::kBFloat16:
-      return at::kBFloat16;
-    default:
-      return at::kFloat;
-  }
-}
-
 }  // namespace
 
 const char* SchedulerPhaseName(SchedulerPhase phase) {
@@ -203,7 +192,7 @@ void Scheduler::SyncAttachment() {
   if (!current) return;
   EngineOptions options;
   options.device = current->device;
-  options.dtype = TorchDtype(current->geometry.dtype);
+  options.dtype = TorchDtypeOf(current->geometry.dtype);
   options.block_size = current->geometry.block_size;
   options.num_blocks = current->geometry.num_blocks;
   options.threads = options_.threads;
