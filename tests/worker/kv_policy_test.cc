@@ -1,6 +1,7 @@
 // KvPolicy against an in-memory manager (no processes, no model): which sample is
 // admitted, when admission pauses, which blocks one Step commits at the per-call
-// budget's edge, which sample is preempted.
+// budget's edge, which sample is preempted; then against the manager's real core
+// linked in process (InProcessManager): real blocks, prefix hits, quotas.
 #include "service/kv_policy.h"
 
 #include <gmock/gmock.h>
@@ -12,6 +13,9 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "cache_service/cache_manager.h"
+#include "service/in_process_manager.h"
 
 namespace kvpool::worker {
 namespace {
@@ -25,7 +29,7 @@ using ::testing::IsEmpty;
 class FakeManager final : public ManagerApi {
  public:
   int64_t budget = 1 << 16;
-  int64_t allocatable = 1000;  // Open's allocatable_blocks
+  int64_t allocatable = 1000;                   // Open's allocatable_blocks
   std::map<std::string, Status> open_refusals;  // by credential
   Status step_call_status = Status::Ok();
   std::map<int64_t, Status> step_refusals;  // by sequence id
@@ -60,14 +64,15 @@ class FakeManager final : public ManagerApi {
     }
     return outcomes;
   }
-  StatusOr<ForkedSequence> Fork(int64_t) override { return Status(StatusCode::kUnimplemented, "not used"); }
+  StatusOr<ForkedSequence> Fork(int64_t) override {
+    return Status(StatusCode::kUnimplemented, "not used");
+  }
   Status Close(int64_t) override { return Status::Ok(); }
 };
 
-class KvPolicyTest : public ::testing::Test {
+// Samples and the waiting queue, for a policy against any manager.
+class PolicyFixture : public ::testing::Test {
  protected:
-  KvPolicyTest() : policy_(Options(), &manager_) { policy_.Reset(/*block_size=*/4, /*num_blocks=*/64); }
-
   static KvPolicyOptions Options() {
     KvPolicyOptions options;
     options.max_running = 8;
@@ -107,10 +112,18 @@ class KvPolicyTest : public ::testing::Test {
     return out;
   }
 
-  FakeManager manager_;
-  KvPolicy policy_;
   std::list<Sample> samples_;
   std::deque<Sample*> waiting_;
+};
+
+class KvPolicyTest : public PolicyFixture {
+ protected:
+  KvPolicyTest() : policy_(Options(), &manager_) {
+    policy_.Reset(/*block_size=*/4, /*num_blocks=*/64);
+  }
+
+  FakeManager manager_;
+  KvPolicy policy_;
 };
 
 TEST_F(KvPolicyTest, TenantsTakeTurnsAndEachAdmissionOpensItsSequence) {
@@ -164,8 +177,7 @@ TEST_F(KvPolicyTest, AFullPoolPausesAdmissionAndPollsWhenNothingRunsHere) {
 }
 
 TEST_F(KvPolicyTest, ATenantAtItsQuotaWaitsWhileOthersAreAdmitted) {
-  manager_.open_refusals["a"] =
-      ResourceExhausted("quota").WithReason(reason::kTenantQuotaExceeded);
+  manager_.open_refusals["a"] = ResourceExhausted("quota").WithReason(reason::kTenantQuotaExceeded);
   Sample* a = Waiting("a", 4);
   Waiting("b", 4);
   Waiting("b", 4);
@@ -328,6 +340,141 @@ TEST_F(KvPolicyTest, TheVictimIsTheNewestAndAtQuotaTheTenantsOwnNewest) {
   EXPECT_EQ(KvPolicy::Victim(running, &a), a_old);
   const std::string c = "c";
   EXPECT_EQ(KvPolicy::Victim(running, &c), nullptr);
+}
+
+// The same policy against the manager's real core in process: real block accounting,
+// LRU, quotas (a pool of 4-token blocks).
+class KvPolicyCoreTest : public PolicyFixture {
+ protected:
+  static manager::CacheManagerOptions CoreOptions(int64_t num_blocks) {
+    manager::CacheManagerOptions o;
+    o.geometry.num_layers = 1;
+    o.geometry.num_kv_heads = 1;
+    o.geometry.head_dim = 4;
+    o.geometry.block_size = 4;
+    o.geometry.num_blocks = num_blocks;
+    o.instance_id = "kv-policy-core-test";
+    o.first_worker_id = 1;
+    o.tenant_max_blocks_override = {{"capped", 3}};
+    return o;
+  }
+
+  // Progress of samples whose prompts are prefilled and whose first token is sampled:
+  // the next step writes one more token.
+  static std::vector<CommitProgress> AfterPrefill(const std::vector<Sample*>& samples,
+                                                  const std::vector<std::vector<int32_t>>& tokens,
+                                                  const std::vector<int64_t>& held_blocks) {
+    std::vector<CommitProgress> progress;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      CommitProgress& p = progress.emplace_back();
+      p.slots = static_cast<int64_t>(tokens[i].size());
+      p.held_slots = held_blocks[i] * 4;
+      p.written = p.slots - 1;
+      p.committed = samples[i]->committed;
+    }
+    return progress;
+  }
+};
+
+TEST_F(KvPolicyCoreTest, GrantsAndCommitsAgainstTheRealAllocator) {
+  manager::CacheManager core(CoreOptions(16));
+  InProcessManager manager(&core);
+  KvPolicyOptions options = Options();
+  options.headroom_blocks = 1;
+  KvPolicy policy(options, &manager);
+  policy.Reset(4, 16);
+  Waiting("a", 8, 8);
+  Waiting("a", 8, 8);
+  const AdmissionResult r = policy.Admit(waiting_, 0);
+  ASSERT_EQ(r.admitted.size(), 2u);
+  EXPECT_EQ(r.admitted[0].opened.block_table.size(), 2u);
+  EXPECT_EQ(core.Stats().in_use_blocks, 4);
+  std::vector<Sample*> samples;
+  std::vector<std::vector<int32_t>> tokens;
+  for (const AdmittedSample& a : r.admitted) {
+    a.sample->manager_id = a.opened.sequence_id;
+    samples.push_back(a.sample);
+    tokens.push_back(a.prompt);
+    tokens.back().push_back(7);  // the first sampled token
+  }
+  const StepRound round = policy.Step(samples, AfterPrefill(samples, tokens, {2, 2}),
+                                      {&tokens[0], &tokens[1]}, /*grant=*/true);
+  ASSERT_TRUE(round.call_status.ok()) << round.call_status.ToString();
+  ASSERT_EQ(round.outcomes.size(), 2u);
+  for (const StepOutcome& o : round.outcomes) {
+    EXPECT_TRUE(o.status.ok()) << o.status.ToString();
+    EXPECT_EQ(o.new_blocks.size(), 1u);
+    EXPECT_EQ(o.sample->committed, 8);  // both prompt blocks published
+  }
+  const manager::ManagerStats stats = core.Stats();
+  EXPECT_EQ(stats.in_use_blocks, 6);
+  EXPECT_TRUE(core.CheckInvariants().ok());
+  // The prompts are equal, but the second opened before the first committed: no hit.
+  EXPECT_EQ(r.admitted[1].opened.cached_tokens, 0);
+  // Now the committed blocks are a hit for the same tenant (all but the block holding
+  // the last prompt token, which the prefill computes), and for no other tenant.
+  Waiting("a", 8, 8);
+  Waiting("b", 8, 8);
+  const AdmissionResult again = policy.Admit(waiting_, 2);
+  ASSERT_EQ(again.admitted.size(), 2u);
+  EXPECT_THAT(Tenants(again), ElementsAre("b", "a"));  // b has not had a turn yet
+  EXPECT_EQ(again.admitted[0].opened.cached_tokens, 0);
+  EXPECT_EQ(again.admitted[1].opened.cached_tokens, 4);
+  EXPECT_TRUE(core.CheckInvariants().ok());
+}
+
+TEST_F(KvPolicyCoreTest, AFullPoolNamesTheNewestAsVictimAndItsCloseLetsTheOtherGrow) {
+  manager::CacheManager core(CoreOptions(4));
+  InProcessManager manager(&core);
+  KvPolicyOptions options = Options();
+  options.headroom_blocks = 0;
+  KvPolicy policy(options, &manager);
+  policy.Reset(4, 4);
+  Waiting("a", 8, 8);
+  Waiting("b", 8, 8);
+  const AdmissionResult r = policy.Admit(waiting_, 0);
+  ASSERT_EQ(r.admitted.size(), 2u);
+  EXPECT_EQ(r.admitted[1].opened.allocatable_blocks, 0);
+  std::vector<Sample*> samples;
+  std::vector<std::vector<int32_t>> tokens;
+  for (const AdmittedSample& a : r.admitted) {
+    a.sample->manager_id = a.opened.sequence_id;
+    samples.push_back(a.sample);
+    tokens.push_back(a.prompt);
+    tokens.back().push_back(7);
+  }
+  StepRound round = policy.Step(samples, AfterPrefill(samples, tokens, {2, 2}),
+                                {&tokens[0], &tokens[1]}, /*grant=*/true);
+  EXPECT_TRUE(round.exhausted);
+  EXPECT_EQ(round.quota_tenant, nullptr);
+  Sample* victim = KvPolicy::Victim(samples, nullptr);
+  ASSERT_EQ(victim, samples[1]);
+  ASSERT_TRUE(manager.Close(victim->manager_id).ok());
+  // Its committed prompt blocks stay cached (evictable), so the other can grow.
+  round = policy.Step({samples[0]}, AfterPrefill({samples[0]}, {tokens[0]}, {2}), {&tokens[0]},
+                      /*grant=*/true);
+  ASSERT_EQ(round.outcomes.size(), 1u);
+  EXPECT_TRUE(round.outcomes[0].status.ok()) << round.outcomes[0].status.ToString();
+  EXPECT_EQ(round.outcomes[0].new_blocks.size(), 1u);
+  EXPECT_TRUE(core.CheckInvariants().ok());
+}
+
+TEST_F(KvPolicyCoreTest, ATenantAtItsRealQuotaWaitsWhileAnotherIsAdmitted) {
+  manager::CacheManager core(CoreOptions(16));
+  InProcessManager manager(&core);
+  KvPolicyOptions options = Options();
+  options.headroom_blocks = 0;
+  KvPolicy policy(options, &manager);
+  policy.Reset(4, 16);
+  Waiting("capped", 8, 4);
+  Sample* second = Waiting("capped", 8, 4);
+  Waiting("free", 8, 4);
+  const AdmissionResult r = policy.Admit(waiting_, 0);
+  EXPECT_THAT(Tenants(r), ElementsAre("capped", "free"));
+  EXPECT_THAT(waiting_, ElementsAre(second));
+  EXPECT_FALSE(policy.paused());
+  EXPECT_TRUE(r.failed.empty());
+  EXPECT_TRUE(core.CheckInvariants().ok());
 }
 
 }  // namespace

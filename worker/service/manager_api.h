@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "engine/engine.h"
+#include "common/kv_mode.h"
 
 namespace kvpool::worker {
 
