@@ -374,6 +374,17 @@ class KvPolicyCoreTest : public PolicyFixture {
     }
     return progress;
   }
+
+  // The admitted samples as running, each with its prompt and a first sampled token.
+  static void StartRunning(const AdmissionResult& r, std::vector<Sample*>* samples,
+                           std::vector<std::vector<int32_t>>* tokens) {
+    for (const AdmittedSample& a : r.admitted) {
+      a.sample->manager_id = a.opened.sequence_id;
+      samples->push_back(a.sample);
+      tokens->push_back(a.prompt);
+      tokens->back().push_back(7);
+    }
+  }
 };
 
 TEST_F(KvPolicyCoreTest, GrantsAndCommitsAgainstTheRealAllocator) {
@@ -391,12 +402,7 @@ TEST_F(KvPolicyCoreTest, GrantsAndCommitsAgainstTheRealAllocator) {
   EXPECT_EQ(core.Stats().in_use_blocks, 4);
   std::vector<Sample*> samples;
   std::vector<std::vector<int32_t>> tokens;
-  for (const AdmittedSample& a : r.admitted) {
-    a.sample->manager_id = a.opened.sequence_id;
-    samples.push_back(a.sample);
-    tokens.push_back(a.prompt);
-    tokens.back().push_back(7);  // the first sampled token
-  }
+  StartRunning(r, &samples, &tokens);
   const StepRound round = policy.Step(samples, AfterPrefill(samples, tokens, {2, 2}),
                                       {&tokens[0], &tokens[1]}, /*grant=*/true);
   ASSERT_TRUE(round.call_status.ok()) << round.call_status.ToString();
@@ -437,12 +443,7 @@ TEST_F(KvPolicyCoreTest, AFullPoolNamesTheNewestAsVictimAndItsCloseLetsTheOtherG
   EXPECT_EQ(r.admitted[1].opened.allocatable_blocks, 0);
   std::vector<Sample*> samples;
   std::vector<std::vector<int32_t>> tokens;
-  for (const AdmittedSample& a : r.admitted) {
-    a.sample->manager_id = a.opened.sequence_id;
-    samples.push_back(a.sample);
-    tokens.push_back(a.prompt);
-    tokens.back().push_back(7);
-  }
+  StartRunning(r, &samples, &tokens);
   StepRound round = policy.Step(samples, AfterPrefill(samples, tokens, {2, 2}),
                                 {&tokens[0], &tokens[1]}, /*grant=*/true);
   EXPECT_TRUE(round.exhausted);
