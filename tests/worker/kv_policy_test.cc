@@ -375,6 +375,15 @@ class KvPolicyCoreTest : public PolicyFixture {
     return progress;
   }
 
+  // A policy on `manager` over a pool of `num_blocks` 4-token blocks.
+  static KvPolicy Policy(ManagerApi* manager, int64_t headroom_blocks, int64_t num_blocks) {
+    KvPolicyOptions options = Options();
+    options.headroom_blocks = headroom_blocks;
+    KvPolicy policy(options, manager);
+    policy.Reset(4, num_blocks);
+    return policy;
+  }
+
   // The admitted samples as running, each with its prompt and a first sampled token.
   static void StartRunning(const AdmissionResult& r, std::vector<Sample*>* samples,
                            std::vector<std::vector<int32_t>>* tokens) {
@@ -390,10 +399,7 @@ class KvPolicyCoreTest : public PolicyFixture {
 TEST_F(KvPolicyCoreTest, GrantsAndCommitsAgainstTheRealAllocator) {
   manager::CacheManager core(CoreOptions(16));
   InProcessManager manager(&core);
-  KvPolicyOptions options = Options();
-  options.headroom_blocks = 1;
-  KvPolicy policy(options, &manager);
-  policy.Reset(4, 16);
+  KvPolicy policy = Policy(&manager, 1, 16);
   Waiting("a", 8, 8);
   Waiting("a", 8, 8);
   const AdmissionResult r = policy.Admit(waiting_, 0);
@@ -432,10 +438,7 @@ TEST_F(KvPolicyCoreTest, GrantsAndCommitsAgainstTheRealAllocator) {
 TEST_F(KvPolicyCoreTest, AFullPoolNamesTheNewestAsVictimAndItsCloseLetsTheOtherGrow) {
   manager::CacheManager core(CoreOptions(4));
   InProcessManager manager(&core);
-  KvPolicyOptions options = Options();
-  options.headroom_blocks = 0;
-  KvPolicy policy(options, &manager);
-  policy.Reset(4, 4);
+  KvPolicy policy = Policy(&manager, 0, 4);
   Waiting("a", 8, 8);
   Waiting("b", 8, 8);
   const AdmissionResult r = policy.Admit(waiting_, 0);
@@ -463,10 +466,7 @@ TEST_F(KvPolicyCoreTest, AFullPoolNamesTheNewestAsVictimAndItsCloseLetsTheOtherG
 TEST_F(KvPolicyCoreTest, ATenantAtItsRealQuotaWaitsWhileAnotherIsAdmitted) {
   manager::CacheManager core(CoreOptions(16));
   InProcessManager manager(&core);
-  KvPolicyOptions options = Options();
-  options.headroom_blocks = 0;
-  KvPolicy policy(options, &manager);
-  policy.Reset(4, 16);
+  KvPolicy policy = Policy(&manager, 0, 16);
   Waiting("capped", 8, 4);
   Sample* second = Waiting("capped", 8, 4);
   Waiting("free", 8, 4);

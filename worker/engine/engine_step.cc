@@ -3,8 +3,6 @@
 // context, sampling and stop handling after each forward, the usage counters, and
 // Generate, the whole-request loop the engine tools run. Sequences and their blocks
 // are engine.cc's; nothing here allocates a block.
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>

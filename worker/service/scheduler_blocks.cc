@@ -4,7 +4,6 @@
 // retiring finished samples (their last full blocks published, their sequences closed,
 // the job's summary streamed), and closes retried when one did not get through.
 #include <algorithm>
-#include <iostream>
 
 #include "service/scheduler.h"
 #include "service/scheduler_internal.h"
