@@ -1,6 +1,6 @@
-// The CUDA model runner: the same GPT-2 / Llama forward as the CPU runner
-// (engine/model.cc), on a GPU through LibTorch CUDA (cuBLAS for the linear layers),
-// with kvpool's CUDA kernels (cuda/paged_attention.h) writing K/V into and reading
+// The CUDA model runner: the one transformer forward (engine/transformer.h) over a
+// CUDA backend, on a GPU through LibTorch CUDA (cuBLAS, or kvpool's GEMV for a few
+// rows, for the linear layers), with kvpool's CUDA kernels (cuda/paged_attention.h) writing K/V into and reading
 // it from the pool through the block tables. Decode steps of up to kMaxGraphBatch
 // sequences replay a captured CUDA graph: one launch per step instead of ~150.
 //
@@ -26,6 +26,7 @@
 #include "cuda/gemv.h"
 #include "cuda/paged_attention.h"
 #include "engine/model_runner.h"
+#include "engine/transformer.h"
 
 namespace kvpool {
 namespace {
@@ -62,15 +63,9 @@ class CudaModelRunner : public ModelRunner {
     const char* gemv = std::getenv("KVPOOL_CUDA_GEMV");
     gemv_kernel_ = gemv == nullptr || *gemv != '0';
     if (config_.arch == Architecture::kLlama) {
-      const int64_t half = config_.head_dim / 2;
-      at::Tensor inv = at::empty({half}, at::kFloat);
-      for (int64_t i = 0; i < half; ++i) {
-        inv[i] = 1.0f / std::pow(static_cast<float>(config_.rope_theta),
-                                 static_cast<float>(2 * i) / static_cast<float>(config_.head_dim));
-      }
-      at::Tensor angles = at::outer(at::arange(config_.max_position, at::kFloat), inv);
-      rope_cos_ = angles.cos().to(Device(), dtype_);
-      rope_sin_ = angles.sin().to(Device(), dtype_);
+      const RotaryTables tables = MakeRotaryTables(config_);
+      rope_cos_ = tables.cos.to(Device(), dtype_);
+      rope_sin_ = tables.sin.to(Device(), dtype_);
     }
   }
 
@@ -332,77 +327,71 @@ class CudaModelRunner : public ModelRunner {
     TORCH_CHECK(st.ok(), what, ": ", st.ToString());
   }
 
-  at::Tensor Norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-    if (config_.arch == Architecture::kGpt2)
-      return at::layer_norm(x, {config_.hidden_size}, w, b, config_.norm_eps);
-    at::Tensor xf = x.to(at::kFloat);
-    at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + config_.norm_eps);
-    return w * normed.to(x.scalar_type());
-  }
-
   at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
     const int64_t half = config_.head_dim / 2;
     at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
     return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
   }
 
-  // The forward on the current stream; no host synchronisation (capturable).
-  at::Tensor RunLayers(DeviceInputs& in, const KvPool& pool) {
-    if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
-    const ModelConfig& c = config_;
-    const bool gpt2 = c.arch == Architecture::kGpt2;
-    const int64_t t = in.num_tokens, hd = c.num_heads * c.head_dim,
-                  kvd = c.num_kv_heads * c.head_dim;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    cudaStream_t stream =
-        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
-    at::Tensor x = at::embedding(weights_.token_embedding, in.token_ids);
-    if (gpt2) x = x + at::embedding(weights_.position_embedding, in.positions);
-    at::Tensor cos, sin;
-    if (!gpt2) {
-      cos = rope_cos_.index_select(0, in.positions).unsqueeze(1);
-      sin = rope_sin_.index_select(0, in.positions).unsqueeze(1);
+  // One forward's CUDA backend: the device inputs and pool it runs over, and the
+  // rotary tables gathered at the batch's positions (Llama).
+  class CudaBackend : public ForwardBackend {
+   public:
+    CudaBackend(CudaModelRunner& runner, DeviceInputs& in, const KvPool& pool)
+        : r_(runner), in_(in), pool_(pool) {
+      if (r_.config_.arch == Architecture::kLlama) {
+        cos_ = r_.rope_cos_.index_select(0, in.positions).unsqueeze(1);
+        sin_ = r_.rope_sin_.index_select(0, in.positions).unsqueeze(1);
+      }
     }
-    const PoolGeometry& g = pool.geometry();
-    for (int32_t l = 0; l < static_cast<int32_t>(c.num_layers); ++l) {
-      const LayerWeights& w = weights_.layers[l];
-      at::Tensor h = Norm(x, w.attn_norm_w, w.attn_norm_b);
-      at::Tensor qkv = Linear(h, w.qkv_w, w.qkv_b);
+
+    at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                      const at::Tensor& residual, bool gelu_tanh) override {
+      return r_.Linear(x, w, b, residual, gelu_tanh);
+    }
+
+    at::Tensor Attention(int32_t l, const at::Tensor& qkv) override {
+      const ModelConfig& c = r_.config_;
+      const int64_t t = in_.num_tokens, hd = c.num_heads * c.head_dim,
+                    kvd = c.num_kv_heads * c.head_dim;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+      cudaStream_t stream = r_.Stream();
       at::Tensor q = qkv.narrow(1, 0, hd), k = qkv.narrow(1, hd, kvd);
       at::Tensor v = qkv.narrow(1, hd + kvd, kvd).contiguous();
-      if (!gpt2) {
-        q = Rope(q.view({t, c.num_heads, c.head_dim}), cos, sin).view({t, hd});
-        k = Rope(k.view({t, c.num_kv_heads, c.head_dim}), cos, sin).view({t, kvd});
+      if (c.arch == Architecture::kLlama) {
+        q = r_.Rope(q.view({t, c.num_heads, c.head_dim}), cos_, sin_).view({t, hd});
+        k = r_.Rope(k.view({t, c.num_kv_heads, c.head_dim}), cos_, sin_).view({t, kvd});
       }
       q = q.contiguous();
       k = k.contiguous();
+      const PoolGeometry& g = pool_.geometry();
       gpu::WriteKvCacheParams wp;
       wp.geometry = g;
-      wp.k_cache = pool.RegionBytes(l, KvPart::kKey);
-      wp.v_cache = pool.RegionBytes(l, KvPart::kValue);
+      wp.k_cache = pool_.RegionBytes(l, KvPart::kKey);
+      wp.v_cache = pool_.RegionBytes(l, KvPart::kValue);
       wp.k = k.data_ptr();
       wp.v = v.data_ptr();
-      wp.slot_mapping = in.slots.data_ptr<int64_t>();
+      wp.slot_mapping = in_.slots.data_ptr<int64_t>();
       wp.num_tokens = t;
       Check(gpu::WriteKvCache(wp, stream), "WriteKvCache");
       at::Tensor attn = at::empty({t, hd}, q.options());
-      if (in.decode) {
+      if (in_.decode) {
         gpu::PagedAttentionDecodeParams p;
         p.geometry = g;
         p.k_cache = wp.k_cache;
         p.v_cache = wp.v_cache;
         p.q = q.data_ptr();
         p.out = attn.data_ptr();
-        p.block_tables = in.block_tables.data_ptr<int32_t>();
-        p.context_lens = in.context_lens.data_ptr<int32_t>();
-        p.num_seqs = static_cast<int32_t>(in.num_seqs);
+        p.block_tables = in_.block_tables.data_ptr<int32_t>();
+        p.context_lens = in_.context_lens.data_ptr<int32_t>();
+        p.num_seqs = static_cast<int32_t>(in_.num_seqs);
         p.num_heads = static_cast<int32_t>(c.num_heads);
-        p.max_blocks_per_seq = static_cast<int32_t>(in.max_blocks);
-        p.max_context_len = in.max_context_len;
+        p.max_blocks_per_seq = static_cast<int32_t>(in_.max_blocks);
+        p.max_context_len = in_.max_context_len;
         p.scale = scale;
-        if (in.decode_workspace.defined()) {
-          p.workspace = in.decode_workspace.data_ptr();
-          p.workspace_bytes = static_cast<size_t>(in.decode_workspace.numel());
+        if (in_.decode_workspace.defined()) {
+          p.workspace = in_.decode_workspace.data_ptr();
+          p.workspace_bytes = static_cast<size_t>(in_.decode_workspace.numel());
         }
         Check(gpu::PagedAttentionDecode(p, stream), "PagedAttentionDecode");
       } else {
@@ -412,32 +401,32 @@ class CudaModelRunner : public ModelRunner {
         p.v_cache = wp.v_cache;
         p.q = q.data_ptr();
         p.out = attn.data_ptr();
-        p.query_start_loc = in.query_start.data_ptr<int32_t>();
-        p.context_lens = in.context_lens.data_ptr<int32_t>();
-        p.block_tables = in.block_tables.data_ptr<int32_t>();
-        p.num_seqs = static_cast<int32_t>(in.num_seqs);
+        p.query_start_loc = in_.query_start.data_ptr<int32_t>();
+        p.context_lens = in_.context_lens.data_ptr<int32_t>();
+        p.block_tables = in_.block_tables.data_ptr<int32_t>();
+        p.num_seqs = static_cast<int32_t>(in_.num_seqs);
         p.num_heads = static_cast<int32_t>(c.num_heads);
-        p.max_blocks_per_seq = static_cast<int32_t>(in.max_blocks);
-        p.max_query_len = in.max_query_len;
+        p.max_blocks_per_seq = static_cast<int32_t>(in_.max_blocks);
+        p.max_query_len = in_.max_query_len;
         p.scale = scale;
         Check(gpu::PagedAttentionPrefill(p, stream), "PagedAttentionPrefill");
       }
-      x = Linear(attn, w.o_w, w.o_b, /*residual=*/x);
-      h = Norm(x, w.mlp_norm_w, w.mlp_norm_b);
-      at::Tensor up;
-      if (gpt2) {
-        up = Linear(h, w.up_w, w.up_b, {}, /*gelu_tanh=*/c.gelu_tanh);
-        if (!c.gelu_tanh) up = at::gelu(up, "none");
-      } else {
-        up = Linear(h, w.up_w, w.up_b);
-        auto parts = up.split(c.intermediate_size, 1);
-        up = at::silu(parts[0]) * parts[1];
-      }
-      x = Linear(up, w.down_w, w.down_b, /*residual=*/x);
+      return attn;
     }
-    at::Tensor last = x.index_select(0, in.logit_rows);
-    last = Norm(last, weights_.final_norm_w, weights_.final_norm_b);
-    return Linear(last, weights_.lm_head, at::Tensor()).to(at::kFloat);
+
+   private:
+    CudaModelRunner& r_;
+    DeviceInputs& in_;
+    const KvPool& pool_;
+    at::Tensor cos_, sin_;
+  };
+
+  // The forward on the current stream; no host synchronisation (capturable).
+  at::Tensor RunLayers(DeviceInputs& in, const KvPool& pool) {
+    if (in.decode && !in.decode_workspace.defined()) AllocateWorkspace(in, pool.geometry());
+    CudaBackend backend(*this, in, pool);
+    return TransformerForward(config_, weights_, backend, in.token_ids, in.positions,
+                              in.logit_rows);
   }
 
   ModelConfig config_;

@@ -1,9 +1,9 @@
-// The transformer forward pass (GPT-2 and Llama) over the KV pool, on the CPU. One call runs
-// a packed batch of tokens from any number of sequences (a prefill, a decode step,
-// or a recompute): each token's K/V is written into its pool slot, then attention
-// reads K/V back from the pool through each sequence's block table. Linear layers go
-// through LibTorch/BLAS (one gemv per matrix for a single token); attention is the
-// CPU paged kernel. The model owns no KV memory and no sequence state.
+// The CPU model runner: the one transformer forward (engine/transformer.h) over the
+// CPU backend. Linear layers go through CpuLinear (its own kernel for a few rows,
+// BLAS beyond); the attention block rotates q and k in place (Llama), copies each
+// token's K/V into its pool slot and runs the CPU paged kernel. One call runs a
+// packed batch of tokens from any number of sequences (a prefill, a decode step, or
+// a recompute). The runner owns no KV memory and no sequence state.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,13 +27,8 @@ class Model : public ModelRunner {
   }
   at::Tensor Forward(const ForwardBatch& batch, const KvPool& pool) override;
 
-  const ModelWeights& weights() const { return weights_; }
-
  private:
-  at::Tensor Embed(const ForwardBatch& batch) const;
-  void ApplyRope(at::Tensor& qkv, const ForwardBatch& batch) const;
-  void WriteKv(const at::Tensor& qkv, const ForwardBatch& batch, const KvPool& pool,
-               int32_t layer) const;
+  class CpuBackend;
 
   ModelConfig config_;
   ModelWeights weights_;
