@@ -2,7 +2,8 @@
 // the three modes give the same greedy tokens; GPU fp32 logits equal the CPU engine's
 // and Hugging Face's; graphs equal eager; and a second process that maps the pool
 // through CUDA IPC reuses a prefix the first process wrote (a prefix hit across
-// processes). Skips without a CUDA device.
+// processes). Blocks come from the manager's core in process (OfflineEngine), except
+// where a test hands the engine its tables itself. Skips without a CUDA device.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spawn.h>
@@ -22,6 +23,7 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "gpu_test_util.h"
+#include "service/offline_engine.h"
 #include "weights/safetensors.h"
 #include "weights/safetensors_aten.h"
 
@@ -34,8 +36,9 @@ using testing::MaxDiff;
 using testing::RandomPrompt;
 using testing::RunBatch;
 using testing::Trace;
+using worker::OfflineEngine;
 
-std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& device,
+std::unique_ptr<OfflineEngine> MakeEngine(const std::string& model, const std::string& device,
                                    at::ScalarType dtype, bool graphs = true,
                                    int32_t block_size = 16, std::optional<KvPool> pool = {}) {
   ModelConfig config = BuiltinModelConfig(model).value();
@@ -45,7 +48,8 @@ std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& 
   options.cuda_graphs = graphs;
   options.block_size = block_size;
   options.num_blocks = pool ? pool->geometry().num_blocks : 256;
-  auto engine = Engine::Create(config, RandomWeights(config, 7), options, {}, std::move(pool));
+  auto engine =
+      OfflineEngine::Create(config, RandomWeights(config, 7), options, {}, std::move(pool));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();
 }
@@ -169,7 +173,6 @@ TEST(EngineGpuTest, SwappedOutSequenceResumesInOtherBlocksWithTheSameLogits) {
   options.dtype = at::kHalf;
   options.block_size = 16;
   options.num_blocks = 16;
-  options.external_blocks = true;
   auto engine = Engine::Create(config, RandomWeights(config, 7), options).value();
   GenerationRequest r = MixedRequest(29, 4, KvMode::kPaged);
   r.block_table = {1, 2};
@@ -226,7 +229,8 @@ TEST(EngineGpuTest, Fp32LogitsEqualHuggingFace) {
     options.device = "cuda";
     options.dtype = at::kFloat;
     options.block_size = 16;
-    auto engine = Engine::Create(loaded->config, std::move(loaded->weights), options).value();
+    auto engine =
+        OfflineEngine::Create(loaded->config, std::move(loaded->weights), options).value();
     auto ref = SafetensorsFile::Open(dir + "/reference.safetensors").value();
     double worst = 0;
     for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
@@ -331,11 +335,19 @@ TEST(EngineGpuIpcTest, Child) {
   auto handle = gpu::IpcHandleFromHex(hex).value();
   auto attached = std::make_shared<gpu::CudaPoolAttachment>(
       gpu::CudaPoolAttachment::Open(handle, uuid, g).value());
-  auto engine = MakeEngine("gpt2", "cuda", at::kHalf, true, kBlockSize,
-                           KvPool::Adopt(g, attached->base(), attached));
-  ASSERT_TRUE(engine->ReserveBlocks(parent_blocks).ok());  // the parent owns them
+  options.device = "cuda";
+  options.dtype = at::kHalf;
+  auto engine = Engine::Create(config, RandomWeights(config, 7), options, {},
+                               KvPool::Adopt(g, attached->base(), attached))
+                    .value();
+  // The table a manager would give: the parent's two full blocks (32 tokens it
+  // wrote, a prefix hit) and a block the parent does not hold.
   GenerationRequest r = IpcRequest();
-  r.prefix_blocks = {parent_blocks[0], parent_blocks[1]};  // 32 tokens written by the parent
+  int32_t fresh = 0;
+  while (std::find(parent_blocks.begin(), parent_blocks.end(), fresh) != parent_blocks.end())
+    ++fresh;
+  r.block_table = {parent_blocks[0], parent_blocks[1], fresh};
+  r.cached_tokens = 2 * kBlockSize;
   SequenceId id = engine->AddSequence(r).value();
   EXPECT_EQ(engine->sequence(id).num_kv_tokens, 2 * kBlockSize);
   ASSERT_TRUE(engine->Prefill({id}).ok());  // computes only the last 8 prompt tokens

@@ -1,11 +1,13 @@
-// The engine on blocks handed out from outside (the kvpool-manager, in a worker):
-// tables given per request, blocks appended before a step needs them, Fork with copy
-// on write of the last block, and the errors when a caller gets it wrong.
+// The engine on the block tables it is given (by the kvpool-manager, through the
+// worker or the offline engine): any block ids in token order, blocks appended before
+// a step needs them, cached tokens not computed again, swap in, Fork with copy on
+// write of the last block, and the errors when a caller gets it wrong.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "engine/engine.h"
 #include "engine_trace.h"
+#include "service/offline_engine.h"
 
 namespace kvpool {
 namespace {
@@ -13,13 +15,24 @@ namespace {
 using ::testing::HasSubstr;
 using testing::RandomPrompt;
 
-std::unique_ptr<Engine> MakeEngine(bool external) {
-  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+EngineOptions Options() {
   EngineOptions options;
   options.block_size = 8;
   options.num_blocks = 32;
-  options.external_blocks = external;
-  auto engine = Engine::Create(config, RandomWeights(config, 7), options);
+  return options;
+}
+
+std::unique_ptr<Engine> MakeEngine() {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  auto engine = Engine::Create(config, RandomWeights(config, 7), Options());
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  return std::move(engine).value();
+}
+
+// The reference: the same model with its blocks from the manager's core in process.
+std::unique_ptr<worker::OfflineEngine> MakeManaged() {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  auto engine = worker::OfflineEngine::Create(config, RandomWeights(config, 7), Options());
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();
 }
@@ -36,9 +49,9 @@ GenerationRequest Request(int prompt_len, uint64_t seed) {
   return r;
 }
 
-TEST(ExternalBlocksTest, GivenTablesGiveTheSameLogitsAsOwnBlocks) {
-  auto own = MakeEngine(false);
-  auto ext = MakeEngine(true);
+TEST(ExternalBlocksTest, GivenTablesGiveTheSameLogitsAsTheManagersBlocks) {
+  auto own = MakeManaged();
+  auto ext = MakeEngine();
   GenerationRequest r = Request(13, 1);
   const SequenceId a = *own->AddSequence(r);
   r.block_table = {9, 4};  // any blocks, in token order: 13 tokens need two of 8
@@ -60,12 +73,12 @@ TEST(ExternalBlocksTest, GivenTablesGiveTheSameLogitsAsOwnBlocks) {
   }
   EXPECT_THAT(ext->sequence(b).block_table, ::testing::ElementsAre(9, 4, 17));
   EXPECT_EQ(ext->sequence(a).tokens, own->sequence(a).tokens);
-  ext->Release(b);  // forgets the blocks; nothing to free in its own allocator
+  ext->Release(b);  // forgets the blocks: freeing them is the manager's
   EXPECT_EQ(ext->num_sequences(), 0);
 }
 
 TEST(ExternalBlocksTest, SwappedOutSequenceResumesInOtherBlocksWithTheSameLogits) {
-  auto ext = MakeEngine(true);
+  auto ext = MakeEngine();
   GenerationRequest r = Request(13, 3);
   r.block_table = {1, 2};
   const SequenceId a = *ext->AddSequence(r);
@@ -112,7 +125,7 @@ TEST(ExternalBlocksTest, SwappedOutSequenceResumesInOtherBlocksWithTheSameLogits
 }
 
 TEST(ExternalBlocksTest, CachedTokensAreNotPrefilledAgain) {
-  auto ext = MakeEngine(true);
+  auto ext = MakeEngine();
   GenerationRequest r = Request(20, 2);
   r.block_table = {1, 2, 3};
   const SequenceId first = *ext->AddSequence(r);
@@ -127,7 +140,7 @@ TEST(ExternalBlocksTest, CachedTokensAreNotPrefilledAgain) {
 }
 
 TEST(ExternalBlocksTest, ForkCopiesTheLastBlockAndFollowsTheParent) {
-  auto ext = MakeEngine(true);
+  auto ext = MakeEngine();
   GenerationRequest r = Request(21, 3);  // two full blocks and 5 tokens in the third
   r.block_table = {0, 1, 2};
   const SequenceId parent = *ext->AddSequence(r);
@@ -145,7 +158,7 @@ TEST(ExternalBlocksTest, ForkCopiesTheLastBlockAndFollowsTheParent) {
 }
 
 TEST(ExternalBlocksTest, RejectsTablesThatDoNotFit) {
-  auto ext = MakeEngine(true);
+  auto ext = MakeEngine();
   GenerationRequest r = Request(20, 4);
   r.block_table = {1, 2};  // 20 tokens need 3 blocks of 8
   EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("needs 3"));
@@ -157,11 +170,13 @@ TEST(ExternalBlocksTest, RejectsTablesThatDoNotFit) {
   r.cached_tokens = 0;
   r.mode = KvMode::kContiguous;  // contiguous covers prompt + max_tokens = 32: 4 blocks
   EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("needs 4"));
-  auto own = MakeEngine(false);
+  r.mode = KvMode::kNone;  // recomputed every step: no blocks at all
+  EXPECT_THAT(ext->AddSequence(r).status().message(), HasSubstr("mode none takes no block_table"));
   r.mode = KvMode::kPaged;
-  EXPECT_THAT(own->AddSequence(r).status().message(), HasSubstr("external blocks"));
-  const SequenceId id = *own->AddSequence(Request(20, 4));
-  EXPECT_EQ(own->AppendBlocks(id, {5}).code(), StatusCode::kFailedPrecondition);
+  r.block_table = {1, 2, 3};
+  const SequenceId id = *ext->AddSequence(r);
+  EXPECT_THAT(ext->AppendBlocks(id, {32}).message(), HasSubstr("outside the pool"));
+  EXPECT_EQ(ext->AppendBlocks(12345, {5}).code(), StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -1,13 +1,16 @@
 // The three KV modes run the same model: their logits agree at every step, at batch
 // 1 and at batch 4 with different lengths, for GPT-2 and a GQA Llama; plus request
-// validation, pool exhaustion and finish reasons.
+// validation, pool exhaustion, prefix hits and finish reasons. Blocks come from the
+// cache manager's core in process (OfflineEngine), the allocator the product runs.
 #include "engine/engine.h"
 #include "engine/request_check.h"
+#include "service/offline_engine.h"
 
 #include <execinfo.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <random>
@@ -22,14 +25,23 @@ using ::testing::HasSubstr;
 using testing::RandomPrompt;
 using testing::RunBatch;
 using testing::Trace;
+using worker::OfflineEngine;
 
-std::unique_ptr<Engine> MakeEngine(const std::string& model, EngineOptions options = {},
-                                   std::shared_ptr<const Tokenizer> tok = {}) {
+std::unique_ptr<OfflineEngine> MakeEngine(const std::string& model, EngineOptions options = {},
+                                          std::shared_ptr<const Tokenizer> tok = {}) {
   ModelConfig config = BuiltinModelConfig(model).value();
   ModelWeights weights = RandomWeights(config, 7);
-  auto engine = Engine::Create(config, std::move(weights), options, std::move(tok));
+  auto engine = OfflineEngine::Create(config, std::move(weights), options, std::move(tok));
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   return std::move(engine).value();
+}
+
+// Blocks held by open sequences (cached ones are free to evict), after checking the
+// manager's own invariants.
+int64_t BlocksInUse(OfflineEngine& engine) {
+  const Status invariants = engine.core()->CheckInvariants();
+  EXPECT_TRUE(invariants.ok()) << invariants.ToString();
+  return engine.core()->Stats().in_use_blocks;
 }
 
 void ExpectSameTraces(const Trace& a, const Trace& b, const std::string& what) {
@@ -50,7 +62,7 @@ TEST_P(ModesAgreeTest, BatchOne) {
   const Trace none = RunBatch(*engine, KvMode::kNone, {23}, 6);
   ExpectSameTraces(none, RunBatch(*engine, KvMode::kContiguous, {23}, 6), "contiguous vs none");
   ExpectSameTraces(none, RunBatch(*engine, KvMode::kPaged, {23}, 6), "paged vs none");
-  EXPECT_EQ(engine->allocator().num_free(), engine->allocator().num_blocks());
+  EXPECT_EQ(BlocksInUse(*engine), 0);
 }
 
 TEST_P(ModesAgreeTest, BatchFourDifferentLengths) {
@@ -96,7 +108,7 @@ class EngineTest : public ::testing::Test {
     r.ignore_eos = true;
     return r;
   }
-  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<OfflineEngine> engine_;
 };
 
 // The one request check every API makes (the engine only asserts it).
@@ -146,7 +158,7 @@ TEST_F(EngineTest, GenerateChecksItsRequestsAndLeaksNothing) {
   const auto refused = engine_->Generate({fine, bad});
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(refused.status().message(), HasSubstr("max_tokens must be > 0"));
-  EXPECT_EQ(engine_->allocator().num_free(), 16);  // the first one's blocks came back
+  EXPECT_EQ(BlocksInUse(*engine_), 0);  // the first one's blocks came back
 }
 
 // A mixed step (new prompts and running sequences' next tokens in one forward) gives
@@ -210,31 +222,36 @@ TEST_F(EngineTest, ContiguousNeedsARunPagedDoesNot) {
   // 3rd: 8 blocks free, but no run of 5.
   std::vector<SequenceId> ids;
   for (int i = 0; i < 4; ++i) ids.push_back(*engine_->AddSequence(Request(16, 1, KvMode::kPaged)));
-  EXPECT_EQ(engine_->allocator().num_free(), 0);
+  EXPECT_EQ(BlocksInUse(*engine_), 16);
   EXPECT_EQ(engine_->AddSequence(Request(4, 1, KvMode::kPaged)).status().code(),
             StatusCode::kResourceExhausted);
-  engine_->Release(ids[0]);
-  engine_->Release(ids[2]);
+  ASSERT_TRUE(engine_->Release(ids[0]).ok());
+  ASSERT_TRUE(engine_->Release(ids[2]).ok());
   auto contiguous = engine_->AddSequence(Request(12, 8, KvMode::kContiguous));  // 5 blocks
   EXPECT_EQ(contiguous.status().code(), StatusCode::kResourceExhausted);
   EXPECT_THAT(contiguous.status().message(), HasSubstr("fragmentation"));
   auto paged = engine_->AddSequence(Request(20, 8, KvMode::kPaged));  // 5 blocks, any ids
   ASSERT_TRUE(paged.ok()) << paged.status().ToString();
-  EXPECT_EQ(engine_->sequence(*paged).block_table, (std::vector<int32_t>{0, 1, 2, 3, 8}));
+  std::vector<int32_t> table = engine_->sequence(*paged).block_table;
+  std::sort(table.begin(), table.end());
+  EXPECT_EQ(table.size(), 5u);
+  EXPECT_TRUE(std::includes(std::vector<int32_t>{0, 1, 2, 3, 8, 9, 10, 11}.begin(),
+                            std::vector<int32_t>{0, 1, 2, 3, 8, 9, 10, 11}.end(), table.begin(),
+                            table.end()));
 }
 
 TEST_F(EngineTest, PagedGrowsOneBlockAtATimeAndReportsUsage) {
   SequenceId id = *engine_->AddSequence(Request(5, 8, KvMode::kPaged));
   EXPECT_EQ(engine_->sequence(id).block_table.size(), 2u);
   ASSERT_TRUE(engine_->Prefill({id}).ok());
-  EXPECT_EQ(engine_->Usage().bytes_used, 5 * int64_t(engine_->geometry().token_bytes()));
+  EXPECT_EQ(engine_->engine().Usage().bytes_used, 5 * int64_t(engine_->engine().geometry().token_bytes()));
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(engine_->Decode({id}).ok());
   // 9 tokens have K/V; the 10th (latest sampled) has none yet: 3 blocks.
   EXPECT_EQ(engine_->sequence(id).num_kv_tokens, 9);
   EXPECT_EQ(engine_->sequence(id).block_table.size(), 3u);
-  const KvUsage u = engine_->Usage();
-  EXPECT_EQ(u.bytes_reserved, 3 * int64_t(engine_->geometry().block_bytes()));
-  EXPECT_EQ(u.bytes_used, 9 * int64_t(engine_->geometry().token_bytes()));
+  const KvUsage u = engine_->engine().Usage();
+  EXPECT_EQ(u.bytes_reserved, 3 * int64_t(engine_->engine().geometry().block_bytes()));
+  EXPECT_EQ(u.bytes_used, 9 * int64_t(engine_->engine().geometry().token_bytes()));
   // A contiguous sequence reserves prompt + max_tokens up front.
   SequenceId c = *engine_->AddSequence(Request(5, 8, KvMode::kContiguous));
   EXPECT_EQ(engine_->sequence(c).block_table, (std::vector<int32_t>{3, 4, 5, 6}));
@@ -247,13 +264,15 @@ TEST_F(EngineTest, FinishesAtMaxTokensAndRejectsFurtherSteps) {
   EXPECT_EQ((*results)[0].finish, FinishReason::kLength);
   EXPECT_EQ((*results)[0].step_s.size(), 4u);
   EXPECT_EQ((*results)[1].tokens.size(), 2u);
-  EXPECT_EQ(engine_->allocator().num_free(), 16);
+  EXPECT_EQ(BlocksInUse(*engine_), 0);
   SequenceId id = *engine_->AddSequence(Request(3, 1, KvMode::kPaged));
   ASSERT_TRUE(engine_->Prefill({id}).ok());
   EXPECT_EQ(engine_->Decode({id}).code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(engine_->Decode({12345}).code(), StatusCode::kNotFound);
 }
 
+// The manager finds the prompt's committed full blocks: the second request computes
+// only the rest, over the first one's blocks, and gets the same logits.
 TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
   EngineOptions options;
   options.block_size = 8;
@@ -263,33 +282,36 @@ TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
   r.max_tokens = 4;
   r.ignore_eos = true;
   SequenceId first = *engine->AddSequence(r);
+  EXPECT_EQ(engine->sequence(first).num_kv_tokens, 0);
   ASSERT_TRUE(engine->Prefill({first}).ok());
+  const at::Tensor first_prefill = engine->sequence(first).last_logits.clone();
+  // Its next step commits the four full blocks the prefill wrote.
+  ASSERT_TRUE(engine->Decode({first}).ok());
+  const at::Tensor first_decode = engine->sequence(first).last_logits.clone();
   const std::vector<int32_t> table = engine->sequence(first).block_table;
-  // Four full blocks (32 tokens) hold the prefix; the second request computes 5 tokens.
-  r.prefix_blocks.assign(table.begin(), table.begin() + 4);
   SequenceId second = *engine->AddSequence(r);
-  EXPECT_EQ(engine->sequence(second).num_kv_tokens, 32);
+  EXPECT_EQ(engine->sequence(second).num_kv_tokens, 32);  // 5 tokens left to compute
+  const std::vector<int32_t>& shared = engine->sequence(second).block_table;
+  EXPECT_EQ(std::vector<int32_t>(shared.begin(), shared.begin() + 4),
+            std::vector<int32_t>(table.begin(), table.begin() + 4));
   ASSERT_TRUE(engine->Prefill({second}).ok());
-  EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
-                .abs()
-                .max()
-                .item<double>(),
+  EXPECT_LE((first_prefill - engine->sequence(second).last_logits).abs().max().item<double>(),
             1e-4);
-  ASSERT_TRUE(engine->Decode({first, second}).ok());
-  EXPECT_LE((engine->sequence(first).last_logits - engine->sequence(second).last_logits)
-                .abs()
-                .max()
-                .item<double>(),
+  ASSERT_TRUE(engine->Decode({second}).ok());
+  EXPECT_LE((first_decode - engine->sequence(second).last_logits).abs().max().item<double>(),
             1e-4);
-  // Releasing the second frees only its own block; the shared ones stay with the first.
-  const int64_t free_before = engine->allocator().num_free();
-  engine->Release(second);
-  EXPECT_EQ(engine->allocator().num_free(), free_before + 1);
-  r.prefix_blocks.assign(table.begin(), table.begin() + 5);  // 40 >= 37 prompt tokens
-  EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("at least one prompt token"));
-  r.prefix_blocks = {0};
+  // Releasing the second gives back only its own block; the shared ones stay in use.
+  const int64_t in_use = BlocksInUse(*engine);
+  ASSERT_TRUE(engine->Release(second).ok());
+  EXPECT_EQ(BlocksInUse(*engine), in_use - 1);
+  // A prompt that is all cached blocks still computes its last block; a contiguous
+  // sequence shares nothing.
+  r.prompt.resize(32);
+  SequenceId whole = *engine->AddSequence(r);
+  EXPECT_EQ(engine->sequence(whole).num_kv_tokens, 24);
   r.mode = KvMode::kContiguous;
-  EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("paged"));
+  SequenceId contiguous = *engine->AddSequence(r);
+  EXPECT_EQ(engine->sequence(contiguous).num_kv_tokens, 0);
 }
 
 TEST(EngineStopTest, EosEndsGenerationUnlessIgnored) {
@@ -298,10 +320,10 @@ TEST(EngineStopTest, EosEndsGenerationUnlessIgnored) {
   GenerationRequest r;
   r.prompt = RandomPrompt(6, config.vocab_size, 5);
   r.max_tokens = 5;
-  auto probe = Engine::Create(config, RandomWeights(config, 7), {}).value();
+  auto probe = OfflineEngine::Create(config, RandomWeights(config, 7), {}).value();
   const int32_t first = (*probe->Generate({r}))[0].tokens[0];
   config.eos_token_id = first;
-  auto engine = Engine::Create(config, RandomWeights(config, 7), {}).value();
+  auto engine = OfflineEngine::Create(config, RandomWeights(config, 7), {}).value();
   auto stopped = engine->Generate({r});
   ASSERT_TRUE(stopped.ok());
   EXPECT_EQ((*stopped)[0].finish, FinishReason::kEos);

@@ -1,5 +1,6 @@
 // Shared by the engine tests (CPU and GPU): random prompts, and a greedy batch run that
-// records every step's logits and the generated tokens.
+// records every step's logits and the generated tokens, its blocks from the manager's
+// core in process (OfflineEngine).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "service/offline_engine.h"
 
 namespace kvpool::testing {
 
@@ -28,7 +30,7 @@ struct Trace {
   std::vector<std::vector<int32_t>> tokens;
 };
 
-inline Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& lengths,
+inline Trace RunBatch(worker::OfflineEngine& engine, KvMode mode, const std::vector<int64_t>& lengths,
                       int32_t steps, uint32_t first_seed = 100) {
   std::vector<SequenceId> ids;
   for (size_t i = 0; i < lengths.size(); ++i) {
@@ -58,7 +60,8 @@ inline Trace RunBatch(Engine& engine, KvMode mode, const std::vector<int64_t>& l
   for (SequenceId id : ids) {
     const Sequence& seq = engine.sequence(id);
     trace.tokens.emplace_back(seq.tokens.begin() + seq.prompt_len(), seq.tokens.end());
-    engine.Release(id);
+    const Status released = engine.Release(id);
+    EXPECT_TRUE(released.ok()) << released.ToString();
   }
   return trace;
 }

@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "engine/model_loader.h"
+#include "service/offline_engine.h"
 #include "weights/safetensors.h"
 #include "weights/safetensors_aten.h"
 
@@ -39,9 +40,10 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
   const SafetensorsFile& ref = *ref_or;
   EngineOptions options;
   options.block_size = 4;  // prompts and continuations cross several blocks
-  auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
+  auto engine_or =
+      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
   ASSERT_TRUE(engine_or.ok()) << engine_or.status().ToString();
-  Engine& engine = **engine_or;
+  worker::OfflineEngine& engine = **engine_or;
   for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
     const std::string key = "prompt" + std::to_string(p);
     const std::vector<int32_t> prompt = ReadIds(ref, key + ".ids");
@@ -69,7 +71,7 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
       EXPECT_EQ(std::vector<int32_t>(s.tokens.begin() + s.prompt_len(), s.tokens.end()),
                 want_cached)
           << GetParam() << " " << key << " mode " << KvModeName(mode);
-      engine.Release(id);
+      ASSERT_TRUE(engine.Release(id).ok());
     }
   }
 }

@@ -1,7 +1,7 @@
 // The Engine: see engine.h. Creation, request checks, sequences and their block tables
 // per mode (added, forked, grown, released, swapped out and in); the forward steps are
-// engine_step.cc. It never talks to the manager: block tables come from outside (the
-// worker's scheduler) or, for the engine tools and tests, from its own allocator.
+// engine_step.cc. It never talks to the manager and never allocates a block: block
+// tables come from outside (the worker's scheduler, or the offline engine).
 #include "engine/engine.h"
 
 #include <ATen/Parallel.h>
@@ -94,15 +94,10 @@ PoolGeometry Engine::GeometryFor(const ModelConfig& c, const EngineOptions& opti
   return g;
 }
 
-Status Engine::ReserveBlocks(const std::vector<int32_t>& blocks) {
-  return allocator_.Claim(blocks);
-}
-
 Engine::Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions options,
                std::shared_ptr<const Tokenizer> tok)
     : runner_(std::move(runner)),
       pool_(std::move(pool)),
-      allocator_(pool_.geometry().num_blocks),
       options_(options),
       tokenizer_(std::move(tok)) {}
 
@@ -110,23 +105,7 @@ Status Engine::CheckBlocks(const GenerationRequest& r) const {
   // What the caller asks for was checked at the API's edge (request_check.h).
   assert(CheckGeneration(r, runner_->config(), tokenizer_ != nullptr).ok());
   const auto n = static_cast<int64_t>(r.prompt.size());
-  if (!r.prefix_blocks.empty()) {
-    if (r.mode != KvMode::kPaged) return InvalidArgument("prefix blocks need the paged mode");
-    const int64_t cached = static_cast<int64_t>(r.prefix_blocks.size()) * options_.block_size;
-    if (cached >= n) {
-      return InvalidArgument("a prefix hit must leave at least one prompt token to compute (" +
-                             std::to_string(cached) + " cached of " + std::to_string(n) + ")");
-    }
-    for (int32_t b : r.prefix_blocks) {
-      if (b < 0 || b >= pool_.geometry().num_blocks) {
-        return InvalidArgument("prefix block " + std::to_string(b) + " is outside the pool");
-      }
-    }
-  }
-  if (options_.external_blocks && r.mode != KvMode::kNone) {
-    if (!r.prefix_blocks.empty()) {
-      return InvalidArgument("an engine on external blocks takes block_table, not prefix_blocks");
-    }
+  if (r.mode != KvMode::kNone) {
     const int64_t covered = r.mode == KvMode::kContiguous ? n + r.max_tokens : n;
     const int64_t need = CeilDiv(covered, options_.block_size);
     if (static_cast<int64_t>(r.block_table.size()) < need) {
@@ -143,26 +122,18 @@ Status Engine::CheckBlocks(const GenerationRequest& r) const {
                              std::to_string(r.cached_tokens));
     }
   } else if (!r.block_table.empty() || r.cached_tokens != 0) {
-    return InvalidArgument("block_table and cached_tokens need an engine on external blocks");
+    return InvalidArgument("a sequence in mode none takes no block_table or cached_tokens");
   }
   return Status::Ok();
 }
 
-Status Engine::EnsureBlocks(Sequence& seq, int64_t num_tokens) {
+Status Engine::CheckCovered(const Sequence& seq, int64_t num_tokens) const {
   const int64_t need = CeilDiv(num_tokens, options_.block_size);
   const int64_t have = static_cast<int64_t>(seq.block_table.size());
   if (need <= have) return Status::Ok();
-  if (seq.request.mode == KvMode::kContiguous) {
-    return Internal("contiguous sequence outgrew its reservation");  // the request check bounds it
-  }
-  if (options_.external_blocks) {
-    return FailedPrecondition("the sequence needs " + std::to_string(need) + " blocks and holds " +
-                              std::to_string(have) +
-                              "; append the manager's blocks before the step");
-  }
-  KVPOOL_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, allocator_.Allocate(need - have));
-  seq.block_table.insert(seq.block_table.end(), fresh.begin(), fresh.end());
-  return Status::Ok();
+  return FailedPrecondition("the sequence needs " + std::to_string(need) + " blocks and holds " +
+                            std::to_string(have) +
+                            "; append the manager's blocks before the step");
 }
 
 StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
@@ -182,7 +153,7 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
   }
   seq.request = std::move(request);
   const int64_t prompt_len = seq.prompt_len();
-  if (options_.external_blocks && seq.request.mode != KvMode::kNone) {
+  if (seq.request.mode != KvMode::kNone) {
     seq.block_table = seq.request.block_table;
     seq.num_kv_tokens = seq.request.cached_tokens;
     const std::shared_ptr<const SwappedKv> swapped = std::move(seq.request.swapped);
@@ -200,15 +171,6 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
       SwapIn(*swapped, seq.block_table, seq.num_kv_tokens / bs);
       seq.num_kv_tokens = swapped->num_tokens;
     }
-  } else if (seq.request.mode == KvMode::kContiguous) {
-    KVPOOL_ASSIGN_OR_RETURN(seq.block_table,
-                            allocator_.AllocateContiguous(
-                                CeilDiv(prompt_len + seq.request.max_tokens, options_.block_size)));
-  } else if (seq.request.mode == KvMode::kPaged) {
-    seq.block_table = seq.request.prefix_blocks;
-    seq.num_shared_blocks = static_cast<int64_t>(seq.block_table.size());
-    seq.num_kv_tokens = seq.num_shared_blocks * options_.block_size;
-    KVPOOL_RETURN_IF_ERROR(EnsureBlocks(seq, prompt_len));
   }
   const SequenceId id = next_id_++;
   sequences_.emplace(id, std::move(seq));
@@ -216,22 +178,12 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
 }
 
 void Engine::Release(SequenceId id) {
-  auto it = sequences_.find(id);
-  if (it == sequences_.end()) return;
-  const Sequence& s = it->second;
-  if (!options_.external_blocks) {
-    allocator_.Free(
-        std::vector<int32_t>(s.block_table.begin() + s.num_shared_blocks, s.block_table.end()));
-  }
-  sequences_.erase(it);
+  sequences_.erase(id);
 }
 
 Status Engine::AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
-  if (!options_.external_blocks) {
-    return FailedPrecondition("AppendBlocks needs an engine on external blocks");
-  }
   for (int32_t b : blocks) {
     if (b < 0 || b >= pool_.geometry().num_blocks) {
       return InvalidArgument("block " + std::to_string(b) + " is outside the pool");
@@ -257,8 +209,8 @@ StatusOr<SequenceId> Engine::Fork(SequenceId parent_id, std::vector<int32_t> blo
   child.tokens = parent.request.prompt;
   child.prefilled = true;
   if (parent.request.mode != KvMode::kNone) {
-    if (!options_.external_blocks || parent.request.mode != KvMode::kPaged) {
-      return FailedPrecondition("Fork shares blocks only for paged sequences on external blocks");
+    if (parent.request.mode != KvMode::kPaged) {
+      return FailedPrecondition("Fork shares blocks only for paged sequences");
     }
     const PoolGeometry& g = pool_.geometry();
     const int64_t need = CeilDiv(parent.num_kv_tokens, g.block_size);

@@ -1,15 +1,17 @@
-// The engine: sequences, their KV blocks per mode, and the prefill / decode phases.
-//
-//   none        every step recomputes the whole sequence; K/V live only in a scratch
-//               area for that forward and nothing is kept between steps.
-//   contiguous  at admission reserves one run of consecutive block ids for
-//               prompt + max_tokens (Hugging Face / FasterTransformer style).
-//   paged       reserves the prompt's blocks at admission and appends one block
-//               whenever a sequence fills its last one (vLLM PagedAttention).
+// The engine: sequences over block tables it is given, and the prefill / decode
+// phases. It never allocates a block: every table comes from the cache manager (the
+// worker's scheduler, or the offline engine over the manager's core in process), per
+// mode:
+//   none        no table; every step recomputes the whole sequence, its K/V living
+//               only in a scratch area for that forward.
+//   contiguous  one run of consecutive blocks for prompt + max_tokens, reserved when
+//               the sequence opens (Hugging Face / FasterTransformer style).
+//   paged       the prompt's blocks when it opens, then one more appended
+//               (AppendBlocks) whenever the sequence fills its last (vLLM PagedAttention).
 //
 // All three run the same model and the same attention kernel; only the block
 // tables differ. One Decode call runs a batch of sequences of different lengths.
-// Not thread-safe: one caller (the scheduler) drives an Engine.
+// Not thread-safe: one caller drives an Engine.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -54,23 +56,19 @@ struct GenerationRequest {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings (needs the engine's tokenizer)
   bool ignore_eos = false;
-  // A prefix-cache hit (paged mode): full blocks that already hold the K/V of the
-  // prompt's first prefix_blocks.size() * block_size tokens, written by this or
-  // another process sharing the pool. They are shared, never freed by this engine,
-  // and their tokens are not prefilled again.
-  std::vector<int32_t> prefix_blocks;
-  // Blocks handed out by the cache manager (engines with external_blocks): the table
-  // covering the prompt (contiguous: prompt + max_tokens), of whose tokens the first
-  // `cached_tokens` already hold K/V. The engine never allocates or frees blocks for
-  // such a sequence: the caller appends them (AppendBlocks) before a step needs them
-  // and gives them back to the manager.
+  // Blocks handed out by the cache manager (not in `none` mode): the table covering
+  // the prompt (contiguous: prompt + max_tokens), of whose tokens the first
+  // `cached_tokens` already hold K/V (a prefix-cache hit, written by this or another
+  // process sharing the pool; never prefilled again). The engine never allocates or
+  // frees blocks: the caller appends them (AppendBlocks) before a step needs them and
+  // gives them back to the manager.
   std::vector<int32_t> block_table;
   int64_t cached_tokens = 0;
   // Resuming a preempted sequence whose prompt now ends with the tokens it had
   // generated: its sampler state and generated text (for stop strings) carry over.
   std::optional<std::mt19937_64> rng;
   std::string generated_text;
-  // With external blocks: the K/V it had when it was preempted (SwapOut). AddSequence
+  // The K/V it had when it was preempted (SwapOut). AddSequence
   // writes the positions the manager did not find cached back into block_table, so
   // that only the prompt's last token is computed again.
   std::shared_ptr<const SwappedKv> swapped;
@@ -83,9 +81,6 @@ struct EngineOptions {
   int32_t block_size = 16;
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
   int32_t threads = 0;     // 0: leave LibTorch's default
-  // Block ids come from outside (a kvpool-manager) in each request's block_table and
-  // through AppendBlocks; the engine's own allocator is unused.
-  bool external_blocks = false;
 };
 
 using SequenceId = int64_t;
@@ -95,7 +90,6 @@ struct Sequence {
   std::vector<int32_t> tokens;       // prompt, then generated tokens
   std::vector<int32_t> block_table;  // pool blocks (empty in `none` mode)
   int64_t num_kv_tokens = 0;         // tokens whose K/V are in the pool
-  int64_t num_shared_blocks = 0;     // leading blocks of the table owned elsewhere
   bool prefilled = false;
   FinishReason finish = FinishReason::kRunning;
   at::Tensor last_logits;  // [vocab], from the latest forward
@@ -117,15 +111,6 @@ struct KvUsage {
   int64_t scratch_bytes = 0;   // `none` mode: K/V recomputed for the latest forward
 };
 
-struct GenerationResult {
-  std::vector<int32_t> tokens;  // generated tokens only
-  FinishReason finish = FinishReason::kRunning;
-  double ttft_s = 0;           // prefill, to the first sampled token
-  std::vector<double> step_s;  // each later decode step
-  std::vector<int64_t> step_kv_reserved_bytes, step_kv_used_bytes;
-  double total_s = 0;
-};
-
 // Makes glibc keep the forward's large temporaries instead of returning them to the
 // kernel after each use (mmap only above 32 MiB, glibc's ceiling; trim the heap only
 // above 256 MiB free): otherwise every step faults the same pages in again, which
@@ -144,14 +129,10 @@ class Engine {
   // The geometry this engine's pool has for a model and options.
   static PoolGeometry GeometryFor(const ModelConfig& config, const EngineOptions& options,
                                   KvDtype dtype);
-  // Takes blocks out of this engine's free list: in a pool shared with another
-  // process, the blocks that process owns.
-  Status ReserveBlocks(const std::vector<int32_t>& blocks);
-
-  // The block-side preconditions of a request (prefix blocks, an external block table,
-  // cached tokens): INVALID_ARGUMENT when they do not fit the pool or the prompt.
+  // The block-side preconditions of a request (its block table and cached tokens):
+  // INVALID_ARGUMENT when they do not fit the pool or the prompt.
   Status CheckBlocks(const GenerationRequest& request) const;
-  // Validates and admits a request, reserving its blocks as its mode says.
+  // Admits a request over its block table (request_check.h has checked the rest).
   StatusOr<SequenceId> AddSequence(GenerationRequest request);
   // Runs the prompts of these (new) sequences in one forward and samples each one's
   // first token.
@@ -162,16 +143,16 @@ class Engine {
   // `prefill` and the next token of each of `decode`. The linear layers then read the
   // weights once for all of them, where Prefill then Decode would read them twice.
   Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode);
-  // Frees the sequence's blocks (external blocks: forgets them; their owner frees).
+  // Forgets the sequence (its blocks are the manager's to free).
   void Release(SequenceId id);
-  // External blocks: appends blocks the manager gave the sequence to its table.
+  // Appends blocks the manager gave the sequence to its table.
   Status AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks);
   // Copies the K/V the sequence holds (its first num_kv_tokens positions) out of the
   // pool, for a preemption that resumes from it (GenerationRequest::swapped).
   StatusOr<SwappedKv> SwapOut(SequenceId id) const;
   // Parallel sampling (n > 1) after `parent`'s prefill: a sequence with the parent's
   // prompt and prompt K/V that samples its own first token from the parent's logits
-  // with `seed`. External blocks take the manager's Fork table: shared full blocks and
+  // with `seed`, over the manager's Fork table: shared full blocks and
   // a fresh last block, into which copy_src's K/V is first copied (-1: nothing to copy).
   // `none` mode needs no table.
   StatusOr<SequenceId> Fork(SequenceId parent, std::vector<int32_t> block_table, int32_t copy_src,
@@ -184,16 +165,13 @@ class Engine {
   const ModelConfig& config() const { return runner_->config(); }
   ModelRunner& runner() { return *runner_; }
   const PoolGeometry& geometry() const { return pool_.geometry(); }
-  const BlockAllocator& allocator() const { return allocator_; }
-
-  // Runs the requests together to completion (prefill together, then batched decode
-  // steps until every one finishes) and releases them. Timings are per step.
-  StatusOr<std::vector<GenerationResult>> Generate(std::vector<GenerationRequest> requests);
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
 
  private:
   Engine(std::unique_ptr<ModelRunner> runner, KvPool pool, EngineOptions options,
          std::shared_ptr<const Tokenizer> tok);
-  Status EnsureBlocks(Sequence& seq, int64_t num_tokens);
+  // FAILED_PRECONDITION unless the table covers `num_tokens`.
+  Status CheckCovered(const Sequence& seq, int64_t num_tokens) const;
   // `none` mode: recomputes whole sequences in the scratch area.
   StatusOr<at::Tensor> Recompute(const std::vector<Sequence*>& seqs);
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
@@ -206,7 +184,6 @@ class Engine {
 
   std::unique_ptr<ModelRunner> runner_;
   KvPool pool_;
-  BlockAllocator allocator_;
   EngineOptions options_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::optional<KvPool> scratch_;

@@ -1,25 +1,15 @@
 // The Engine's steps (see engine.h): one forward over a mixed batch of prefills and
 // decode tokens through the model runner, the recompute of a `none` sequence's whole
-// context, sampling and stop handling after each forward, the usage counters, and
-// Generate, the whole-request loop the engine tools run. Sequences and their blocks
-// are engine.cc's; nothing here allocates a block.
+// context, sampling and stop handling after each forward, and the usage counters.
+// Sequences and their blocks are engine.cc's; nothing here allocates a block.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
 #include "engine/engine.h"
 #include "engine/model.h"
-#include "engine/request_check.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
-namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
 
 StatusOr<at::Tensor> Engine::Recompute(const std::vector<Sequence*>& seqs) {
   const PoolGeometry& g = pool_.geometry();
@@ -108,7 +98,7 @@ Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
   // prompts' uncached tokens and every decoding sequence's next token.
   for (size_t i = 0; i < cached.size(); ++i) {
     if (!cached_is_prefill[i]) {
-      KVPOOL_RETURN_IF_ERROR(EnsureBlocks(*cached[i], cached[i]->tokens.size()));
+      KVPOOL_RETURN_IF_ERROR(CheckCovered(*cached[i], cached[i]->tokens.size()));
     }
   }
   if (!cached.empty()) {
@@ -148,69 +138,6 @@ KvUsage Engine::Usage() const {
   u.bytes_reserved = u.blocks_in_use * static_cast<int64_t>(g.block_bytes());
   u.scratch_bytes = scratch_bytes_;
   return u;
-}
-
-StatusOr<std::vector<GenerationResult>> Engine::Generate(std::vector<GenerationRequest> requests) {
-  const auto t_start = std::chrono::steady_clock::now();
-  std::vector<SequenceId> ids;
-  auto release_all = [&] {
-    for (SequenceId id : ids) Release(id);
-  };
-  for (GenerationRequest& r : requests) {
-    // Generate is the engine tools' API: their requests are checked here.
-    if (Status checked = CheckGeneration(r, runner_->config(), tokenizer_ != nullptr);
-        !checked.ok()) {
-      release_all();
-      return checked;
-    }
-    StatusOr<SequenceId> id = AddSequence(std::move(r));
-    if (!id.ok()) {
-      release_all();
-      return id.status();
-    }
-    ids.push_back(*id);
-  }
-  std::vector<GenerationResult> results(ids.size());
-  // Records one step's latency and the pool's KV bytes for the sequences it ran.
-  auto record = [&](const std::vector<SequenceId>& stepped, double step_s, bool first) {
-    const KvUsage u = Usage();
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (std::find(stepped.begin(), stepped.end(), ids[i]) == stepped.end()) continue;
-      (first ? results[i].ttft_s : results[i].step_s.emplace_back()) = step_s;
-      results[i].step_kv_reserved_bytes.push_back(u.bytes_reserved);
-      results[i].step_kv_used_bytes.push_back(u.bytes_used);
-    }
-  };
-  auto t0 = std::chrono::steady_clock::now();
-  Status st = Prefill(ids);
-  if (!st.ok()) {
-    release_all();
-    return st;
-  }
-  record(ids, SecondsSince(t0), true);
-  for (;;) {
-    std::vector<SequenceId> running;
-    for (SequenceId id : ids) {
-      if (!sequences_.at(id).finished()) running.push_back(id);
-    }
-    if (running.empty()) break;
-    t0 = std::chrono::steady_clock::now();
-    st = Decode(running);
-    if (!st.ok()) {
-      release_all();
-      return st;
-    }
-    record(running, SecondsSince(t0), false);
-  }
-  const double total = SecondsSince(t_start);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    const Sequence& s = sequences_.at(ids[i]);
-    results[i].tokens.assign(s.tokens.begin() + s.prompt_len(), s.tokens.end());
-    results[i].finish = s.finish;
-    results[i].total_s = total;
-  }
-  release_all();
-  return results;
 }
 
 }  // namespace kvpool

@@ -1,15 +1,11 @@
 // The KV pool memory as the engine sees it: one mapping laid out per
-// common/kv_layout.h, and the in-process block allocator that hands out
-// block ids for it. The worker issue swaps the allocator for manager calls and the
-// anonymous mapping for the manager's shared memory; the layout stays.
-//
-// Invariant: a block id is either free (in free_ids_) or owned by exactly one
-// caller of Allocate*; Free of an id that is not allocated is a programming error.
+// common/kv_layout.h (anonymous memory of the engine's own, the manager's shared
+// memory, or a CUDA allocation or IPC mapping). It knows nothing of block ownership:
+// block ids come from the cache manager's allocator only.
 #pragma once
 
 #include <cstdint>
 #include <memory>
-#include <set>
 #include <vector>
 
 #include "common/kv_layout.h"
@@ -49,29 +45,6 @@ class KvPool {
   PoolGeometry geometry_;
   void* base_ = nullptr;
   std::shared_ptr<void> owner_;
-};
-
-// First-fit allocator over block ids 0..num_blocks-1, kept ordered so that
-// `contiguous` reservations find runs and `paged` takes the lowest ids.
-class BlockAllocator {
- public:
-  explicit BlockAllocator(int64_t num_blocks);
-
-  // Any `n` free blocks (paged mode). RESOURCE_EXHAUSTED when fewer are free.
-  StatusOr<std::vector<int32_t>> Allocate(int64_t n);
-  // A run of `n` consecutive free blocks (contiguous mode), first fit.
-  // RESOURCE_EXHAUSTED when no run is long enough, even if enough blocks are free.
-  StatusOr<std::vector<int32_t>> AllocateContiguous(int64_t n);
-  void Free(const std::vector<int32_t>& blocks);
-  // Marks these free blocks as taken (FAILED_PRECONDITION if one is not free).
-  Status Claim(const std::vector<int32_t>& blocks);
-
-  int64_t num_blocks() const { return num_blocks_; }
-  int64_t num_free() const { return static_cast<int64_t>(free_ids_.size()); }
-
- private:
-  int64_t num_blocks_;
-  std::set<int32_t> free_ids_;
 };
 
 }  // namespace kvpool

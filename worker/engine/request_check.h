@@ -2,7 +2,8 @@
 // prompt's tokens against the vocabulary, room in the context, max_tokens, the
 // sampling parameters, stop strings needing a tokenizer). Every API calls it at its
 // edge: the worker's gRPC service (worker_service.cc, after mapping the wire's fields)
-// and the engine tools' Engine::Generate; the engine itself only asserts it. Block
+// and the offline engine the engine tools drive (OfflineEngine::AddSequence); the
+// engine itself only asserts it. Block
 // tables, cached prefixes and swapped K/V are the scheduler's, not a caller's: the
 // engine checks those itself. Messages name the fields as the API calls them.
 #pragma once

@@ -196,7 +196,6 @@ void Scheduler::SyncAttachment() {
   options.block_size = current->geometry.block_size;
   options.num_blocks = current->geometry.num_blocks;
   options.threads = options_.threads;
-  options.external_blocks = true;
   KvPool pool = KvPool::Adopt(current->geometry, current->base, current->mapping);
   auto engine = Engine::Create(config_, weights_, options, tokenizer_, std::move(pool));
   if (!engine.ok()) {

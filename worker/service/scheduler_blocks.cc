@@ -7,6 +7,7 @@
 
 #include "service/scheduler.h"
 #include "service/scheduler_internal.h"
+#include "service/sequence_progress.h"
 
 namespace kvpool::worker {
 namespace {
@@ -47,12 +48,7 @@ StepRound Scheduler::StepRoundFor(const std::vector<Sample*>& samples, bool gran
   std::vector<const std::vector<int32_t>*> tokens;
   for (const Sample* s : samples) {
     const Sequence& q = engine_->sequence(s->engine_id);
-    CommitProgress& p = progress.emplace_back();
-    p.slots = static_cast<int64_t>(q.tokens.size());
-    p.held_slots = static_cast<int64_t>(q.block_table.size()) * block_size;
-    p.written = q.num_kv_tokens;
-    p.committed = s->committed;
-    p.publishes = q.request.mode == KvMode::kPaged;
+    progress.push_back(ProgressOf(q, block_size, s->committed));
     tokens.push_back(&q.tokens);
   }
   return policy_.Step(samples, progress, tokens, grant);

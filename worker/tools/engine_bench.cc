@@ -1,6 +1,8 @@
 // kvpool-engine-bench: in-process decode latency of the three KV modes, with the
 // machine's memory-read bandwidth as the floor a decode step cannot beat (every
-// weight is read once per step). Medians of timed single steps after warm-up.
+// weight is read once per step). Medians of timed single steps after warm-up. Blocks
+// come from the cache manager's allocator linked in process (OfflineEngine), so a timed
+// decode step includes its in-process grant call, as a served step includes its Step.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -16,10 +18,12 @@
 #include "engine/cpu_linear.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
-#include "engine/request_check.h"
+#include "service/offline_engine.h"
 
 namespace kvpool {
 namespace {
+
+using worker::OfflineEngine;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -49,7 +53,7 @@ struct Point {
 
 // A request of `context` random prompt tokens (seeded) that decodes `steps` tokens
 // and one more, ignoring EOS.
-GenerationRequest TimedRequest(const Engine& engine, int64_t context, KvMode mode, int32_t steps,
+GenerationRequest TimedRequest(const OfflineEngine& engine, int64_t context, KvMode mode, int32_t steps,
                                uint32_t seed) {
   GenerationRequest r;
   std::mt19937 rng(seed);
@@ -62,25 +66,23 @@ GenerationRequest TimedRequest(const Engine& engine, int64_t context, KvMode mod
   return r;
 }
 
-// TimedRequest, checked as every API checks a request (flags can ask for more context
-// than the model has), then added to the engine.
-StatusOr<SequenceId> AddTimed(Engine& engine, int64_t context, KvMode mode, int32_t steps,
+// TimedRequest added to the engine (which checks it as every API checks a request:
+// flags can ask for more context than the model has), its blocks from the manager.
+StatusOr<SequenceId> AddTimed(OfflineEngine& engine, int64_t context, KvMode mode, int32_t steps,
                               uint32_t seed) {
-  GenerationRequest r = TimedRequest(engine, context, mode, steps, seed);
-  KVPOOL_RETURN_IF_ERROR(CheckGeneration(r, engine.config(), /*has_tokenizer=*/false));
-  return engine.AddSequence(std::move(r));
+  return engine.AddSequence(TimedRequest(engine, context, mode, steps, seed));
 }
 
 // Median seconds of one decode step for batch-1 sequences whose contexts start at
 // each point's `context` (growing by one per step). The points' steps are interleaved
 // (a step of each in turn), so that a slow spell of a noisy machine hits them all
 // alike and their ratios stay honest.
-StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
+StatusOr<std::vector<double>> DecodeSecondsPerToken(OfflineEngine& engine,
                                                     const std::vector<Point>& points,
                                                     int32_t warmup, int32_t steps) {
   std::vector<SequenceId> ids;
   auto release = [&] {
-    for (SequenceId id : ids) engine.Release(id);
+    for (SequenceId id : ids) (void)engine.Release(id);
   };
   for (const Point& p : points) {
     auto id = AddTimed(engine, p.context, p.mode, warmup + steps, static_cast<uint32_t>(p.context));
@@ -118,7 +120,7 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(Engine& engine,
 
 // Median seconds of the paged prefill of one `tokens`-token prompt (a fresh sequence
 // each time, nothing cached).
-StatusOr<double> PrefillSeconds(Engine& engine, int64_t tokens, int32_t warmup, int32_t steps) {
+StatusOr<double> PrefillSeconds(OfflineEngine& engine, int64_t tokens, int32_t warmup, int32_t steps) {
   std::vector<double> times;
   for (int32_t i = 0; i < warmup + steps; ++i) {
     KVPOOL_ASSIGN_OR_RETURN(SequenceId id, AddTimed(engine, tokens, KvMode::kPaged, 1,
@@ -127,7 +129,7 @@ StatusOr<double> PrefillSeconds(Engine& engine, int64_t tokens, int32_t warmup, 
     const Status st = engine.Prefill({id});
     const double took =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    engine.Release(id);
+    (void)engine.Release(id);
     KVPOOL_RETURN_IF_ERROR(st);
     if (i >= warmup) times.push_back(took);
   }
@@ -137,11 +139,11 @@ StatusOr<double> PrefillSeconds(Engine& engine, int64_t tokens, int32_t warmup, 
 // Median seconds of one paged decode step of `batch` sequences that start at
 // `context` tokens: how a step's cost grows with the batch (per-token cost falls
 // while the weights, read once per step, dominate).
-StatusOr<double> BatchStepSeconds(Engine& engine, int64_t batch, int64_t context, int32_t warmup,
+StatusOr<double> BatchStepSeconds(OfflineEngine& engine, int64_t batch, int64_t context, int32_t warmup,
                                   int32_t steps) {
   std::vector<SequenceId> ids;
   auto release = [&] {
-    for (SequenceId id : ids) engine.Release(id);
+    for (SequenceId id : ids) (void)engine.Release(id);
   };
   for (int64_t b = 0; b < batch; ++b) {
     auto id = AddTimed(engine, context, KvMode::kPaged, warmup + steps,
@@ -221,12 +223,13 @@ int Main(int argc, char** argv) {
   options.num_blocks =
       std::max<int64_t>(4 * ((loaded->config.max_position + block_size - 1) / block_size),
                         max_batch * blocks_per_batch_seq);
-  auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options);
+  auto engine_or =
+      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
   if (!engine_or.ok()) {
     std::cerr << "kvpool-engine-bench: " << engine_or.status().ToString() << "\n";
     return 2;
   }
-  Engine& engine = **engine_or;
+  worker::OfflineEngine& engine = **engine_or;
   if (batch_context + warmup + steps >= config.max_position) {
     std::cerr << "kvpool-engine-bench: --batch-context + --warmup + --steps must stay below "
               << config.max_position << " (the model's context)\n";
@@ -282,7 +285,7 @@ int Main(int argc, char** argv) {
     if (json) {
       std::cout << nlohmann::json{{"model", config.name},
                                   {"threads", threads},
-                                  {"device", engine.runner().device()},
+                                  {"device", engine.engine().runner().device()},
                                   {"batch_context", batch_context},
                                   {"cpu_linear", cpu_linear},
                                   {"batch_decode", batch_decode},
@@ -337,12 +340,12 @@ int Main(int argc, char** argv) {
   }
   if (!json) std::fprintf(stderr, "measuring paged decode steps by batch size ...\n");
   if (Status st = time_batches(); !st.ok()) return fail(st);
-  const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.runner().device());
+  const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.engine().runner().device());
 
   out["model"] = config.name;
   out["weights"] = loaded->source;
   out["threads"] = threads;
-  out["device"] = engine.runner().device();
+  out["device"] = engine.engine().runner().device();
   out["dtype"] = dtype_name;
   out["cuda_graphs"] = device != "cpu" && !no_graphs;
   out["block_size"] = block_size;
@@ -377,7 +380,7 @@ int Main(int argc, char** argv) {
     return 0;
   }
   std::printf("model %s (%s) on %s %s, %d threads, block size %d, batch 1, median of %d steps\n",
-              config.name.c_str(), loaded->source.c_str(), engine.runner().device().c_str(),
+              config.name.c_str(), loaded->source.c_str(), engine.engine().runner().device().c_str(),
               dtype_name.c_str(), threads, block_size, steps);
   std::printf("%-34s %10s\n", "measure", "ms/token");
   for (const char* m : {"none", "contiguous", "paged"}) {

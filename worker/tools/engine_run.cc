@@ -1,6 +1,7 @@
 // kvpool-engine-run: the original experiment in process. Generates from one prompt
 // in each KV mode (none, contiguous, paged) and prints per-mode average latency per
 // token, time to first token, total time and KV memory (reserved vs holding tokens).
+// Blocks come from the cache manager's allocator linked in process (OfflineEngine).
 #include <ATen/ATen.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 
 #include "engine/engine.h"
 #include "engine/model_loader.h"
+#include "service/offline_engine.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -65,9 +67,10 @@ int Main(int argc, char** argv) {
   options.threads = threads;
   options.block_size = block_size;
   const std::string source = loaded->source;
-  auto engine_or = Engine::Create(loaded->config, std::move(loaded->weights), options, tok);
+  auto engine_or =
+      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options, tok);
   if (!engine_or.ok()) return fail(engine_or.status().ToString());
-  Engine& engine = **engine_or;
+  worker::OfflineEngine& engine = **engine_or;
 
   nlohmann::json report;
   report["model"] = engine.config().name;
@@ -100,7 +103,7 @@ int Main(int argc, char** argv) {
     r.ignore_eos = true;  // same token count in every mode
     auto results = engine.Generate({r});
     if (!results.ok()) return fail(results.status().ToString());
-    const GenerationResult& g = (*results)[0];
+    const worker::GenerationResult& g = (*results)[0];
     const double per_token = g.total_s / static_cast<double>(g.tokens.size());
     const double peak_reserved =
         *std::max_element(g.step_kv_reserved_bytes.begin(), g.step_kv_reserved_bytes.end());
