@@ -86,12 +86,19 @@ Status OfflineEngine::Commit(const std::vector<SequenceId>& ids, bool grant) {
                                    tokens.begin() + planned.commit_to);
     }
     KVPOOL_ASSIGN_OR_RETURN(std::vector<StepItemOutcome> outcomes, manager_->Step(items));
+    // Every accepted item first, so that the engine's tables stay the manager's even
+    // when another item of the call was refused.
+    Status first_error = Status::Ok();
     for (size_t i = 0; i < plan.items.size(); ++i) {
-      KVPOOL_RETURN_IF_ERROR(outcomes[i].status);
-      const SequenceId id = live[plan.items[i].index];
-      open_[id].committed = plan.items[i].commit_to;
-      KVPOOL_RETURN_IF_ERROR(engine_->AppendBlocks(id, outcomes[i].new_blocks));
+      Status status = std::move(outcomes[i].status);
+      if (status.ok()) {
+        const SequenceId id = live[plan.items[i].index];
+        open_[id].committed = plan.items[i].commit_to;
+        status = engine_->AppendBlocks(id, outcomes[i].new_blocks);
+      }
+      if (!status.ok() && first_error.ok()) first_error = std::move(status);
     }
+    KVPOOL_RETURN_IF_ERROR(first_error);
   }
 }
 
