@@ -5,7 +5,9 @@
 // kvpool-manager (next to this binary, or --manager) on 127.0.0.1 and measures one
 // Step RPC carrying 32 decoding sequences (each +1 token, 1 committed token):
 // step_call_p50_us / step_call_p99_us from one client, and step_calls_per_s with 8
-// client threads, each its own worker with its own 32 sequences.
+// client threads, each its own worker with its own 32 sequences. --kv-events starts the
+// manager with KV events on (a ZMQ PUB socket on loopback; a full block every 16
+// tokens per sequence is a BlockStored), to compare with events off.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -146,13 +148,14 @@ class StepClient {
 };
 
 // Starts kvpool-manager on 127.0.0.1:0; returns its pid and gRPC address.
-pid_t StartManager(const std::string& binary, std::string* address) {
+pid_t StartManager(const std::string& binary, bool kv_events, std::string* address) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
-  const std::vector<std::string> args = {
+  std::vector<std::string> args = {
       binary,  "--listen",     "127.0.0.1:0", "--http",         "127.0.0.1:0", "--model",
       "bench", "--num-layers", "1",           "--num-kv-heads", "1",           "--head-dim",
       "8",     "--num-blocks", "65536",       "--lease-ttl-ms", "600000"};
+  if (kv_events) args.insert(args.end(), {"--kv-events-endpoint", "tcp://127.0.0.1:*"});
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -180,7 +183,7 @@ pid_t StartManager(const std::string& binary, std::string* address) {
 }
 
 int Run(int argc, char** argv) {
-  bool json = false;
+  bool json = false, kv_events = false;
   int64_t pairs = 200000;
   int calls = 3000;
   double seconds = 2.0;
@@ -195,6 +198,7 @@ int Run(int argc, char** argv) {
   app.add_option("--threads", threads, "client threads of the throughput run")
       ->capture_default_str();
   app.add_option("--manager", manager_bin, "kvpool-manager binary (default: next to this one)");
+  app.add_flag("--kv-events", kv_events, "run the manager with KV events published");
   CLI11_PARSE(app, argc, argv);
   if (manager_bin.empty()) {
     char self[4096];
@@ -206,7 +210,7 @@ int Run(int argc, char** argv) {
   const double alloc_free_per_s = AllocFreePerSecond(pairs);
 
   std::string address;
-  const pid_t manager = StartManager(manager_bin, &address);
+  const pid_t manager = StartManager(manager_bin, kv_events, &address);
   if (manager < 0) {
     std::fprintf(stderr, "kvpool-manager-bench: could not start %s\n", manager_bin.c_str());
     return 1;
@@ -257,9 +261,10 @@ int Run(int argc, char** argv) {
   if (json) {
     std::printf(
         "{\"alloc_free_per_s\": %.0f, \"step_call_p50_us\": %.1f, \"step_call_p99_us\": %.1f, "
-        "\"step_calls_per_s\": %.0f, \"sequences_per_step\": %d, \"client_threads\": %d}\n",
+        "\"step_calls_per_s\": %.0f, \"sequences_per_step\": %d, \"client_threads\": %d, "
+        "\"kv_events\": %s}\n",
         alloc_free_per_s, percentile(0.50), percentile(0.99), step_calls_per_s, kSequencesPerStep,
-        threads);
+        threads, kv_events ? "true" : "false");
   } else {
     std::printf("in-process open+close of a 1-block sequence: %.0f pairs/s\n", alloc_free_per_s);
     std::printf("Step RPC with %d sequences: p50 %.1f us, p99 %.1f us\n", kSequencesPerStep,

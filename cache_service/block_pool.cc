@@ -72,6 +72,7 @@ void BlockPool::TakeForAllocation(KvBlock* block) {
   free_queue_.Remove(block);
   if (block->has_hash) {
     index_.Erase(block->hash);
+    if (eviction_listener_ != nullptr) eviction_listener_->OnEvicted(block->hash, block->tag);
     block->has_hash = false;
     block->hash = BlockHash{};
     --num_cached_;
@@ -146,12 +147,13 @@ void BlockPool::Free(int32_t id) {
   }
 }
 
-bool BlockPool::CacheFullBlock(int32_t id, const BlockHash& hash) {
+bool BlockPool::CacheFullBlock(int32_t id, const BlockHash& hash, int32_t tag) {
   KvBlock& block = blocks_[id];
   assert(block.ref_cnt > 0);
   if (block.has_hash) return false;
   if (!index_.Insert(hash, id)) return false;
   block.has_hash = true;
+  block.tag = tag;
   block.hash = hash;
   return true;
 }

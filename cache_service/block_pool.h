@@ -26,7 +26,8 @@ struct KvBlock {
   int32_t block_id = 0;
   int32_t ref_cnt = 0;
   bool has_hash = false;
-  BlockHash hash;  // meaningful only when has_hash
+  int32_t tag = 0;  // the caller's note with the hash (the manager: its tenant's index)
+  BlockHash hash;   // meaningful only when has_hash
   // Intrusive links of the free queue; both null when the block is not in it (or is its
   // only element: see in_free_queue).
   KvBlock* prev_free = nullptr;
@@ -51,6 +52,14 @@ class FreeBlockQueue {
   KvBlock* head_ = nullptr;
   KvBlock* tail_ = nullptr;
   int64_t size_ = 0;
+};
+
+// Told of every eviction (a cached block's hash leaves the index), in order, with the
+// tag the block was cached with. Called inside the pool's operation: must not call back.
+class EvictionListener {
+ public:
+  virtual ~EvictionListener() = default;
+  virtual void OnEvicted(const BlockHash& hash, int32_t tag) = 0;
 };
 
 class BlockPool {
@@ -85,9 +94,11 @@ class BlockPool {
   void Free(int32_t block);
   // The block holding `hash`, if any.
   std::optional<int32_t> Lookup(const BlockHash& hash) const { return index_.Lookup(hash); }
-  // Gives an in-use, full, committed block its hash unless some block holds that hash
-  // already (or this one has a hash); returns whether it did.
-  bool CacheFullBlock(int32_t block, const BlockHash& hash);
+  // Gives an in-use, full, committed block its hash (and `tag`) unless some block holds
+  // that hash already (or this one has a hash); returns whether it did.
+  bool CacheFullBlock(int32_t block, const BlockHash& hash, int32_t tag = 0);
+  // null: nobody is told (the default).
+  void set_eviction_listener(EvictionListener* listener) { eviction_listener_ = listener; }
 
   // The invariants above, plus ref_cnt == expected_ref_cnt[b] for every block. INTERNAL
   // naming the first violation.
@@ -103,6 +114,7 @@ class BlockPool {
   PrefixIndex index_;
   int64_t num_cached_ = 0;  // blocks in the free queue with a hash
   int64_t evictions_ = 0;
+  EvictionListener* eviction_listener_ = nullptr;
 };
 
 }  // namespace kvpool::manager

@@ -97,6 +97,7 @@ Status CacheManager::Heartbeat(WorkerId worker, Clock::time_point now) {
 StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   State& s = *state_;
+  const State::EventFlush flush{s};
   const CacheManagerOptions& o = s.options;
   if (!s.leases.Renew(request.worker_id, now)) return WorkerNotFound(request.worker_id);
   if (request.mode == KvMode::kNone) {
@@ -247,6 +248,7 @@ StatusOr<std::vector<StepItemResult>> CacheManager::Step(WorkerId worker,
                                                          Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   State& s = *state_;
+  const State::EventFlush flush{s};
   if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
   int64_t committing = 0;
   for (const StepItem& item : items)
@@ -266,6 +268,7 @@ StatusOr<ForkResult> CacheManager::Fork(WorkerId worker, SequenceId parent_id,
                                         Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   State& s = *state_;
+  const State::EventFlush flush{s};
   if (!s.leases.Renew(worker, now)) return WorkerNotFound(worker);
   KVPOOL_ASSIGN_OR_RETURN(Sequence * parent, s.OwnedSequence(worker, parent_id));
   if (parent->mode != KvMode::kPaged) {

@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "cache_service/kv_events.h"
 #include "common/kv_layout.h"
 #include "common/kv_mode.h"
 #include "common/status.h"
@@ -67,6 +68,9 @@ struct CacheManagerOptions {
   // Blocks a tenant's sequences may hold in use at once; per-tenant overrides.
   int64_t tenant_max_blocks = INT64_MAX;
   std::map<std::string, int64_t> tenant_max_blocks_override;
+  // Told of what the prefix cache gains and loses (kv_events.h); null: nothing is
+  // recorded. Outlives the manager.
+  KvEventSink* event_sink = nullptr;
 };
 
 struct WorkerLease {
@@ -122,6 +126,14 @@ struct TenantStats {
   int64_t quota_rejections = 0;  // calls refused at the quota
 };
 
+// One block of the prefix index: whose it is, its hash as the KV events carry it
+// (BlockHash::lo), and whether a sequence holds it (else it is cached, evictable).
+struct IndexedBlock {
+  std::string tenant;
+  uint64_t hash = 0;
+  bool in_use = false;
+};
+
 struct ManagerStats {
   int64_t num_blocks = 0, free_blocks = 0, cached_blocks = 0, in_use_blocks = 0;
   int64_t num_sequences = 0, num_workers = 0;
@@ -166,6 +178,8 @@ class CacheManager {
   std::vector<WorkerId> ExpireLeases(Clock::time_point now);
 
   ManagerStats Stats() const;
+  // Every block the prefix index holds, by block id (what the KV events describe).
+  std::vector<IndexedBlock> PrefixIndexBlocks() const;
   // The quota a tenant gets (the override, else the default), in blocks.
   int64_t TenantMaxBlocks(const std::string& tenant) const;
   // free + cached + in-use == total; every refcount equals the references held by

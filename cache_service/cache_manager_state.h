@@ -20,11 +20,38 @@ namespace kvpool::manager {
 // Numbers in messages.
 inline std::string Str(int64_t v) { return std::to_string(v); }
 
-struct CacheManager::State {
+struct CacheManager::State : EvictionListener {
   explicit State(CacheManagerOptions o)
       : options(std::move(o)),
         pool(options.geometry.num_blocks),
-        leases(options.lease_ttl, options.first_worker_id) {}
+        leases(options.lease_ttl, options.first_worker_id) {
+    if (options.event_sink != nullptr) pool.set_eviction_listener(this);
+  }
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  // KV events (kv_events.h), recorded in order while a call runs and handed to the
+  // sink when it ends (EventFlush). Consecutive removals of one tenant share an event.
+  void OnEvicted(const BlockHash& hash, int32_t tag) override {
+    const std::string& tenant = tenants[static_cast<size_t>(tag)].name;
+    if (pending_events.empty() || pending_events.back().kind != KvEvent::Kind::kBlockRemoved ||
+        pending_events.back().tenant != tenant) {
+      KvEvent& e = pending_events.emplace_back();
+      e.kind = KvEvent::Kind::kBlockRemoved;
+      e.tenant = tenant;
+    }
+    pending_events.back().block_hashes.push_back(hash.lo);
+  }
+  void FlushEvents() {
+    if (pending_events.empty()) return;
+    options.event_sink->Publish(std::move(pending_events));
+    pending_events.clear();
+  }
+  // Publishes what the call recorded when it ends, however it returns.
+  struct EventFlush {
+    State& state;
+    ~EventFlush() { state.FlushEvents(); }
+  };
 
   // Looks up `id` for `worker`: NOT_FOUND if no such sequence is open,
   // FAILED_PRECONDITION if another worker owns it.
@@ -106,7 +133,8 @@ struct CacheManager::State {
   }
 
   // Hashes the blocks that the committed tokens have filled since the last call and
-  // registers each in the prefix index unless a block with that hash is there already.
+  // registers each in the prefix index unless a block with that hash is there already
+  // (with events on: one BlockStored per run of blocks it registered).
   void PublishFullBlocks(Sequence* sequence) {
     const int32_t block_size = options.geometry.block_size;
     const size_t full = sequence->committed_token_ids.size() / block_size;
@@ -114,8 +142,24 @@ struct CacheManager::State {
     if (full <= known) return;
     HashFullBlocks(sequence->salt, sequence->committed_token_ids, block_size, known, full - known,
                    &sequence->block_hashes);
+    KvEvent* run = nullptr;
     for (size_t i = known; i < full; ++i) {
-      pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i]);
+      const bool cached =
+          pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i], sequence->tenant);
+      if (options.event_sink == nullptr) continue;
+      if (!cached) {
+        run = nullptr;
+        continue;
+      }
+      if (run == nullptr) {
+        run = &pending_events.emplace_back();
+        run->kind = KvEvent::Kind::kBlockStored;
+        run->tenant = tenants[static_cast<size_t>(sequence->tenant)].name;
+        if (i > 0) run->parent_block_hash = sequence->block_hashes[i - 1].lo;
+      }
+      run->block_hashes.push_back(sequence->block_hashes[i].lo);
+      const auto first = sequence->committed_token_ids.begin() + i * block_size;
+      run->token_ids.insert(run->token_ids.end(), first, first + block_size);
     }
   }
 
@@ -128,6 +172,7 @@ struct CacheManager::State {
   int64_t prefix_queries_tokens = 0;
   int64_t prefix_hits_tokens = 0;
   int64_t expired_leases = 0;
+  std::vector<KvEvent> pending_events;  // this call's, until EventFlush
   struct TenantState {
     std::string name;
     BlockHash salt;          // TenantSalt(name)

@@ -11,6 +11,18 @@
 
 namespace kvpool::manager {
 
+std::vector<IndexedBlock> CacheManager::PrefixIndexBlocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const State& s = *state_;
+  std::vector<IndexedBlock> out;
+  for (int64_t id = 0; id < s.pool.num_blocks(); ++id) {
+    const KvBlock& b = s.pool.block(static_cast<int32_t>(id));
+    if (!b.has_hash) continue;
+    out.push_back({s.tenants[static_cast<size_t>(b.tag)].name, b.hash.lo, b.ref_cnt > 0});
+  }
+  return out;
+}
+
 ManagerStats CacheManager::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   const State& s = *state_;

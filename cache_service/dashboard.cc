@@ -59,7 +59,7 @@ Dashboard::Dashboard(const CacheManager* core, const ManagerService* service,
 
 std::optional<HttpResponse> Dashboard::Serve(const HttpRequest& request) const {
   const std::string& target = request.target;
-  if (target == "/api/stats") {
+  if (target == "/api/stats" || target == "/api/prefix-index") {
     std::string error;
     const std::optional<Caller> caller = auth_->Authenticate(
         request.authorization.empty() ? std::nullopt : std::optional(request.authorization),
@@ -70,7 +70,18 @@ std::optional<HttpResponse> Dashboard::Serve(const HttpRequest& request) const {
                                                   "\"Authorization: Bearer TOKEN\")"}})
                               .dump()};
     }
-    return HttpResponse{200, "application/json", StatsJson(*caller)};
+    if (target == "/api/stats") return HttpResponse{200, "application/json", StatsJson(*caller)};
+    if (!caller->Has(kRoleWorker)) {
+      return HttpResponse{403, "application/json",
+                          Json({{"error", "the prefix index lists every tenant's blocks: it "
+                                          "needs an operator's (worker-role) token"}})
+                              .dump()};
+    }
+    Json blocks = Json::array();
+    for (const IndexedBlock& b : core_->PrefixIndexBlocks()) {
+      blocks.push_back({{"tenant", b.tenant}, {"hash", b.hash}, {"in_use", b.in_use}});
+    }
+    return HttpResponse{200, "application/json", Json({{"blocks", blocks}}).dump()};
   }
   if (target == "/api/models") return HttpResponse{200, "application/json", ModelsJson()};
   if (target == "/chart.js") {

@@ -6,7 +6,9 @@
 // With a token file, /api/stats answers only a request with "Authorization: Bearer
 // TOKEN" of a listed token (401 otherwise; the page asks for one): a `worker` token
 // (the operator's) sees everything, a `client`-only token the pool's occupancy and
-// its own tenant's counters. Read-only: it never changes manager state.
+// its own tenant's counters. /api/prefix-index lists every block of the prefix index
+// (tenant, the 64-bit hash the KV events carry, in use or cached) for an operator's
+// token only. Read-only: it never changes manager state.
 #pragma once
 
 #include <optional>

@@ -20,6 +20,7 @@
 #include "cache_service/cache_manager.h"
 #include "cache_service/dashboard.h"
 #include "cache_service/grpc_service.h"
+#include "cache_service/kv_event_publisher.h"
 #include "cache_service/metrics.h"
 #include "cache_service/pool_host.h"
 #include "common/observability/http_server.h"
@@ -50,6 +51,8 @@ struct Flags {
   int cuda_device = 0;
   std::string chart_js = kDefaultChartJsPath;
   TlsFiles tls;  // the server's certificate; with a client CA (--tls-client-ca), mTLS
+  std::string kv_events_endpoint, kv_events_replay_endpoint;  // empty: no events
+  std::string kv_events_topic = "kv@{tenant}@";
 };
 
 // Workers heartbeat every TTL/4 (at least 20 ms apart) and the manager sweeps leases
@@ -177,6 +180,15 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-key", flags.tls.key, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", flags.tls.ca,
                  "PEM CA bundle: require client certificates signed by it (mTLS)");
+  app.add_option("--kv-events-endpoint", flags.kv_events_endpoint,
+                 "publish KV-cache events in vLLM's format on a ZMQ PUB socket bound here, "
+                 "e.g. tcp://127.0.0.1:5557 (they carry token ids: keep it on loopback or a "
+                 "trusted network; default: off)");
+  app.add_option("--kv-events-replay-endpoint", flags.kv_events_replay_endpoint,
+                 "ZMQ ROUTER address where subscribers replay missed event batches");
+  app.add_option("--kv-events-topic", flags.kv_events_topic,
+                 "topic of each event batch; {tenant} becomes the batch's tenant")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   flags.num_blocks_given = num_blocks->count() > 0;
   if (flags.lease_ttl_ms < kMinLeaseTtlMs || flags.lease_ttl_ms > 86400000) {
@@ -232,6 +244,21 @@ int Run(int argc, char** argv) {
   options.tenant_max_blocks = default_quota->Resolve(geometry->num_blocks);
   for (const auto& [tenant, quota] : auth.quotas()) {
     options.tenant_max_blocks_override[tenant] = quota.Resolve(geometry->num_blocks);
+  }
+  std::unique_ptr<KvEventPublisher> events;
+  if (!flags.kv_events_endpoint.empty()) {
+    KvEventPublisherOptions e;
+    e.endpoint = flags.kv_events_endpoint;
+    e.replay_endpoint = flags.kv_events_replay_endpoint;
+    e.topic = flags.kv_events_topic;
+    e.medium = backend == PoolBackend::kCuda ? "GPU" : "CPU";
+    e.block_size = geometry->block_size;
+    StatusOr<std::unique_ptr<KvEventPublisher>> started = KvEventPublisher::Start(std::move(e));
+    if (!started.ok()) return FailUsage(started.status());
+    events = std::move(started).value();
+    options.event_sink = events.get();
+  } else if (!flags.kv_events_replay_endpoint.empty()) {
+    return FailUsage(InvalidArgument("--kv-events-replay-endpoint needs --kv-events-endpoint"));
   }
   CacheManager core(options);
   ServiceMetrics metrics(ManagerService::MethodNames());

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kvpool needs on Debian 12 (python3-matplotlib only draws the
 # bench plots; yamllint and python3-yaml check k8s/; the openssl CLI makes the TLS
-# tests' certificates) and fetches GPT-2's BPE ranks.
+# tests' certificates; python3-zmq and python3-msgpack are the KV-event test's
+# subscriber) and fetches GPT-2's BPE ranks.
 # Idempotent: re-running it is cheap once everything is present.
 # KVPOOL_DEPS_DATA_ONLY=1 fetches the data only (k8s/images/Dockerfile.cuda, whose
 # packages come from Ubuntu and PyTorch).
@@ -16,7 +17,8 @@ libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
 libtorch-dev libopenblas0-openmp libboost-dev libboost-system-dev \
 libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
 libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib openssl \
-libjs-chart.js chromium chromium-driver python3-selenium yamllint python3-yaml"
+libjs-chart.js chromium chromium-driver python3-selenium yamllint python3-yaml \
+libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack"
 if [ "${KVPOOL_DEPS_DATA_ONLY:-0}" = 1 ]; then PKGS=""; fi
 
 missing=""
