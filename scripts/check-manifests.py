@@ -57,6 +57,8 @@ RENDERINGS = [
     ("overlays/cpu", ["components/shm-hostpath"]),
     ("overlays/cpu", ["components/tls"]),
     ("overlays/gpu", ["components/tls"]),
+    ("overlays/cpu", ["components/kv-events"]),
+    ("overlays/gpu", ["components/kv-events", "components/tls"]),
 ]
 
 
@@ -262,6 +264,26 @@ def self_test():
             failures.append(f"a mutation should report {expected!r}; got {errs}")
 
     cpu, gpu = "overlays/cpu", "overlays/gpu"
+
+    def events_mutation(expected, mutate):
+        objects = copy.deepcopy(renders[(cpu, ("components/kv-events",))])
+        mutate(objects)
+        errs = errors_of(objects)
+        if not any(expected in e for e in errs):
+            failures.append(f"a kv-events mutation should report {expected!r}; got {errs}")
+
+    def replace_arg(objects, old, new):
+        args = container(objects, "DaemonSet", "kvpool-manager")["args"]
+        args[args.index(old)] = new
+
+    events_mutation("no NetworkPolicy selects these pods", lambda o: o.remove(
+        find(o, "NetworkPolicy", "kvpool-manager-kv-events")))
+    events_mutation("lets every pod reach", lambda o: find(
+        o, "NetworkPolicy", "kvpool-manager-kv-events")["spec"]["ingress"][0].pop("from"))
+    events_mutation("port 6000 is not a declared container port", lambda o: replace_arg(
+        o, "--kv-events-endpoint=tcp://$(POD_IP):5557", "--kv-events-endpoint=tcp://$(POD_IP):6000"))
+    events_mutation("binds loopback", lambda o: replace_arg(
+        o, "--kv-events-endpoint=tcp://$(POD_IP):5557", "--kv-events-endpoint=tcp://127.0.0.1:5557"))
     mutation(cpu, "probe port 50999 is not a declared container port", lambda o: container(
         o, "DaemonSet", "kvpool-manager")["readinessProbe"]["grpc"].update(port=50999))
     mutation(cpu, "grpc.port must be a number", lambda o: container(

@@ -42,6 +42,7 @@ MERGE_KEYS = {
     "volumeMounts": "mountPath",
     "volumeDevices": "devicePath",
     "env": "name",
+    "ports": "containerPort",
     "imagePullSecrets": "name",
     "topologySpreadConstraints": "topologyKey",
 }

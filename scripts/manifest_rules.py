@@ -333,6 +333,48 @@ class Checker:
                 if host in ("127.0.0.1", "localhost", "::1"):
                     self.error(w, f"{where}: {flag}={value} listens on loopback only: the "
                                   "kubelet and Services cannot reach it")
+            if flag in ("--kv-events-endpoint", "--kv-events-replay-endpoint") and value:
+                self.check_kv_events_socket(w, pod, c, where, flag, value, numbers)
+
+    def check_kv_events_socket(self, w, pod, c, where, flag, value, numbers):
+        """A KV-event socket (it carries prompts' token ids) must be a declared port,
+        reachable from other pods, and fenced by a NetworkPolicy that lets only chosen
+        pods reach it."""
+        match = re.fullmatch(r"tcp://(.+):(\d+)", value)
+        if not match:
+            self.error(w, f"{where}: {flag}={value}: expected tcp://HOST:PORT")
+            return
+        host, port = match.group(1), int(match.group(2))
+        if port not in numbers:
+            self.error(w, f"{where}: {flag}={value}: port {port} is not a declared container port")
+        if host in ("127.0.0.1", "localhost", "::1"):
+            self.error(w, f"{where}: {flag}={value} binds loopback: no router pod can subscribe")
+            return
+        names = {p.get("name") for p in c.get("ports") or [] if p.get("containerPort") == port}
+        labels = template_labels(w)
+        fenced = False
+        for policy in self.m.objects:
+            if policy.get("kind") != "NetworkPolicy" or namespace_of(policy) != namespace_of(w):
+                continue
+            spec = policy.get("spec") or {}
+            if not labels_match((spec.get("podSelector") or {}).get("matchLabels"), labels):
+                continue
+            if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+                continue
+            open_to_all = False
+            for rule in spec.get("ingress") or []:
+                rule_ports = rule.get("ports")
+                covers = rule_ports is None or any(
+                    p.get("port") in names | {port} for p in rule_ports)
+                if covers and not rule.get("from"):
+                    open_to_all = True
+            fenced = fenced or not open_to_all
+            if open_to_all:
+                self.error(policy, f"lets every pod reach {flag}'s port {port}: the events carry "
+                                   "token ids (give that rule a `from`)")
+        if not fenced:
+            self.error(w, f"{where}: {flag}={value}: no NetworkPolicy selects these pods to "
+                          "fence the event port (the events carry token ids)")
 
     def check_probe(self, w, where, kind, probe, ports):
         handlers = [h for h in ("grpc", "httpGet", "tcpSocket", "exec") if h in probe]
