@@ -20,6 +20,7 @@ Exit 77 (ctest: skipped) when pyzmq or msgpack is missing.
 import argparse
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -302,6 +303,7 @@ def main():
         for p in reversed(procs):
             p.stop()
         context.term()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

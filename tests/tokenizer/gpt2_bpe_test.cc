@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -22,6 +23,7 @@
 #include "test_util.h"
 #include "tokenizer/byte_level_bpe.h"
 #include "tokenizer/gpt2_pretokenizer.h"
+#include "tokenizer/hf_tokenizer_files.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
@@ -134,14 +136,6 @@ std::unordered_map<std::string, int32_t> RanksOf(const Tokenizer& tokenizer, int
   return ranks;
 }
 
-// GPT-2's bytes_to_unicode() spelling of a byte string, as vocab.json and merges.txt use it.
-std::string SpellGpt2(const std::string& bytes) {
-  static const std::array<char32_t, 256> kTable = Gpt2BytesToUnicode();
-  std::string out;
-  for (unsigned char b : bytes) unicode::AppendUtf8(kTable[b], &out);
-  return out;
-}
-
 std::string Base64(const std::string& bytes) {
   static constexpr char kAlphabet[] =
       "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -159,23 +153,6 @@ std::string Base64(const std::string& bytes) {
 
 // Writes vocab.json + merges.txt holding the first `limit` ranks of `tokenizer`, deriving each
 // merge as the split the naive BPE reaches with lower ranks only (as make_fixtures.py does).
-void WriteVocabMerges(const Tokenizer& tokenizer, int32_t limit, const ScratchDir& dir) {
-  NaiveBpe naive(RanksOf(tokenizer, limit));
-  nlohmann::json vocab = nlohmann::json::object();
-  std::string merges = "#version: 0.2\n";
-  for (int32_t id = 0; id < limit; ++id) {
-    const std::string bytes = tokenizer.TokenText(id);
-    vocab[SpellGpt2(bytes)] = id;
-    if (bytes.size() < 2) continue;
-    const std::vector<std::string> parts = naive.Merge(bytes, id);
-    ASSERT_EQ(parts.size(), 2u) << "token " << id;
-    merges += SpellGpt2(parts[0]) + " " + SpellGpt2(parts[1]) + "\n";
-  }
-  vocab["<|endoftext|>"] = limit;
-  dir.Write("vocab.json", vocab.dump());
-  dir.Write("merges.txt", merges);
-}
-
 class Gpt2TiktokenTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -296,10 +273,35 @@ TEST(Gpt2VocabMergesTest, SmallFixtureEqualsTruncatedRankFile) {
   }
 }
 
-TEST(Gpt2VocabMergesTest, FullFilesBuiltFromRankFileMatchTiktoken) {
+// The Hugging Face files kvpool-export-hf writes (hf_tokenizer_files.h), from the rank
+// file: the first 1000 ranks' vocab and merges equal the fixture Hugging Face's
+// tokenizers built from the same ranks, and the full files encode as tiktoken does.
+TEST(Gpt2VocabMergesTest, ExportedFilesMatchHuggingFaceAndTiktoken) {
   if (SharedGpt2() == nullptr) GTEST_SKIP() << kNoRankFile;
   const ScratchDir dir;
-  WriteVocabMerges(*SharedGpt2(), 50256, dir);
+  WriteGpt2HfTokenizerFiles(*SharedGpt2(), 1024, dir.path());
+  const auto lines = [](const std::string& path) {
+    std::ifstream in(path);
+    std::vector<std::string> out;
+    for (std::string line; std::getline(in, line);) out.push_back(line);
+    return out;
+  };
+  const std::vector<std::string> fixture = lines(FixturePath("gpt2_first1000/merges.txt"));
+  const std::vector<std::string> exported = lines(dir.path() + "/merges.txt");
+  ASSERT_EQ(exported.size(), 50001u);  // the version line and GPT-2's 50000 merges
+  EXPECT_EQ(std::vector<std::string>(exported.begin(), exported.begin() + fixture.size()), fixture);
+  const nlohmann::json vocab = nlohmann::json::parse(lines(dir.path() + "/vocab.json").at(0));
+  const nlohmann::json small = nlohmann::json::parse(
+      lines(FixturePath("gpt2_first1000/vocab.json")).at(0));
+  for (const auto& [token, id] : small.items()) {
+    if (token != "<|endoftext|>") {  // 1000 in the truncated fixture
+      EXPECT_EQ(vocab.at(token), id) << token;
+    }
+  }
+  const nlohmann::json full = nlohmann::json::parse(lines(dir.path() + "/tokenizer.json").at(0));
+  EXPECT_EQ(full["model"]["vocab"], vocab);
+  EXPECT_EQ(full["model"]["merges"].size(), 50000u);
+  EXPECT_EQ(full["added_tokens"][0]["content"], "<|endoftext|>");
   const auto bpe = LoadGpt2VocabMerges(dir.path() + "/vocab.json", dir.path() + "/merges.txt");
   EXPECT_EQ(bpe->VocabSize(), 50257);
   EXPECT_EQ(bpe->EosId(), 50256);
