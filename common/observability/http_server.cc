@@ -1,68 +1,244 @@
-// HttpServer: async accept loop and one-request sessions with Boost.Beast. See
-// http_server.h.
+// HttpServer: async accept loop and keep-alive sessions with Boost.Beast; deferred
+// responses are written from a queue that HttpStream fills through the io_context.
+// See http_server.h.
 #include "common/observability/http_server.h"
 
+#include <atomic>
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <memory>
+#include <cstdio>
+#include <deque>
+#include <optional>
 
 namespace kvpool {
-namespace {
 
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
 
-// One connection: read a request, write the handler's answer, close.
+struct HttpServer::Shared {
+  std::string server_name;
+  Handler handler;
+  HttpServerOptions options;
+  std::atomic<size_t> connections{0};
+};
+
+namespace {
+
+constexpr auto kRequestTimeout = std::chrono::seconds(15);
+constexpr size_t kHeaderLimit = 16 << 10;
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, const std::string& server_name, const HttpServer::Handler& handler)
-      : stream_(std::move(socket)), server_name_(server_name), handler_(handler) {}
+  Session(tcp::socket socket, std::shared_ptr<HttpServer::Shared> shared, bool refuse)
+      : stream_(std::move(socket)), shared_(std::move(shared)), refuse_(refuse) {
+    ++shared_->connections;
+  }
+  ~Session() { --shared_->connections; }
 
   void Start() {
-    stream_.expires_after(std::chrono::seconds(10));
-    http::async_read(stream_, buffer_, request_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       if (!ec) self->Respond();
-                     });
+    if (refuse_) {
+      keep_alive_ = false;
+      QueueWhole(503, "text/plain; charset=utf-8", "too many connections: retry shortly\n", false);
+      return;
+    }
+    ReadRequest();
   }
 
+  // The HttpStream side, on the io_context.
+  void QueueWhole(int status, const std::string& type, std::string body, bool head_only) {
+    std::string out =
+        Head(status, type) + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+    if (!head_only) out += body;
+    Queue(std::move(out));
+    response_done_ = true;
+    MaybeFinish();
+  }
+  void QueueBegin(int status, const std::string& type) {
+    Queue(Head(status, type) + "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
+  }
+  void QueueChunk(std::string data) {
+    if (data.empty()) return;
+    char size[32];
+    std::snprintf(size, sizeof(size), "%zx\r\n", data.size());
+    Queue(size + std::move(data) + "\r\n");
+  }
+  void QueueEnd() {
+    Queue("0\r\n\r\n");
+    response_done_ = true;
+    MaybeFinish();
+  }
+  bool closed() const { return closed_.load(); }
+  boost::asio::any_io_executor executor() { return stream_.get_executor(); }
+
  private:
-  void Respond() {
-    HttpResponse answer;
-    if (request_.method() != http::verb::get && request_.method() != http::verb::head) {
-      answer = {405, "text/plain; charset=utf-8", "only GET\n"};
-    } else {
-      HttpRequest request;
-      request.target = std::string(request_.target());
-      request.target = request.target.substr(0, request.target.find('?'));
-      if (const auto it = request_.find(http::field::authorization); it != request_.end()) {
-        request.authorization = std::string(it->value());
-      }
-      answer = handler_(request);
+  std::string Head(int status, const std::string& type) const {
+    const auto reason = http::obsolete_reason(static_cast<http::status>(status));
+    return "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason.data(), reason.size()) +
+           "\r\nServer: " + shared_->server_name + "\r\nContent-Type: " + type +
+           "\r\nConnection: " + (keep_alive_ ? "keep-alive" : "close") + "\r\n";
+  }
+
+  void ReadRequest() {
+    parser_.emplace();
+    parser_->header_limit(kHeaderLimit);
+    parser_->body_limit(shared_->options.max_body_bytes);
+    stream_.expires_after(kRequestTimeout);
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    stream_.expires_never();
+    if (ec == http::error::body_limit) {
+      keep_alive_ = false;
+      return QueueWhole(413, "application/json",
+                        R"({"error":{"message":"the request body is larger than )" +
+                            std::to_string(shared_->options.max_body_bytes) +
+                            R"( bytes","type":"invalid_request_error","param":null,"code":null}})",
+                        false);
     }
-    response_.version(request_.version());
-    response_.result(static_cast<http::status>(answer.status));
-    response_.set(http::field::server, server_name_);
-    response_.set(http::field::content_type, answer.content_type);
-    response_.keep_alive(false);
-    response_.body() = std::move(answer.body);
-    response_.prepare_payload();
-    http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code, size_t) {
-      beast::error_code ignored;
-      self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    });
+    if (ec == http::error::header_limit) {
+      keep_alive_ = false;
+      return QueueWhole(431, "text/plain; charset=utf-8", "request headers too large\n", false);
+    }
+    if (ec) return Close();  // end of stream, timeout, or bytes that are not HTTP
+    const http::request<http::string_body>& r = parser_->get();
+    keep_alive_ = r.keep_alive();
+    head_only_ = r.method() == http::verb::head;
+    HttpRequest request;
+    request.method = std::string(r.method_string());
+    request.target = std::string(r.target());
+    request.target = request.target.substr(0, request.target.find('?'));
+    if (const auto it = r.find(http::field::authorization); it != r.end()) {
+      request.authorization = std::string(it->value());
+    }
+    if (const auto it = r.find(http::field::content_type); it != r.end()) {
+      request.content_type = std::string(it->value());
+    }
+    request.body = r.body();
+    if (!shared_->options.allow_post && r.method() != http::verb::get && !head_only_) {
+      return QueueWhole(405, "text/plain; charset=utf-8", "only GET\n", false);
+    }
+    HttpResponse answer = shared_->handler(request);
+    if (!answer.deferred) {
+      return QueueWhole(answer.status, answer.content_type, std::move(answer.body), head_only_);
+    }
+    WatchForDisconnect();
+    answer.deferred(MakeStream());
+  }
+
+  std::shared_ptr<HttpStream> MakeStream();
+
+  // While a deferred response is produced nothing is read: a readable socket with no
+  // bytes is the client's close.
+  void WatchForDisconnect() {
+    stream_.socket().async_wait(tcp::socket::wait_read,
+                                [self = shared_from_this()](beast::error_code ec) {
+                                  // Cancelled: the response ended and the next read began.
+                                  if (ec == boost::asio::error::operation_aborted) return;
+                                  beast::error_code ignored;
+                                  if (ec || self->stream_.socket().available(ignored) == 0) {
+                                    self->closed_.store(true);
+                                  }
+                                });
+  }
+
+  void Queue(std::string bytes) {
+    if (closed_.load()) return;
+    out_.push_back(std::move(bytes));
+    if (!writing_) Write();
+  }
+
+  void Write() {
+    writing_ = true;
+    boost::asio::async_write(
+        stream_.socket(), boost::asio::buffer(out_.front()),
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
+  }
+
+  void OnWrite(beast::error_code ec) {
+    out_.pop_front();
+    writing_ = false;
+    if (ec) {
+      closed_.store(true);
+      out_.clear();
+      return Close();
+    }
+    if (!out_.empty()) return Write();
+    MaybeFinish();
+  }
+
+  // After a whole response went out: the next request, or the end.
+  void MaybeFinish() {
+    if (writing_ || !out_.empty() || !response_done_) return;
+    response_done_ = false;
+    if (!keep_alive_ || closed_.load()) return Close();
+    stream_.socket().cancel();  // the disconnect watch, if any
+    ReadRequest();
+  }
+
+  void Close() {
+    closed_.store(true);
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().close(ignored);
   }
 
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  http::request<http::string_body> request_;
-  http::response<http::string_body> response_;
-  const std::string& server_name_;
-  const HttpServer::Handler& handler_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<HttpServer::Shared> shared_;
+  const bool refuse_;
+  bool keep_alive_ = true;
+  bool head_only_ = false;
+  std::deque<std::string> out_;
+  bool writing_ = false;
+  bool response_done_ = false;
+  std::atomic<bool> closed_{false};
 };
+
+class Stream final : public HttpStream {
+ public:
+  explicit Stream(std::shared_ptr<Session> session) : session_(std::move(session)) {}
+  ~Stream() override {
+    // A producer that never ended the stream: end it, so the connection goes on.
+    if (!ended_.exchange(true)) Post([](Session& s) { s.QueueEnd(); });
+  }
+  void Respond(int status, const std::string& type, std::string body) override {
+    if (ended_.exchange(true)) return;
+    Post([status, type, body = std::move(body)](Session& s) mutable {
+      s.QueueWhole(status, type, std::move(body), false);
+    });
+  }
+  void Begin(int status, const std::string& type) override {
+    Post([status, type](Session& s) { s.QueueBegin(status, type); });
+  }
+  void Write(std::string data) override {
+    Post([data = std::move(data)](Session& s) mutable { s.QueueChunk(std::move(data)); });
+  }
+  void End() override {
+    if (ended_.exchange(true)) return;
+    Post([](Session& s) { s.QueueEnd(); });
+  }
+  bool closed() const override { return session_->closed(); }
+
+ private:
+  template <typename F>
+  void Post(F f) {
+    boost::asio::post(session_->executor(), [s = session_, f = std::move(f)]() mutable { f(*s); });
+  }
+  std::shared_ptr<Session> session_;
+  std::atomic<bool> ended_{false};
+};
+
+std::shared_ptr<HttpStream> Session::MakeStream() {
+  return std::make_shared<Stream>(shared_from_this());
+}
 
 }  // namespace
 
@@ -80,8 +256,15 @@ bool SplitHostPort(const std::string& address, std::string* host, unsigned short
   return true;
 }
 
-HttpServer::HttpServer(boost::asio::io_context& io, std::string server_name, Handler handler)
-    : io_(io), acceptor_(io), server_name_(std::move(server_name)), handler_(std::move(handler)) {}
+HttpServer::HttpServer(boost::asio::io_context& io, std::string server_name, Handler handler,
+                       HttpServerOptions options)
+    : io_(io), acceptor_(io), shared_(std::make_shared<Shared>()) {
+  shared_->server_name = std::move(server_name);
+  shared_->handler = std::move(handler);
+  shared_->options = options;
+}
+
+HttpServer::~HttpServer() = default;
 
 StatusOr<tcp::endpoint> HttpServer::Listen(const std::string& address) {
   std::string host;
@@ -111,7 +294,10 @@ void HttpServer::Close() {
 void HttpServer::Accept() {
   acceptor_.async_accept(io_, [this](beast::error_code ec, tcp::socket socket) {
     if (ec == boost::asio::error::operation_aborted || !acceptor_.is_open()) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), server_name_, handler_)->Start();
+    if (!ec) {
+      const bool refuse = shared_->connections.load() >= shared_->options.max_connections;
+      std::make_shared<Session>(std::move(socket), shared_, refuse)->Start();
+    }
     Accept();
   });
 }

@@ -19,12 +19,13 @@
 #include <functional>
 #include <iostream>
 
-#include "engine/engine.h"
-#include "engine/model_loader.h"
 #include "common/observability/http_server.h"
 #include "common/service_loop.h"
 #include "common/tls.h"
+#include "engine/engine.h"
+#include "engine/model_loader.h"
 #include "service/manager_link.h"
+#include "service/openai_gateway.h"
 #include "service/scheduler.h"
 #include "service/worker_metrics.h"
 #include "service/worker_service.h"
@@ -57,7 +58,7 @@ StatusOr<std::string> ReadToken(const std::string& path) {
 int Run(int argc, char** argv) {
   CLI::App app{"kvpool worker: serves Generate on the node's shared KV pool"};
   std::string manager = "127.0.0.1:50051", listen = "127.0.0.1:0", model = "gpt2";
-  std::string token_file, name, http_address;
+  std::string token_file, name, http_address, served_model_name;
   SchedulerOptions scheduler_options;
   uint64_t weights_seed = 42;
   app.add_option("--manager", manager, "the node's kvpool-manager (host:port)");
@@ -83,6 +84,8 @@ int Run(int argc, char** argv) {
   app.add_option("--token-file", token_file,
                  "this worker's bearer token for the manager (first line of the file)");
   app.add_option("--name", name, "worker name for the manager's logs");
+  app.add_option("--served-model-name", served_model_name,
+                 "the model id of the OpenAI API on --http (default: the model's name)");
   app.add_option("--http", http_address,
                  "HTTP address HOST:PORT for /metrics and /healthz (port 0: any free port)");
   TlsFiles tls;  // this worker's server; with a client CA, mTLS
@@ -169,20 +172,34 @@ int Run(int argc, char** argv) {
   std::cerr << "kvpool-worker: " << loaded->source << ", gRPC " << TlsServerMode(tls)
             << ", manager " << manager << (manager_tls.empty() ? "" : " over TLS") << "\n";
 
+  OpenAiGatewayOptions gateway_options;
+  gateway_options.served_model_name =
+      served_model_name.empty() ? loaded->config.name : served_model_name;
+  OpenAiGateway gateway(gateway_options, &scheduler, &link, loaded->tokenizer);
   ServiceLoop loop("kvpool-worker");
-  HttpServer http(loop.io(), "kvpool-worker", [&](const HttpRequest& request) -> HttpResponse {
-    const std::string& target = request.target;
-    if (target == "/metrics") {
-      return {200, "text/plain; version=0.0.4; charset=utf-8",
-              RenderWorkerMetrics(scheduler, link)};
-    }
-    if (target == "/healthz") {
-      return scheduler.serving() ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
-                                 : HttpResponse{503, "text/plain; charset=utf-8",
-                                                "not attached to a manager's pool\n"};
-    }
-    return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
-  });
+  HttpServerOptions http_options;
+  http_options.allow_post = true;  // the OpenAI API
+  HttpServer http(
+      loop.io(), "kvpool-worker",
+      [&](const HttpRequest& request) -> HttpResponse {
+        const std::string& target = request.target;
+        if (std::optional<HttpResponse> api = gateway.Route(request)) return *std::move(api);
+        if (request.method != "GET" && request.method != "HEAD") {
+          return {405, "text/plain; charset=utf-8", "only GET here\n"};
+        }
+        if (target == "/metrics") {
+          return {200, "text/plain; version=0.0.4; charset=utf-8",
+                  RenderWorkerMetrics(scheduler, link)};
+        }
+        if (target == "/healthz") {
+          return scheduler.serving() ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
+                                     : HttpResponse{503, "text/plain; charset=utf-8",
+                                                    "not attached to a manager's pool\n"};
+        }
+        return {404, "text/plain; charset=utf-8",
+                "not found: try /metrics, /healthz, /v1/models or /v1/completions\n"};
+      },
+      http_options);
   if (!http_address.empty()) {
     StatusOr<boost::asio::ip::tcp::endpoint> endpoint = http.Listen(http_address);
     if (!endpoint.ok()) {
@@ -211,6 +228,7 @@ int Run(int argc, char** argv) {
     }
   });
   loop.Run();
+  gateway.Stop();  // its completions end before the scheduler goes
   server->Wait();
   // In this order, so that no thread calls into an object already gone: the health
   // callback is cut, the link stops (no more wake-ups), the scheduler closes what is

@@ -56,7 +56,8 @@ std::pair<int64_t, int64_t> ProcessMemory() {
 
 StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
                                               const ModelConfig& config, const Tokenizer* tokenizer,
-                                              uint64_t random_seed) {
+                                              uint64_t random_seed,
+                                              const RequestFieldNames* api_names) {
   auto job = std::make_shared<Job>();
   GenerationRequest& g = job->request;
   if (!r.prompt().empty() && r.token_ids_size() > 0) {
@@ -101,8 +102,22 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   RequestFieldNames names;
   names.prompt = r.prompt().empty() ? "token_ids" : "prompt";
   names.sampling = "sampling.";
-  KVPOOL_RETURN_IF_ERROR(CheckGeneration(g, config, tokenizer != nullptr, names));
+  KVPOOL_RETURN_IF_ERROR(
+      CheckGeneration(g, config, tokenizer != nullptr, api_names ? *api_names : names));
   return job;
+}
+
+Status AuthenticateCaller(ManagerLink* link, const std::string& authorization) {
+  if (!link->has_token()) return Status::Ok();
+  const std::shared_ptr<const Attachment> attached = link->current();
+  if (!attached) {
+    return Unavailable("the worker is not attached to its cache manager (" + link->address() +
+                       "), which authenticates callers: retry shortly");
+  }
+  ManagerClient manager(link, /*on_call=*/{});
+  manager.Attach(attached);
+  StatusOr<std::string> tenant = manager.AuthenticateClient(authorization);
+  return tenant.ok() ? Status::Ok() : tenant.status();
 }
 
 WorkerService::WorkerService(Scheduler* scheduler, ManagerLink* link,
@@ -186,18 +201,8 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext* context, const v1::Get
   if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
     authorization.assign(it->second.data(), it->second.size());
   }
-  if (link_->has_token()) {
-    const std::shared_ptr<const Attachment> attached = link_->current();
-    if (!attached) {
-      return ToGrpcStatus(Unavailable("the worker is not attached to its cache manager (" +
-                                      link_->address() +
-                                      "), which authenticates callers: retry shortly"));
-    }
-    ManagerClient manager(link_, /*on_call=*/{});
-    manager.Attach(attached);
-    if (StatusOr<std::string> tenant = manager.AuthenticateClient(authorization); !tenant.ok()) {
-      return ToGrpcStatus(tenant.status());
-    }
+  if (Status caller = AuthenticateCaller(link_, authorization); !caller.ok()) {
+    return ToGrpcStatus(caller);
   }
   const std::shared_ptr<const Attachment> attachment = link_->current();
   const WorkerCounters& c = scheduler_->counters();

@@ -13,6 +13,7 @@
 
 #include "common/model_config.h"
 #include "kvpool/v1/worker.grpc.pb.h"
+#include "engine/request_check.h"
 #include "service/job.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
@@ -31,10 +32,16 @@ struct ModelIdentity {
 
 // Checks a GenerateRequest against the model and turns it into a job request;
 // INVALID_ARGUMENT naming the field otherwise. `random_seed` is used when the request
-// has none.
+// has none. `names`: how the calling API names the fields (default: this proto's).
 StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& request,
                                               const ModelConfig& config, const Tokenizer* tokenizer,
-                                              uint64_t random_seed);
+                                              uint64_t random_seed,
+                                              const RequestFieldNames* names = nullptr);
+
+// With auth on (the link holds a token), asks the manager whose client credential
+// `authorization` is ("Bearer TOKEN"): OK, UNAUTHENTICATED / PERMISSION_DENIED, or
+// UNAVAILABLE while the worker is not attached. OK without auth.
+Status AuthenticateCaller(ManagerLink* link, const std::string& authorization);
 
 class WorkerService final : public v1::Worker::Service {
  public:

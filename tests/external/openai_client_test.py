@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""kvpool's OpenAI-compatible API driven by the official `openai` Python client
+(pinned in tests/external/requirements.txt) against a real kvpool-manager and
+kvpool-worker on loopback (tiny-gpt2, random weights, auth with two tenants):
+
+  - models.list(); completions non-streaming and streaming (the same greedy text,
+    usage in the last chunk when asked), n=2, stop strings, seed reproducibility,
+    token-id prompts, cached_tokens > 0 for a second request with the same long prefix;
+  - the client's typed errors: BadRequestError (400, with the field as `param`),
+    AuthenticationError (401), NotFoundError (404, unknown model);
+  - at the socket: the exact bytes of the first SSE chunk's framing and of [DONE],
+    a client that disconnects mid-stream gets its blocks freed (the manager's in-use
+    blocks back to 0), and 50 hostile requests (malformed JSON, wrong types, a body
+    over the limit, invalid UTF-8, a slow client) each get a clear 4xx or a closed
+    connection while the worker keeps serving.
+
+Usage: openai_client_test.py --bin-dir BUILD/bin --build-dir BUILD
+Exit 77 (skipped) where PyPI cannot be reached.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pyvenv  # noqa: E402
+
+MODEL = "kvpool-tiny"
+
+
+class Process:
+    """A child whose stdout is read line by line on a thread."""
+
+    def __init__(self, argv):
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+        self.lines = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_for(self, prefix, timeout=60):
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line[len(prefix):]
+                left = deadline - time.time()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.argv[0]}: no line '{prefix}' (got {self.lines})")
+                self.cond.wait(left)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def raw_request(address, body, path="/v1/completions", token="tok-a", extra=b"", timeout=30):
+    """One HTTP/1.1 request on a fresh socket; returns (status, headers+body bytes)."""
+    host, port = address.rsplit(":", 1)
+    data = body if isinstance(body, bytes) else body.encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n").encode() + extra + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head + data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    status = int(out.split(b" ", 2)[1]) if out.startswith(b"HTTP/1.1 ") else 0
+    return status, out
+
+
+def in_use_blocks(manager_http):
+    request = urllib.request.Request(f"http://{manager_http}/api/stats",
+                                     headers={"Authorization": "Bearer op-token"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.load(r)["pool"]["in_use_blocks"]
+
+
+def check_client(openai, base_url):
+    client = openai.OpenAI(base_url=base_url, api_key="tok-a", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+    greedy = client.completions.create(model=MODEL, prompt="The attention mechanism",
+                                       max_tokens=8, temperature=0)
+    assert greedy.object == "text_completion" and len(greedy.choices) == 1
+    assert greedy.choices[0].finish_reason == "length", greedy
+    assert greedy.usage.completion_tokens == 8 and greedy.usage.prompt_tokens > 0
+    text = greedy.choices[0].text
+
+    pieces, usage = [], None
+    for chunk in client.completions.create(model=MODEL, prompt="The attention mechanism",
+                                           max_tokens=8, temperature=0, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].text)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(pieces) == text, (pieces, text)
+    assert usage is not None and usage.completion_tokens == 8
+
+    two = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6,
+                                    temperature=1.0, n=2, seed=3)
+    assert sorted(c.index for c in two.choices) == [0, 1]
+    again = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6,
+                                      temperature=1.0, n=2, seed=3)
+    assert [c.text for c in two.choices] == [c.text for c in again.choices], "seed not reproducible"
+
+    words = [w for w in text.split(" ") if w]
+    if len(words) >= 3:
+        stop = " " + words[2]
+        stopped = client.completions.create(model=MODEL, prompt="The attention mechanism",
+                                            max_tokens=8, temperature=0, stop=[stop])
+        assert stopped.choices[0].finish_reason == "stop", stopped
+        assert stop not in stopped.choices[0].text and text.startswith(stopped.choices[0].text)
+
+    ids = client.completions.create(model=MODEL, prompt=[464, 3241, 9030], max_tokens=3,
+                                    temperature=0)
+    assert ids.usage.prompt_tokens == 3
+
+    long_prompt = list(range(1000, 1064))  # 64 tokens: four 16-token blocks
+    client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=2, temperature=0)
+    second = client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=2,
+                                       temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached and cached >= 48, f"cached_tokens {cached}"
+
+    try:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+        raise AssertionError("max_tokens=0 accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.body.get("param") == "max_tokens", e.body
+    try:
+        openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).completions.create(
+            model=MODEL, prompt="x", max_tokens=1)
+        raise AssertionError("a bad token was accepted")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401
+    try:
+        client.completions.create(model="nope", prompt="x", max_tokens=1)
+        raise AssertionError("an unknown model was accepted")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.body.get("code") == "model_not_found", e.body
+    return text
+
+
+def check_sockets(http, manager_http):
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0,
+                       "stream": True})
+    status, out = raw_request(http, body)
+    assert status == 200, out[:300]
+    head, _, payload = out.partition(b"\r\n\r\n")
+    assert b"Content-Type: text/event-stream" in head and b"Transfer-Encoding: chunked" in head
+    # De-chunk, then the SSE framing itself.
+    stream, rest = b"", payload
+    while rest:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        stream, rest = stream + rest[:n], rest[n + 2:]
+    events = stream.split(b"\n\n")
+    assert events[0].startswith(b'data: {"id":"cmpl-') and b'"object":"text_completion"' in events[0]
+    assert stream.endswith(b"data: [DONE]\n\n"), stream[-60:]
+
+    # A client that goes away mid-stream: its request is cancelled, its blocks freed.
+    host, port = http.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
+    body = json.dumps({"model": MODEL, "prompt": list(range(200)), "max_tokens": 300,
+                       "stream": True, "ignore_eos": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-a\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    assert in_use_blocks(manager_http) > 0
+    s.close()
+    deadline = time.time() + 10
+    while in_use_blocks(manager_http) != 0:
+        assert time.time() < deadline, "the disconnected client's blocks were not freed"
+        time.sleep(0.1)
+
+    # A slow client (headers never finished) is cut off after the request timeout.
+    slow = socket.create_connection((host, int(port)))
+    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+    started = time.time()
+
+    hostile = [b"{", b"[]", b'"text"', b"null", b'{"model": 5, "prompt": "x"}',
+               b'{"model": "kvpool-tiny"}', b'{"model": "kvpool-tiny", "prompt": ""}',
+               b'{"model": "kvpool-tiny", "prompt": []}', b'{"model": "kvpool-tiny", "prompt": [[1], [2]]}',
+               b'{"model": "kvpool-tiny", "prompt": [1.5]}', b'{"model": "kvpool-tiny", "prompt": [-1]}',
+               b'{"model": "kvpool-tiny", "prompt": [99999999]}',
+               b'{"model": "kvpool-tiny", "prompt": [9999999999999]}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "max_tokens": "ten"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "max_tokens": -1}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "max_tokens": 100000}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "temperature": "hot"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "temperature": -1}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "top_p": 0}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "top_p": 7}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "n": 0}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "n": 1000}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stop": 5}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stop": [""]}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stream": "yes"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stream_options": 1}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "kv_mode": "fast"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "cache_salt": "s"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "logprobs": 2}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "echo": true}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "presence_penalty": 0.5}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "seed": "s"}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "top_k": 1.5}',
+               b'{"model": "kvpool-tiny", "prompt": "\xff\xfe"}',
+               b'{"model": "kvpool-tiny", "prompt": "x"' + b" " * 10,
+               b"\x00\x01\x02", b'{"model": "kvpool-tiny", "prompt": {"a": 1}}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "ignore_eos": 1}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "min_tokens": 3}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stop": ["a", 1]}']
+    codes = [raw_request(http, b)[0] for b in hostile]
+    assert all(c == 400 for c in codes), list(zip(codes, hostile))
+    assert raw_request(http, b"x" * (2 << 20))[0] == 413
+    assert raw_request(http, "{}", path="/v1/nope")[0] == 404
+    assert raw_request(http, "{}", path="/v1/completions", token="bad")[0] in (400, 401)
+    assert raw_request(http, '{"model":"kvpool-tiny","prompt":"x"}', token="bad")[0] == 401
+    tokens = json.loads(raw_request(http, '{"prompt": "Hello world"}', path="/tokenize")[1]
+                        .partition(b"\r\n\r\n")[2])
+    assert tokens["tokens"] == [15496, 995], tokens
+    back = json.loads(raw_request(http, '{"tokens": [15496, 995]}', path="/detokenize")[1]
+                      .partition(b"\r\n\r\n")[2])
+    assert back["prompt"] == "Hello world", back
+    assert raw_request(http, '{"tokens": [-4]}', path="/detokenize")[0] == 400
+    assert raw_request(http, '{"model":"kvpool-tiny","prompt":"ok","max_tokens":1}')[0] == 200
+    slow.settimeout(30)
+    assert slow.recv(100) == b"", "the slow client was not cut off"
+    assert time.time() - started < 25
+    slow.close()
+    return len(hostile) + 6
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin-dir", required=True)
+    parser.add_argument("--build-dir", required=True)
+    args = parser.parse_args()
+    pyvenv.ensure(args.build_dir)
+    import openai
+
+    binary = lambda name: os.path.join(args.bin_dir, name)
+    tmp = tempfile.mkdtemp(prefix="kvpool-openai-")
+    tokens = os.path.join(tmp, "tokens")
+    with open(tokens, "w") as f:
+        f.write("op-token operator worker\ntok-a tenant-a client\ntok-b tenant-b client\n")
+    with open(os.path.join(tmp, "op"), "w") as f:
+        f.write("op-token\n")
+    procs = []
+    try:
+        manager = Process([binary("kvpool-manager"), "--listen", "127.0.0.1:0", "--http",
+                           "127.0.0.1:0", "--model", "tiny-gpt2", "--block-size", "16",
+                           "--num-blocks", "256", "--auth-token-file", tokens])
+        procs.append(manager)
+        grpc_address = manager.wait_for("kvpool-manager listening on ")
+        manager_http = manager.wait_for("http on ")
+        worker = Process([binary("kvpool-worker"), "--manager", grpc_address, "--listen",
+                          "127.0.0.1:0", "--http", "127.0.0.1:0", "--model", "tiny-gpt2",
+                          "--threads", "1", "--token-file", os.path.join(tmp, "op"),
+                          "--served-model-name", MODEL])
+        procs.append(worker)
+        http = worker.wait_for("kvpool-worker http on ")
+        worker.wait_for("kvpool-worker attached")
+        text = check_client(openai, f"http://{http}/v1")
+        hostile = check_sockets(http, manager_http)
+        print(f"openai {openai.__version__}: completions, streaming, n=2, stop, seed, token ids, "
+              f"cached tokens and typed errors pass; {hostile} hostile requests refused "
+              f"(greedy text {text!r})")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
