@@ -32,44 +32,10 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyvenv  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from kvpool_process import Process  # noqa: E402
+
 MODEL = "kvpool-tiny"
-
-
-class Process:
-    """A child whose stdout is read line by line on a thread."""
-
-    def __init__(self, argv):
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
-        self.lines = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_for(self, prefix, timeout=60):
-        deadline = time.time() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line[len(prefix):]
-                left = deadline - time.time()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.argv[0]}: no line '{prefix}' (got {self.lines})")
-                self.cond.wait(left)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def raw_request(address, body, path="/v1/completions", token="tok-a", extra=b"", timeout=30):
