@@ -11,9 +11,9 @@
 
 namespace kvpool::cli {
 
-void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags) {
+void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags, bool server_required) {
   command->add_option("--server", flags->servers, "HOST:PORT[,HOST:PORT...]")
-      ->required()
+      ->required(server_required)
       ->delimiter(',');
   command->add_option("--token-file", flags->token_file,
                       "file whose first line is the bearer token");

@@ -29,7 +29,9 @@ struct ConnectionFlags {
 };
 
 // Adds --server (required), --token-file, --deadline-ms and the TLS flags to `command`.
-void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags);
+// `server_required`: false where another flag can name the target instead (loadgen's
+// --openai-url); the command then checks that one of them is there.
+void AddConnectionFlags(CLI::App* command, ConnectionFlags* flags, bool server_required = true);
 // Adds --tls-ca, --tls-cert and --tls-key to `command`.
 void AddTlsFlags(CLI::App* command, TlsFlags* flags);
 // Puts the TLS files into `options` after checking that they can be read (errors name

@@ -4,6 +4,9 @@
 // depend on thread timing; the first --shared-prefix-tokens are the same in every
 // prompt), decoding is greedy with ignore_eos so every request yields exactly
 // --max-tokens. Reports throughput and client-side latencies, as text or --json.
+// --openai-url sends the same requests as streaming OpenAI completions instead (to
+// kvpool's gateway or any OpenAI-compatible server), one kept-alive connection per
+// thread, each server-sent event with text timed as one token.
 #include <atomic>
 #include <cstdio>
 #include <iostream>
@@ -14,6 +17,7 @@
 #include <thread>
 
 #include "client/cli/cli_util.h"
+#include "client/cli/openai_stream.h"
 
 namespace kvpool::cli {
 namespace {
@@ -31,6 +35,7 @@ struct LoadgenFlags {
   uint64_t seed = 0;
   int shared_prefix_tokens = 0;
   bool json = false;
+  std::string openai_url, openai_model;
 };
 
 // What the threads collect; guarded by `mutex`.
@@ -76,6 +81,26 @@ void Record(const StatusOr<GenerateResult>& result, Samples* samples) {
   samples->cached_tokens += result->summary.usage().cached_tokens();
 }
 
+void RecordOpenAi(const StatusOr<OpenAiCompletion>& result, Samples* samples) {
+  std::lock_guard<std::mutex> lock(samples->mutex);
+  if (!result.ok()) {
+    ++samples->failed;
+    ++samples->failures_by_code[StatusCodeName(result.status().code())];
+    if (samples->first_error.empty()) samples->first_error = result.status().ToString();
+    return;
+  }
+  const std::vector<double>& arrivals = result->token_arrival_s;
+  samples->ttft_s.push_back(result->ttft_s);
+  for (size_t i = 1; i < arrivals.size(); ++i)
+    samples->itl_s.push_back(arrivals[i] - arrivals[i - 1]);
+  if (arrivals.size() > 1) {
+    samples->tpot_s.push_back((arrivals.back() - arrivals.front()) /
+                              static_cast<double>(arrivals.size() - 1));
+  }
+  samples->completion_tokens += result->completion_tokens;
+  samples->cached_tokens += result->cached_tokens;
+}
+
 nlohmann::json Report(const LoadgenFlags& flags, const Samples& s, double wall_s) {
   const int succeeded = flags.requests - s.failed;
   nlohmann::json report = {
@@ -113,15 +138,63 @@ void PrintText(const nlohmann::json& r, const Samples& s) {
   if (!s.first_error.empty()) std::printf("first error     %s\n", s.first_error.c_str());
 }
 
+int Finish(const LoadgenFlags& flags, const Samples& samples, double wall_s) {
+  const nlohmann::json report = Report(flags, samples, wall_s);
+  if (flags.json) {
+    std::printf("%s\n", report.dump().c_str());
+  } else {
+    PrintText(report, samples);
+  }
+  return samples.failed == 0 ? 0 : 1;
+}
+
+int RunOpenAi(const LoadgenFlags& flags, const std::vector<std::vector<int32_t>>& prompts) {
+  StatusOr<std::string> token = ReadTokenFile(flags.connection.token_file);
+  if (!token.ok()) return ReportError("loadgen", token.status());
+  const int threads_n = std::min(flags.concurrency, flags.requests);
+  std::vector<std::unique_ptr<OpenAiStream>> streams;
+  for (int t = 0; t < threads_n; ++t) {
+    StatusOr<std::unique_ptr<OpenAiStream>> s = OpenAiStream::Connect(flags.openai_url, *token);
+    if (!s.ok()) return ReportError("loadgen", s.status());
+    streams.push_back(std::move(*s));
+  }
+  std::string model = flags.openai_model;
+  if (model.empty()) {
+    StatusOr<std::string> first = streams[0]->FirstModel();
+    if (!first.ok()) return ReportError("loadgen", first.status());
+    model = *first;
+  }
+  const std::string extra = flags.mode.empty() ? "" : "\"kv_mode\":\"" + flags.mode + "\"";
+  Samples samples;
+  std::atomic<int> next_request{0};
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < threads_n; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = next_request++; i < flags.requests; i = next_request++) {
+        RecordOpenAi(streams[static_cast<size_t>(t)]->Complete(
+                         model, prompts[static_cast<size_t>(i)], flags.max_tokens, extra),
+                     &samples);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  return Finish(flags, samples, std::chrono::duration<double>(Clock::now() - start).count());
+}
+
 int RunLoadgen(const LoadgenFlags& flags) {
   if (flags.shared_prefix_tokens > flags.prompt_tokens) {
     return ReportError("loadgen", InvalidArgument("--shared-prefix-tokens must be <= "
                                                   "--prompt-tokens"));
   }
+  if (flags.openai_url.empty() == flags.connection.servers.empty()) {
+    return ReportError("loadgen", InvalidArgument("give --server (gRPC) or --openai-url"));
+  }
+  const std::vector<std::vector<int32_t>> prompts = MakePrompts(flags);
+  if (!flags.openai_url.empty()) return RunOpenAi(flags, prompts);
   StatusOr<ClientOptions> options = MakeClientOptions(flags.connection);
   if (!options.ok()) return ReportError("loadgen", options.status());
   Client client(std::move(*options));
-  const std::vector<std::vector<int32_t>> prompts = MakePrompts(flags);
   GenerateParams base;
   base.max_tokens = flags.max_tokens;
   base.mode = flags.mode;
@@ -144,13 +217,7 @@ int RunLoadgen(const LoadgenFlags& flags) {
   for (std::thread& thread : threads) thread.join();
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
 
-  const nlohmann::json report = Report(flags, samples, wall_s);
-  if (flags.json) {
-    std::printf("%s\n", report.dump().c_str());
-  } else {
-    PrintText(report, samples);
-  }
-  return samples.failed == 0 ? 0 : 1;
+  return Finish(flags, samples, wall_s);
 }
 
 }  // namespace
@@ -158,7 +225,12 @@ int RunLoadgen(const LoadgenFlags& flags) {
 void AddLoadgenCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<LoadgenFlags>();
   CLI::App* command = app.add_subcommand("loadgen", "closed-loop load test of workers");
-  AddConnectionFlags(command, &flags->connection);
+  AddConnectionFlags(command, &flags->connection, /*server_required=*/false);
+  command->add_option("--openai-url", flags->openai_url,
+                      "http://HOST:PORT of an OpenAI-compatible server: streaming completions "
+                      "instead of gRPC (--token-file is the bearer token)");
+  command->add_option("--openai-model", flags->openai_model,
+                      "the model id to send (default: the first of /v1/models)");
   command->add_option("--concurrency", flags->concurrency, "requests in flight")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

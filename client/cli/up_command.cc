@@ -194,7 +194,9 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
         const std::string worker_http,
         WaitForLine(*children[i], "kvpool-worker http on ", worker_deadline, signals));
     std::cerr << "kvpool up: worker-" << i - 1 << " metrics on http://" << worker_http
-              << "/metrics\n";
+              << "/metrics, the OpenAI API on http://" << worker_http << "/v1\n";
+    std::printf("openai http://%s\n", worker_http.c_str());
+    std::fflush(stdout);
   }
   for (size_t i = 1; i < children.size(); ++i) {
     KVPOOL_RETURN_IF_ERROR(
