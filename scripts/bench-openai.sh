@@ -20,15 +20,17 @@ trap '[ -z "$up_pid" ] || { kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/
 start_kvpool_up "$out" --workers 1 --model "$model" --threads "$threads" --num-blocks 4096
 openai="$(awk '$1 == "openai" {print $2; exit}' "$out/up.log")"
 order() { if (($1 % 2)); then echo grpc openai; else echo openai grpc; fi; }
+# Each side its own prompts, so that neither finds the other's in the prefix cache.
+seed() { if [ "$1" = grpc ]; then echo $((1000 * $2 + 1)); else echo $((1000 * $2 + 2)); fi; }
 target() { if [ "$1" = grpc ]; then echo --server "$worker"; else echo --openai-url "$openai"; fi; }
 for r in $(seq "$rounds"); do
   for side in $(order "$r"); do
     # shellcheck disable=SC2046
     "$bin/kvpool" loadgen $(target "$side") --concurrency 1 --requests 3 --prompt-tokens 32 \
-      --max-tokens 96 --mode paged --seed "$r" --json >"$out/c1-$side-$r.json"
+      --max-tokens 96 --mode paged --seed "$(seed "$side" "$r")" --json >"$out/c1-$side-$r.json"
     # shellcheck disable=SC2046
     "$bin/kvpool" loadgen $(target "$side") --concurrency 32 --requests 32 --prompt-tokens 32 \
-      --max-tokens 64 --mode paged --seed $((100 + r)) --json >"$out/c32-$side-$r.json"
+      --max-tokens 64 --mode paged --seed "$(seed "$side" $((100 + r)))" --json >"$out/c32-$side-$r.json"
   done
 done
 python3 - "$out" "$rounds" <<'PY'

@@ -37,6 +37,7 @@ struct OpenAiStream::Impl {
     if (ec) return Unavailable("cannot resolve " + host + ": " + ec.message());
     stream.connect(endpoints, ec);
     if (ec) return Unavailable("cannot connect to " + host + ":" + port + ": " + ec.message());
+    stream.socket().set_option(tcp::no_delay(true), ec);
     connected = true;
     return Status::Ok();
   }
