@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kustomize_lite as kl  # noqa: E402
 from manifest_rules import (Checker, Manifests, accepted_flags, flags_in_source,  # noqa: E402
-                            name_of, parse_bytes, parsed_args)
+                            kubectl_render, name_of, parse_bytes, parsed_args)
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -139,22 +139,13 @@ def first_difference(a, b, path=""):
 
 def kubectl_cross_check(overlay, components, ours):
     """Our rendering against `kubectl kustomize` (None when kubectl is absent)."""
-    exe = shutil.which("kubectl")
-    if exe is None:
+    if shutil.which("kubectl") is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        target = K8S / overlay
-        if components:
-            rel = os.path.relpath(K8S, tmp)
-            spec = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                    "resources": [f"{rel}/{overlay}"],
-                    "components": [f"{rel}/{c}" for c in components]}
-            Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(spec))
-            target = Path(tmp)
-        proc = subprocess.run([exe, "kustomize", str(target)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return [f"kubectl kustomize failed: {proc.stderr.strip()}"]
-    theirs = {kl.object_id(o): o for o in yaml.safe_load_all(proc.stdout) if o}
+    try:
+        rendered = kubectl_render(K8S, overlay, components)
+    except RuntimeError as e:
+        return [str(e)]
+    theirs = {kl.object_id(o): o for o in rendered}
     mine = {kl.object_id(o): o for o in ours}
     errors = []
     for oid in sorted(set(theirs) | set(mine)):

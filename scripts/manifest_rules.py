@@ -9,7 +9,12 @@ C++ sources, so that the args check follows the code.
 
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
+
+import yaml
 
 import kustomize_lite as kl
 
@@ -545,3 +550,25 @@ class Checker:
         for t in wpod.get("tolerations") or []:
             if t not in m_tolerations:
                 self.error(ww, f"toleration {t} lets workers onto nodes without a manager")
+
+
+def kubectl_render(k8s_dir, overlay, components):
+    """The objects `kubectl kustomize` renders for an overlay of k8s_dir with these
+    components (through a kustomization of its own in a temporary folder). Raises
+    RuntimeError with kubectl's message when it fails."""
+    exe = shutil.which("kubectl")
+    if exe is None:
+        raise RuntimeError("kubectl is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(k8s_dir) / overlay
+        if components:
+            rel = os.path.relpath(k8s_dir, tmp)
+            spec = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                    "resources": [f"{rel}/{overlay}"],
+                    "components": [f"{rel}/{c}" for c in components]}
+            Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(spec))
+            target = Path(tmp)
+        proc = subprocess.run([exe, "kustomize", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize failed: {proc.stderr.strip()}")
+    return [o for o in yaml.safe_load_all(proc.stdout) if o]
