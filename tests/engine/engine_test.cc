@@ -3,8 +3,6 @@
 // validation, pool exhaustion, prefix hits and finish reasons. Blocks come from the
 // cache manager's core in process (OfflineEngine), the allocator the product runs.
 #include "engine/engine.h"
-#include "engine/request_check.h"
-#include "service/offline_engine.h"
 
 #include <execinfo.h>
 #include <gmock/gmock.h>
@@ -15,7 +13,9 @@
 #include <fstream>
 #include <random>
 
+#include "engine/request_check.h"
 #include "engine_trace.h"
+#include "service/offline_engine.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool {
@@ -244,7 +244,8 @@ TEST_F(EngineTest, PagedGrowsOneBlockAtATimeAndReportsUsage) {
   SequenceId id = *engine_->AddSequence(Request(5, 8, KvMode::kPaged));
   EXPECT_EQ(engine_->sequence(id).block_table.size(), 2u);
   ASSERT_TRUE(engine_->Prefill({id}).ok());
-  EXPECT_EQ(engine_->engine().Usage().bytes_used, 5 * int64_t(engine_->engine().geometry().token_bytes()));
+  EXPECT_EQ(engine_->engine().Usage().bytes_used,
+            5 * int64_t(engine_->engine().geometry().token_bytes()));
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(engine_->Decode({id}).ok());
   // 9 tokens have K/V; the 10th (latest sampled) has none yet: 3 blocks.
   EXPECT_EQ(engine_->sequence(id).num_kv_tokens, 9);
@@ -298,8 +299,7 @@ TEST(EnginePrefixTest, PrefixHitSkipsPrefillAndGivesTheSameLogits) {
   EXPECT_LE((first_prefill - engine->sequence(second).last_logits).abs().max().item<double>(),
             1e-4);
   ASSERT_TRUE(engine->Decode({second}).ok());
-  EXPECT_LE((first_decode - engine->sequence(second).last_logits).abs().max().item<double>(),
-            1e-4);
+  EXPECT_LE((first_decode - engine->sequence(second).last_logits).abs().max().item<double>(), 1e-4);
   // Releasing the second gives back only its own block; the shared ones stay in use.
   const int64_t in_use = BlocksInUse(*engine);
   ASSERT_TRUE(engine->Release(second).ok());
@@ -332,6 +332,42 @@ TEST(EngineStopTest, EosEndsGenerationUnlessIgnored) {
   auto ignored = engine->Generate({r});
   EXPECT_EQ((*ignored)[0].finish, FinishReason::kLength);
   EXPECT_EQ((*ignored)[0].tokens.size(), 5u);
+}
+
+TEST(EngineStopTest, StopTokenIdsEndAndMinTokensHoldBackEosAndStops) {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  GenerationRequest r;
+  r.prompt = RandomPrompt(6, config.vocab_size, 5);
+  r.max_tokens = 5;
+  r.ignore_eos = true;
+  auto engine = OfflineEngine::Create(config, RandomWeights(config, 7), {}).value();
+  const std::vector<int32_t> free_run = (*engine->Generate({r}))[0].tokens;
+  ASSERT_EQ(free_run.size(), 5u);
+  // The last new token of the free run ends the sample at its first appearance.
+  size_t k = free_run.size() - 1;
+  while (k > 0 && std::find(free_run.begin(), free_run.begin() + static_cast<std::ptrdiff_t>(k),
+                            free_run[k]) != free_run.begin() + static_cast<std::ptrdiff_t>(k)) {
+    --k;
+  }
+  r.stop_token_ids = {free_run[k]};
+  auto stopped = engine->Generate({r});
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ((*stopped)[0].finish, FinishReason::kStop);
+  const size_t first = static_cast<size_t>(
+      std::find(free_run.begin(), free_run.end(), free_run[k]) - free_run.begin());
+  EXPECT_EQ((*stopped)[0].tokens,
+            std::vector<int32_t>(free_run.begin(),
+                                 free_run.begin() + static_cast<std::ptrdiff_t>(first) + 1));
+  // min_tokens 3: the stop token cannot be drawn at the second step, so greedy takes
+  // the next best there and the run differs from the free one.
+  r.stop_token_ids = {free_run[0]};
+  r.min_tokens = 3;
+  auto held = engine->Generate({r});
+  ASSERT_TRUE(held.ok());
+  EXPECT_NE((*held)[0].tokens[0], free_run[0]);
+  EXPECT_GE((*held)[0].tokens.size(), 3u);
+  r.min_tokens = 6;  // more than max_tokens
+  EXPECT_THAT(engine->Generate({r}).status().message(), HasSubstr("min_tokens"));
 }
 
 TEST(EngineStopTest, StopStringEndsGeneration) {

@@ -1,5 +1,6 @@
 #include "engine/sampler.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +12,15 @@ namespace {
 
 const std::vector<float> kLogits = {0.1f, 2.0f, -1.0f, 1.5f, 0.0f};
 
+SamplingParams Params(double temperature, int32_t top_k, double top_p, uint64_t seed) {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = top_k;
+  p.top_p = top_p;
+  p.seed = seed;
+  return p;
+}
+
 TEST(SamplerTest, GreedyIsArgmax) {
   std::mt19937_64 rng(0);
   EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), SamplingParams{}, rng), 1);
@@ -18,8 +28,8 @@ TEST(SamplerTest, GreedyIsArgmax) {
 
 TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
   std::mt19937_64 rng(7);
-  SamplingParams top_k{1.0, 1, 1.0, 0};
-  SamplingParams top_p{1.0, 0, 1e-6, 0};
+  SamplingParams top_k = Params(1.0, 1, 1.0, 0);
+  SamplingParams top_p = Params(1.0, 0, 1e-6, 0);
   for (int i = 0; i < 50; ++i) {
     EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), top_k, rng), 1);
     EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), top_p, rng), 1);
@@ -27,7 +37,7 @@ TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
 }
 
 TEST(SamplerTest, SameSeedSameDraws) {
-  SamplingParams p{0.9, 0, 1.0, 99};
+  SamplingParams p = Params(0.9, 0, 1.0, 99);
   std::mt19937_64 a(p.seed), b(p.seed);
   for (int i = 0; i < 100; ++i) {
     EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, a),
@@ -36,7 +46,7 @@ TEST(SamplerTest, SameSeedSameDraws) {
 }
 
 TEST(SamplerTest, FrequenciesFollowTheSoftmax) {
-  SamplingParams p{1.0, 0, 1.0, 5};
+  SamplingParams p = Params(1.0, 0, 1.0, 5);
   std::mt19937_64 rng(p.seed);
   constexpr int kDraws = 200000;
   std::map<int, int> counts;
@@ -51,7 +61,7 @@ TEST(SamplerTest, FrequenciesFollowTheSoftmax) {
 
 TEST(SamplerTest, TopPKeepsTheNucleusOnly) {
   // Probabilities at T=1: token1 .47, token3 .29, token0 .08, token4 .07, token2 .03.
-  SamplingParams p{1.0, 0, 0.7, 3};
+  SamplingParams p = Params(1.0, 0, 0.7, 3);
   std::mt19937_64 rng(p.seed);
   for (int i = 0; i < 2000; ++i) {
     const int t = SampleToken(kLogits.data(), kLogits.size(), p, rng);
@@ -60,13 +70,68 @@ TEST(SamplerTest, TopPKeepsTheNucleusOnly) {
 }
 
 TEST(SamplerTest, RejectsBadParameters) {
-  EXPECT_EQ(SamplingParams({-0.1, 0, 1.0, 0}).Validate().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(SamplingParams({std::nan(""), 0, 1.0, 0}).Validate().code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(SamplingParams({1.0, 0, 0.0, 0}).Validate().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(SamplingParams({1.0, 0, 1.5, 0}).Validate().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(SamplingParams({1.0, -1, 1.0, 0}).Validate().code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(SamplingParams({0.7, 50, 0.9, 0}).Validate().ok());
+  EXPECT_EQ(Params(-0.1, 0, 1.0, 0).Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Params(std::nan(""), 0, 1.0, 0).Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Params(1.0, 0, 0.0, 0).Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Params(1.0, 0, 1.5, 0).Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Params(1.0, -1, 1.0, 0).Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Params(0.7, 50, 0.9, 0).Validate().ok());
+}
+
+// vLLM's order and arithmetic: repetition divides a positive logit (multiplies a
+// negative one) of every token seen in prompt or output; frequency and presence come
+// off the generated ones; banned ids are never drawn.
+TEST(SamplerTest, PenaltiesAndBansChangeTheChoice) {
+  std::mt19937_64 rng(0);
+  const std::vector<int32_t> tokens = {3, 1, 1};  // prompt [3], generated [1, 1]
+  SampleContext context;
+  context.tokens = &tokens;
+  context.first_generated = 1;
+  SamplingParams p;  // greedy: token 1 (2.0) without penalties
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, rng, &context), 1);
+  p.frequency_penalty = 0.8;  // token 1: 2.0 - 1.6 = 0.4 < token 3's 1.5
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, rng, &context), 3);
+  p.frequency_penalty = 0;
+  p.presence_penalty = 0.6;  // 1.4 < 1.5
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, rng, &context), 3);
+  p.presence_penalty = 0;
+  p.repetition_penalty = 2.0;  // token 1: 1.0, token 3 (prompt): 0.75, token 0: 0.1
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, rng, &context), 1);
+  p.frequency_penalty = 0.6;  // token 1: 1.0 - 1.2 = -0.2: token 3 wins at 0.75
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), p, rng, &context), 3);
+  SamplingParams plain;
+  SampleContext banned;
+  banned.banned = {1, 3};
+  EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), plain, rng, &banned), 0);
+}
+
+TEST(SamplerTest, MinPKeepsTokensNearTheTopOnly) {
+  // At T=1: token1 .47, token3 .29, token0 .08: min_p 0.5 keeps p >= .235: 1 and 3.
+  SamplingParams p = Params(1.0, 0, 1.0, 11);
+  p.min_p = 0.5;
+  std::mt19937_64 rng(p.seed);
+  std::map<int, int> counts;
+  for (int i = 0; i < 4000; ++i) ++counts[SampleToken(kLogits.data(), kLogits.size(), p, rng)];
+  EXPECT_EQ(counts.size(), 2u);
+  EXPECT_GT(counts[1], counts[3]);
+  EXPECT_GT(counts[3], 0);
+}
+
+TEST(SamplerTest, RejectsBadPenalties) {
+  SamplingParams p;
+  p.min_p = 1.5;
+  EXPECT_THAT(p.Validate("x.").message(), ::testing::HasSubstr("x.min_p"));
+  p = SamplingParams();
+  p.presence_penalty = 3;
+  EXPECT_THAT(p.Validate().message(), ::testing::HasSubstr("presence_penalty"));
+  p = SamplingParams();
+  p.frequency_penalty = -2.5;
+  EXPECT_THAT(p.Validate().message(), ::testing::HasSubstr("frequency_penalty"));
+  p = SamplingParams();
+  p.repetition_penalty = 0;
+  EXPECT_THAT(p.Validate().message(), ::testing::HasSubstr("repetition_penalty"));
+  p.repetition_penalty = 1.2;
+  EXPECT_TRUE(p.Validate().ok());
 }
 
 }  // namespace

@@ -101,8 +101,18 @@ def check_client(openai, base_url):
         assert stopped.choices[0].finish_reason == "stop", stopped
         assert stop not in stopped.choices[0].text and text.startswith(stopped.choices[0].text)
 
+    # The penalties and vLLM's extras (extra_body, as vLLM's docs show them).
+    penalized = client.completions.create(
+        model=MODEL, prompt="The attention mechanism", max_tokens=8, temperature=0,
+        frequency_penalty=1.5, presence_penalty=1.0,
+        extra_body={"repetition_penalty": 1.3, "min_p": 0.05, "top_k": 20})
+    assert penalized.choices[0].text != text, "the penalties changed nothing"
     ids = client.completions.create(model=MODEL, prompt=[464, 3241, 9030], max_tokens=3,
                                     temperature=0)
+    held = client.completions.create(model=MODEL, prompt=[464, 3241, 9030], max_tokens=4,
+                                     temperature=0, extra_body={"min_tokens": 4,
+                                                                "stop_token_ids": [50256]})
+    assert held.usage.completion_tokens == 4 and held.choices[0].finish_reason == "length"
     assert ids.usage.prompt_tokens == 3
 
     long_prompt = list(range(1000, 1064))  # 64 tokens: four 16-token blocks
@@ -193,14 +203,17 @@ def check_sockets(http, manager_http):
                b'{"model": "kvpool-tiny", "prompt": "x", "cache_salt": "s"}',
                b'{"model": "kvpool-tiny", "prompt": "x", "logprobs": 2}',
                b'{"model": "kvpool-tiny", "prompt": "x", "echo": true}',
-               b'{"model": "kvpool-tiny", "prompt": "x", "presence_penalty": 0.5}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "presence_penalty": 5}',
                b'{"model": "kvpool-tiny", "prompt": "x", "seed": "s"}',
                b'{"model": "kvpool-tiny", "prompt": "x", "top_k": 1.5}',
                b'{"model": "kvpool-tiny", "prompt": "\xff\xfe"}',
                b'{"model": "kvpool-tiny", "prompt": "x"' + b" " * 10,
                b"\x00\x01\x02", b'{"model": "kvpool-tiny", "prompt": {"a": 1}}',
                b'{"model": "kvpool-tiny", "prompt": "x", "ignore_eos": 1}',
-               b'{"model": "kvpool-tiny", "prompt": "x", "min_tokens": 3}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "min_tokens": -1}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "stop_token_ids": [-3]}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "repetition_penalty": 0}',
+               b'{"model": "kvpool-tiny", "prompt": "x", "min_p": "a"}',
                b'{"model": "kvpool-tiny", "prompt": "x", "stop": ["a", 1]}']
     codes = [raw_request(http, b)[0] for b in hostile]
     assert all(c == 400 for c in codes), list(zip(codes, hostile))

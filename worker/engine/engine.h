@@ -55,7 +55,14 @@ struct GenerationRequest {
   KvMode mode = KvMode::kPaged;
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings (needs the engine's tokenizer)
+  std::vector<int32_t> stop_token_ids;  // a sample ends (kStop) after one of these
   bool ignore_eos = false;
+  // EOS and stop_token_ids cannot be drawn before this many tokens are generated (a
+  // resumed sequence: the rest of its min_tokens, like max_tokens).
+  int32_t min_tokens = 0;
+  // A resumed sequence: how many tokens at the end of `prompt` it had generated
+  // before its preemption (the penalties count them as generated).
+  int32_t generated_before = 0;
   // Blocks handed out by the cache manager (not in `none` mode): the table covering
   // the prompt (contiguous: prompt + max_tokens), of whose tokens the first
   // `cached_tokens` already hold K/V (a prefix-cache hit, written by this or another

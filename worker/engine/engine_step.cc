@@ -37,9 +37,22 @@ StatusOr<at::Tensor> Engine::Recompute(const std::vector<Sequence*>& seqs) {
 void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
   seq.last_logits = logits_row;
   const ModelConfig& c = runner_->config();
+  const GenerationRequest& r = seq.request;
+  SampleContext context;
+  context.tokens = &seq.tokens;
+  context.first_generated = static_cast<size_t>(seq.prompt_len() - r.generated_before);
+  if (seq.num_generated() < r.min_tokens) {  // min_tokens counts from this admission
+    context.banned = r.stop_token_ids;
+    context.banned.push_back(static_cast<int32_t>(c.eos_token_id));
+  }
   const int32_t token =
-      SampleToken(logits_row.data_ptr<float>(), c.vocab_size, seq.request.sampling, seq.rng);
+      SampleToken(logits_row.data_ptr<float>(), c.vocab_size, r.sampling, seq.rng, &context);
   seq.tokens.push_back(token);
+  if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) !=
+      r.stop_token_ids.end()) {
+    seq.finish = FinishReason::kStop;
+    return;
+  }
   if (seq.stop_matcher) {
     // Only the new token's bytes are matched: the cost per token does not grow with
     // the number of stop strings or the text so far.

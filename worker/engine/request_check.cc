@@ -29,6 +29,21 @@ Status CheckGeneration(const GenerationRequest& r, const ModelConfig& c, bool ha
                            std::to_string(c.max_position) + " of model '" + c.name + "'");
   }
   KVPOOL_RETURN_IF_ERROR(r.sampling.Validate(names.sampling));
+  if (r.stop_token_ids.size() > 64) {
+    return InvalidArgument("stop_token_ids has " + std::to_string(r.stop_token_ids.size()) +
+                           " ids, over the limit of 64");
+  }
+  for (size_t i = 0; i < r.stop_token_ids.size(); ++i) {
+    if (r.stop_token_ids[i] < 0 || r.stop_token_ids[i] >= c.vocab_size) {
+      return InvalidArgument("stop_token_ids[" + std::to_string(i) + "] is " +
+                             std::to_string(r.stop_token_ids[i]) + ", outside the vocabulary [0, " +
+                             std::to_string(c.vocab_size) + ")");
+    }
+  }
+  if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
+    return InvalidArgument("min_tokens must be in [0, max_tokens = " +
+                           std::to_string(r.max_tokens) + "], got " + std::to_string(r.min_tokens));
+  }
   if (!r.stop.empty() && !has_tokenizer) {
     return InvalidArgument("stop strings need a tokenizer and model '" + c.name + "' has none");
   }

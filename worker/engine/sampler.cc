@@ -1,10 +1,13 @@
-// Next-token sampling: see sampler.h. Greedy, temperature, top-k and top-p over one row
-// of logits with the request's own generator; no state beyond that generator.
+// Next-token sampling: see sampler.h. Penalties, then greedy, temperature, top-k, top-p
+// and min-p over one row of logits with the request's own generator; no state beyond
+// that generator. Without penalties or bans the row is read in place (no copy).
 #include "engine/sampler.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace kvpool {
@@ -22,11 +25,67 @@ Status SamplingParams::Validate(const std::string& field_prefix) const {
     return InvalidArgument(field_prefix + "top_k must be >= 0 (0 = off), got " +
                            std::to_string(top_k));
   }
+  if (!(min_p >= 0 && min_p <= 1)) {
+    return InvalidArgument(field_prefix + "min_p must be in [0, 1], got " + std::to_string(min_p));
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, double>{"presence_penalty", presence_penalty},
+        {"frequency_penalty", frequency_penalty}}) {
+    if (!(value >= -2 && value <= 2)) {
+      return InvalidArgument(field_prefix + name + " must be in [-2, 2], got " +
+                             std::to_string(value));
+    }
+  }
+  if (!(repetition_penalty > 0 && repetition_penalty <= 2)) {
+    return InvalidArgument(field_prefix + "repetition_penalty must be in (0, 2] (1 = off), got " +
+                           std::to_string(repetition_penalty));
+  }
   return Status::Ok();
 }
 
-int32_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& params,
-                    std::mt19937_64& rng) {
+namespace {
+
+// The row with the penalties and bans applied (a copy: the row is the forward's).
+std::vector<float> Penalized(const float* logits, int64_t vocab, const SamplingParams& p,
+                             const SampleContext& c) {
+  std::vector<float> out(logits, logits + vocab);
+  if (c.tokens != nullptr && p.penalized()) {
+    std::vector<int32_t> seen(static_cast<size_t>(vocab), 0);  // 1: in the prompt, 2+: generated
+    std::vector<int32_t> generated(static_cast<size_t>(vocab), 0);
+    std::vector<int32_t> touched;
+    for (size_t i = 0; i < c.tokens->size(); ++i) {
+      const int32_t t = (*c.tokens)[i];
+      if (t < 0 || t >= vocab) continue;
+      if (seen[t]++ == 0) touched.push_back(t);
+      if (i >= c.first_generated) ++generated[t];
+    }
+    for (int32_t t : touched) {
+      float& l = out[t];
+      if (p.repetition_penalty != 1) {
+        l = l > 0 ? static_cast<float>(l / p.repetition_penalty)
+                  : static_cast<float>(l * p.repetition_penalty);
+      }
+      if (generated[t] > 0) {
+        l -= static_cast<float>(p.frequency_penalty * generated[t] + p.presence_penalty);
+      }
+    }
+  }
+  for (int32_t t : c.banned) {
+    if (t >= 0 && t < vocab) out[t] = -std::numeric_limits<float>::infinity();
+  }
+  return out;
+}
+
+}  // namespace
+
+int32_t SampleToken(const float* row, int64_t vocab, const SamplingParams& params,
+                    std::mt19937_64& rng, const SampleContext* context) {
+  std::vector<float> adjusted;
+  const float* logits = row;
+  if (context != nullptr && (params.penalized() || !context->banned.empty())) {
+    adjusted = Penalized(row, vocab, params, *context);
+    logits = adjusted.data();
+  }
   if (params.temperature == 0.0) {
     return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
   }
@@ -65,6 +124,18 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& pa
         break;
       }
     }
+  }
+  // Min-p: only tokens at least min_p times as likely as the most likely one.
+  if (params.min_p > 0) {
+    const double floor = params.min_p * *std::max_element(probs.begin(), probs.begin() + keep);
+    size_t kept = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      if (probs[i] >= floor) {
+        ids[kept] = ids[i];
+        probs[kept++] = probs[i];
+      }
+    }
+    keep = kept;
   }
   const double kept_sum = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
   const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * kept_sum;

@@ -1,11 +1,13 @@
-// Next-token selection from one row of logits: greedy (temperature 0), or
-// temperature with top-k and top-p (nucleus) filtering, drawn from a per-request
-// generator so that a seed reproduces a run.
+// Next-token selection from one row of logits: repetition, presence and frequency
+// penalties over the sequence so far (as vLLM and Hugging Face apply them), then greedy
+// (temperature 0), or temperature with top-k, top-p (nucleus) and min-p filtering,
+// drawn from a per-request generator so that a seed reproduces a run.
 #pragma once
 
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -16,13 +18,30 @@ struct SamplingParams {
   int32_t top_k = 0;         // 0 = no limit
   double top_p = 1.0;        // in (0, 1]
   uint64_t seed = 0;
+  double min_p = 0.0;               // [0, 1]: drop tokens under min_p x the top probability
+  double presence_penalty = 0.0;    // [-2, 2]: off each generated token's logit, once
+  double frequency_penalty = 0.0;   // [-2, 2]: off it per time it was generated
+  double repetition_penalty = 1.0;  // (0, 2]: prompt and generated tokens' logits / it
+                                    // (positive) or x it (negative); 1 = off
 
+  bool penalized() const {
+    return presence_penalty != 0 || frequency_penalty != 0 || repetition_penalty != 1;
+  }
   // INVALID_ARGUMENT naming the field, as `field_prefix` + its name.
   Status Validate(const std::string& field_prefix = "") const;
 };
 
+// What the penalties and bans read: the sequence's tokens (prompt, then generated),
+// where its generated tokens start, and ids that must not be drawn (EOS and stop
+// token ids before min_tokens).
+struct SampleContext {
+  const std::vector<int32_t>* tokens = nullptr;
+  size_t first_generated = 0;
+  std::vector<int32_t> banned;
+};
+
 // Returns the chosen token id. `logits` has `vocab` entries.
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& params,
-                    std::mt19937_64& rng);
+                    std::mt19937_64& rng, const SampleContext* context = nullptr);
 
 }  // namespace kvpool

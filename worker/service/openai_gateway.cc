@@ -96,13 +96,8 @@ struct CompletionAsk {
 bool IsNeutral(const std::string& field, const Json& v) {
   if (v.is_null()) return true;
   if (field == "echo") return v.is_boolean() && !v.get<bool>();
-  if (field == "presence_penalty" || field == "frequency_penalty" || field == "min_p" ||
-      field == "min_tokens") {
-    return v.is_number() && v.get<double>() == 0;
-  }
-  if (field == "repetition_penalty") return v.is_number() && v.get<double>() == 1;
   if (field == "best_of") return v.is_number_integer() && v.get<int64_t>() <= 1;
-  if (field == "stop_token_ids" || field == "logit_bias") return v.empty();
+  if (field == "logit_bias") return v.empty();
   return false;  // logprobs, suffix, prompt_logprobs: any value
 }
 
@@ -116,8 +111,7 @@ std::optional<ApiError> ParseCompletion(const Json& body, const std::string& ser
                "the bearer token, never by a field of the request");
   }
   for (const char* field :
-       {"logprobs", "echo", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p",
-        "min_tokens", "stop_token_ids", "best_of", "logit_bias", "suffix", "prompt_logprobs"}) {
+       {"logprobs", "echo", "best_of", "logit_bias", "suffix", "prompt_logprobs"}) {
     if (body.contains(field) && !IsNeutral(field, body[field])) {
       return Bad(field, std::string(field) + " is not supported by kvpool yet");
     }
@@ -202,12 +196,36 @@ std::optional<ApiError> ParseCompletion(const Json& body, const std::string& ser
   if (auto e = integer("top_k", 0, &top_k)) return e;
   if (auto e = number("temperature", 1.0, &temperature)) return e;
   if (auto e = number("top_p", 1.0, &top_p)) return e;
+  double min_p = 0, presence = 0, frequency = 0, repetition = 1;
+  int64_t min_tokens = 0;
+  if (auto e = number("min_p", 0.0, &min_p)) return e;
+  if (auto e = number("presence_penalty", 0.0, &presence)) return e;
+  if (auto e = number("frequency_penalty", 0.0, &frequency)) return e;
+  if (auto e = number("repetition_penalty", 1.0, &repetition)) return e;
+  if (auto e = integer("min_tokens", 0, &min_tokens)) return e;
+  r->set_min_tokens(static_cast<int32_t>(min_tokens));
+  const Json stop_ids = body.value("stop_token_ids", Json());
+  if (!stop_ids.is_null()) {
+    if (!stop_ids.is_array() || stop_ids.size() > 64) {
+      return Bad("stop_token_ids", "stop_token_ids must be a list of at most 64 token ids");
+    }
+    for (const Json& id : stop_ids) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+        return Bad("stop_token_ids", "stop_token_ids must hold token ids");
+      }
+      r->add_stop_token_ids(id.get<int32_t>());
+    }
+  }
   r->set_max_tokens(static_cast<int32_t>(max_tokens));
   if (n < 1) return Bad("n", "n must be >= 1, got " + std::to_string(n));
   r->set_n(static_cast<int32_t>(n));
   v1::SamplingParams* s = r->mutable_sampling();
   s->set_temperature(temperature);
   s->set_top_p(top_p);
+  s->set_min_p(static_cast<float>(min_p));
+  s->set_presence_penalty(static_cast<float>(presence));
+  s->set_frequency_penalty(static_cast<float>(frequency));
+  s->set_repetition_penalty(static_cast<float>(repetition));
   s->set_top_k(static_cast<int32_t>(top_k == -1 ? 0 : top_k));  // vLLM's -1: no top-k
   if (body.contains("seed") && !body["seed"].is_null()) {
     if (auto e = integer("seed", 0, &seed)) return e;
@@ -407,7 +425,8 @@ void OpenAiGateway::Completion(HttpRequest request, std::shared_ptr<HttpStream> 
     ApiError e = FromStatus(made.status());
     const std::string& m = e.message;
     for (const char* field :
-         {"prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop"}) {
+         {"prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop_token_ids", "stop",
+          "min_p", "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty"}) {
       if (m.rfind(field, 0) == 0) {
         e.param = field;
         break;

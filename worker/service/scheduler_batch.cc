@@ -35,6 +35,8 @@ std::vector<Sample*> Scheduler::Admit() {
     GenerationRequest request = job->request;
     request.prompt = std::move(a.prompt);
     request.max_tokens -= static_cast<int32_t>(sample.generated.size());
+    request.generated_before = static_cast<int32_t>(sample.generated.size());
+    request.min_tokens = std::max(0, request.min_tokens - request.generated_before);
     request.sampling.seed = sample.seed;
     request.rng = sample.rng;
     request.generated_text = sample.generated_text;

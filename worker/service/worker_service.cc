@@ -91,6 +91,12 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   g.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0;
   g.sampling.top_k = s.top_k();
   g.sampling.seed = s.has_seed() ? s.seed() : random_seed;
+  g.sampling.min_p = s.min_p();
+  g.sampling.presence_penalty = s.presence_penalty();
+  g.sampling.frequency_penalty = s.frequency_penalty();
+  g.sampling.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0;
+  g.min_tokens = r.min_tokens();
+  g.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   if (r.n() < 0 || r.n() > kMaxSamples) {
     return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) +
                            "] (0 means 1), got " + std::to_string(r.n()));
