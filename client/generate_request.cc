@@ -69,6 +69,13 @@ StatusOr<v1::GenerateRequest> ToGenerateRequest(const GenerateParams& params) {
   for (const std::string& stop : params.stop) request.add_stop(stop);
   request.set_ignore_eos(params.ignore_eos);
   request.set_n(params.n);
+  sampling->set_min_p(params.min_p);
+  sampling->set_presence_penalty(params.presence_penalty);
+  sampling->set_frequency_penalty(params.frequency_penalty);
+  if (params.repetition_penalty) sampling->set_repetition_penalty(*params.repetition_penalty);
+  request.set_min_tokens(params.min_tokens);
+  request.mutable_stop_token_ids()->Add(params.stop_token_ids.begin(),
+                                        params.stop_token_ids.end());
   return request;
 }
 

@@ -101,6 +101,13 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   command->add_option("--n", p.n, "parallel samples")->capture_default_str();
   command->add_option("--stop", p.stop, "stop string (repeatable)")->allow_extra_args(false);
   command->add_flag("--ignore-eos", p.ignore_eos, "generate max_tokens even past EOS");
+  command->add_option("--min-p", p.min_p, "drop tokens under min_p x the top probability");
+  command->add_option("--presence-penalty", p.presence_penalty, "[-2, 2]");
+  command->add_option("--frequency-penalty", p.frequency_penalty, "[-2, 2]");
+  command->add_option("--repetition-penalty", p.repetition_penalty, "(0, 2]; 1 = off");
+  command->add_option("--min-tokens", p.min_tokens, "no EOS or stop token before this many");
+  command->add_option("--stop-token-id", p.stop_token_ids, "a token id that ends a sample")
+      ->delimiter(',');
   command->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }
 

@@ -57,6 +57,12 @@ struct GenerateParams {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   int32_t n = 1;  // parallel samples
+  float min_p = 0.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::optional<float> repetition_penalty;  // unset = 1 = off
+  int32_t min_tokens = 0;
+  std::vector<int32_t> stop_token_ids;
 };
 
 // The request for `params`; INVALID_ARGUMENT naming the field when a value can never be

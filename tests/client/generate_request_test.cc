@@ -35,6 +35,12 @@ TEST(GenerateRequestTest, CopiesEveryField) {
   params.stop = {"\n", "END"};
   params.ignore_eos = true;
   params.n = 3;
+  params.min_p = 0.05f;
+  params.presence_penalty = 0.5f;
+  params.frequency_penalty = -0.25f;
+  params.repetition_penalty = 1.2f;
+  params.min_tokens = 2;
+  params.stop_token_ids = {50256, 13};
   const StatusOr<v1::GenerateRequest> request = ToGenerateRequest(params);
   ASSERT_TRUE(request.ok()) << request.status().ToString();
   EXPECT_EQ(request->prompt(), "");
@@ -50,6 +56,13 @@ TEST(GenerateRequestTest, CopiesEveryField) {
   EXPECT_THAT(request->stop(), ElementsAre("\n", "END"));
   EXPECT_TRUE(request->ignore_eos());
   EXPECT_EQ(request->n(), 3);
+  EXPECT_FLOAT_EQ(request->sampling().min_p(), 0.05f);
+  EXPECT_FLOAT_EQ(request->sampling().presence_penalty(), 0.5f);
+  EXPECT_FLOAT_EQ(request->sampling().frequency_penalty(), -0.25f);
+  ASSERT_TRUE(request->sampling().has_repetition_penalty());
+  EXPECT_FLOAT_EQ(request->sampling().repetition_penalty(), 1.2f);
+  EXPECT_EQ(request->min_tokens(), 2);
+  EXPECT_THAT(request->stop_token_ids(), ElementsAre(50256, 13));
 }
 
 TEST(GenerateRequestTest, UnsetOptionalsStayUnset) {
@@ -59,6 +72,7 @@ TEST(GenerateRequestTest, UnsetOptionalsStayUnset) {
   EXPECT_EQ(request->mode(), v1::KV_MODE_UNSPECIFIED);
   EXPECT_FALSE(request->sampling().has_top_p());
   EXPECT_FALSE(request->sampling().has_seed());
+  EXPECT_FALSE(request->sampling().has_repetition_penalty());
 }
 
 TEST(GenerateRequestTest, UnknownModeIsInvalidArgument) {
