@@ -61,44 +61,40 @@ std::vector<std::vector<int32_t>> MakePrompts(const LoadgenFlags& flags) {
   return prompts;
 }
 
-void Record(const StatusOr<GenerateResult>& result, Samples* samples) {
+// One request's outcome: a failure counted by code, or its client-side times (since
+// the request was sent: the first token, then every token's arrival) and token counts.
+void RecordFailure(const Status& status, Samples* samples) {
   std::lock_guard<std::mutex> lock(samples->mutex);
-  if (!result.ok()) {
-    ++samples->failed;
-    ++samples->failures_by_code[StatusCodeName(result.status().code())];
-    if (samples->first_error.empty()) samples->first_error = result.status().ToString();
-    return;
-  }
-  const std::vector<double>& arrivals = result->token_arrival_s;
-  samples->ttft_s.push_back(result->client_ttft_s);
+  ++samples->failed;
+  ++samples->failures_by_code[StatusCodeName(status.code())];
+  if (samples->first_error.empty()) samples->first_error = status.ToString();
+}
+
+void RecordTimes(double ttft_s, const std::vector<double>& arrivals, int64_t completion_tokens,
+                 int64_t cached_tokens, Samples* samples) {
+  std::lock_guard<std::mutex> lock(samples->mutex);
+  samples->ttft_s.push_back(ttft_s);
   for (size_t i = 1; i < arrivals.size(); ++i)
     samples->itl_s.push_back(arrivals[i] - arrivals[i - 1]);
   if (arrivals.size() > 1) {
     samples->tpot_s.push_back((arrivals.back() - arrivals.front()) /
                               static_cast<double>(arrivals.size() - 1));
   }
-  samples->completion_tokens += result->summary.usage().completion_tokens();
-  samples->cached_tokens += result->summary.usage().cached_tokens();
+  samples->completion_tokens += completion_tokens;
+  samples->cached_tokens += cached_tokens;
+}
+
+void Record(const StatusOr<GenerateResult>& result, Samples* samples) {
+  if (!result.ok()) return RecordFailure(result.status(), samples);
+  RecordTimes(result->client_ttft_s, result->token_arrival_s,
+              result->summary.usage().completion_tokens(), result->summary.usage().cached_tokens(),
+              samples);
 }
 
 void RecordOpenAi(const StatusOr<OpenAiCompletion>& result, Samples* samples) {
-  std::lock_guard<std::mutex> lock(samples->mutex);
-  if (!result.ok()) {
-    ++samples->failed;
-    ++samples->failures_by_code[StatusCodeName(result.status().code())];
-    if (samples->first_error.empty()) samples->first_error = result.status().ToString();
-    return;
-  }
-  const std::vector<double>& arrivals = result->token_arrival_s;
-  samples->ttft_s.push_back(result->ttft_s);
-  for (size_t i = 1; i < arrivals.size(); ++i)
-    samples->itl_s.push_back(arrivals[i] - arrivals[i - 1]);
-  if (arrivals.size() > 1) {
-    samples->tpot_s.push_back((arrivals.back() - arrivals.front()) /
-                              static_cast<double>(arrivals.size() - 1));
-  }
-  samples->completion_tokens += result->completion_tokens;
-  samples->cached_tokens += result->cached_tokens;
+  if (!result.ok()) return RecordFailure(result.status(), samples);
+  RecordTimes(result->ttft_s, result->token_arrival_s, result->completion_tokens,
+              result->cached_tokens, samples);
 }
 
 nlohmann::json Report(const LoadgenFlags& flags, const Samples& s, double wall_s) {

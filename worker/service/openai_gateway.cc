@@ -298,6 +298,7 @@ class StopTrim {
     }
     size_t hold = 0;  // the longest end of pending_ that begins a stop string
     for (const std::string& stop : *stops_) {
+      if (stop.empty()) continue;  // refused at intake; never a reason to underflow
       for (size_t n = std::min(stop.size() - 1, pending_.size()); n > hold; --n) {
         if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
           hold = n;
