@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+#include <array>
 #include <atomic>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/post.hpp>
@@ -107,6 +108,7 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.expires_never();
     if (ec == http::error::body_limit) {
       keep_alive_ = false;
+      drain_ = true;  // the client may still be sending: read it away, then close
       return QueueWhole(413, "application/json",
                         R"({"error":{"message":"the request body is larger than )" +
                             std::to_string(shared_->options.max_body_bytes) +
@@ -188,9 +190,24 @@ class Session : public std::enable_shared_from_this<Session> {
   void MaybeFinish() {
     if (writing_ || !out_.empty() || !response_done_) return;
     response_done_ = false;
+    if (drain_ && !closed_.load()) return Drain();
     if (!keep_alive_ || closed_.load()) return Close();
     stream_.socket().cancel();  // the disconnect watch, if any
     ReadRequest();
+  }
+
+  // A lingering close: the response is out, the rest of what the client sends is read
+  // and dropped for up to 2 s, so that closing does not reset the connection (and
+  // destroy the response in flight) while the client is still writing.
+  void Drain() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(std::chrono::seconds(2));
+    stream_.async_read_some(boost::asio::buffer(scratch_),
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->Close();
+                              self->Drain();
+                            });
   }
 
   void Close() {
@@ -210,6 +227,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::deque<std::string> out_;
   bool writing_ = false;
   bool response_done_ = false;
+  bool drain_ = false;
+  std::array<char, 4096> scratch_{};
   std::atomic<bool> closed_{false};
 };
 

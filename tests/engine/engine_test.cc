@@ -370,6 +370,31 @@ TEST(EngineStopTest, StopTokenIdsEndAndMinTokensHoldBackEosAndStops) {
   EXPECT_THAT(engine->Generate({r}).status().message(), HasSubstr("min_tokens"));
 }
 
+// logprobs: the sampled token's log-softmax under the raw logits, and the k most
+// likely tokens best first (greedy: the sampled one is the first).
+TEST(EngineLogprobsTest, SampledAndTopTokensCarryTheirLogSoftmax) {
+  auto engine = MakeEngine("tiny-gpt2");
+  GenerationRequest r;
+  r.prompt = RandomPrompt(9, 50257, 4);
+  r.max_tokens = 3;
+  r.logprobs = 3;
+  r.ignore_eos = true;
+  const SequenceId id = *engine->AddSequence(r);
+  ASSERT_TRUE(engine->Prefill({id}).ok());
+  const Sequence& s = engine->sequence(id);
+  const at::Tensor want = at::log_softmax(s.last_logits.to(at::kDouble), 0);
+  const int32_t token = s.tokens.back();
+  EXPECT_NEAR(s.last_logprobs.logprob, want[token].item<double>(), 1e-4);
+  ASSERT_EQ(s.last_logprobs.top.size(), 3u);
+  EXPECT_EQ(s.last_logprobs.top[0].first, token);
+  EXPECT_FLOAT_EQ(s.last_logprobs.top[0].second, s.last_logprobs.logprob);
+  EXPECT_GE(s.last_logprobs.top[1].second, s.last_logprobs.top[2].second);
+  EXPECT_NEAR(s.last_logprobs.top[2].second, want[s.last_logprobs.top[2].first].item<double>(),
+              1e-4);
+  r.logprobs = 6;
+  EXPECT_THAT(engine->AddSequence(r).status().message(), HasSubstr("logprobs"));
+}
+
 TEST(EngineStopTest, StopStringEndsGeneration) {
   std::shared_ptr<const Tokenizer> tok;
   try {

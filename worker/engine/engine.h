@@ -25,12 +25,12 @@
 #include <string>
 #include <vector>
 
+#include "common/kv_mode.h"
+#include "common/status.h"
 #include "engine/kv_pool.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/stop_matcher.h"
-#include "common/kv_mode.h"
-#include "common/status.h"
 
 namespace kvpool {
 
@@ -54,9 +54,12 @@ struct GenerationRequest {
   int32_t max_tokens = 16;
   KvMode mode = KvMode::kPaged;
   SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings (needs the engine's tokenizer)
+  std::vector<std::string> stop;        // stop strings (needs the engine's tokenizer)
   std::vector<int32_t> stop_token_ids;  // a sample ends (kStop) after one of these
   bool ignore_eos = false;
+  // 0: none; k in [1, 5]: each sampled token's log-probability under the model
+  // (log-softmax of its raw logits) and the k most likely tokens' (OpenAI's logprobs).
+  int32_t logprobs = 0;
   // EOS and stop_token_ids cannot be drawn before this many tokens are generated (a
   // resumed sequence: the rest of its min_tokens, like max_tokens).
   int32_t min_tokens = 0;
@@ -92,6 +95,12 @@ struct EngineOptions {
 
 using SequenceId = int64_t;
 
+// The log-probabilities of one sampled token (GenerationRequest::logprobs).
+struct TokenLogprobs {
+  float logprob = 0;                           // of the sampled token
+  std::vector<std::pair<int32_t, float>> top;  // the most likely tokens, best first
+};
+
 struct Sequence {
   GenerationRequest request;
   std::vector<int32_t> tokens;       // prompt, then generated tokens
@@ -99,8 +108,9 @@ struct Sequence {
   int64_t num_kv_tokens = 0;         // tokens whose K/V are in the pool
   bool prefilled = false;
   FinishReason finish = FinishReason::kRunning;
-  at::Tensor last_logits;  // [vocab], from the latest forward
-  std::string text;        // generated text, kept when stop strings are set
+  at::Tensor last_logits;       // [vocab], from the latest forward
+  TokenLogprobs last_logprobs;  // of the latest token, when the request asks for them
+  std::string text;             // generated text, kept when stop strings are set
   // Stop strings as an automaton (null without stops) and where this sequence is in it.
   std::shared_ptr<const StopMatcher> stop_matcher;
   StopMatcher::State stop_state = StopMatcher::kStart;

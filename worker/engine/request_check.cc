@@ -40,6 +40,9 @@ Status CheckGeneration(const GenerationRequest& r, const ModelConfig& c, bool ha
                              std::to_string(c.vocab_size) + ")");
     }
   }
+  if (r.logprobs < 0 || r.logprobs > 5) {
+    return InvalidArgument("logprobs must be in [0, 5], got " + std::to_string(r.logprobs));
+  }
   if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
     return InvalidArgument("min_tokens must be in [0, max_tokens = " +
                            std::to_string(r.max_tokens) + "], got " + std::to_string(r.min_tokens));

@@ -9,7 +9,8 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 }  // namespace
 
 void Job::PushToken(int32_t index, int32_t token_id, std::string text, double step_s,
-                    int64_t kv_bytes_reserved, int64_t kv_bytes_used) {
+                    int64_t kv_bytes_reserved, int64_t kv_bytes_used,
+                    const TokenLogprobs* logprobs) {
   v1::GenerateResponse event;
   v1::GeneratedToken* out = event.mutable_token();
   out->set_index(index);
@@ -18,6 +19,14 @@ void Job::PushToken(int32_t index, int32_t token_id, std::string text, double st
   out->set_step_latency_s(step_s);
   out->set_kv_bytes_reserved(kv_bytes_reserved);
   out->set_kv_bytes_used(kv_bytes_used);
+  if (logprobs != nullptr) {
+    out->set_logprob(logprobs->logprob);
+    for (const auto& [id, logprob] : logprobs->top) {
+      v1::TopLogprob* top = out->add_top_logprobs();
+      top->set_token_id(id);
+      top->set_logprob(logprob);
+    }
+  }
   Push(std::move(event));
 }
 

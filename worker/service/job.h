@@ -48,7 +48,8 @@ class Job {
   // Scheduler side. One token of sample `index`: `text` holds the characters it
   // completes (UTF-8), the KV bytes are the sample's after the step.
   void PushToken(int32_t index, int32_t token_id, std::string text, double step_s,
-                 int64_t kv_bytes_reserved, int64_t kv_bytes_used);
+                 int64_t kv_bytes_reserved, int64_t kv_bytes_used,
+                 const TokenLogprobs* logprobs = nullptr);
   // The summary, from the accounting below, after the last sample finished.
   void PushSummary();
   void Push(v1::GenerateResponse event) {

@@ -9,7 +9,7 @@
 // 404 unknown model or route, 413, 429 a full pool, 503 not attached). The bearer
 // token is the client's credential as on gRPC (its tenant salts the prefix cache); a
 // `cache_salt` in the body is refused: the salt must not come from the request.
-// Fields kvpool does not implement yet (logprobs, echo, best_of, logit_bias, suffix)
+// Fields kvpool does not implement yet (echo, best_of, logit_bias, suffix)
 // are refused by name, never ignored. Each completion runs on a thread of its own, which waits on
 // its job; a client that closes the connection cancels the job (its blocks are freed).
 #pragma once

@@ -106,7 +106,8 @@ void Scheduler::Emit(Sample& sample, int32_t token, double step_s) {
   const PoolGeometry& g = engine_->geometry();
   job.PushToken(sample.index, token, TakeCompleteUtf8(sample.pending_utf8, /*flush=*/q.finished()),
                 step_s, static_cast<int64_t>(q.block_table.size()) * static_cast<int64_t>(g.block_bytes()),
-                q.num_kv_tokens * static_cast<int64_t>(g.token_bytes()));
+                q.num_kv_tokens * static_cast<int64_t>(g.token_bytes()),
+                q.request.logprobs > 0 ? &q.last_logprobs : nullptr);
 }
 
 void Scheduler::Step(std::vector<Sample*> admitted) {

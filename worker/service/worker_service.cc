@@ -96,6 +96,7 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   g.sampling.frequency_penalty = s.frequency_penalty();
   g.sampling.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0;
   g.min_tokens = r.min_tokens();
+  g.logprobs = r.logprobs();
   g.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   if (r.n() < 0 || r.n() > kMaxSamples) {
     return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) +
