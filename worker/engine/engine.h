@@ -95,12 +95,6 @@ struct EngineOptions {
 
 using SequenceId = int64_t;
 
-// The log-probabilities of one sampled token (GenerationRequest::logprobs).
-struct TokenLogprobs {
-  float logprob = 0;                           // of the sampled token
-  std::vector<std::pair<int32_t, float>> top;  // the most likely tokens, best first
-};
-
 struct Sequence {
   GenerationRequest request;
   std::vector<int32_t> tokens;       // prompt, then generated tokens

@@ -4,7 +4,6 @@
 // Sequences and their blocks are engine.cc's; nothing here allocates a block.
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -50,21 +49,7 @@ void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
       SampleToken(logits_row.data_ptr<float>(), c.vocab_size, r.sampling, seq.rng, &context);
   seq.tokens.push_back(token);
   if (r.logprobs > 0) {
-    const float* l = logits_row.data_ptr<float>();
-    const int64_t vocab = c.vocab_size;
-    const float max = *std::max_element(l, l + vocab);
-    double sum = 0;
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(l[i] - max));
-    const float lse = max + static_cast<float>(std::log(sum));
-    std::vector<int32_t> ids(static_cast<size_t>(vocab));
-    std::iota(ids.begin(), ids.end(), 0);
-    const auto k = static_cast<std::ptrdiff_t>(std::min<int64_t>(r.logprobs, vocab));
-    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
-                      [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
-    seq.last_logprobs.logprob = l[token] - lse;
-    seq.last_logprobs.top.clear();
-    for (std::ptrdiff_t i = 0; i < k; ++i)
-      seq.last_logprobs.top.emplace_back(ids[i], l[ids[i]] - lse);
+    seq.last_logprobs = LogprobsOf(logits_row.data_ptr<float>(), c.vocab_size, token, r.logprobs);
   }
   if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) !=
       r.stop_token_ids.end()) {

@@ -78,6 +78,22 @@ std::vector<float> Penalized(const float* logits, int64_t vocab, const SamplingP
 
 }  // namespace
 
+TokenLogprobs LogprobsOf(const float* l, int64_t vocab, int32_t token, int32_t k) {
+  const float max = *std::max_element(l, l + vocab);
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(l[i] - max));
+  const float lse = max + static_cast<float>(std::log(sum));
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  const auto n = static_cast<std::ptrdiff_t>(std::min<int64_t>(k, vocab));
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
+                    [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+  TokenLogprobs out;
+  out.logprob = l[token] - lse;
+  for (std::ptrdiff_t i = 0; i < n; ++i) out.top.emplace_back(ids[i], l[ids[i]] - lse);
+  return out;
+}
+
 int32_t SampleToken(const float* row, int64_t vocab, const SamplingParams& params,
                     std::mt19937_64& rng, const SampleContext* context) {
   std::vector<float> adjusted;

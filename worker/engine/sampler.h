@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -39,6 +40,15 @@ struct SampleContext {
   size_t first_generated = 0;
   std::vector<int32_t> banned;
 };
+
+// The log-probabilities of one sampled token under the raw logits (log-softmax).
+struct TokenLogprobs {
+  float logprob = 0;                           // of the sampled token
+  std::vector<std::pair<int32_t, float>> top;  // the most likely tokens, best first
+};
+
+// `token`'s log-probability and the `k` most likely tokens' (ties: lower id first).
+TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int32_t k);
 
 // Returns the chosen token id. `logits` has `vocab` entries.
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& params,
