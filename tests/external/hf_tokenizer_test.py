@@ -60,6 +60,13 @@ def check(args, out):
     config = json.load(open(os.path.join(out, "tokenizer_config.json")))
     assert config["tokenizer_class"] == "GPT2Tokenizer", config
     assert config["model_max_length"] == 512 and config["eos_token"] == "<|endoftext|>", config
+    # The built-in models' chat template, ChatML, as Jinja renders it.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import chat_templates
+    talk = [{"role": "user", "content": "Hi"}]
+    assert config["chat_template"] == chat_templates.CHATML, config["chat_template"]
+    assert chat_templates.render(config["chat_template"], talk, "", "") == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     print(f"tokenizers {__import__('tokenizers').__version__}: {len(CASES)} texts encode as GPT-2")
     return 0
 

@@ -123,6 +123,30 @@ def check_client(openai, base_url):
         model=MODEL, prompt="The attention mechanism", max_tokens=5, temperature=0, logprobs=2,
         stream=True) if c.choices and c.choices[0].logprobs is not None]
     assert [x.token_logprobs[0] for x in streamed_lp] == lp.token_logprobs
+    # A batch of prompts: choice p * n + i is prompt p's sample i; usage sums them.
+    batch = client.completions.create(model=MODEL, prompt=["The attention mechanism", "Hello"],
+                                      max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in sorted(batch.choices, key=lambda c: c.index)] == [0, 1, 2, 3]
+    by_index = {c.index: c.text for c in batch.choices}
+    assert by_index[0] == by_index[1] == text, (by_index, text)
+    assert batch.usage.completion_tokens == 32, batch.usage
+    streamed = {}
+    for chunk in client.completions.create(model=MODEL, prompt=["The attention mechanism",
+                                                                 "Hello"], max_tokens=8,
+                                           temperature=0, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed[0] == text and streamed[1] == by_index[2], (streamed, by_index)
+
+    # The built-in model's chat: plain ChatML, its markers as ordinary text.
+    chat = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
+                                          messages=[{"role": "user", "content": "Hi"}])
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
+    chatml = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    ids_chat = client.completions.create(model=MODEL, prompt=chatml, max_tokens=4,
+                                         temperature=0)
+    assert chat.usage.prompt_tokens == ids_chat.usage.prompt_tokens, (chat.usage, ids_chat.usage)
+
     ids = client.completions.create(model=MODEL, prompt=[464, 3241, 9030], max_tokens=3,
                                     temperature=0)
     held = client.completions.create(model=MODEL, prompt=[464, 3241, 9030], max_tokens=4,
@@ -198,7 +222,7 @@ def check_sockets(http, manager_http):
 
     hostile = [b"{", b"[]", b'"text"', b"null", b'{"model": 5, "prompt": "x"}',
                b'{"model": "kvpool-tiny"}', b'{"model": "kvpool-tiny", "prompt": ""}',
-               b'{"model": "kvpool-tiny", "prompt": []}', b'{"model": "kvpool-tiny", "prompt": [[1], [2]]}',
+               b'{"model": "kvpool-tiny", "prompt": []}', b'{"model": "kvpool-tiny", "prompt": [[1], "x", 5]}',
                b'{"model": "kvpool-tiny", "prompt": [1.5]}', b'{"model": "kvpool-tiny", "prompt": [-1]}',
                b'{"model": "kvpool-tiny", "prompt": [99999999]}',
                b'{"model": "kvpool-tiny", "prompt": [9999999999999]}',
@@ -230,9 +254,14 @@ def check_sockets(http, manager_http):
                b'{"model": "kvpool-tiny", "prompt": "x", "stop_token_ids": [-3]}',
                b'{"model": "kvpool-tiny", "prompt": "x", "repetition_penalty": 0}',
                b'{"model": "kvpool-tiny", "prompt": "x", "min_p": "a"}',
-               b'{"model": "kvpool-tiny", "prompt": "x", "stop": ["a", 1]}']
+               b'{"model": "kvpool-tiny", "prompt": "x", "stop": ["a", 1]}',
+               b'{"model": "kvpool-tiny", "prompt": ["x"' + b', "y"' * 64 + b']}']
+    hostile_chat = [b'{"model": "kvpool-tiny", "messages": "hi"}',
+                    b'{"model": "kvpool-tiny", "messages": [{"role": 1, "content": "x"}]}',
+                    b'{"model": "kvpool-tiny", "messages": [{"role": "user", "content": 5}]}']
     codes = [raw_request(http, b)[0] for b in hostile]
-    assert all(c == 400 for c in codes), list(zip(codes, hostile))
+    codes += [raw_request(http, b, path="/v1/chat/completions")[0] for b in hostile_chat]
+    assert all(c == 400 for c in codes), list(zip(codes, hostile + hostile_chat))
     assert raw_request(http, b"x" * (2 << 20))[0] == 413
     assert raw_request(http, "{}", path="/v1/nope")[0] == 404
     assert raw_request(http, "{}", path="/v1/completions", token="bad")[0] in (400, 401)
@@ -249,7 +278,7 @@ def check_sockets(http, manager_http):
     assert slow.recv(100) == b"", "the slow client was not cut off"
     assert time.time() - started < 25
     slow.close()
-    return len(hostile) + 6
+    return len(hostile) + len(hostile_chat) + 6
 
 
 def main():
@@ -284,7 +313,8 @@ def main():
         worker.wait_for("kvpool-worker attached")
         text = check_client(openai, f"http://{http}/v1")
         hostile = check_sockets(http, manager_http)
-        print(f"openai {openai.__version__}: completions, streaming, n=2, stop, seed, token ids, "
+        print(f"openai {openai.__version__}: completions, streaming, n=2, prompt batches, stop, "
+              "seed, token ids, built-in chat, "
               f"cached tokens and typed errors pass; {hostile} hostile requests refused "
               f"(greedy text {text!r})")
     finally:

@@ -15,6 +15,7 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -29,6 +30,7 @@
 #include "service/scheduler.h"
 #include "service/worker_metrics.h"
 #include "service/worker_service.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvpool::worker {
@@ -175,6 +177,15 @@ int Run(int argc, char** argv) {
   OpenAiGatewayOptions gateway_options;
   gateway_options.served_model_name =
       served_model_name.empty() ? loaded->config.name : served_model_name;
+  if (std::filesystem::is_directory(model)) {
+    gateway_options.chat = LoadChatSetup(model);
+  } else {
+    gateway_options.chat.chat = ChatTemplate::ChatMl();  // documented in docs/design.md
+  }
+  std::cerr << "kvpool-worker: chat template "
+            << (gateway_options.chat.chat ? gateway_options.chat.chat->FamilyName()
+                                          : "none (" + gateway_options.chat.note + ")")
+            << "\n";
   OpenAiGateway gateway(gateway_options, &scheduler, &link, loaded->tokenizer);
   ServiceLoop loop("kvpool-worker");
   HttpServerOptions http_options;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "service/openai_chat.h"
 #include "service/openai_protocol.h"
 #include "service/worker_service.h"
 
@@ -53,24 +54,19 @@ std::optional<HttpResponse> OpenAiGateway::Route(const HttpRequest& request) {
     if (!post) return ErrorResponse({405, "use POST", "", ""});
     return path == "/tokenize" ? Tokenize(request) : Detokenize(request);
   }
-  if (path == "/v1/chat/completions") {
-    return ErrorResponse({404,
-                          "chat completions are not served by kvpool yet: use "
-                          "/v1/completions",
-                          "", "not_implemented"});
-  }
-  if (path != "/v1/completions") {
+  const bool chat = path == "/v1/chat/completions";
+  if (path != "/v1/completions" && !chat) {
     if (path.rfind("/v1/", 0) == 0) {
       return ErrorResponse({404,
                             "no route " + path +
-                                ": kvpool serves /v1/completions and "
+                                ": kvpool serves /v1/completions, /v1/chat/completions and "
                                 "/v1/models",
                             "", ""});
     }
     return std::nullopt;
   }
   if (!post) return ErrorResponse({405, "use POST", "", ""});
-  return HttpResponse::Deferred([this, request](std::shared_ptr<HttpStream> stream) {
+  return HttpResponse::Deferred([this, request, chat](std::shared_ptr<HttpStream> stream) {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = running_.begin(); it != running_.end();) {
       if (it->done->load()) {
@@ -89,27 +85,34 @@ std::optional<HttpResponse> OpenAiGateway::Route(const HttpRequest& request) {
       return;
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
-    running_.push_back({std::thread([this, request, stream, done] {
-                          Completion(request, stream);
+    running_.push_back({std::thread([this, request, stream, done, chat] {
+                          Completion(request, stream, chat);
                           done->store(true);
                         }),
                         done});
   });
 }
 
-void OpenAiGateway::Completion(HttpRequest request, std::shared_ptr<HttpStream> stream) {
+ChatContext OpenAiGateway::Chat() const {
+  return {options_.served_model_name, scheduler_->config().name, &options_.chat, tokenizer_.get(),
+          scheduler_->config().max_position};
+}
+
+void OpenAiGateway::Completion(HttpRequest request, std::shared_ptr<HttpStream> stream, bool chat) {
   const auto fail = [&](const ApiError& e) {
     stream->Respond(e.http, "application/json", ErrorBody(e));
   };
   const Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return fail(Bad("", "the body is not valid JSON"));
-  v1::GenerateRequest generate;
+  std::vector<v1::GenerateRequest> generates;
   CompletionAsk ask;
   const ModelConfig& config = scheduler_->config();
-  if (auto e = ParseCompletion(body, options_.served_model_name, config.name, &generate, &ask)) {
+  if (auto e =
+          chat ? ParseChat(body, Chat(), &generates, &ask)
+               : ParseCompletion(body, options_.served_model_name, config.name, &generates, &ask)) {
     return fail(*e);
   }
-  if (generate.logprobs() > 0 && !tokenizer_) {
+  if (generates.front().logprobs() > 0 && !tokenizer_) {
     return fail(Bad("logprobs", "logprobs need the model's tokenizer, and this worker has none"));
   }
   if (Status caller = AuthenticateCaller(link_, request.authorization); !caller.ok()) {
@@ -120,127 +123,175 @@ void OpenAiGateway::Completion(HttpRequest request, std::shared_ptr<HttpStream> 
   }
   thread_local std::mt19937_64 seeds{std::random_device{}()};
   RequestFieldNames names;  // OpenAI's names: prompt[i], temperature, top_p, ...
-  StatusOr<std::shared_ptr<Job>> made =
-      JobFromRequest(generate, config, tokenizer_.get(), seeds(), &names);
-  if (!made.ok()) {
-    ApiError e = FromStatus(made.status());
-    const std::string& m = e.message;
-    for (const char* field :
-         {"prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop_token_ids", "stop",
-          "min_p", "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty"}) {
-      if (m.rfind(field, 0) == 0) {
-        e.param = field;
-        break;
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (const v1::GenerateRequest& generate : generates) {
+    StatusOr<std::shared_ptr<Job>> made =
+        JobFromRequest(generate, config, tokenizer_.get(), seeds(), &names);
+    if (!made.ok()) {
+      ApiError e = FromStatus(made.status());
+      for (const char* field :
+           {"prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop_token_ids", "stop",
+            "min_p", "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty"}) {
+        if (e.message.rfind(field, 0) == 0) {
+          e.param = field;
+          break;
+        }
       }
+      if (chat && e.param == "prompt") e.param = "messages";
+      if (chat && e.param == "max_tokens" && body.contains("max_completion_tokens")) {
+        e.param = "max_completion_tokens";
+        e.message = "max_completion_tokens" + e.message.substr(std::string("max_tokens").size());
+      }
+      return fail(e);
     }
-    return fail(e);
+    (*made)->client_authorization = request.authorization;
+    jobs.push_back(*made);
   }
-  std::shared_ptr<Job> job = *made;
-  job->client_authorization = request.authorization;
-  scheduler_->Submit(job);
+  for (const std::shared_ptr<Job>& job : jobs) scheduler_->Submit(job);
+  Relay(jobs, ask, generates.front().logprobs() > 0, *stream);
+}
 
-  const std::string id = RandomId();
+void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const CompletionAsk& ask,
+                          bool logprobs, HttpStream& stream) {
+  const ApiShape shape{ask.chat};
+  const std::string id = (ask.chat ? "chat" : "") + RandomId();
   const int64_t created = UnixNow();
-  const std::string& model = options_.served_model_name;
-  const auto chunk = [&](Json choices) {
+  const auto chunk = [&](Json choices, bool streamed) {
     return Json{{"id", id},
-                {"object", "text_completion"},
+                {"object", shape.Object(streamed)},
                 {"created", created},
-                {"model", model},
+                {"model", options_.served_model_name},
                 {"choices", std::move(choices)}};
   };
-  std::vector<std::string> texts(static_cast<size_t>(job->n));
-  std::vector<LogprobsLog> logprobs(static_cast<size_t>(job->n));
-  std::vector<StopTrim> trims(static_cast<size_t>(job->n), StopTrim(&job->request.stop));
+  // Choice p * n + i is prompt p's sample i (OpenAI's and vLLM's numbering).
+  const int32_t n = jobs.front()->n;
+  const size_t choices = jobs.size() * static_cast<size_t>(n);
+  std::vector<std::string> texts(choices);
+  std::vector<LogprobsLog> logs(choices, LogprobsLog(ask.chat, ask.top_logprobs));
+  std::vector<StopTrim> trims;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    for (int32_t i = 0; i < n; ++i) trims.emplace_back(&job->request.stop);
+  }
+  const int32_t eos = static_cast<int32_t>(scheduler_->config().eos_token_id);
+  std::vector<v1::GenerateSummary> summaries(jobs.size());
+  std::vector<bool> finished(jobs.size(), false);
   bool begun = false;
-  v1::GenerateSummary summary;
+  const auto begin = [&] {
+    if (begun) return;
+    stream.Begin(200, "text/event-stream");
+    begun = true;
+    if (!ask.chat) return;
+    for (size_t c = 0; c < choices; ++c) {
+      stream.Write(Event(chunk(Json::array({shape.Role(static_cast<int>(c))}), true)));
+    }
+  };
   std::vector<v1::GenerateResponse> events;
   Status outcome;
-  for (;;) {
-    const bool done = job->Wait(std::chrono::milliseconds(10), &events, &outcome);
-    for (const v1::GenerateResponse& event : events) {
-      if (event.has_summary()) {
-        summary = event.summary();
-        continue;
+  for (size_t live = jobs.size(); live > 0;) {
+    bool waited = false;
+    for (size_t p = 0; p < jobs.size(); ++p) {
+      if (finished[p]) continue;
+      const Job& job = *jobs[p];
+      Status status;
+      const bool done = jobs[p]->Wait(std::chrono::milliseconds(waited ? 0 : 10), &events, &status);
+      waited = true;
+      for (const v1::GenerateResponse& event : events) {
+        if (event.has_summary()) {
+          summaries[p] = event.summary();
+          continue;
+        }
+        const v1::GeneratedToken& t = event.token();
+        const size_t c = p * static_cast<size_t>(n) + static_cast<size_t>(t.index());
+        Json token_logprobs = logprobs ? logs[c].Add(t, *tokenizer_) : Json(nullptr);
+        // A stop token (EOS, a stop id, the turn's end) ends the text without showing.
+        const auto& stops = job.request.stop_token_ids;
+        const bool stop_token = (t.token_id() == eos && !job.request.ignore_eos) ||
+                                std::find(stops.begin(), stops.end(), t.token_id()) != stops.end();
+        const std::string text = stop_token ? std::string() : trims[c].Feed(t.text());
+        if (!ask.stream) {
+          texts[c] += text;
+          continue;
+        }
+        begin();
+        if (text.empty() && token_logprobs.is_null()) continue;
+        stream.Write(Event(
+            chunk(Json::array({shape.Streamed(static_cast<int>(c), text, token_logprobs, nullptr)}),
+                  true)));
       }
-      const v1::GeneratedToken& t = event.token();
-      Json token_logprobs = nullptr;
-      if (generate.logprobs() > 0) {
-        token_logprobs = logprobs[static_cast<size_t>(t.index())].Add(t, *tokenizer_);
+      if (done) {
+        finished[p] = true;
+        --live;
+        if (!status.ok() && outcome.ok()) outcome = status;
       }
-      const std::string text = trims[static_cast<size_t>(t.index())].Feed(t.text());
-      if (!ask.stream) {
-        texts[static_cast<size_t>(t.index())] += text;
-        continue;
-      }
-      if (!begun) {
-        stream->Begin(200, "text/event-stream");
-        begun = true;
-      }
-      if (text.empty() && token_logprobs.is_null()) continue;
-      stream->Write(Event(chunk(Json::array({Json{{"index", t.index()},
-                                                  {"text", text},
-                                                  {"logprobs", token_logprobs},
-                                                  {"finish_reason", nullptr}}}))));
     }
-    if (done) break;
-    if (stream->closed() || stopping_.load()) {
-      job->Cancel();
+    if (!outcome.ok()) break;
+    if (live > 0 && (stream.closed() || stopping_.load())) {
+      for (const std::shared_ptr<Job>& job : jobs) job->Cancel();
       scheduler_->Wake();
-      stream->End();
+      stream.End();
       return;
     }
   }
   if (!outcome.ok()) {
-    if (!begun) return fail(FromStatus(outcome));
-    stream->Write(Event(Json::parse(ErrorBody(FromStatus(outcome)))));
-    stream->Write("data: [DONE]\n\n");
-    return stream->End();
+    for (const std::shared_ptr<Job>& job : jobs) job->Cancel();
+    scheduler_->Wake();
+    if (!begun)
+      return stream.Respond(FromStatus(outcome).http, "application/json",
+                            ErrorBody(FromStatus(outcome)));
+    stream.Write(Event(Json::parse(ErrorBody(FromStatus(outcome)))));
+    stream.Write("data: [DONE]\n\n");
+    return stream.End();
   }
-  const v1::Usage& u = summary.usage();
-  const Json usage = {{"prompt_tokens", u.prompt_tokens()},
-                      {"completion_tokens", u.completion_tokens()},
-                      {"total_tokens", u.prompt_tokens() + u.completion_tokens()},
-                      {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens()}}}};
-  const Json timings = {{"ttft_s", summary.ttft_s()},
-                        {"time_per_output_token_s", summary.time_per_output_token_s()},
-                        {"total_s", summary.total_s()},
-                        {"queue_s", summary.queue_s()},
-                        {"kv_bytes_reserved", summary.kv_bytes_reserved()},
-                        {"kv_bytes_used", summary.kv_bytes_used()},
-                        {"preemptions", summary.preemptions()}};
-  const auto finish = [&](int i) {
-    return i < summary.finish_reasons_size() ? OpenAiFinish(summary.finish_reasons(i)) : "length";
+  int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
+  for (const v1::GenerateSummary& s : summaries) {
+    prompt_tokens += s.usage().prompt_tokens();
+    completion_tokens += s.usage().completion_tokens();
+    cached_tokens += s.usage().cached_tokens();
+  }
+  const Json usage = {{"prompt_tokens", prompt_tokens},
+                      {"completion_tokens", completion_tokens},
+                      {"total_tokens", prompt_tokens + completion_tokens},
+                      {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
+  // kvpool's own timings: one prompt's, or the first prompt's of a batch.
+  const v1::GenerateSummary& first = summaries.front();
+  const Json timings = {{"ttft_s", first.ttft_s()},
+                        {"time_per_output_token_s", first.time_per_output_token_s()},
+                        {"total_s", first.total_s()},
+                        {"queue_s", first.queue_s()},
+                        {"kv_bytes_reserved", first.kv_bytes_reserved()},
+                        {"kv_bytes_used", first.kv_bytes_used()},
+                        {"preemptions", first.preemptions()}};
+  const auto finish = [&](size_t c) {
+    const v1::GenerateSummary& s = summaries[c / static_cast<size_t>(n)];
+    const int i = static_cast<int>(c % static_cast<size_t>(n));
+    return i < s.finish_reasons_size() ? OpenAiFinish(s.finish_reasons(i)) : "length";
   };
   if (!ask.stream) {
-    Json choices = Json::array();
-    for (int i = 0; i < job->n; ++i) {
-      texts[static_cast<size_t>(i)] += trims[static_cast<size_t>(i)].Flush();
-      choices.push_back({{"index", i},
-                         {"text", texts[static_cast<size_t>(i)]},
-                         {"logprobs", generate.logprobs() > 0 ? logprobs[static_cast<size_t>(i)].all
-                                                              : Json(nullptr)},
-                         {"finish_reason", finish(i)}});
+    Json all = Json::array();
+    for (size_t c = 0; c < choices; ++c) {
+      texts[c] += trims[c].Flush();
+      all.push_back(shape.Whole(static_cast<int>(c), texts[c],
+                                logprobs ? logs[c].all() : Json(nullptr), finish(c)));
     }
-    Json out = chunk(std::move(choices));
+    Json out = chunk(std::move(all), false);
     out["usage"] = usage;
     out["kvpool"] = timings;
-    return stream->Respond(200, "application/json", Dump(out));
+    return stream.Respond(200, "application/json", Dump(out));
   }
-  if (!begun) stream->Begin(200, "text/event-stream");
-  for (int i = 0; i < job->n; ++i) {
-    const std::string rest = trims[static_cast<size_t>(i)].Flush();
-    stream->Write(Event(chunk(Json::array({Json{
-        {"index", i}, {"text", rest}, {"logprobs", nullptr}, {"finish_reason", finish(i)}}}))));
+  begin();
+  for (size_t c = 0; c < choices; ++c) {
+    stream.Write(Event(chunk(
+        Json::array({shape.Streamed(static_cast<int>(c), trims[c].Flush(), nullptr, finish(c))}),
+        true)));
   }
   if (ask.include_usage) {
-    Json last = chunk(Json::array());
+    Json last = chunk(Json::array(), true);
     last["usage"] = usage;
     last["kvpool"] = timings;
-    stream->Write(Event(last));
+    stream.Write(Event(last));
   }
-  stream->Write("data: [DONE]\n\n");
-  stream->End();
+  stream.Write("data: [DONE]\n\n");
+  stream.End();
 }
 
 HttpResponse OpenAiGateway::Models() const {
@@ -257,6 +308,16 @@ HttpResponse OpenAiGateway::Tokenize(const HttpRequest& request) const {
   const Json body = Json::parse(request.body, nullptr, false);
   if (body.is_discarded() || !body.is_object())
     return ErrorResponse(Bad("", "the body is not a JSON object"));
+  if (body.contains("messages")) {  // vLLM's chat form: the conversation as rendered
+    std::vector<int32_t> ids;
+    std::optional<ChatTemplate> used;
+    if (auto e = RenderChat(body, Chat(), &ids, &used)) return ErrorResponse(*e);
+    return {200, "application/json",
+            Dump({{"count", ids.size()},
+                  {"max_model_len", scheduler_->config().max_position},
+                  {"tokens", ids},
+                  {"chat_template_family", used->FamilyName()}})};
+  }
   if (!body.value("prompt", Json()).is_string())
     return ErrorResponse(Bad("prompt", "prompt must be a string"));
   if (!tokenizer_) return ErrorResponse(Bad("prompt", "this worker's model has no tokenizer"));

@@ -79,7 +79,8 @@ ApiError Bad(std::string param, std::string message) {
 }
 
 std::optional<ApiError> ParseCompletion(const Json& body, const std::string& served,
-                                        const std::string& model_name, v1::GenerateRequest* r,
+                                        const std::string& model_name,
+                                        std::vector<v1::GenerateRequest>* requests,
                                         CompletionAsk* ask) {
   if (!body.is_object()) return Bad("", "the body must be a JSON object");
   if (body.contains("cache_salt")) {
@@ -108,31 +109,29 @@ std::optional<ApiError> ParseCompletion(const Json& body, const std::string& ser
     }
     return true;
   };
-  if (prompt.is_string()) {
-    r->set_prompt(prompt.get<std::string>());
-  } else if (token_array(prompt)) {
-    for (const Json& t : prompt) {
-      const int64_t id = t.get<int64_t>();
-      if (id < INT32_MIN || id > INT32_MAX)
-        return Bad("prompt", "prompt holds a token id out of range");
-      r->add_token_ids(static_cast<int32_t>(id));
+  // One prompt: a string or a list of token ids; a batch: a list of those.
+  std::vector<const Json*> prompts;
+  if (prompt.is_string() || token_array(prompt)) {
+    prompts.push_back(&prompt);
+  } else if (prompt.is_array() && !prompt.empty()) {
+    if (prompt.size() > kMaxPromptsPerRequest) {
+      return Bad("prompt", "at most " + std::to_string(kMaxPromptsPerRequest) +
+                               " prompts per request, got " + std::to_string(prompt.size()));
     }
-  } else if (prompt.is_array() && prompt.size() == 1 &&
-             (prompt[0].is_string() || token_array(prompt[0]))) {
-    Json one = Json::object({{"prompt", prompt[0]}, {"model", model}});
-    v1::GenerateRequest inner;
-    CompletionAsk unused;
-    if (auto e = ParseCompletion(one, served, model_name, &inner, &unused)) return e;
-    r->set_prompt(inner.prompt());
-    r->mutable_token_ids()->CopyFrom(inner.token_ids());
-  } else if (prompt.is_array() && prompt.size() > 1) {
-    return Bad("prompt", "one prompt per request: send the " + std::to_string(prompt.size()) +
-                             " prompts as separate requests");
+    for (const Json& one : prompt) {
+      if (!one.is_string() && !token_array(one)) {
+        return Bad("prompt",
+                   "each prompt of a list must be a string or a non-empty list of token ids");
+      }
+      prompts.push_back(&one);
+    }
   } else {
     return Bad("prompt",
-               "prompt must be a string, a list of token ids, or a list of one of "
-               "those, and not empty");
+               "prompt must be a string, a list of token ids, or a list of those, and not "
+               "empty");
   }
+  v1::GenerateRequest base;
+  v1::GenerateRequest* r = &base;
   const auto integer = [&](const char* field, int64_t fallback,
                            int64_t* out) -> std::optional<ApiError> {
     const Json v = body.value(field, Json());
@@ -241,6 +240,21 @@ std::optional<ApiError> ParseCompletion(const Json& body, const std::string& ser
   r->set_mode(*parsed == KvMode::kNone         ? v1::KV_MODE_NONE
               : *parsed == KvMode::kContiguous ? v1::KV_MODE_CONTIGUOUS
                                                : v1::KV_MODE_PAGED);
+  requests->clear();
+  for (const Json* one : prompts) {
+    v1::GenerateRequest& out = requests->emplace_back(base);
+    if (one->is_string()) {
+      out.set_prompt(one->get<std::string>());
+      continue;
+    }
+    for (const Json& t : *one) {
+      const int64_t id = t.get<int64_t>();
+      if (id < INT32_MIN || id > INT32_MAX) {
+        return Bad("prompt", "prompt holds a token id out of range");
+      }
+      out.add_token_ids(static_cast<int32_t>(id));
+    }
+  }
   return std::nullopt;
 }
 
@@ -257,5 +271,51 @@ std::string RandomId() {
 }
 
 std::string Event(const Json& j) { return "data: " + Dump(j) + "\n\n"; }
+
+LogprobsLog::LogprobsLog(bool chat, int32_t top) : chat_(chat), top_(top) {
+  all_ = chat ? Json{{"content", Json::array()}}
+              : Json{{"tokens", Json::array()},
+                     {"token_logprobs", Json::array()},
+                     {"top_logprobs", Json::array()},
+                     {"text_offset", Json::array()}};
+}
+
+Json LogprobsLog::Add(const v1::GeneratedToken& t, const Tokenizer& tokenizer) {
+  const auto text_of = [&](int32_t id) {
+    try {
+      return tokenizer.TokenText(id);
+    } catch (const std::exception&) {
+      return std::string("\xEF\xBF\xBD");
+    }
+  };
+  const std::string text = text_of(t.token_id());
+  if (chat_) {
+    // The token's bytes as numbers: a token may be part of one UTF-8 character.
+    const auto entry = [&](const std::string& token, double logprob) {
+      Json bytes = Json::array();
+      for (unsigned char c : token) bytes.push_back(static_cast<int>(c));
+      return Json{{"token", token}, {"logprob", logprob}, {"bytes", std::move(bytes)}};
+    };
+    Json one = entry(text, t.logprob());
+    Json top = Json::array();
+    for (int i = 0; i < std::min(top_, t.top_logprobs_size()); ++i) {
+      top.push_back(entry(text_of(t.top_logprobs(i).token_id()), t.top_logprobs(i).logprob()));
+    }
+    one["top_logprobs"] = std::move(top);
+    all_["content"].push_back(one);
+    return {{"content", Json::array({std::move(one)})}};
+  }
+  Json top = Json::object();
+  for (const v1::TopLogprob& p : t.top_logprobs()) top[text_of(p.token_id())] = p.logprob();
+  Json one = {{"tokens", Json::array({text})},
+              {"token_logprobs", Json::array({t.logprob()})},
+              {"top_logprobs", Json::array({top})},
+              {"text_offset", Json::array({offset_})}};
+  for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+    all_[key].push_back(one[key][0]);
+  }
+  offset_ += static_cast<int64_t>(text.size());
+  return one;
+}
 
 }  // namespace kvpool::worker

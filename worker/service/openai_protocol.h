@@ -36,15 +36,61 @@ ApiError Bad(std::string param, std::string message);
 
 // What a completion request asks beyond the GenerateRequest.
 struct CompletionAsk {
+  bool chat = false;  // /v1/chat/completions: chat's response shapes
   bool stream = false;
   bool include_usage = false;
+  int32_t top_logprobs = -1;  // chat: the top tokens to list with logprobs; -1 without
 };
 
+// The most prompts one completion request may carry (OpenAI's batch form).
+inline constexpr size_t kMaxPromptsPerRequest = 64;
+
 // Parses a completion request for the model served as `served` (or known as
-// `model_name`) into `r` and `ask`; the error to answer with otherwise.
+// `model_name`) into one GenerateRequest per prompt (a list of prompts is OpenAI's
+// batch: choice p*n + i is prompt p's sample i) and `ask`; the error to answer with
+// otherwise.
 std::optional<ApiError> ParseCompletion(const Json& body, const std::string& served,
-                                        const std::string& model_name, v1::GenerateRequest* r,
+                                        const std::string& model_name,
+                                        std::vector<v1::GenerateRequest>* requests,
                                         CompletionAsk* ask);
+
+// How each API spells a choice: completions' {"text"}, chat's {"message"} and, when
+// streamed, {"delta"} (the first of a choice carries the role).
+struct ApiShape {
+  bool chat = false;
+  const char* Object(bool stream) const {
+    return !chat ? "text_completion" : stream ? "chat.completion.chunk" : "chat.completion";
+  }
+  Json Streamed(int index, const std::string& text, Json logprobs, Json finish) const {
+    Json choice = {{"index", index}};
+    if (chat) {
+      choice["delta"] =
+          text.empty() && !finish.is_null() ? Json::object() : Json{{"content", text}};
+    } else {
+      choice["text"] = text;
+    }
+    choice["logprobs"] = std::move(logprobs);
+    choice["finish_reason"] = std::move(finish);
+    return choice;
+  }
+  Json Role(int index) const {
+    return {{"index", index},
+            {"delta", {{"role", "assistant"}, {"content", ""}}},
+            {"logprobs", nullptr},
+            {"finish_reason", nullptr}};
+  }
+  Json Whole(int index, const std::string& text, Json logprobs, const char* finish) const {
+    Json choice = {{"index", index}};
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+      choice["text"] = text;
+    }
+    choice["logprobs"] = std::move(logprobs);
+    choice["finish_reason"] = finish;
+    return choice;
+  }
+};
 
 // "stop" for eos and stop, "length" otherwise (length, context).
 const char* OpenAiFinish(const std::string& reason);
@@ -52,40 +98,23 @@ std::string RandomId();            // "cmpl-" and 24 hex digits
 std::string Dump(const Json& j);   // invalid UTF-8 replaced
 std::string Event(const Json& j);  // "data: {...}\n\n"
 
-// One sample's logprobs in OpenAI's completions form (parallel lists: the tokens' text,
-// their log-probabilities, the top tokens of each as {text: logprob}, and each token's
-// offset in the generated text); `all` grows token by token and Add returns the
-// one-token form a streamed chunk carries.
-struct LogprobsLog {
-  Json all = {{"tokens", Json::array()},
-              {"token_logprobs", Json::array()},
-              {"top_logprobs", Json::array()},
-              {"text_offset", Json::array()}};
-  int64_t offset = 0;
+// One sample's logprobs as OpenAI returns them: completions' parallel lists (the
+// tokens' text, their log-probabilities, the top tokens of each as {text: logprob},
+// each token's offset in the generated text), or chat's list of {token, logprob,
+// bytes, top_logprobs}. `all` grows token by token; Add returns the one-token form a
+// streamed chunk carries.
+class LogprobsLog {
+ public:
+  // chat: chat's form with `top` entries in each top_logprobs.
+  explicit LogprobsLog(bool chat = false, int32_t top = 0);
+  Json Add(const v1::GeneratedToken& t, const Tokenizer& tokenizer);
+  const Json& all() const { return all_; }
 
-  Json Add(const v1::GeneratedToken& t, const Tokenizer& tokenizer) {
-    const auto text_of = [&](int32_t id) {
-      try {
-        return tokenizer.TokenText(id);
-      } catch (const std::exception&) {
-        return std::string("\xEF\xBF\xBD");
-      }
-    };
-    const std::string text = text_of(t.token_id());
-    Json top = Json::object();
-    for (const v1::TopLogprob& p : t.top_logprobs()) {
-      top[text_of(p.token_id())] = p.logprob();
-    }
-    Json one = {{"tokens", Json::array({text})},
-                {"token_logprobs", Json::array({t.logprob()})},
-                {"top_logprobs", Json::array({top})},
-                {"text_offset", Json::array({offset})}};
-    for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
-      all[key].push_back(one[key][0]);
-    }
-    offset += static_cast<int64_t>(text.size());
-    return one;
-  }
+ private:
+  bool chat_;
+  int32_t top_;
+  Json all_;
+  int64_t offset_ = 0;
 };
 
 // One sample's text as OpenAI returns it: without the stop string that ended it (the

@@ -9,6 +9,12 @@
 #include "tokenizer/unicode.h"
 
 namespace kvpool {
+
+const char kChatMlJinja[] =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 namespace {
 
 using Part = ChatTemplate::Part;

@@ -26,6 +26,10 @@ namespace kvpool {
 
 enum class ChatFamily { kChatMl, kLlama2, kLlama3, kGemma };
 
+// The canonical ChatML template's Jinja text, as exported folders carry it (the
+// built-in models' chat template).
+extern const char kChatMlJinja[];
+
 struct ChatMessage {
   std::string role;  // system, user, assistant
   std::string content;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tokenizer/byte_level_bpe.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/unicode.h"
 
 namespace kvpool {
@@ -93,30 +94,29 @@ void WriteGpt2HfTokenizerFiles(const Tokenizer& tokenizer, int64_t model_max_len
                 {"trim_offsets", trim_offsets},
                 {"use_regex", true}};
   };
-  Json tokenizer_json = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", Json::array({Json{{"id", eos},
-                                         {"content", eos_text},
-                                         {"single_word", false},
-                                         {"lstrip", false},
-                                         {"rstrip", false},
-                                         {"normalized", true},
-                                         {"special", true}}})},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", byte_level(false, true)},
-      {"post_processor", byte_level(true, false)},
-      {"decoder", byte_level(true, true)},
-      {"model", Json{{"type", "BPE"},
-                     {"dropout", nullptr},
-                     {"unk_token", nullptr},
-                     {"continuing_subword_prefix", ""},
-                     {"end_of_word_suffix", ""},
-                     {"fuse_unk", false},
-                     {"byte_fallback", false},
-                     {"vocab", vocab},
-                     {"merges", merges}}}};
+  Json tokenizer_json = {{"version", "1.0"},
+                         {"truncation", nullptr},
+                         {"padding", nullptr},
+                         {"added_tokens", Json::array({Json{{"id", eos},
+                                                            {"content", eos_text},
+                                                            {"single_word", false},
+                                                            {"lstrip", false},
+                                                            {"rstrip", false},
+                                                            {"normalized", true},
+                                                            {"special", true}}})},
+                         {"normalizer", nullptr},
+                         {"pre_tokenizer", byte_level(false, true)},
+                         {"post_processor", byte_level(true, false)},
+                         {"decoder", byte_level(true, true)},
+                         {"model", Json{{"type", "BPE"},
+                                        {"dropout", nullptr},
+                                        {"unk_token", nullptr},
+                                        {"continuing_subword_prefix", ""},
+                                        {"end_of_word_suffix", ""},
+                                        {"fuse_unk", false},
+                                        {"byte_fallback", false},
+                                        {"vocab", vocab},
+                                        {"merges", merges}}}};
   WriteFile(dir + "/tokenizer.json", tokenizer_json.dump());
   const Json config = {{"tokenizer_class", "GPT2Tokenizer"},
                        {"model_max_length", model_max_length},
@@ -125,7 +125,8 @@ void WriteGpt2HfTokenizerFiles(const Tokenizer& tokenizer, int64_t model_max_len
                        {"unk_token", eos_text},
                        {"add_prefix_space", false},
                        {"add_bos_token", false},
-                       {"errors", "replace"}};
+                       {"errors", "replace"},
+                       {"chat_template", std::string(kChatMlJinja)}};
   WriteFile(dir + "/tokenizer_config.json", config.dump(2) + "\n");
 }
 
