@@ -23,9 +23,10 @@
 #include "cache_service/kv_event_publisher.h"
 #include "cache_service/metrics.h"
 #include "cache_service/pool_host.h"
-#include "common/observability/http_server.h"
-#include "common/service_loop.h"
 #include "common/model_config.h"
+#include "common/observability/http_server.h"
+#include "common/observability/http_tls_flags.h"
+#include "common/service_loop.h"
 #include "common/tls.h"
 
 namespace kvpool::manager {
@@ -34,6 +35,7 @@ namespace {
 struct Flags {
   std::string listen = "127.0.0.1:50051";
   std::string http = "127.0.0.1:0";
+  HttpServerOptions http_options;  // the HTTP port's TLS files
   std::string model;
   int32_t num_layers = 0, num_kv_heads = 0, head_dim = 0;
   int32_t block_size = 16;
@@ -189,6 +191,7 @@ int Run(int argc, char** argv) {
   app.add_option("--kv-events-topic", flags.kv_events_topic,
                  "topic of each event batch; {tenant} becomes the batch's tenant")
       ->capture_default_str();
+  AddHttpTlsFlags(app, &flags.http_options);
   CLI11_PARSE(app, argc, argv);
   flags.num_blocks_given = num_blocks->count() > 0;
   if (flags.lease_ttl_ms < kMinLeaseTtlMs || flags.lease_ttl_ms > 86400000) {
@@ -289,20 +292,25 @@ int Run(int argc, char** argv) {
   // /metrics and /healthz are operator-facing and unauthenticated (Prometheus and
   // Kubernetes probes): keep --http on loopback or a cluster-internal address.
   ServiceLoop loop("kvpool-manager");
-  HttpServer http(loop.io(), "kvpool-manager", [&](const HttpRequest& request) -> HttpResponse {
-    const std::string& target = request.target;
-    if (std::optional<HttpResponse> page = dashboard.Serve(request)) return *std::move(page);
-    if (target == "/metrics") {
-      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
-    }
-    if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    return {404, "text/plain; charset=utf-8",
-            "not found: try /, /metrics, /healthz or /api/stats\n"};
-  });
+  HttpServer http(
+      loop.io(), "kvpool-manager",
+      [&](const HttpRequest& request) -> HttpResponse {
+        const std::string& target = request.target;
+        if (std::optional<HttpResponse> page = dashboard.Serve(request)) return *std::move(page);
+        if (target == "/metrics") {
+          return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
+        }
+        if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+        return {404, "text/plain; charset=utf-8",
+                "not found: try /, /metrics, /healthz or /api/stats\n"};
+      },
+      flags.http_options);
   StatusOr<boost::asio::ip::tcp::endpoint> http_endpoint = http.Listen(flags.http);
   if (!http_endpoint.ok()) {
     server->Shutdown();
-    return Fail(http_endpoint.status().message());
+    return http_endpoint.status().code() == StatusCode::kInvalidArgument
+               ? FailUsage(http_endpoint.status())
+               : Fail(http_endpoint.status().message());
   }
 
   std::string host;
@@ -315,7 +323,7 @@ int Run(int argc, char** argv) {
             << " blocks of " << geometry->block_size << " tokens (" << pool->pool_bytes()
             << " bytes, " << KvDtypeName(geometry->dtype) << ") in " << pool->shm_name()
             << ", lease ttl " << flags.lease_ttl_ms << " ms, gRPC " << TlsServerMode(flags.tls)
-            << ", instance " << core.instance_id() << "\n";
+            << ", HTTP port " << http.Scheme() << ", instance " << core.instance_id() << "\n";
 
   // Leases are checked four times per TTL, so a dead worker's blocks come back
   // within 1.25 TTL of its last heartbeat.

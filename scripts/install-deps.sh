@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PKGS="build-essential cmake ninja-build ccache pkg-config git python3 python3-pip \
 libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-libtorch-dev libopenblas0-openmp libboost-dev libboost-system-dev \
+libtorch-dev libopenblas0-openmp libboost-dev libboost-system-dev libssl-dev \
 libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
 libsentencepiece-dev libspdlog-dev curl ca-certificates python3-matplotlib openssl \
 libjs-chart.js chromium chromium-driver python3-selenium yamllint python3-yaml \

@@ -8,7 +8,8 @@
 // a complete response must be quick (stats, pages); one that waits (a generation)
 // defers: it returns a response whose `deferred` callback gets an HttpStream that any
 // thread may complete or stream into (Server-Sent Events as chunked transfer).
-// Methods other than GET and HEAD reach the handler only with `allow_post`.
+// Methods other than GET and HEAD reach the handler only with `allow_post`. With TLS
+// files in the options every connection is HTTPS (mTLS with a client CA).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -70,6 +71,9 @@ struct HttpServerOptions {
   bool allow_post = false;                  // pass POST (and others) to the handler
   size_t max_body_bytes = size_t{1} << 20;  // larger bodies get 413
   size_t max_connections = 512;
+  // PEM files: with a certificate and its key the port speaks HTTPS only (TLS 1.2+);
+  // with a client CA too, clients must present a certificate it signed (mTLS).
+  std::string tls_cert, tls_key, tls_client_ca;
 };
 
 class HttpServer {
@@ -83,8 +87,10 @@ class HttpServer {
   ~HttpServer();
 
   // Binds "HOST:PORT" (port 0 picks a free one) and starts accepting; returns the
-  // bound endpoint.
+  // bound endpoint. INVALID_ARGUMENT naming the flag for TLS files that cannot be used.
   StatusOr<boost::asio::ip::tcp::endpoint> Listen(const std::string& address);
+  // "https" when Listen set TLS up, else "http".
+  const char* Scheme() const;
   // Stops accepting; connections in flight finish on the io_context.
   void Close();
 

@@ -5,7 +5,10 @@
 // TLS; plaintext clients, clients trusting the other CA and clients without a
 // certificate are refused; a worker without a client certificate never attaches; bad
 // TLS flags end either service with exit code 2 and the flag's name; `kvpool up`
-// passes the TLS flags on and the CLI connects with --tls-*.
+// passes the TLS flags on and the CLI connects with --tls-*. The HTTP ports over HTTPS
+// (--http-tls-*), mTLS on the worker's, driven by curl: /healthz, /metrics and a
+// streamed OpenAI completion; plaintext, a wrong CA and a missing client certificate
+// are refused.
 #include "common/tls.h"
 
 #include <gmock/gmock.h>
@@ -25,6 +28,7 @@ namespace kvpool::integration {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // The openssl configuration: the extensions of each kind of certificate.
 constexpr char kOpensslConfig[] = R"([req]
@@ -333,6 +337,79 @@ TEST_F(TlsTest, KvpoolUpPassesTlsOnAndTheCliConnectsWithItsTlsFlags) {
   const std::optional<int> status = up.SignalAndWait(SIGTERM, std::chrono::seconds(30));
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "wait status " << *status;
+}
+
+// curl (a client nobody here wrote) with `args`: its exit code, `output` the body and
+// then the status line "code=NNN".
+int Curl(const std::string& args, std::string* output) {
+  output->clear();
+  return RunToExit(
+      {"/bin/sh", "-c", "curl -sS --max-time 20 -w '\ncode=%{http_code}\n' " + args + " 2>&1"},
+      output);
+}
+
+TEST_F(TlsTest, HttpPortsServeHttpsAndTheWorkersRequiresClientCertificates) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "64", "--http-tls-cert",
+                          Path("server.pem"), "--http-tls-key", Path("server-key.pem")});
+  ASSERT_FALSE(manager.http_address().empty());
+  WorkerProcess worker(
+      manager.address(),
+      {"--model", "tiny-gpt2", "--threads", "1", "--http-tls-cert", Path("server.pem"),
+       "--http-tls-key", Path("server-key.pem"), "--http-tls-client-ca", Path("ca.pem")});
+  ASSERT_FALSE(worker.http_address().empty());
+  const std::string ca = " --cacert " + Path("ca.pem");
+  const std::string cert = " --cert " + Path("client.pem") + " --key " + Path("client-key.pem");
+  std::string out;
+  EXPECT_EQ(Curl(ca + " https://" + manager.http_address() + "/healthz", &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("code=200"));
+  EXPECT_EQ(Curl(ca + " https://" + manager.http_address() + "/metrics", &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("kvpool_"));
+  // Plaintext to an HTTPS port, and a server certificate from a CA the client does not
+  // trust: no response.
+  EXPECT_NE(Curl(" http://" + manager.http_address() + "/healthz", &out), 0) << out;
+  EXPECT_THAT(out, Not(HasSubstr("code=200")));
+  EXPECT_NE(
+      Curl(" --cacert " + Path("other-ca.pem") + " https://" + manager.http_address() + "/healthz",
+           &out),
+      0)
+      << out;
+
+  // The worker's port wants a client certificate.
+  EXPECT_NE(Curl(ca + " https://" + worker.http_address() + "/healthz", &out), 0) << out;
+  EXPECT_THAT(out, Not(HasSubstr("code=200")));
+  EXPECT_EQ(Curl(ca + cert + " https://" + worker.http_address() + "/healthz", &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("code=200"));
+  EXPECT_EQ(Curl(ca + cert + " -N -d '{\"model\": \"tiny-gpt2\", \"prompt\": [1, 2, 3], " +
+                     "\"max_tokens\": 4, \"ignore_eos\": true, \"stream\": true}' https://" +
+                     worker.http_address() + "/v1/completions",
+                 &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("data: {\"id\":\"cmpl-"));
+  EXPECT_THAT(out, HasSubstr("data: [DONE]"));
+  // Keep-alive over TLS: two requests on one connection.
+  EXPECT_EQ(Curl(ca + cert + " https://" + worker.http_address() + "/v1/models https://" +
+                     worker.http_address() + "/healthz",
+                 &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("\"object\":\"list\""));
+
+  // Bad HTTP TLS flags end the service with exit code 2, naming the flag.
+  const std::vector<std::string> base = {KVPOOL_MANAGER_BIN, "--listen", "127.0.0.1:0", "--http",
+                                         "127.0.0.1:0",      "--model",  "tiny-gpt2"};
+  for (const auto& [extra, expected] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--http-tls-cert", Path("server.pem")}, "--http-tls-key go together"},
+           {{"--http-tls-cert", Path("server.pem"), "--http-tls-key", Path("client-key.pem")},
+            "--http-tls-key"},
+           {{"--http-tls-client-ca", Path("ca.pem")}, "needs --http-tls-cert"}}) {
+    std::vector<std::string> argv = base;
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    std::string output;
+    EXPECT_EQ(RunToExit(argv, &output), 2) << output;
+    EXPECT_THAT(output, HasSubstr(expected));
+  }
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <iostream>
 
 #include "common/observability/http_server.h"
+#include "common/observability/http_tls_flags.h"
 #include "common/service_loop.h"
 #include "common/tls.h"
 #include "engine/engine.h"
@@ -96,6 +97,9 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-key", tls.key, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", tls.ca,
                  "PEM CA bundle: require client certificates signed by it (mTLS)");
+  HttpServerOptions http_options;
+  http_options.allow_post = true;  // the OpenAI API
+  AddHttpTlsFlags(app, &http_options);
   TlsFiles manager_tls;  // the channel to the manager
   manager_tls.ca_flag = "--manager-tls-ca";
   manager_tls.cert_flag = "--manager-tls-cert";
@@ -188,8 +192,6 @@ int Run(int argc, char** argv) {
             << "\n";
   OpenAiGateway gateway(gateway_options, &scheduler, &link, loaded->tokenizer);
   ServiceLoop loop("kvpool-worker");
-  HttpServerOptions http_options;
-  http_options.allow_post = true;  // the OpenAI API
   HttpServer http(
       loop.io(), "kvpool-worker",
       [&](const HttpRequest& request) -> HttpResponse {
@@ -215,10 +217,15 @@ int Run(int argc, char** argv) {
     StatusOr<boost::asio::ip::tcp::endpoint> endpoint = http.Listen(http_address);
     if (!endpoint.ok()) {
       server->Shutdown();
-      return Fail(endpoint.status().message());
+      return endpoint.status().code() == StatusCode::kInvalidArgument
+                 ? FailUsage(endpoint.status())
+                 : Fail(endpoint.status().message());
     }
     std::cout << "kvpool-worker http on " << endpoint->address().to_string() << ":"
               << endpoint->port() << std::endl;
+    std::cerr << "kvpool-worker: HTTP port " << http.Scheme()
+              << (http_options.tls_client_ca.empty() ? "" : " (client certificates required)")
+              << "\n";
   }
 
   scheduler.Start();
