@@ -134,7 +134,7 @@ def main():
     if "modes" in report:
         original_steps(report, out)
         original_bars(report, out)
-    scenarios = report.get("scenarios", {})
+    scenarios = report.get("scenarios") or {}
     if "context_sweep" in scenarios:
         context_sweep(report, out)
     if "throughput" in scenarios:

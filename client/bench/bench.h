@@ -12,6 +12,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,10 @@ namespace kvpool::bench {
 
 struct BenchOptions {
   std::string out_dir;
-  std::string server;   // worker address(es); empty: start a local node
-  std::string manager;  // with --server: the manager's address (for its stats), optional
+  std::string server;        // worker address(es); empty: start a local node
+  std::string openai_url;    // an OpenAI-compatible server instead (openai_scenarios.cc)
+  std::string openai_token;  // its bearer token, "" for none
+  std::string manager;       // with --server: the manager's address (for its stats), optional
   std::string model = "gpt2";
   int threads = 0;  // worker threads (0: the machine's cores)
   bool quick = false;
@@ -108,5 +111,9 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
                     nlohmann::json& report);
 // g: the machine's read bandwidth and the weights' floor per token.
 void RunBandwidthFloor(const v1::GetModelInfoResponse& info, nlohmann::json& report);
+// a, b and e against an OpenAI-compatible server (--openai-url), timed by the client:
+// report["openai"]; and its section of report.md.
+Status RunOpenAiScenarios(const BenchOptions& o, nlohmann::json& report);
+void OpenAiMarkdown(const nlohmann::json& report, std::ostream& md);
 
 }  // namespace kvpool::bench

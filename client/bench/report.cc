@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "client/bench/bench.h"
+
 namespace kvpool::bench {
 namespace {
 
@@ -249,6 +251,7 @@ void WriteReport(const std::string& dir, const Json& report) {
     const Json& m = report["machine"];
     md << "Machine: " << S(m["cpu_model"]) << ", " << S(m["cpus"]) << " CPUs, "
        << Fmt(Num(m, "memory_bytes") / (1 << 30), "%.1f") << " GiB. ";
+    if (!report.contains("model")) md << "\n\n";
   }
   if (report.contains("model")) {
     const Json& m = report["model"];
@@ -369,7 +372,8 @@ void WriteReport(const std::string& dir, const Json& report) {
     }
     md << "\n";
   }
-  if (report.contains("targets")) {
+  OpenAiMarkdown(report, md);
+  if (report.contains("targets") && !report["targets"].empty()) {
     md << "## Targets\n\n| target | value | wanted | met |\n|---|---:|---:|---|\n";
     for (const auto& [name, t] : report["targets"].items()) {
       md << "| " << S(t["what"]) << " | " << Fmt(Num(t, "value"), "%.3f") << " | "
@@ -378,8 +382,11 @@ void WriteReport(const std::string& dir, const Json& report) {
     }
     md << "\n";
   }
-  md << "Plots: original_steps.png, original_bars.png, original_normalised.png, "
-        "context_sweep.png, throughput.png, cache_size.png. Schema: docs/bench-report.md.\n";
+  if (report.contains("modes")) {
+    md << "Plots: original_steps.png, original_bars.png, original_normalised.png, "
+          "context_sweep.png, throughput.png, cache_size.png. ";
+  }
+  md << "Schema: docs/bench-report.md.\n";
   std::ofstream(dir + "/report.md") << md.str();
 }
 

@@ -1,6 +1,7 @@
 // `kvpool bench --out DIR`: runs the bench scenarios (client/bench/) against a local
 // node it starts itself (or, with --server, an existing worker: then the scenarios
-// that need pools of their own are skipped), shows progress on stderr, and writes
+// that need pools of their own are skipped; or, with --openai-url, any
+// OpenAI-compatible server: the client-timed scenarios), shows progress on stderr, and writes
 // DIR/report.json (schema: docs/bench-report.md), one CSV per scenario, report.md, and
 // PNG plots drawn by scripts/plot-bench.py from report.json.
 #include <sys/utsname.h>
@@ -101,6 +102,39 @@ int RewriteReport(bench::BenchOptions o) {
   if (!in || report.is_discarded() || !report.is_object()) {
     return ReportError("bench", InvalidArgument("--rewrite-report: " + o.out_dir +
                                                 "/report.json is missing or not JSON"));
+  }
+  return FinishReport(o, report);
+}
+
+// Against an OpenAI-compatible server: the client-timed scenarios only.
+int RunOpenAiBench(bench::BenchOptions o, const std::string& token_file) {
+  StatusOr<std::string> token = ReadTokenFile(token_file);
+  if (!token.ok()) return ReportError("bench", token.status());
+  o.openai_token = *token;
+  o.progress = Progress();
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) {
+    return ReportError("bench",
+                       InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
+  }
+  Json report;
+  report["schema_version"] = 1;
+  report["date"] = Now();
+  report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
+  report["machine"] = Machine();
+  report["configuration"] = {{"quick", o.quick},
+                             {"max_tokens", o.max_tokens},
+                             {"seed", o.seed},
+                             {"openai_url", o.openai_url},
+                             {"scenarios", o.scenarios}};
+  report["skipped"] =
+      "with --openai-url only original (greedy), context_sweep and prefix_sharing run, timed by "
+      "the client; the server-side timings, KV memory and the scenarios with pools of their own "
+      "need kvpool's gRPC API";
+  if (Status s = bench::RunOpenAiScenarios(o, report); !s.ok()) {
+    bench::WriteReport(o.out_dir, report);
+    return ReportError("bench", s);
   }
   return FinishReport(o, report);
 }
@@ -246,9 +280,22 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command->add_flag("--rewrite-report", *rewrite,
                     "measure nothing: rewrite the targets, CSVs, report.md and plots of --out "
                     "from its report.json");
+  auto* openai = command->add_option(
+      "--openai-url", o->openai_url,
+      "an OpenAI-compatible server (http://HOST:PORT: kvpool's gateway, vLLM, llama.cpp's "
+      "server) instead: the original experiment, the context sweep and prefix sharing, timed "
+      "by the client");
+  auto token_file = std::make_shared<std::string>();
+  command
+      ->add_option("--openai-token-file", *token_file,
+                   "first line: the bearer token for --openai-url")
+      ->needs(openai);
+  openai->excludes(command->get_option("--server"));
   AddTlsFlags(command, tls.get());
-  command->callback([o, tls, rewrite, exit_code] {
-    *exit_code = *rewrite ? RewriteReport(*o) : RunBench(*o, *tls);
+  command->callback([o, tls, rewrite, token_file, exit_code] {
+    *exit_code = *rewrite                 ? RewriteReport(*o)
+                 : !o->openai_url.empty() ? RunOpenAiBench(*o, *token_file)
+                                          : RunBench(*o, *tls);
   });
 }
 

@@ -156,9 +156,9 @@ int RunOpenAi(const LoadgenFlags& flags, const std::vector<std::vector<int32_t>>
   }
   std::string model = flags.openai_model;
   if (model.empty()) {
-    StatusOr<std::string> first = streams[0]->FirstModel();
+    StatusOr<OpenAiModel> first = streams[0]->FirstModel();
     if (!first.ok()) return ReportError("loadgen", first.status());
-    model = *first;
+    model = first->id;
   }
   const std::string extra = flags.mode.empty() ? "" : "\"kv_mode\":\"" + flags.mode + "\"";
   Samples samples;

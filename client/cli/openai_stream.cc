@@ -66,7 +66,8 @@ StatusOr<std::unique_ptr<OpenAiStream>> OpenAiStream::Connect(const std::string&
   }
   std::string rest = url.substr(prefix.size());
   while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.size() >= 3 && rest.compare(rest.size() - 3, 3, "/v1") == 0) rest.resize(rest.size() - 3);
+  if (rest.size() >= 3 && rest.compare(rest.size() - 3, 3, "/v1") == 0)
+    rest.resize(rest.size() - 3);
   const size_t colon = rest.rfind(':');
   if (colon == std::string::npos || rest.find('/') != std::string::npos) {
     return InvalidArgument("--openai-url must be http://HOST:PORT, got " + url);
@@ -79,7 +80,7 @@ StatusOr<std::unique_ptr<OpenAiStream>> OpenAiStream::Connect(const std::string&
   return std::unique_ptr<OpenAiStream>(new OpenAiStream(std::move(impl)));
 }
 
-StatusOr<std::string> OpenAiStream::FirstModel() {
+StatusOr<OpenAiModel> OpenAiStream::FirstModel() {
   Impl& s = *impl_;
   beast::error_code ec;
   http::write(s.stream, s.Request(http::verb::get, "/v1/models", ""), ec);
@@ -90,18 +91,29 @@ StatusOr<std::string> OpenAiStream::FirstModel() {
   const nlohmann::json body = nlohmann::json::parse(response.body(), nullptr, false);
   if (response.result_int() != 200 || body.is_discarded() || !body.contains("data") ||
       body["data"].empty()) {
-    return Unavailable("GET /v1/models answered " + std::to_string(response.result_int()) +
-                       ": " + response.body().substr(0, 300));
+    return Unavailable("GET /v1/models answered " + std::to_string(response.result_int()) + ": " +
+                       response.body().substr(0, 300));
   }
-  return body["data"][0].value("id", "");
+  const nlohmann::json& first = body["data"][0];
+  OpenAiModel model;
+  if (!first.is_object()) return Unavailable("GET /v1/models: data[0] is not an object");
+  model.id = first.value("id", "");
+  model.owned_by = first.value("owned_by", "");
+  const nlohmann::json length = first.value("max_model_len", nlohmann::json());
+  if (length.is_number_integer()) model.max_model_len = length.get<int64_t>();
+  return model;
 }
 
 StatusOr<OpenAiCompletion> OpenAiStream::Complete(const std::string& model,
                                                   const std::vector<int32_t>& prompt,
                                                   int max_tokens, const std::string& extra) {
   Impl& s = *impl_;
-  nlohmann::json body = {{"model", model}, {"prompt", prompt}, {"max_tokens", max_tokens},
-                         {"temperature", 0}, {"ignore_eos", true}, {"stream", true},
+  nlohmann::json body = {{"model", model},
+                         {"prompt", prompt},
+                         {"max_tokens", max_tokens},
+                         {"temperature", 0},
+                         {"ignore_eos", true},
+                         {"stream", true},
                          {"stream_options", {{"include_usage", true}}}};
   std::string text = body.dump();
   if (!extra.empty()) text = text.substr(0, text.size() - 1) + "," + extra + "}";
@@ -161,10 +173,10 @@ StatusOr<OpenAiCompletion> OpenAiStream::Complete(const std::string& model,
     events.append(scratch, sizeof(scratch) - parser.get().body().size);
   }
   if (parser.get().result_int() != 200) {
-    return Status(parser.get().result_int() == 429 ? StatusCode::kResourceExhausted
-                                                   : StatusCode::kInvalidArgument,
-                  "HTTP " + std::to_string(parser.get().result_int()) + ": " +
-                      events.substr(0, 300));
+    return Status(
+        parser.get().result_int() == 429 ? StatusCode::kResourceExhausted
+                                         : StatusCode::kInvalidArgument,
+        "HTTP " + std::to_string(parser.get().result_int()) + ": " + events.substr(0, 300));
   }
   if (failed) return *failed;
   if (!parser.keep_alive()) KVPOOL_RETURN_IF_ERROR(s.Reconnect());

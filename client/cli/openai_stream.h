@@ -4,7 +4,7 @@
 // its tokens, so that the same load runs against kvpool's gateway, its gRPC API, or any
 // other OpenAI-compatible server (vLLM, llama.cpp's server) and the numbers compare.
 // One thread uses one OpenAiStream. It parses only what it times: each event's first
-// choice text and the final usage.
+// choice text and the final usage. `kvpool bench --openai-url` uses it too.
 #pragma once
 
 #include <cstdint>
@@ -17,20 +17,26 @@
 namespace kvpool::cli {
 
 struct OpenAiCompletion {
-  double ttft_s = 0;                   // request sent to the first text event
+  double ttft_s = 0;                    // request sent to the first text event
   std::vector<double> token_arrival_s;  // since the request was sent, one per text event
   int64_t completion_tokens = 0, cached_tokens = 0;  // from the usage chunk
+};
+
+// What /v1/models says of the first model a server lists.
+struct OpenAiModel {
+  std::string id;
+  std::string owned_by;       // "kvpool" for kvpool's gateway
+  int64_t max_model_len = 0;  // vLLM's and kvpool's extension; 0 when not given
 };
 
 class OpenAiStream {
  public:
   // `url`: http://HOST:PORT (the /v1 routes are appended); `token`: a bearer token or "".
-  static StatusOr<std::unique_ptr<OpenAiStream>> Connect(const std::string& url,
-                                                         std::string token);
+  static StatusOr<std::unique_ptr<OpenAiStream>> Connect(const std::string& url, std::string token);
   ~OpenAiStream();
 
   // The first model /v1/models lists.
-  StatusOr<std::string> FirstModel();
+  StatusOr<OpenAiModel> FirstModel();
   // One streaming completion of token-id `prompt` (greedy, ignore_eos, usage asked).
   // `extra`: more JSON members, e.g. "\"kv_mode\":\"paged\"" ("" for none).
   StatusOr<OpenAiCompletion> Complete(const std::string& model, const std::vector<int32_t>& prompt,

@@ -1,6 +1,8 @@
 // `kvpool bench --quick` on a tiny model, end to end: it starts its own manager and
 // worker, runs every scenario, and leaves a report.json with the documented schema
-// (docs/bench-report.md), the CSVs, report.md and non-empty PNG plots.
+// (docs/bench-report.md), the CSVs, report.md and non-empty PNG plots. With
+// --openai-url against a worker's OpenAI gateway: the client-timed scenarios in the
+// three KV modes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +11,8 @@
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+
+#include "system_harness.h"
 
 namespace kvpool::integration {
 namespace {
@@ -106,6 +110,48 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_DOUBLE_EQ(c["contiguous_vs_hf_use_cache_true"].get<double>(), 0.030 / contiguous);
   EXPECT_DOUBLE_EQ(c["none_vs_hf_use_cache_false"].get<double>(), 0.090 / none);
   EXPECT_DOUBLE_EQ(c["hf_cache_speedup"].get<double>(), 3.0);
+}
+
+TEST(BenchTest, OpenAiUrlRunsTheClientTimedScenariosInEachMode) {
+  ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "512"});
+  ASSERT_FALSE(manager.address().empty());
+  WorkerProcess worker(manager.address(), {"--model", "tiny-gpt2", "--threads", "1"});
+  ASSERT_FALSE(worker.http_address().empty());
+  const fs::path out = fs::path(::testing::TempDir()) / "kvpool-bench-openai";
+  fs::remove_all(out);
+  const std::string command = std::string(KVPOOL_CLI_BIN) + " bench --quick --max-tokens 8 " +
+                              "--openai-url http://" + worker.http_address() + " --out " +
+                              out.string() + " >" + out.string() + ".log 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
+  std::ifstream in(out / "report.json");
+  const nlohmann::json r = nlohmann::json::parse(in)["openai"];
+  EXPECT_EQ(r["owned_by"], "kvpool");
+  EXPECT_EQ(r["max_context"], 512);
+  ASSERT_EQ(r["modes"], nlohmann::json({"none", "contiguous", "paged"}));
+  for (const char* mode : {"none", "contiguous", "paged"}) {
+    const nlohmann::json& row = r["original"][mode];
+    EXPECT_EQ(row["completion_tokens"], 8) << mode;
+    EXPECT_GT(row["ttft_s"].get<double>(), 0) << mode;
+    EXPECT_GT(row["itl_median_s"].get<double>(), 0) << mode;
+  }
+  ASSERT_EQ(r["context_sweep"]["points"].size(), 4u);
+  // At the longest context recomputing the sequence costs far more than reading the cache.
+  const nlohmann::json& longest = r["context_sweep"]["points"].back();
+  EXPECT_GT(longest["none"].get<double>(), 2 * longest["paged"].get<double>()) << longest;
+  EXPECT_GT(r["prefix_sharing"]["points"][0]["cached_token_share"].get<double>(), 0.5);
+  std::ifstream md(out / "report.md");
+  const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("## OpenAI endpoint http://" + worker.http_address()), std::string::npos);
+
+  // A URL that is not http://HOST:PORT, and --openai-url with --server: refused.
+  EXPECT_NE(std::system((std::string(KVPOOL_CLI_BIN) + " bench --openai-url https://x:1 --out " +
+                         out.string() + " >/dev/null 2>&1")
+                            .c_str()),
+            0);
+  EXPECT_NE(std::system((std::string(KVPOOL_CLI_BIN) + " bench --openai-url http://x:1 " +
+                         "--server x:2 --out " + out.string() + " >/dev/null 2>&1")
+                            .c_str()),
+            0);
 }
 
 }  // namespace
