@@ -16,15 +16,38 @@ from pathlib import Path
 
 import yaml
 
-import kustomize_lite as kl
-
 ROOT = Path(__file__).resolve().parent.parent
+
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+CLUSTER_SCOPED_KINDS = {
+    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+    "PriorityClass", "StorageClass", "PersistentVolume", "RuntimeClass", "Node",
+    "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "APIService",
+}
+WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"}
+
+
+def object_id(obj):
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{obj.get('kind')}/{meta.get('name')}" + (f" (namespace {ns})" if ns else "")
+
+
+def pod_spec(obj):
+    """The pod spec of a workload (or a Pod), else None."""
+    if obj.get("kind") == "Pod":
+        return obj.get("spec")
+    if obj.get("kind") in WORKLOAD_KINDS:
+        return ((obj.get("spec") or {}).get("template") or {}).get("spec")
+    return None
 
 # Where a binary's flags are defined: its main file, plus every file without a main()
 # in these folders (flag helpers shared by the services live in proto/).
 BINARIES = {
-    "kvpool-manager": ("cache_service/main.cc", ["cache_service", "proto"]),
-    "kvpool-worker": ("worker/service/main.cc", ["worker/service", "proto"]),
+    "kvpool-manager": ("cache_service/main.cc",
+                       ["cache_service", "proto", "common/observability"]),
+    "kvpool-worker": ("worker/service/main.cc",
+                      ["worker/service", "proto", "common/observability"]),
 }
 FLAG_RE = re.compile(r'add_(?:option|flag)(?:_function)?\s*(?:<[^;]*?>)?\s*\(\s*"([^"]+)"')
 MAIN_RE = re.compile(r"\bint\s+main\s*\(")
@@ -108,7 +131,7 @@ class Manifests:
 
     def __init__(self, objects):
         self.objects = objects
-        self.workloads = [o for o in objects if o.get("kind") in kl.WORKLOAD_KINDS]
+        self.workloads = [o for o in objects if o.get("kind") in WORKLOAD_KINDS]
         self.services = [o for o in objects if o.get("kind") == "Service"]
         self.config_maps = {(namespace_of(o), name_of(o)): o.get("data") or {}
                             for o in objects if o.get("kind") == "ConfigMap"}
@@ -125,7 +148,7 @@ class Manifests:
         """Workloads whose first container runs `binary`."""
         found = []
         for w in self.workloads:
-            containers = (kl.pod_spec(w) or {}).get("containers") or []
+            containers = (pod_spec(w) or {}).get("containers") or []
             if containers and os.path.basename((containers[0].get("command") or [""])[0]) == binary:
                 found.append(w)
         return found
@@ -186,14 +209,14 @@ class Checker:
         self.errors = []
 
     def error(self, obj, message):
-        where = kl.object_id(obj) if isinstance(obj, dict) else obj
+        where = object_id(obj) if isinstance(obj, dict) else obj
         self.errors.append(f"{self.name}: {where}: {message}")
 
     def run(self):
         for obj in self.m.objects:
             if not obj.get("apiVersion") or not obj.get("kind") or not name_of(obj):
                 self.error(obj, "needs apiVersion, kind and metadata.name")
-            if obj.get("kind") not in kl.CLUSTER_SCOPED_KINDS and not namespace_of(obj):
+            if obj.get("kind") not in CLUSTER_SCOPED_KINDS and not namespace_of(obj):
                 self.error(obj, "has no namespace: kubectl apply would put it in the "
                                 "context's namespace, away from the rest")
         for w in self.m.workloads:
@@ -216,7 +239,7 @@ class Checker:
         if not labels_match(selector, template_labels(w)):
             self.error(w, f"selector {selector} does not match its pod template labels "
                           f"{template_labels(w)}")
-        pod = kl.pod_spec(w) or {}
+        pod = pod_spec(w) or {}
         pod_sc = pod.get("securityContext") or {}
         if (pod_sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
             self.error(w, "pod securityContext.seccompProfile.type must be RuntimeDefault")
@@ -419,12 +442,12 @@ class Checker:
         for p in ports:
             target = p.get("targetPort", p.get("port"))
             for w in workloads:
-                container_ports = [cp for c in (kl.pod_spec(w) or {}).get("containers") or []
+                container_ports = [cp for c in (pod_spec(w) or {}).get("containers") or []
                                    for cp in c.get("ports") or []]
                 key = "containerPort" if isinstance(target, int) else "name"
                 if not any(cp.get(key) == target for cp in container_ports):
                     self.error(s, f"port {p.get('name')}: targetPort {target!r} is not a port of "
-                                  f"{kl.object_id(w)}")
+                                  f"{object_id(w)}")
 
     def check_service_monitor(self, sm):
         spec = sm.get("spec") or {}
@@ -436,7 +459,7 @@ class Checker:
         for endpoint in spec.get("endpoints") or []:
             for s in services:
                 if endpoint.get("port") not in {p.get("name") for p in (s.get("spec") or {}).get("ports") or []}:
-                    self.error(sm, f"endpoint port {endpoint.get('port')!r}: {kl.object_id(s)} has "
+                    self.error(sm, f"endpoint port {endpoint.get('port')!r}: {object_id(s)} has "
                                    "no port of that name")
 
     # -- kvpool's own rules --
@@ -447,11 +470,11 @@ class Checker:
             self.error(self.name, f"expected one workload running {binary}, found {len(found)}")
             return None
         w = found[0]
-        c = ((kl.pod_spec(w) or {}).get("containers") or [])[0]
+        c = ((pod_spec(w) or {}).get("containers") or [])[0]
         undefined = []
         args = dict(parsed_args([expand(a, self.m.container_env(namespace_of(w), c), undefined)
                                  for a in (c.get("command") or [])[1:] + (c.get("args") or [])]))
-        return w, kl.pod_spec(w) or {}, c, args
+        return w, pod_spec(w) or {}, c, args
 
     def check_kvpool(self):
         manager = self.role("kvpool-manager")
