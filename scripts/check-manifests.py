@@ -44,9 +44,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from manifest_rules import (KUSTOMIZATION_FILES, Checker, Manifests,  # noqa: E402
-                            accepted_flags, flags_in_source, kubectl_render, name_of,
-                            parse_bytes, parsed_args, pod_spec)
+from k8s_objects import (KUSTOMIZATION_FILES, Manifests, accepted_flags,  # noqa: E402
+                         flags_in_source, kubectl_render, name_of, parse_bytes, parsed_args,
+                         pod_spec)
+from manifest_rules import Checker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

@@ -11,7 +11,6 @@ Usage: k8s_schema_test.py --build-dir BUILD. Exit 77 (skipped) without kubectl (
 not a Debian package) or where PyPI cannot be reached.
 """
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def main():
         return 77
     pyvenv.ensure(args.build_dir)
     import kubernetes_validate
-    from manifest_rules import kubectl_render
+    from k8s_objects import kubectl_render
 
     errors, checked, skipped = [], 0, 0
     for overlay, components in renderings():

@@ -22,10 +22,8 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
