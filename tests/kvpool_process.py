@@ -45,3 +45,49 @@ class Process:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class Node:
+    """A kvpool-manager (tiny-gpt2's geometry, auth on) and one kvpool-worker on
+    loopback, for the tests of the worker's HTTP API. Tokens: op-token (operator,
+    worker), tok-a (tenant-a), tok-b (tenant-b). Use as a context manager."""
+
+    def __init__(self, bin_dir, tmp, model="tiny-gpt2", worker_args=()):
+        import os
+        self.procs = []
+        tokens = os.path.join(tmp, "tokens")
+        with open(tokens, "w") as f:
+            f.write("op-token operator worker\ntok-a tenant-a client\ntok-b tenant-b client\n")
+        with open(os.path.join(tmp, "op"), "w") as f:
+            f.write("op-token\n")
+        try:
+            manager = self._start([os.path.join(bin_dir, "kvpool-manager"), "--listen",
+                                   "127.0.0.1:0", "--http", "127.0.0.1:0", "--model",
+                                   "tiny-gpt2", "--block-size", "16", "--num-blocks", "256",
+                                   "--auth-token-file", tokens])
+            grpc_address = manager.wait_for("kvpool-manager listening on ")
+            self.manager_http = manager.wait_for("http on ")
+            worker = self._start([os.path.join(bin_dir, "kvpool-worker"), "--manager",
+                                  grpc_address, "--listen", "127.0.0.1:0", "--http",
+                                  "127.0.0.1:0", "--model", model, "--threads", "1",
+                                  "--token-file", os.path.join(tmp, "op")] + list(worker_args))
+            self.http = worker.wait_for("kvpool-worker http on ")
+            worker.wait_for("kvpool-worker attached")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, argv):
+        p = Process(argv)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -93,6 +93,19 @@ Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json&
 
 int FinishReport(const bench::BenchOptions& o, Json& report);
 
+// The output folder made, and a report's first fields: schema, date, commit, machine.
+StatusOr<Json> NewReport(const std::string& out_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec) return InvalidArgument("cannot create " + out_dir + ": " + ec.message());
+  Json report;
+  report["schema_version"] = 1;
+  report["date"] = Now();
+  report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
+  report["machine"] = Machine();
+  return report;
+}
+
 // Rewrites everything derived from DIR/report.json (targets, CSVs, report.md, plots)
 // without measuring: for a report made by an older kvpool.
 int RewriteReport(bench::BenchOptions o) {
@@ -112,17 +125,9 @@ int RunOpenAiBench(bench::BenchOptions o, const std::string& token_file) {
   if (!token.ok()) return ReportError("bench", token.status());
   o.openai_token = *token;
   o.progress = Progress();
-  std::error_code ec;
-  std::filesystem::create_directories(o.out_dir, ec);
-  if (ec) {
-    return ReportError("bench",
-                       InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
-  }
-  Json report;
-  report["schema_version"] = 1;
-  report["date"] = Now();
-  report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
-  report["machine"] = Machine();
+  StatusOr<Json> started = NewReport(o.out_dir);
+  if (!started.ok()) return ReportError("bench", started.status());
+  Json report = *started;
   report["configuration"] = {{"quick", o.quick},
                              {"max_tokens", o.max_tokens},
                              {"seed", o.seed},
@@ -149,16 +154,9 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     if (Status s = ApplyTlsFlags(tls, &client_options); !s.ok()) return ReportError("bench", s);
   }
   o.progress = Progress();
-  std::error_code ec;
-  std::filesystem::create_directories(o.out_dir, ec);
-  if (ec)
-    return ReportError("bench",
-                       InvalidArgument("cannot create " + o.out_dir + ": " + ec.message()));
-  Json report;
-  report["schema_version"] = 1;
-  report["date"] = Now();
-  report["git_commit"] = CommandOutput("git -C " KVPOOL_SOURCE_DIR " rev-parse HEAD 2>/dev/null");
-  report["machine"] = Machine();
+  StatusOr<Json> started = NewReport(o.out_dir);
+  if (!started.ok()) return ReportError("bench", started.status());
+  Json report = *started;
   report["configuration"] = {{"quick", o.quick},   {"threads", o.threads},
                              {"prompt", o.prompt}, {"max_tokens", o.max_tokens},
                              {"seed", o.seed},     {"server", o.server},

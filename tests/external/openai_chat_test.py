@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyvenv  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kvpool_process import Process  # noqa: E402
+from kvpool_process import Node  # noqa: E402
 
 MODEL = "kvpool-chat"
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "hf", "tiny-chat")
@@ -210,36 +210,17 @@ def main():
     from tokenizers import Tokenizer
 
     hf_tokenizer = Tokenizer.from_file(os.path.join(FOLDER, "tokenizer.json"))
-    binary = lambda name: os.path.join(args.bin_dir, name)
     tmp = tempfile.mkdtemp(prefix="kvpool-chat-")
-    tokens = os.path.join(tmp, "tokens")
-    with open(tokens, "w") as f:
-        f.write("op-token operator worker\ntok-a tenant-a client\n")
-    with open(os.path.join(tmp, "op"), "w") as f:
-        f.write("op-token\n")
-    procs = []
     try:
-        manager = Process([binary("kvpool-manager"), "--listen", "127.0.0.1:0", "--http",
-                           "127.0.0.1:0", "--model", "tiny-gpt2", "--block-size", "16",
-                           "--num-blocks", "256", "--auth-token-file", tokens])
-        procs.append(manager)
-        grpc_address = manager.wait_for("kvpool-manager listening on ")
-        worker = Process([binary("kvpool-worker"), "--manager", grpc_address, "--listen",
-                          "127.0.0.1:0", "--http", "127.0.0.1:0", "--model", FOLDER,
-                          "--threads", "1", "--token-file", os.path.join(tmp, "op"),
-                          "--served-model-name", MODEL])
-        procs.append(worker)
-        http = worker.wait_for("kvpool-worker http on ")
-        worker.wait_for("kvpool-worker attached")
-        compared = check_families(http, chat_templates, hf_tokenizer)
-        text = check_client(openai, http)
+        with Node(args.bin_dir, tmp, model=FOLDER,
+                  worker_args=["--served-model-name", MODEL]) as node:
+            compared = check_families(node.http, chat_templates, hf_tokenizer)
+            text = check_client(openai, node.http)
         print(f"openai {openai.__version__}: {compared} renderings equal jinja2 + tokenizers "
               f"over {len(chat_templates.FAMILIES)} template families; chat completions, "
               f"streaming, n=2, stop, logprobs, cached tokens and typed errors pass "
               f"(greedy text {text!r})")
     finally:
-        for p in reversed(procs):
-            p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyvenv  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kvpool_process import Process  # noqa: E402
+from kvpool_process import Node  # noqa: E402
 
 MODEL = "kvpool-tiny"
 
@@ -287,37 +287,16 @@ def main():
     pyvenv.ensure(args.build_dir)
     import openai
 
-    binary = lambda name: os.path.join(args.bin_dir, name)
     tmp = tempfile.mkdtemp(prefix="kvpool-openai-")
-    tokens = os.path.join(tmp, "tokens")
-    with open(tokens, "w") as f:
-        f.write("op-token operator worker\ntok-a tenant-a client\ntok-b tenant-b client\n")
-    with open(os.path.join(tmp, "op"), "w") as f:
-        f.write("op-token\n")
-    procs = []
     try:
-        manager = Process([binary("kvpool-manager"), "--listen", "127.0.0.1:0", "--http",
-                           "127.0.0.1:0", "--model", "tiny-gpt2", "--block-size", "16",
-                           "--num-blocks", "256", "--auth-token-file", tokens])
-        procs.append(manager)
-        grpc_address = manager.wait_for("kvpool-manager listening on ")
-        manager_http = manager.wait_for("http on ")
-        worker = Process([binary("kvpool-worker"), "--manager", grpc_address, "--listen",
-                          "127.0.0.1:0", "--http", "127.0.0.1:0", "--model", "tiny-gpt2",
-                          "--threads", "1", "--token-file", os.path.join(tmp, "op"),
-                          "--served-model-name", MODEL])
-        procs.append(worker)
-        http = worker.wait_for("kvpool-worker http on ")
-        worker.wait_for("kvpool-worker attached")
-        text = check_client(openai, f"http://{http}/v1")
-        hostile = check_sockets(http, manager_http)
+        with Node(args.bin_dir, tmp, worker_args=["--served-model-name", MODEL]) as node:
+            text = check_client(openai, f"http://{node.http}/v1")
+            hostile = check_sockets(node.http, node.manager_http)
         print(f"openai {openai.__version__}: completions, streaming, n=2, prompt batches, stop, "
               "seed, token ids, built-in chat, "
               f"cached tokens and typed errors pass; {hostile} hostile requests refused "
               f"(greedy text {text!r})")
     finally:
-        for p in reversed(procs):
-            p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

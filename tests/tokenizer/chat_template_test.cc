@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "tokenizer/tokenizer.h"
+#include "byte_tokenizer.h"
 
 namespace kvpool {
 namespace {
@@ -98,19 +98,7 @@ TEST(ChatTemplate, RefusesUnknownTemplatesAndRoles) {
   EXPECT_THROW(ChatTemplate::ChatMl().Render({}, true, false), std::invalid_argument);
 }
 
-// A byte-per-token tokenizer: every byte is its own id, so encodings read as text.
-class ByteTokenizer final : public Tokenizer {
- public:
-  std::vector<int32_t> Encode(std::string_view text) const override {
-    return {text.begin(), text.end()};
-  }
-  std::string Decode(const std::vector<int32_t>& ids) const override {
-    return {ids.begin(), ids.end()};
-  }
-  int64_t VocabSize() const override { return 1000; }
-  int32_t EosId() const override { return -1; }
-  std::string Name() const override { return "bytes"; }
-};
+using testing_util::ByteTokenizer;
 
 TEST(ChatTemplate, SpecialTokensComeFromTemplateTextOnly) {
   const ChatTemplate chat = ChatTemplate::ChatMl();

@@ -8,21 +8,12 @@
 
 #include <algorithm>
 
+#include "tests/tokenizer/byte_tokenizer.h"
+
 namespace kvpool::worker {
 namespace {
 
-class ByteTokenizer final : public Tokenizer {
- public:
-  std::vector<int32_t> Encode(std::string_view text) const override {
-    return {text.begin(), text.end()};
-  }
-  std::string Decode(const std::vector<int32_t>& ids) const override {
-    return {ids.begin(), ids.end()};
-  }
-  int64_t VocabSize() const override { return 1000; }
-  int32_t EosId() const override { return -1; }
-  std::string Name() const override { return "bytes"; }
-};
+using testing_util::ByteTokenizer;
 
 struct Parsed {
   std::optional<ApiError> error;
