@@ -1,6 +1,7 @@
 // The decode-shaped CPU linear against a naive double-precision product, over row
 // counts on both sides of the kernel's range, odd output sizes, input sizes that
-// leave a scalar tail, strided rows of x, with and without bias.
+// leave a scalar tail, strided rows of x, with and without bias; with fp32 weights and
+// with bf16 weights (against the product of the bf16 values themselves).
 #include "engine/cpu_linear.h"
 
 #include <ATen/ATen.h>
@@ -37,6 +38,35 @@ TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
       << (CpuLinearUsesKernel(rows) ? ", kernel" : ", BLAS");
 }
 
+TEST_P(CpuLinearTest, Bf16WeightsMatchTheProductOfTheirValues) {
+  const auto [rows, n, k, with_bias] = GetParam();
+  at::manual_seed(rows * 1000 + n + k + 7);
+  const at::Tensor wide = at::randn({rows, k + 5});
+  const at::Tensor x = wide.narrow(1, 2, k);
+  const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+  const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
+
+  const at::Tensor y = CpuLinear(x, w, b);
+
+  at::Tensor expected = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+  if (with_bias) expected += b.to(at::kDouble);
+  ASSERT_EQ(y.sizes(), expected.sizes());
+  ASSERT_EQ(y.scalar_type(), at::kFloat);
+  // The kernel widens the weights exactly and keeps x and the sums in fp32; ATen's bf16
+  // product (more rows, or the portable path) rounds x and the result to bf16 (8
+  // significant bits: relative 2^-9 each), so its bound is relative to sum |x| |w|.
+  const bool kernel = CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows;
+  const at::Tensor error = (y.to(at::kDouble) - expected).abs();
+  const at::Tensor bound = kernel ? at::full_like(error, 1e-3 * std::sqrt(static_cast<double>(k)))
+                                  : std::ldexp(1.0, -7) * (at::matmul(x.to(at::kDouble).abs(),
+                                                                      w.to(at::kDouble).abs().t()) +
+                                                           expected.abs()) +
+                                        1e-6;
+  EXPECT_TRUE((error <= bound).all().item<bool>())
+      << rows << " rows, n " << n << ", k " << k << (kernel ? ", kernel" : ", ATen bf16")
+      << ": worst excess " << (error - bound).max().item<double>();
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearTest,
                          ::testing::Combine(::testing::Values<int64_t>(1, 2, 3, 4, 5, 6, 7, 8, 9,
                                                                        11, 12, 13, 16, 17, 25, 33,
@@ -50,7 +80,7 @@ TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
   EXPECT_EQ(CpuLinearUsesKernel(1), std::string(CpuLinearKernelName()) == "AVX-512");
   EXPECT_FALSE(CpuLinearUsesKernel(0));
   EXPECT_FALSE(CpuLinearUsesKernel(kCpuLinearMaxRows + 1));
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  if (std::string(CpuLinearKernelName()) != "none (BLAS only)") {  // not KVPOOL_CPU_LINEAR=blas
     EXPECT_TRUE(CpuLinearUsesKernel(2));
     EXPECT_TRUE(CpuLinearUsesKernel(kCpuLinearMaxRows));
   }

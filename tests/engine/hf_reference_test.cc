@@ -1,7 +1,10 @@
 // The external check that our GPT-2 and Llama are the real architectures: Hugging
 // Face transformers' own logits and greedy continuations (use_cache True and False)
 // for tiny random models, made by scripts/make-hf-fixtures.py and committed under
-// tests/data/hf/. Each folder is loaded with our loader and run in all three modes.
+// tests/data/hf/. Each folder is loaded with our loader and run in all three modes,
+// with fp32 weights (equal within fp32 rounding) and with bf16 weights on the CPU
+// (within bf16's rounding; a token that differs between modes or from transformers'
+// only where the two candidates' logits nearly tie).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -72,6 +75,77 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
                 want_cached)
           << GetParam() << " " << key << " mode " << KvModeName(mode);
       ASSERT_TRUE(engine.Release(id).ok());
+    }
+  }
+}
+
+TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
+  const std::string dir = kHfDir + GetParam();
+  auto loaded = LoadModel(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const SafetensorsFile ref = SafetensorsFile::Open(dir + "/reference.safetensors").value();
+  EngineOptions options;
+  options.block_size = 4;
+  options.cpu_weight_dtype = at::kBFloat16;
+  auto engine_or =
+      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
+  ASSERT_TRUE(engine_or.ok()) << engine_or.status().ToString();
+  worker::OfflineEngine& engine = **engine_or;
+  // bf16 keeps 8 significant bits: each weight is off by up to 2^-9 of itself, and a
+  // logit by about that share of its magnitude; 2% of the largest logit bounds it.
+  for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
+    const std::string key = "prompt" + std::to_string(p);
+    const std::vector<int32_t> prompt = ReadIds(ref, key + ".ids");
+    const std::vector<int32_t> want = ReadIds(ref, key + ".greedy_use_cache");
+    const at::Tensor logits = FloatTensorFromView(ref.Get(key + ".logits").value()).value();
+    const double tolerance = 0.02 * logits.abs().max().item<double>();
+    std::vector<std::vector<int32_t>> generated;
+    std::vector<std::vector<at::Tensor>> step_logits;  // per mode, the logits of each step
+    for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
+      GenerationRequest r;
+      r.prompt = prompt;
+      r.max_tokens = static_cast<int32_t>(want.size());
+      r.mode = mode;
+      r.ignore_eos = true;
+      SequenceId id = engine.AddSequence(r).value();
+      ASSERT_TRUE(engine.Prefill({id}).ok());
+      const at::Tensor first = logits[static_cast<int64_t>(prompt.size()) - 1];
+      const double diff = (engine.sequence(id).last_logits - first).abs().max().item<double>();
+      EXPECT_LE(diff, tolerance) << GetParam() << " " << key << " " << KvModeName(mode);
+      step_logits.emplace_back();
+      for (;;) {
+        step_logits.back().push_back(engine.sequence(id).last_logits.clone());
+        if (engine.sequence(id).finished()) break;
+        ASSERT_TRUE(engine.Decode({id}).ok());
+      }
+      const Sequence& s = engine.sequence(id);
+      generated.emplace_back(s.tokens.begin() + s.prompt_len(), s.tokens.end());
+      ASSERT_TRUE(engine.Release(id).ok());
+    }
+    // The modes differ in rounding only (a recompute's many rows take ATen's bf16
+    // product, a decode step's one row the kernel): where their tokens part, the two
+    // candidates' logits must nearly tie.
+    for (size_t a = 0; a + 1 < generated.size(); ++a) {
+      for (size_t i = 0; i < want.size(); ++i) {
+        const int32_t x = generated[a][i], y = generated[a + 1][i];
+        if (x == y) continue;
+        const at::Tensor& row = step_logits[a][i];
+        const double gap = (row[x] - row[y]).item<double>();
+        EXPECT_LE(gap, 2 * tolerance) << GetParam() << " " << key << " modes " << a << "/" << a + 1
+                                      << " step " << i << ": not a near tie";
+        break;
+      }
+    }
+    // Up to the first token that differs from transformers' (after it the contexts
+    // differ), and there its two best logits must nearly tie.
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (generated[2][i] == want[i]) continue;
+      const at::Tensor row = logits[static_cast<int64_t>(prompt.size() + i) - 1];
+      const at::Tensor top = std::get<0>(row.topk(2));
+      const double gap = (top[0] - top[1]).item<double>();
+      EXPECT_LE(gap, 2 * tolerance)
+          << GetParam() << " " << key << " step " << i << ": a flip that is not a near tie";
+      break;
     }
   }
 }

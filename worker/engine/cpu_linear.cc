@@ -32,55 +32,85 @@ Isa KernelIsa() {
   return isa;
 }
 
+// W is float (fp32 weights) or uint16_t (bf16 weights: the upper halves of fp32s).
+template <typename W>
 struct LinearArgs {
   const float* x;  // [M, K], rows ldx apart
   int64_t ldx;
-  const float* w;  // [N, K]
+  const W* w;  // [N, K]
   int64_t k;
   const float* b;  // [N] or nullptr
   float* y;        // [M, N], contiguous
   int64_t n;
 };
 
-// Software prefetch distance along each weight row, in floats (4 KiB): the first pass
+inline float Widen(float w) { return w; }
+inline float Widen(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Weight vectors as fp32: fp32 loaded as is, bf16 widened exactly (a 16-bit shift).
+__attribute__((target("avx2,fma"))) inline __m256 LoadW256(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+__attribute__((target("avx2,fma"))) inline __m256 LoadW256(const uint16_t* p) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadW512(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadW512(const uint16_t* p) {
+  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+// Software prefetch distance along each weight row (4 KiB): the first pass
 // over a chunk streams its weights from memory, and prefetching them this far ahead
 // overlaps the loads with the FMAs (measured on Zen 5 at 2-16 rows: 10-25% faster than
 // the hardware prefetcher alone). Later passes read the chunk from L2.
-constexpr int64_t kPrefetchFloats = 1024;
+template <typename W>
+constexpr int64_t kPrefetchBytes = sizeof(W) == 4 ? 4096 : 16384;
 
 // The same register-blocked loop for both vector widths: M rows of x against weight
 // rows [n, n + R), M*R independent FMA chains (8 or more hide the FMA latency on two
 // ports), each weight vector loaded once for all M rows. V is the ISA's traits.
-#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, FMA, ZERO, HSUM)                        \
-  template <int M, int R>                                                                          \
-  __attribute__((target(TARGET))) void NAME(const LinearArgs& a, int64_t m0, int64_t n) {          \
-    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                               \
-    const float* w_rows[R];                                                                        \
-    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                                   \
-    const float* x_rows[M];                                                                        \
-    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                                \
-    VEC acc[M][R];                                                                                 \
-    for (int m = 0; m < M; ++m) {                                                                  \
-      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                              \
-    }                                                                                              \
-    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                                   \
-      VEC wv[R];                                                                                   \
-      for (int r = 0; r < R; ++r) {                                                                \
-        _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k + kPrefetchFloats), _MM_HINT_T0); \
-        wv[r] = LOAD(w_rows[r] + k);                                                               \
-      }                                                                                            \
-      for (int m = 0; m < M; ++m) {                                                                \
-        const VEC xv = LOAD(x_rows[m] + k);                                                        \
-        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                         \
-      }                                                                                            \
-    }                                                                                              \
-    for (int m = 0; m < M; ++m) {                                                                  \
-      for (int r = 0; r < R; ++r) {                                                                \
-        float sum = HSUM(acc[m][r]);                                                               \
-        for (int64_t k = k_vec; k < a.k; ++k) sum += w_rows[r][k] * x_rows[m][k];                  \
-        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;                     \
-      }                                                                                            \
-    }                                                                                              \
+#define KVPOOL_DEFINE_TILE(NAME, TARGET, VEC, WIDTH, LOAD, LOADW, FMA, ZERO, HSUM)           \
+  template <int M, int R, typename W>                                                        \
+  __attribute__((target(TARGET))) void NAME(const LinearArgs<W>& a, int64_t m0, int64_t n) { \
+    const int64_t k_vec = a.k & ~int64_t{WIDTH - 1};                                         \
+    const W* w_rows[R];                                                                      \
+    for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;                             \
+    const float* x_rows[M];                                                                  \
+    for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.ldx;                          \
+    VEC acc[M][R];                                                                           \
+    for (int m = 0; m < M; ++m) {                                                            \
+      for (int r = 0; r < R; ++r) acc[m][r] = ZERO();                                        \
+    }                                                                                        \
+    for (int64_t k = 0; k < k_vec; k += WIDTH) {                                             \
+      VEC wv[R];                                                                             \
+      for (int r = 0; r < R; ++r) {                                                          \
+        if (sizeof(W) * WIDTH >= 64 || (k & (64 / sizeof(W) - 1)) == 0) {                    \
+          _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k) + kPrefetchBytes<W>,     \
+                       _MM_HINT_T0);                                                         \
+        }                                                                                    \
+        wv[r] = LOADW(w_rows[r] + k);                                                        \
+      }                                                                                      \
+      for (int m = 0; m < M; ++m) {                                                          \
+        const VEC xv = LOAD(x_rows[m] + k);                                                  \
+        for (int r = 0; r < R; ++r) acc[m][r] = FMA(wv[r], xv, acc[m][r]);                   \
+      }                                                                                      \
+    }                                                                                        \
+    for (int m = 0; m < M; ++m) {                                                            \
+      for (int r = 0; r < R; ++r) {                                                          \
+        float sum = HSUM(acc[m][r]);                                                         \
+        for (int64_t k = k_vec; k < a.k; ++k) sum += Widen(w_rows[r][k]) * x_rows[m][k];     \
+        a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;               \
+      }                                                                                      \
+    }                                                                                        \
   }
 
 __attribute__((target("avx2,fma"))) inline float HorizontalSum256(__m256 v) {
@@ -95,21 +125,21 @@ __attribute__((target("avx512f,avx2,fma"))) inline float HorizontalSum512(__m512
   return _mm512_reduce_add_ps(v);
 }
 
-KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, Zero256,
-                   HorizontalSum256)
-KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps,
-                   Zero512, HorizontalSum512)
+KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, LoadW256, _mm256_fmadd_ps,
+                   Zero256, HorizontalSum256)
+KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, LoadW512,
+                   _mm512_fmadd_ps, Zero512, HorizontalSum512)
 #undef KVPOOL_DEFINE_TILE
 
-template <int M, int R>
-void SpanAvx2(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+template <int M, int R, typename W>
+void SpanAvx2(const LinearArgs<W>& a, int64_t m0, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + R <= n1; n += R) TileAvx2<M, R>(a, m0, n);
   for (; n < n1; ++n) TileAvx2<M, 1>(a, m0, n);
 }
 
-template <int M, int R>
-void SpanAvx512(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+template <int M, int R, typename W>
+void SpanAvx512(const LinearArgs<W>& a, int64_t m0, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + R <= n1; n += R) TileAvx512<M, R>(a, m0, n);
   for (; n < n1; ++n) TileAvx512<M, 1>(a, m0, n);
@@ -117,7 +147,8 @@ void SpanAvx512(const LinearArgs& a, int64_t m0, int64_t n0, int64_t n1) {
 
 // AVX2 has 16 vector registers: up to 4 rows of x per pass with 4 weight rows
 // (16 accumulators would spill beyond that, so more rows take several passes).
-void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
+template <typename W>
+void RowsAvx2(const LinearArgs<W>& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
     case 1:
       return SpanAvx2<1, 4>(a, m0, n0, n1);
@@ -135,7 +166,8 @@ void RowsAvx2(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t
 // Zen 5 this beat 8x2 and 12x2 tiles (the previous kernel) by 15-35% at 2-16 rows,
 // streaming the weights, and by 20% at 96 rows (a prefill, where they sit in L2), in a
 // standalone harness of gpt2's shapes.
-void RowsAvx512(const LinearArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
+template <typename W>
+void RowsAvx512(const LinearArgs<W>& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
   switch (rows) {
     case 1:
       return SpanAvx512<1, 12>(a, m0, n0, n1);
@@ -178,28 +210,18 @@ const char* CpuLinearKernelName() {
   }
 }
 
-at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  const int64_t rows = x.size(0);
-  const bool fits = x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-                    w.scalar_type() == at::kFloat && w.is_contiguous() && x.stride(1) == 1 &&
-                    (!b.defined() || (b.scalar_type() == at::kFloat && b.is_contiguous()));
-  if (!fits || !CpuLinearUsesKernel(rows)) return AtenLinear(x, w, b);
-  const int64_t n = w.size(0);
-  at::Tensor y = at::empty({rows, n}, x.options());
-  const LinearArgs args{x.data_ptr<float>(),
-                        x.stride(0),
-                        w.data_ptr<float>(),
-                        w.size(1),
-                        b.defined() ? b.data_ptr<float>() : nullptr,
-                        y.data_ptr<float>(),
-                        n};
+namespace {
+
+// The kernel over every weight row: threads split the weight rows in chunks of at most
+// 256 KiB, which stay in L2 while each pass over rows of x reads them, so the weights
+// come from memory once. Chunks are whole tiles (24 rows: a multiple of every tile's
+// 2-12 weight rows), and at least 8 per thread, so that an uneven split costs little.
+template <typename W>
+void RunKernel(const LinearArgs<W>& args, int64_t rows) {
   const bool avx512 = KernelIsa() == Isa::kAvx512;
-  // Threads split the weight rows in chunks of at most 256 KiB, which stay in L2 while
-  // each pass over rows of x reads them: the weights come from memory once. Chunks are
-  // whole tiles (24 rows: a multiple of every tile's 2-12 weight rows), and at least 8
-  // per thread, so that an uneven split costs little.
   constexpr int64_t kTileRows = 24;
-  const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(sizeof(float))) / args.k;
+  const int64_t n = args.n;
+  const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(sizeof(W))) / args.k;
   const int64_t balanced = n / (8 * std::max(1, at::get_num_threads()));
   const int64_t chunk = std::max(kTileRows, std::min(fits_l2, balanced) / kTileRows * kTileRows);
   at::parallel_for(0, (n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
@@ -216,6 +238,75 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
       }
     }
   });
+}
+
+// Whether the CPU has bf16 dot products (AVX512-BF16) for ATen's bf16 product to use;
+// KVPOOL_CPU_BF16=convert answers no (the path of CPUs without them, for tests).
+bool NativeBf16() {
+  static const bool native = [] {
+    const char* choice = std::getenv("KVPOOL_CPU_BF16");
+    if (choice != nullptr && std::strcmp(choice, "convert") == 0) return false;
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return native;
+}
+
+// bf16 weights beyond the kernel's rows. With AVX512-BF16: ATen's bf16 product (oneDNN
+// on the bf16 dot products), x rounded to bf16, fp32 accumulation, the result widened
+// back and the fp32 bias added. Without: the weights widened to fp32 (exact) and the
+// fp32 product, the kernel's arithmetic.
+at::Tensor AtenLinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!NativeBf16()) return AtenLinear(x.to(at::kFloat), w.to(at::kFloat), b);
+  at::Tensor y = at::mm(x.to(at::kBFloat16), w.t()).to(at::kFloat);
+  if (b.defined()) y.add_(b.to(at::kFloat));
+  return y;
+}
+
+}  // namespace
+
+StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* why) {
+  if (name == "fp32" || name == "bf16") {
+    *why = name + " weights (asked for)";
+    if (name == "bf16" && !NativeBf16()) {
+      *why += "; this CPU has no AVX512-BF16: products of many rows are converted to fp32";
+    }
+    return name == "bf16" ? at::kBFloat16 : at::kFloat;
+  }
+  if (name != "auto") {
+    return InvalidArgument("--weight-dtype must be fp32, bf16 or auto, got '" + name + "'");
+  }
+  if (NativeBf16()) {
+    *why = "bf16 weights (auto: the CPU has AVX512-BF16)";
+    return at::kBFloat16;
+  }
+  *why =
+      "fp32 weights (auto: the CPU has no AVX512-BF16; --weight-dtype bf16 still runs, its "
+      "products of many rows converted to fp32)";
+  return at::kFloat;
+}
+
+at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const int64_t rows = x.size(0);
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  const bool fits = x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+                    (w.scalar_type() == at::kFloat || bf16) && w.is_contiguous() &&
+                    x.stride(1) == 1 &&
+                    (!b.defined() || (b.scalar_type() == at::kFloat && b.is_contiguous()));
+  const bool kernel = fits && CpuLinearUsesKernel(rows) && (!bf16 || rows <= kBf16KernelMaxRows);
+  if (!kernel) return bf16 ? AtenLinearBf16(x, w, b) : AtenLinear(x, w, b);
+  const int64_t n = w.size(0);
+  at::Tensor y = at::empty({rows, n}, x.options());
+  const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  if (bf16) {
+    RunKernel(LinearArgs<uint16_t>{x.data_ptr<float>(), x.stride(0),
+                                   reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
+                                   w.size(1), bias, y.data_ptr<float>(), n},
+              rows);
+  } else {
+    RunKernel(LinearArgs<float>{x.data_ptr<float>(), x.stride(0), w.data_ptr<float>(), w.size(1),
+                                bias, y.data_ptr<float>(), n},
+              rows);
+  }
   return y;
 }
 

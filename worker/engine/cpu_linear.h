@@ -9,11 +9,22 @@
 // more rows go through sgemm, and one row through sgemv where only AVX2 is there.
 // KVPOOL_CPU_LINEAR=blas sends every shape to BLAS, =avx2 caps the kernel at AVX2
 // (for comparisons).
+//
+// Weights may be bf16 (--weight-dtype bf16): the kernel widens each weight to fp32 as
+// it loads it (exact: a 16-bit shift) and multiplies fp32 activations, so a decode
+// step reads half the bytes at fp32 accuracy on any AVX2 CPU; beyond
+// kBf16KernelMaxRows rows (a prefill, compute-bound) ATen's bf16 product runs
+// (oneDNN: the CPU's bf16 dot products where it has them, converted where it does
+// not), activations rounded to bf16, accumulation in fp32. KVPOOL_CPU_LINEAR=blas
+// sends bf16 to ATen for every shape (the portable path).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
+
+#include "common/status.h"
 
 namespace kvpool {
 
@@ -21,15 +32,22 @@ namespace kvpool {
 // OpenBLAS sgemm (gpt2's shapes, 2 cores of an AVX-512 CPU, where OpenBLAS 0.3.21
 // runs its AVX2 kernels: a whole forward 1.2x faster at 200 rows, 1.06x at 512).
 inline constexpr int64_t kCpuLinearMaxRows = 512;
+// With bf16 weights the kernel (fp32 FMAs) stops where ATen's bf16 product gets faster.
+inline constexpr int64_t kBf16KernelMaxRows = 16;
 
-// x [M, K] (rows may be strided, elements contiguous), w [N, K], b [N] or undefined.
-// Any dtype or device works; the own kernel runs for float32 CPU tensors on CPUs
-// with AVX2 and FMA, everything else goes through ATen.
+// x [M, K] (rows may be strided, elements contiguous), w [N, K] (float32 or bfloat16),
+// b [N] or undefined; y is float32. Any device works; the own kernel runs for CPU
+// tensors on CPUs with AVX2 and FMA, everything else goes through ATen.
 at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
 // Whether CpuLinear uses its own kernel for `rows` rows in this process.
 bool CpuLinearUsesKernel(int64_t rows);
 // "AVX-512", "AVX2+FMA" or "none (BLAS only)".
 const char* CpuLinearKernelName();
+
+// --weight-dtype on the CPU: "fp32", "bf16", or "auto": bf16 where the CPU has
+// AVX512-BF16 (a prefill then runs on its bf16 dot products too), else fp32.
+// INVALID_ARGUMENT for other names; `why` says what was chosen and why.
+StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* why);
 
 }  // namespace kvpool

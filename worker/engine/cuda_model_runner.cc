@@ -1,7 +1,7 @@
 // The CUDA model runner: the one transformer forward (engine/transformer.h) over a
 // CUDA backend, on a GPU through LibTorch CUDA (cuBLAS, or kvpool's GEMV for a few
-// rows, for the linear layers), with kvpool's CUDA kernels (cuda/paged_attention.h) writing K/V into and reading
-// it from the pool through the block tables. Decode steps of up to kMaxGraphBatch
+// rows, for the linear layers), with kvpool's CUDA kernels (cuda/paged_attention.h) writing K/V
+// into and reading it from the pool through the block tables. Decode steps of up to kMaxGraphBatch
 // sequences replay a captured CUDA graph: one launch per step instead of ~150.
 //
 // Built only against a CUDA LibTorch (KVPOOL_HAVE_CUDA_TORCH). A private pool is plain

@@ -56,7 +56,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   if (options.threads > 0) at::set_num_threads(options.threads);
   std::unique_ptr<ModelRunner> runner;
   if (options.device == "cpu") {
-    runner = std::make_unique<Model>(std::move(config), std::move(weights));
+    if (options.cpu_weight_dtype != at::kFloat && options.cpu_weight_dtype != at::kBFloat16) {
+      return InvalidArgument("CPU weights are fp32 or bf16");
+    }
+    runner =
+        std::make_unique<Model>(std::move(config), std::move(weights), options.cpu_weight_dtype);
   } else if (options.device.rfind("cuda", 0) == 0) {
     int index = 0;
     if (options.device.size() > 5 && options.device[4] == ':')
@@ -132,8 +136,7 @@ Status Engine::CheckCovered(const Sequence& seq, int64_t num_tokens) const {
   const int64_t have = static_cast<int64_t>(seq.block_table.size());
   if (need <= have) return Status::Ok();
   return FailedPrecondition("the sequence needs " + std::to_string(need) + " blocks and holds " +
-                            std::to_string(have) +
-                            "; append the manager's blocks before the step");
+                            std::to_string(have) + "; append the manager's blocks before the step");
 }
 
 StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
@@ -177,9 +180,7 @@ StatusOr<SequenceId> Engine::AddSequence(GenerationRequest request) {
   return id;
 }
 
-void Engine::Release(SequenceId id) {
-  sequences_.erase(id);
-}
+void Engine::Release(SequenceId id) { sequences_.erase(id); }
 
 Status Engine::AppendBlocks(SequenceId id, const std::vector<int32_t>& blocks) {
   auto it = sequences_.find(id);

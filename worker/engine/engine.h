@@ -87,7 +87,9 @@ struct GenerationRequest {
 struct EngineOptions {
   std::string device = "cpu";         // "cpu" or "cuda[:N]"
   at::ScalarType dtype = at::kFloat;  // weights and KV on CUDA (fp32 on the CPU)
-  bool cuda_graphs = true;            // capture decode steps (CUDA only)
+  // The CPU's linear-layer weights: at::kFloat or at::kBFloat16 (KV stays fp32 there).
+  at::ScalarType cpu_weight_dtype = at::kFloat;
+  bool cuda_graphs = true;  // capture decode steps (CUDA only)
   int32_t block_size = 16;
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
   int32_t threads = 0;     // 0: leave LibTorch's default

@@ -99,8 +99,18 @@ class Model::CpuBackend : public ForwardBackend {
   at::Tensor attn_;
 };
 
-Model::Model(ModelConfig config, ModelWeights weights)
-    : config_(std::move(config)), weights_(std::move(weights)) {
+Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dtype)
+    : config_(std::move(config)), weights_(std::move(weights)), weight_dtype_(weight_dtype) {
+  if (weight_dtype_ == at::kBFloat16) {
+    // The matrices of the linear layers, the head included (a tied head gets a bf16
+    // copy; the embedding lookup keeps fp32 rows). Norms, biases and embeddings stay
+    // fp32: they are a small share of the bytes a step reads.
+    const auto narrow = [](at::Tensor& w) { w = w.to(at::kBFloat16).contiguous(); };
+    for (LayerWeights& l : weights_.layers) {
+      for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) narrow(*w);
+    }
+    narrow(weights_.lm_head);
+  }
   if (config_.arch == Architecture::kLlama) {
     const RotaryTables tables = MakeRotaryTables(config_);
     const float* cos = tables.cos.data_ptr<float>();

@@ -10,10 +10,10 @@
 #include <memory>
 #include <string>
 
-#include "engine/kv_pool.h"
 #include "common/model_config.h"
-#include "engine/paged_attention_cpu.h"
 #include "common/status.h"
+#include "engine/kv_pool.h"
+#include "engine/paged_attention_cpu.h"
 #include "weights/weights.h"
 
 namespace kvpool {

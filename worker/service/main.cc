@@ -24,6 +24,7 @@
 #include "common/observability/http_tls_flags.h"
 #include "common/service_loop.h"
 #include "common/tls.h"
+#include "engine/cpu_linear.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "service/manager_link.h"
@@ -70,6 +71,10 @@ int Run(int argc, char** argv) {
   app.add_option("--weights-seed", weights_seed, "seed of a built-in model's random weights");
   app.add_option("--threads", scheduler_options.threads, "LibTorch threads (0: its default)")
       ->check(CLI::NonNegativeNumber);
+  std::string weight_dtype_name = "fp32";
+  app.add_option("--weight-dtype", weight_dtype_name,
+                 "CPU linear weights: fp32, bf16 or auto (bf16 where the CPU has AVX512-BF16)")
+      ->capture_default_str();
   app.add_option("--max-running", scheduler_options.max_running,
                  "sequences decoded together at most")
       ->check(CLI::PositiveNumber);
@@ -111,6 +116,10 @@ int Run(int argc, char** argv) {
   app.add_option("--manager-tls-key", manager_tls.key, "PEM private key of --manager-tls-cert");
   CLI11_PARSE(app, argc, argv);
   scheduler_options.swap_space_bytes = static_cast<int64_t>(swap_space_gib * (1 << 30));
+  std::string weight_dtype_why;
+  StatusOr<at::ScalarType> weight_dtype = CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
+  if (!weight_dtype.ok()) return FailUsage(weight_dtype.status());
+  scheduler_options.cpu_weight_dtype = *weight_dtype;
 
   StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials = TlsServerCredentials(tls);
   if (!server_credentials.ok()) return FailUsage(server_credentials.status());
@@ -175,8 +184,9 @@ int Run(int argc, char** argv) {
   health.store(server->GetHealthCheckService());
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::cout << "kvpool-worker listening on " << host << ":" << port << std::endl;
-  std::cerr << "kvpool-worker: " << loaded->source << ", gRPC " << TlsServerMode(tls)
-            << ", manager " << manager << (manager_tls.empty() ? "" : " over TLS") << "\n";
+  std::cerr << "kvpool-worker: " << loaded->source << " (on the CPU: " << weight_dtype_why
+            << "), gRPC " << TlsServerMode(tls) << ", manager " << manager
+            << (manager_tls.empty() ? "" : " over TLS") << "\n";
 
   OpenAiGatewayOptions gateway_options;
   gateway_options.served_model_name =

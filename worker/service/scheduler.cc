@@ -196,6 +196,7 @@ void Scheduler::SyncAttachment() {
   options.block_size = current->geometry.block_size;
   options.num_blocks = current->geometry.num_blocks;
   options.threads = options_.threads;
+  options.cpu_weight_dtype = options_.cpu_weight_dtype;
   KvPool pool = KvPool::Adopt(current->geometry, current->base, current->mapping);
   auto engine = Engine::Create(config_, weights_, options, tokenizer_, std::move(pool));
   if (!engine.ok()) {

@@ -31,8 +31,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/engine.h"
 #include "common/observability/prometheus.h"
+#include "engine/engine.h"
 #include "service/job.h"
 #include "service/kv_policy.h"
 #include "service/manager_client.h"
@@ -53,6 +53,8 @@ struct SchedulerOptions {
   // sequence's K/V is copied out and written back when it resumes, instead of being
   // recomputed, while the copies fit. 0: always recompute.
   int64_t swap_space_bytes = int64_t{4} << 30;
+  // The CPU engine's linear-layer weights: fp32 or bf16 (--weight-dtype).
+  at::ScalarType cpu_weight_dtype = at::kFloat;
 };
 
 // Where the scheduler thread's time goes (cumulative, in nanoseconds): model forwards
@@ -124,7 +126,7 @@ class Scheduler {
   void Preempt(Sample& sample, bool pause_admission = true);
   // One Step round for `samples` (see KvPolicy::Step), with their engine state.
   StepRound StepRoundFor(const std::vector<Sample*>& samples, bool grant);
-  void DropSwap(Sample& sample);             // frees its swapped K/V (if any)
+  void DropSwap(Sample& sample);              // frees its swapped K/V (if any)
   void Retire(std::vector<Sample*> samples);  // finished samples: commit, close, account
   void Emit(Sample& sample, int32_t token, double step_s);
   void FailJob(const std::shared_ptr<Job>& job, const Status& status);
@@ -162,10 +164,10 @@ class Scheduler {
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<const Attachment> attachment_;
   std::list<std::unique_ptr<Sample>> samples_;  // every live sample
-  std::deque<Sample*> waiting_;  // not admitted, in order (preempted at the front)
-  std::vector<Sample*> running_;  // admitted, in admission order (newest last)
-  int64_t swap_bytes_ = 0;        // swap space the waiting preempted samples hold
-  std::vector<int64_t> unclosed_;  // manager sequences a CloseSequence did not reach
+  std::deque<Sample*> waiting_;                 // not admitted, in order (preempted at the front)
+  std::vector<Sample*> running_;                // admitted, in admission order (newest last)
+  int64_t swap_bytes_ = 0;                      // swap space the waiting preempted samples hold
+  std::vector<int64_t> unclosed_;               // manager sequences a CloseSequence did not reach
   // Client credential -> tenant, for the current attachment (bounded: cleared when full).
   std::unordered_map<std::string, std::string> tenant_of_credential_;
   std::thread thread_;

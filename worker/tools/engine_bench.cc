@@ -53,8 +53,8 @@ struct Point {
 
 // A request of `context` random prompt tokens (seeded) that decodes `steps` tokens
 // and one more, ignoring EOS.
-GenerationRequest TimedRequest(const OfflineEngine& engine, int64_t context, KvMode mode, int32_t steps,
-                               uint32_t seed) {
+GenerationRequest TimedRequest(const OfflineEngine& engine, int64_t context, KvMode mode,
+                               int32_t steps, uint32_t seed) {
   GenerationRequest r;
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> dist(0,
@@ -120,7 +120,8 @@ StatusOr<std::vector<double>> DecodeSecondsPerToken(OfflineEngine& engine,
 
 // Median seconds of the paged prefill of one `tokens`-token prompt (a fresh sequence
 // each time, nothing cached).
-StatusOr<double> PrefillSeconds(OfflineEngine& engine, int64_t tokens, int32_t warmup, int32_t steps) {
+StatusOr<double> PrefillSeconds(OfflineEngine& engine, int64_t tokens, int32_t warmup,
+                                int32_t steps) {
   std::vector<double> times;
   for (int32_t i = 0; i < warmup + steps; ++i) {
     KVPOOL_ASSIGN_OR_RETURN(SequenceId id, AddTimed(engine, tokens, KvMode::kPaged, 1,
@@ -139,8 +140,8 @@ StatusOr<double> PrefillSeconds(OfflineEngine& engine, int64_t tokens, int32_t w
 // Median seconds of one paged decode step of `batch` sequences that start at
 // `context` tokens: how a step's cost grows with the batch (per-token cost falls
 // while the weights, read once per step, dominate).
-StatusOr<double> BatchStepSeconds(OfflineEngine& engine, int64_t batch, int64_t context, int32_t warmup,
-                                  int32_t steps) {
+StatusOr<double> BatchStepSeconds(OfflineEngine& engine, int64_t batch, int64_t context,
+                                  int32_t warmup, int32_t steps) {
   std::vector<SequenceId> ids;
   auto release = [&] {
     for (SequenceId id : ids) (void)engine.Release(id);
@@ -199,7 +200,17 @@ int Main(int argc, char** argv) {
                "time only the --batches points (e.g. to profile a decode step)");
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
+  std::string weight_dtype_name = "fp32";
+  app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  std::string weight_dtype_why;
+  const StatusOr<at::ScalarType> cpu_weight_dtype =
+      CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
+  if (!cpu_weight_dtype.ok()) {
+    std::cerr << "kvpool-engine-bench: " << cpu_weight_dtype.status().message() << "\n";
+    return 2;
+  }
 
   auto loaded = LoadModel(model);
   if (!loaded.ok()) {
@@ -217,6 +228,7 @@ int Main(int argc, char** argv) {
   options.block_size = block_size;
   options.device = device;
   options.dtype = dtype;
+  options.cpu_weight_dtype = *cpu_weight_dtype;
   options.cuda_graphs = !no_graphs;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t blocks_per_batch_seq = (batch_context + warmup + steps + block_size) / block_size;
@@ -340,13 +352,15 @@ int Main(int argc, char** argv) {
   }
   if (!json) std::fprintf(stderr, "measuring paged decode steps by batch size ...\n");
   if (Status st = time_batches(); !st.ok()) return fail(st);
-  const double bandwidth = MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.engine().runner().device());
+  const double bandwidth =
+      MeasureReadBandwidth(device == "cpu" ? "cpu" : engine.engine().runner().device());
 
   out["model"] = config.name;
   out["weights"] = loaded->source;
   out["threads"] = threads;
   out["device"] = engine.engine().runner().device();
   out["dtype"] = dtype_name;
+  out["cpu_weight_dtype"] = weight_dtype_why;
   out["cuda_graphs"] = device != "cpu" && !no_graphs;
   out["block_size"] = block_size;
   out["batch"] = 1;
@@ -380,8 +394,9 @@ int Main(int argc, char** argv) {
     return 0;
   }
   std::printf("model %s (%s) on %s %s, %d threads, block size %d, batch 1, median of %d steps\n",
-              config.name.c_str(), loaded->source.c_str(), engine.engine().runner().device().c_str(),
-              dtype_name.c_str(), threads, block_size, steps);
+              config.name.c_str(), loaded->source.c_str(),
+              engine.engine().runner().device().c_str(), dtype_name.c_str(), threads, block_size,
+              steps);
   std::printf("%-34s %10s\n", "measure", "ms/token");
   for (const char* m : {"none", "contiguous", "paged"}) {
     std::printf("%-34s %10.2f\n",

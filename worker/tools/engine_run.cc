@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 
+#include "engine/cpu_linear.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "service/offline_engine.h"
@@ -44,12 +45,19 @@ int Main(int argc, char** argv) {
   app.add_option("--top-k", top_k);
   app.add_option("--seed", seed);
   app.add_flag("--json", json, "print one JSON object");
+  std::string weight_dtype_name = "fp32";
+  app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   auto fail = [](const std::string& message) {
     std::cerr << "kvpool-engine-run: " << message << "\n";
     return 2;
   };
+  std::string weight_dtype_why;
+  const StatusOr<at::ScalarType> weight_dtype =
+      CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
+  if (!weight_dtype.ok()) return fail(weight_dtype.status().message());
   auto loaded = LoadModel(model);
   if (!loaded.ok()) return fail(loaded.status().ToString());
   if (!loaded->tokenizer)
@@ -58,7 +66,8 @@ int Main(int argc, char** argv) {
   std::vector<int32_t> prompt_ids = tok->Encode(prompt);
   if (prompt_tokens > 0) {
     std::mt19937 random(static_cast<std::mt19937::result_type>(seed));
-    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(loaded->config.vocab_size) - 1);
+    std::uniform_int_distribution<int32_t> token(
+        0, static_cast<int32_t>(loaded->config.vocab_size) - 1);
     prompt_ids.assign(prompt_tokens, 0);
     for (int32_t& t : prompt_ids) t = token(random);
     prompt = "<" + std::to_string(prompt_tokens) + " random token ids>";
@@ -66,6 +75,7 @@ int Main(int argc, char** argv) {
   EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
+  options.cpu_weight_dtype = *weight_dtype;
   const std::string source = loaded->source;
   auto engine_or =
       worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options, tok);
@@ -75,6 +85,7 @@ int Main(int argc, char** argv) {
   nlohmann::json report;
   report["model"] = engine.config().name;
   report["weights"] = source;
+  report["weight_dtype"] = weight_dtype_why;
   report["prompt"] = prompt;
   report["prompt_tokens"] = prompt_ids.size();
   report["max_tokens"] = max_tokens;
