@@ -52,10 +52,10 @@ TEST_P(CpuLinearTest, Bf16WeightsMatchTheProductOfTheirValues) {
   if (with_bias) expected += b.to(at::kDouble);
   ASSERT_EQ(y.sizes(), expected.sizes());
   ASSERT_EQ(y.scalar_type(), at::kFloat);
-  // The kernel widens the weights exactly and keeps x and the sums in fp32; ATen's bf16
-  // product (more rows, or the portable path) rounds x and the result to bf16 (8
-  // significant bits: relative 2^-9 each), so its bound is relative to sum |x| |w|.
-  const bool kernel = CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows;
+  // Widened weights against fp32 x (and fp32 sums) are exact to fp32 rounding; the bf16
+  // dot products round x (and ATen's bf16 product the result too) to bf16 (8
+  // significant bits: relative 2^-9 each), so their bound is relative to sum |x| |w|.
+  const bool kernel = CpuLinearBf16KeepsFp32Activations(rows);
   const at::Tensor error = (y.to(at::kDouble) - expected).abs();
   const at::Tensor bound = kernel ? at::full_like(error, 1e-3 * std::sqrt(static_cast<double>(k)))
                                   : std::ldexp(1.0, -7) * (at::matmul(x.to(at::kDouble).abs(),
@@ -63,7 +63,7 @@ TEST_P(CpuLinearTest, Bf16WeightsMatchTheProductOfTheirValues) {
                                                            expected.abs()) +
                                         1e-6;
   EXPECT_TRUE((error <= bound).all().item<bool>())
-      << rows << " rows, n " << n << ", k " << k << (kernel ? ", kernel" : ", ATen bf16")
+      << rows << " rows, n " << n << ", k " << k << (kernel ? ", fp32 x" : ", bf16 x")
       << ": worst excess " << (error - bound).max().item<double>();
 }
 

@@ -179,6 +179,71 @@ void RowsAvx512(const LinearArgs<W>& a, int64_t m0, int64_t rows, int64_t n0, in
       return SpanAvx512<4, 6>(a, m0, n0, n1);
   }
 }
+// bf16 weights against x rounded to bf16, on AVX512-BF16's dot products: each
+// vdpbf16ps multiplies 32 weight and x pairs into 16 fp32 sums, so a 64-byte line of
+// weights costs one load and one instruction per row of x (the widening kernel spends
+// four), and a decode step streams weights at the memory's rate. Sums stay fp32.
+struct Bf16DotArgs {
+  const uint16_t* x;  // [M, K] bf16, contiguous
+  const uint16_t* w;  // [N, K] bf16
+  int64_t k;
+  const float* b;
+  float* y;
+  int64_t n;
+};
+
+template <int M, int R>
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) void TileBf16Dot(
+    const Bf16DotArgs& a, int64_t m0, int64_t n) {
+  const int64_t k_vec = a.k & ~int64_t{31};
+  const uint16_t* w_rows[R];
+  for (int r = 0; r < R; ++r) w_rows[r] = a.w + (n + r) * a.k;
+  const uint16_t* x_rows[M];
+  for (int m = 0; m < M; ++m) x_rows[m] = a.x + (m0 + m) * a.k;
+  __m512 acc[M][R];
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < k_vec; k += 32) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k) + 16384, _MM_HINT_T0);
+      wv[r] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w_rows[r] + k));
+    }
+    for (int m = 0; m < M; ++m) {
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x_rows[m] + k));
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) {
+      float sum = _mm512_reduce_add_ps(acc[m][r]);
+      for (int64_t k = k_vec; k < a.k; ++k) sum += Widen(w_rows[r][k]) * Widen(x_rows[m][k]);
+      a.y[(m0 + m) * a.n + n + r] = a.b != nullptr ? sum + a.b[n + r] : sum;
+    }
+  }
+}
+
+template <int M, int R>
+void SpanBf16Dot(const Bf16DotArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) TileBf16Dot<M, R>(a, m0, n);
+  for (; n < n1; ++n) TileBf16Dot<M, 1>(a, m0, n);
+}
+
+void RowsBf16Dot(const Bf16DotArgs& a, int64_t m0, int64_t rows, int64_t n0, int64_t n1) {
+  switch (rows) {
+    case 1:
+      return SpanBf16Dot<1, 12>(a, m0, n0, n1);
+    case 2:
+      return SpanBf16Dot<2, 12>(a, m0, n0, n1);
+    case 3:
+      return SpanBf16Dot<3, 8>(a, m0, n0, n1);
+    default:
+      return SpanBf16Dot<4, 6>(a, m0, n0, n1);
+  }
+}
+
 // Rows of x per pass over a chunk of weights, with either ISA.
 constexpr int64_t kRowsPerPass = 4;
 
@@ -216,12 +281,10 @@ namespace {
 // 256 KiB, which stay in L2 while each pass over rows of x reads them, so the weights
 // come from memory once. Chunks are whole tiles (24 rows: a multiple of every tile's
 // 2-12 weight rows), and at least 8 per thread, so that an uneven split costs little.
-template <typename W>
-void RunKernel(const LinearArgs<W>& args, int64_t rows) {
-  const bool avx512 = KernelIsa() == Isa::kAvx512;
+template <typename Pass>
+void RunKernel(int64_t rows, int64_t n, int64_t k, size_t weight_bytes, const Pass& pass_fn) {
   constexpr int64_t kTileRows = 24;
-  const int64_t n = args.n;
-  const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(sizeof(W))) / args.k;
+  const int64_t fits_l2 = (256 * 1024 / static_cast<int64_t>(weight_bytes)) / k;
   const int64_t balanced = n / (8 * std::max(1, at::get_num_threads()));
   const int64_t chunk = std::max(kTileRows, std::min(fits_l2, balanced) / kTileRows * kTileRows);
   at::parallel_for(0, (n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
@@ -229,13 +292,20 @@ void RunKernel(const LinearArgs<W>& args, int64_t rows) {
       const int64_t n0 = c * chunk;
       const int64_t n1 = std::min(n, n0 + chunk);
       for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerPass) {
-        const int64_t pass = std::min(kRowsPerPass, rows - m0);
-        if (avx512) {
-          RowsAvx512(args, m0, pass, n0, n1);
-        } else {
-          RowsAvx2(args, m0, pass, n0, n1);
-        }
+        pass_fn(m0, std::min(kRowsPerPass, rows - m0), n0, n1);
       }
+    }
+  });
+}
+
+template <typename W>
+void RunKernel(const LinearArgs<W>& args, int64_t rows) {
+  const bool avx512 = KernelIsa() == Isa::kAvx512;
+  RunKernel(rows, args.n, args.k, sizeof(W), [&](int64_t m0, int64_t pass, int64_t n0, int64_t n1) {
+    if (avx512) {
+      RowsAvx512(args, m0, pass, n0, n1);
+    } else {
+      RowsAvx2(args, m0, pass, n0, n1);
     }
   });
 }
@@ -263,6 +333,11 @@ at::Tensor AtenLinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Te
 }
 
 }  // namespace
+
+bool CpuLinearBf16KeepsFp32Activations(int64_t rows) {
+  if (!NativeBf16()) return true;  // the widening kernel, or the fp32 product
+  return CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows && KernelIsa() != Isa::kAvx512;
+}
 
 StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* why) {
   if (name == "fp32" || name == "bf16") {
@@ -297,7 +372,18 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int64_t n = w.size(0);
   at::Tensor y = at::empty({rows, n}, x.options());
   const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  if (bf16) {
+  if (bf16 && NativeBf16() && KernelIsa() == Isa::kAvx512) {
+    const at::Tensor xb = x.to(at::kBFloat16).contiguous();
+    const Bf16DotArgs args{reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>()),
+                           reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
+                           w.size(1),
+                           bias,
+                           y.data_ptr<float>(),
+                           n};
+    RunKernel(rows, n, w.size(1), 2, [&](int64_t m0, int64_t pass, int64_t n0, int64_t n1) {
+      RowsBf16Dot(args, m0, pass, n0, n1);
+    });
+  } else if (bf16) {
     RunKernel(LinearArgs<uint16_t>{x.data_ptr<float>(), x.stride(0),
                                    reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
                                    w.size(1), bias, y.data_ptr<float>(), n},

@@ -10,13 +10,15 @@
 // KVPOOL_CPU_LINEAR=blas sends every shape to BLAS, =avx2 caps the kernel at AVX2
 // (for comparisons).
 //
-// Weights may be bf16 (--weight-dtype bf16): the kernel widens each weight to fp32 as
-// it loads it (exact: a 16-bit shift) and multiplies fp32 activations, so a decode
-// step reads half the bytes at fp32 accuracy on any AVX2 CPU; beyond
-// kBf16KernelMaxRows rows (a prefill, compute-bound) ATen's bf16 product runs
-// (oneDNN: the CPU's bf16 dot products where it has them, converted where it does
-// not), activations rounded to bf16, accumulation in fp32. KVPOOL_CPU_LINEAR=blas
-// sends bf16 to ATen for every shape (the portable path).
+// Weights may be bf16 (--weight-dtype bf16), read at half the bytes. Up to
+// kBf16KernelMaxRows rows (decode steps): on AVX-512 CPUs with AVX512-BF16 the kernel
+// rounds x to bf16 and runs the bf16 dot products (vdpbf16ps, fp32 sums, as vLLM's
+// bf16 does); elsewhere it widens each weight to fp32 as it loads it (exact: a 16-bit
+// shift) against fp32 x. More rows (a prefill, compute-bound): ATen's bf16 product
+// (oneDNN on the bf16 dot products, x and the result rounded to bf16) where the CPU
+// has AVX512-BF16, the fp32 product of the widened weights where it does not.
+// KVPOOL_CPU_LINEAR=blas sends bf16 to ATen for every shape; KVPOOL_CPU_BF16=convert
+// acts as a CPU without AVX512-BF16 (the portable paths, for tests).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -44,6 +46,9 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 bool CpuLinearUsesKernel(int64_t rows);
 // "AVX-512", "AVX2+FMA" or "none (BLAS only)".
 const char* CpuLinearKernelName();
+// With bf16 weights, whether a product of `rows` rows keeps x in fp32 (else x is
+// rounded to bf16 first).
+bool CpuLinearBf16KeepsFp32Activations(int64_t rows);
 
 // --weight-dtype on the CPU: "fp32", "bf16", or "auto": bf16 where the CPU has
 // AVX512-BF16 (a prefill then runs on its bf16 dot products too), else fp32.
