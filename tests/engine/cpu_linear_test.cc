@@ -17,19 +17,28 @@ namespace {
 class CpuLinearTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {
 };
 
+// Random operands for one shape (x a column slice of a wider tensor, so that its rows
+// are k + 5 floats apart), CpuLinear's result and the float64 product of the same
+// values.
+struct Product {
+  at::Tensor x, w, b, y, expected;
+};
+Product RunProduct(int64_t rows, int64_t n, int64_t k, bool with_bias,
+                   at::ScalarType weight_dtype) {
+  at::manual_seed(rows * 1000 + n + k + (weight_dtype == at::kFloat ? 0 : 7));
+  Product p;
+  p.x = at::randn({rows, k + 5}).narrow(1, 2, k);
+  p.w = at::randn({n, k}).to(weight_dtype);
+  p.b = with_bias ? at::randn({n}) : at::Tensor();
+  p.y = CpuLinear(p.x, p.w, p.b);
+  p.expected = at::matmul(p.x.to(at::kDouble), p.w.to(at::kDouble).t());
+  if (with_bias) p.expected += p.b.to(at::kDouble);
+  return p;
+}
+
 TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
   const auto [rows, n, k, with_bias] = GetParam();
-  at::manual_seed(rows * 1000 + n + k);
-  // x is a column slice of a wider tensor, so its rows are k + 5 floats apart.
-  const at::Tensor wide = at::randn({rows, k + 5});
-  const at::Tensor x = wide.narrow(1, 2, k);
-  const at::Tensor w = at::randn({n, k});
-  const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
-
-  const at::Tensor y = CpuLinear(x, w, b);
-
-  at::Tensor expected = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
-  if (with_bias) expected += b.to(at::kDouble);
+  const auto [x, w, b, y, expected] = RunProduct(rows, n, k, with_bias, at::kFloat);
   ASSERT_EQ(y.sizes(), expected.sizes());
   ASSERT_EQ(y.scalar_type(), at::kFloat);
   const double max_error = (y.to(at::kDouble) - expected).abs().max().item<double>();
@@ -40,16 +49,7 @@ TEST_P(CpuLinearTest, MatchesDoublePrecisionProduct) {
 
 TEST_P(CpuLinearTest, Bf16WeightsMatchTheProductOfTheirValues) {
   const auto [rows, n, k, with_bias] = GetParam();
-  at::manual_seed(rows * 1000 + n + k + 7);
-  const at::Tensor wide = at::randn({rows, k + 5});
-  const at::Tensor x = wide.narrow(1, 2, k);
-  const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
-  const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
-
-  const at::Tensor y = CpuLinear(x, w, b);
-
-  at::Tensor expected = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
-  if (with_bias) expected += b.to(at::kDouble);
+  const auto [x, w, b, y, expected] = RunProduct(rows, n, k, with_bias, at::kBFloat16);
   ASSERT_EQ(y.sizes(), expected.sizes());
   ASSERT_EQ(y.scalar_type(), at::kFloat);
   // Widened weights against fp32 x (and fp32 sums) are exact to fp32 rounding; the bf16

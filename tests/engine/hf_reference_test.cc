@@ -30,6 +30,19 @@ std::vector<int32_t> ReadIds(const SafetensorsFile& file, const std::string& nam
   return std::vector<int32_t>(raw.begin(), raw.end());
 }
 
+// A greedy sequence of `prompt` for `max_tokens` tokens in `mode`, prefilled.
+SequenceId StartGreedy(worker::OfflineEngine& engine, const std::vector<int32_t>& prompt,
+                       size_t max_tokens, KvMode mode) {
+  GenerationRequest r;
+  r.prompt = prompt;
+  r.max_tokens = static_cast<int32_t>(max_tokens);
+  r.mode = mode;
+  r.ignore_eos = true;
+  SequenceId id = engine.AddSequence(r).value();
+  EXPECT_TRUE(engine.Prefill({id}).ok());
+  return id;
+}
+
 class HfReferenceTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
@@ -55,13 +68,7 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
     EXPECT_EQ(want_cached, want_uncached) << "transformers disagrees with itself on " << key;
     const at::Tensor logits = FloatTensorFromView(ref.Get(key + ".logits").value()).value();
     for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
-      GenerationRequest r;
-      r.prompt = prompt;
-      r.max_tokens = static_cast<int32_t>(want_cached.size());
-      r.mode = mode;
-      r.ignore_eos = true;
-      SequenceId id = engine.AddSequence(r).value();
-      ASSERT_TRUE(engine.Prefill({id}).ok());
+      const SequenceId id = StartGreedy(engine, prompt, want_cached.size(), mode);
       for (size_t step = 0;; ++step) {
         const at::Tensor want = logits[static_cast<int64_t>(prompt.size() + step) - 1];
         const double diff = (engine.sequence(id).last_logits - want).abs().max().item<double>();
@@ -102,13 +109,7 @@ TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
     std::vector<std::vector<int32_t>> generated;
     std::vector<std::vector<at::Tensor>> step_logits;  // per mode, the logits of each step
     for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
-      GenerationRequest r;
-      r.prompt = prompt;
-      r.max_tokens = static_cast<int32_t>(want.size());
-      r.mode = mode;
-      r.ignore_eos = true;
-      SequenceId id = engine.AddSequence(r).value();
-      ASSERT_TRUE(engine.Prefill({id}).ok());
+      const SequenceId id = StartGreedy(engine, prompt, want.size(), mode);
       const at::Tensor first = logits[static_cast<int64_t>(prompt.size()) - 1];
       const double diff = (engine.sequence(id).last_logits - first).abs().max().item<double>();
       EXPECT_LE(diff, tolerance) << GetParam() << " " << key << " " << KvModeName(mode);
