@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "engine/engine.h"
 #include "engine_trace.h"
 #include "service/offline_engine.h"
@@ -177,6 +179,44 @@ TEST(ExternalBlocksTest, RejectsTablesThatDoNotFit) {
   const SequenceId id = *ext->AddSequence(r);
   EXPECT_THAT(ext->AppendBlocks(id, {32}).message(), HasSubstr("outside the pool"));
   EXPECT_EQ(ext->AppendBlocks(12345, {5}).code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace kvpool
+
+namespace kvpool {
+namespace {
+
+// A pool made for another KV dtype or another model is refused when the engine
+// attaches, naming what differs (the worker reports this and exits).
+// A pool of geometry `g` over memory of its own, as a worker adopts the manager's.
+KvPool AdoptedPool(const PoolGeometry& g) {
+  std::shared_ptr<void> memory(std::calloc(g.pool_bytes(), 1), std::free);
+  return KvPool::Adopt(g, memory.get(), memory);
+}
+
+TEST(EngineAttachTest, APoolOfAnotherKvDtypeOrShapeIsRefusedNamingTheDifference) {
+  const ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  PoolGeometry g;
+  g.num_layers = static_cast<int32_t>(config.num_layers);
+  g.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
+  g.head_dim = static_cast<int32_t>(config.head_dim);
+  g.block_size = 8;
+  g.num_blocks = 32;
+  g.dtype = KvDtype::kBFloat16;
+  auto bf16 = Engine::Create(config, RandomWeights(config, 7), Options(), nullptr, AdoptedPool(g));
+  ASSERT_FALSE(bf16.ok());
+  EXPECT_EQ(bf16.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(bf16.status().message(), HasSubstr("holds bf16 K/V"));
+  EXPECT_THAT(bf16.status().message(), HasSubstr("--dtype fp32"));
+  g.dtype = KvDtype::kFloat32;
+  g.num_layers += 1;
+  auto other = Engine::Create(config, RandomWeights(config, 7), Options(), nullptr, AdoptedPool(g));
+  ASSERT_FALSE(other.ok());
+  EXPECT_THAT(other.status().message(), HasSubstr("3 layers x"));
+  g.num_layers -= 1;
+  EXPECT_TRUE(
+      Engine::Create(config, RandomWeights(config, 7), Options(), nullptr, AdoptedPool(g)).ok());
 }
 
 }  // namespace

@@ -72,9 +72,22 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   }
   const PoolGeometry g = GeometryFor(runner->config(), options, runner->kv_dtype());
   if (external_pool && external_pool->geometry() != g) {
-    return FailedPrecondition("the shared KV pool's geometry does not match model '" +
-                              runner->config().name + "' with block size " +
-                              std::to_string(options.block_size));
+    const PoolGeometry& p = external_pool->geometry();
+    if (p.dtype != g.dtype) {
+      return FailedPrecondition(std::string("the shared KV pool holds ") + KvDtypeName(p.dtype) +
+                                " K/V, and this " + runner->device() + " engine writes " +
+                                KvDtypeName(g.dtype) + ": start the manager with --dtype " +
+                                KvDtypeName(g.dtype) +
+                                " (the KV dtype must match; weights may differ)");
+    }
+    const auto shape = [](const PoolGeometry& x) {
+      return std::to_string(x.num_layers) + " layers x " + std::to_string(x.num_kv_heads) +
+             " KV heads x " + std::to_string(x.head_dim) + " dims, blocks of " +
+             std::to_string(x.block_size) + " tokens";
+    };
+    return FailedPrecondition("the shared KV pool's geometry (" + shape(p) +
+                              ") does not match model '" + runner->config().name + "' (" +
+                              shape(g) + ")");
   }
   std::optional<KvPool> pool = std::move(external_pool);
   if (!pool) {
