@@ -68,10 +68,11 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadW512(const uint16_
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-// Software prefetch distance along each weight row (4 KiB): the first pass
-// over a chunk streams its weights from memory, and prefetching them this far ahead
-// overlaps the loads with the FMAs (measured on Zen 5 at 2-16 rows: 10-25% faster than
-// the hardware prefetcher alone). Later passes read the chunk from L2.
+// Software prefetch distance along each weight row (4 KiB for fp32, 16 KiB for bf16):
+// the first pass over a chunk streams its weights from memory, and prefetching them
+// this far ahead overlaps the loads with the FMAs (fp32, measured on Zen 5 at 2-16
+// rows: 10-25% faster than the hardware prefetcher alone; bf16 on Zen 4: 16 KiB beat
+// 4 KiB, docs/benchmarks.md). Later passes read the chunk from L2.
 template <typename W>
 constexpr int64_t kPrefetchBytes = sizeof(W) == 4 ? 4096 : 16384;
 
@@ -207,7 +208,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) void TileBf16Dot
   for (int64_t k = 0; k < k_vec; k += 32) {
     __m512bh wv[R];
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k) + 16384, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r] + k) + kPrefetchBytes<uint16_t>,
+                   _MM_HINT_T0);
       wv[r] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w_rows[r] + k));
     }
     for (int m = 0; m < M; ++m) {
