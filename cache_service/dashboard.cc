@@ -27,6 +27,9 @@ int DtypeBits(v1::KvDtype dtype) {
     case v1::KV_DTYPE_FP16:
     case v1::KV_DTYPE_BF16:
       return 16;
+    case v1::KV_DTYPE_INT8:
+    case v1::KV_DTYPE_FP8_E4M3:
+      return 8;
     default:
       return 32;
   }
@@ -73,8 +76,9 @@ std::optional<HttpResponse> Dashboard::Serve(const HttpRequest& request) const {
     if (target == "/api/stats") return HttpResponse{200, "application/json", StatsJson(*caller)};
     if (!caller->Has(kRoleWorker)) {
       return HttpResponse{403, "application/json",
-                          Json({{"error", "the prefix index lists every tenant's blocks: it "
-                                          "needs an operator's (worker-role) token"}})
+                          Json({{"error",
+                                 "the prefix index lists every tenant's blocks: it "
+                                 "needs an operator's (worker-role) token"}})
                               .dump()};
     }
     Json blocks = Json::array();
@@ -167,8 +171,8 @@ std::string Dashboard::ModelsJson() const {
   Json models = Json::array();
   // Published architectures for the memory calculator: GPT-2, GPT-3 and Llama families,
   // MHA and GQA (shapes from the one model list, common/model_config.cc).
-  for (const char* name : {"gpt2", "gpt2-medium", "gpt3-175b", "llama-7b", "llama-13b",
-                           "llama-70b"}) {
+  for (const char* name :
+       {"gpt2", "gpt2-medium", "gpt3-175b", "llama-7b", "llama-13b", "llama-70b"}) {
     const StatusOr<ModelConfig> config = BuiltinModelConfig(name);
     if (!config.ok()) continue;
     const ModelConfig& m = *config;

@@ -29,6 +29,10 @@ v1::KvDtype ToProto(KvDtype dtype) {
       return v1::KV_DTYPE_FP16;
     case KvDtype::kBFloat16:
       return v1::KV_DTYPE_BF16;
+    case KvDtype::kInt8:
+      return v1::KV_DTYPE_INT8;
+    case KvDtype::kFp8E4m3:
+      return v1::KV_DTYPE_FP8_E4M3;
   }
   return v1::KV_DTYPE_UNSPECIFIED;
 }
@@ -50,8 +54,11 @@ Status CheckGeometry(const v1::PoolGeometry& want, const v1::PoolDescriptor& hav
     return differ("block_size", want.block_size(), have.block_size());
   if (want.num_blocks() != 0 && want.num_blocks() != have.num_blocks())
     return differ("num_blocks", want.num_blocks(), have.num_blocks());
-  if (want.dtype() != v1::KV_DTYPE_UNSPECIFIED && want.dtype() != have.dtype())
-    return differ("dtype", want.dtype(), have.dtype());
+  if (want.dtype() != v1::KV_DTYPE_UNSPECIFIED && want.dtype() != have.dtype()) {
+    return FailedPrecondition("worker expects dtype " + v1::KvDtype_Name(want.dtype()) +
+                              " but the pool has " + v1::KvDtype_Name(have.dtype()) +
+                              "; start the worker with the manager's model and pool settings");
+  }
   return Status::Ok();
 }
 
@@ -82,9 +89,12 @@ v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
   pool.set_block_size(g.block_size);
   pool.set_num_blocks(g.num_blocks);
   pool.set_dtype(ToProto(g.dtype));
-  const int64_t elem_bytes = static_cast<int64_t>(KvDtypeBytes(g.dtype));
-  pool.set_token_stride_bytes(g.token_elems() * elem_bytes);
-  pool.set_block_stride_bytes(g.block_elems() * elem_bytes);
+  pool.set_token_stride_bytes(g.token_stride_bytes());
+  pool.set_block_stride_bytes(g.block_stride_bytes());
+  if (KvDtypeScaled(g.dtype)) {
+    pool.set_scale_layout(v1::KV_SCALE_LAYOUT_FP32_PER_TOKEN_HEAD);
+    pool.set_block_scales_offset_bytes(g.block_scales_offset());
+  }
   pool.set_region_bytes(static_cast<int64_t>(g.region_bytes()));
   pool.set_block_bytes(static_cast<int64_t>(g.block_bytes()));
   pool.set_pool_bytes(static_cast<int64_t>(g.pool_bytes()));

@@ -95,14 +95,9 @@ StatusOr<PoolGeometry> GeometryFromFlags(Flags& flags) {
   g.head_dim = flags.head_dim;
   g.block_size = flags.block_size;
   if (g.block_size <= 0) return InvalidArgument("--block-size must be > 0");
-  if (flags.dtype == "fp32") {
-    g.dtype = KvDtype::kFloat32;
-  } else if (flags.dtype == "fp16") {
-    g.dtype = KvDtype::kFloat16;
-  } else if (flags.dtype == "bf16") {
-    g.dtype = KvDtype::kBFloat16;
-  } else {
-    return InvalidArgument("--dtype must be fp32, fp16 or bf16");
+  if (!ParseKvDtype(flags.dtype, &g.dtype)) {
+    return InvalidArgument("--kv-cache-dtype must be " + std::string(kKvDtypeNames) + ", got '" +
+                           flags.dtype + "'");
   }
   if (g.num_layers > 4096 || g.num_kv_heads > 4096 || g.head_dim > 4096 || g.block_size > 4096) {
     return InvalidArgument(
@@ -152,7 +147,10 @@ int Run(int argc, char** argv) {
   app.add_option("--pool-bytes", flags.pool_bytes, "pool size in bytes (when no --num-blocks)")
       ->capture_default_str()
       ->excludes(num_blocks);
-  app.add_option("--dtype", flags.dtype, "fp32 | fp16 | bf16")->capture_default_str();
+  app.add_option("--kv-cache-dtype,--dtype", flags.dtype,
+                 "K/V element type: fp32 | fp16 | bf16 | int8 | fp8 (e4m3); int8 and fp8 keep "
+                 "an fp32 scale per (token, KV head). --dtype is the older name")
+      ->capture_default_str();
   app.add_option("--max-tokens-per-call", flags.max_tokens_per_call,
                  "limit on prompt + committed tokens in one call")
       ->check(CLI::PositiveNumber);
@@ -228,6 +226,11 @@ int Run(int argc, char** argv) {
     backend = PoolBackend::kShm;
   } else if (flags.backend == "cuda") {
     backend = PoolBackend::kCuda;
+    if (KvDtypeScaled(geometry->dtype)) {
+      return Fail(std::string("--backend cuda: the CUDA engine reads fp32, fp16 and bf16 pools, "
+                              "not ") +
+                  KvDtypeName(geometry->dtype) + " (int8 and fp8 pools are the CPU engine's)");
+    }
   } else {
     return Fail("--backend must be shm or cuda");
   }

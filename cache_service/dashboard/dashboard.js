@@ -221,8 +221,11 @@ function shapeOf(name) {
   return state.models.find((m) => m.name === name);
 }
 
+// As `kvpool calc`: 8-bit K/V (int8, fp8) carry one fp32 scale per head vector, as
+// kvpool's pool keeps them.
 function kvBytesPerToken(m, bits, kvHeads = m.num_kv_heads) {
-  return (2 * m.num_layers * kvHeads * m.head_dim * bits) / 8;
+  const scaleBits = bits === 8 ? 32 : 0;
+  return (2 * m.num_layers * kvHeads * (m.head_dim * bits + scaleBits)) / 8;
 }
 
 function attentionKind(m) {

@@ -33,6 +33,7 @@ struct CalcReport {
   std::string source;
   std::string dtype;
   int64_t dtype_bits = 0;
+  int64_t scale_bits = 0;  // per head vector: kvpool's int8/fp8 keep an fp32 scale
   int64_t bytes_per_token = 0;
   int64_t mha_bytes_per_token = 0;  // the same layers and head_dim, one KV head per query head
   int64_t mqa_bytes_per_token = 0;  // ... one KV head in all
@@ -76,6 +77,7 @@ StatusOr<CalcReport> Calculate(const CalcFlags& flags) {
   }
   r.dtype = flags.dtype;
   KVPOOL_ASSIGN_OR_RETURN(r.dtype_bits, KvDtypeBits(flags.dtype));
+  r.scale_bits = KvScaleBitsPerHead(flags.dtype);
   r.seq_lens = flags.seq_lens.empty() ? DefaultSeqLens(r.model.max_position) : flags.seq_lens;
   r.batches = flags.batches;
   for (const auto& [values, flag] :
@@ -92,12 +94,14 @@ StatusOr<CalcReport> Calculate(const CalcFlags& flags) {
     KVPOOL_ASSIGN_OR_RETURN(r.memory_bytes, ParseByteSize(flags.memory));
   }
 
-  KVPOOL_ASSIGN_OR_RETURN(r.bytes_per_token, KvBytesPerToken(r.model, r.dtype_bits));
+  KVPOOL_ASSIGN_OR_RETURN(r.bytes_per_token, KvBytesPerToken(r.model, r.dtype_bits, r.scale_bits));
   ModelConfig variant = r.model;
   variant.num_kv_heads = num_heads;
-  KVPOOL_ASSIGN_OR_RETURN(r.mha_bytes_per_token, KvBytesPerToken(variant, r.dtype_bits));
+  KVPOOL_ASSIGN_OR_RETURN(r.mha_bytes_per_token,
+                          KvBytesPerToken(variant, r.dtype_bits, r.scale_bits));
   variant.num_kv_heads = 1;
-  KVPOOL_ASSIGN_OR_RETURN(r.mqa_bytes_per_token, KvBytesPerToken(variant, r.dtype_bits));
+  KVPOOL_ASSIGN_OR_RETURN(r.mqa_bytes_per_token,
+                          KvBytesPerToken(variant, r.dtype_bits, r.scale_bits));
   for (int64_t seq_len : r.seq_lens) {
     std::vector<int64_t>& row = r.bytes.emplace_back();
     for (int64_t batch : r.batches) {
@@ -135,6 +139,8 @@ nlohmann::ordered_json ToJson(const CalcReport& r) {
                 {"group_size", m.group_size()}};
   j["dtype"] = r.dtype;
   j["dtype_bits"] = r.dtype_bits;
+  j["scale_bits_per_head"] = r.scale_bits;
+  j["scale_layout"] = r.scale_bits > 0 ? "fp32 per (token, KV head)" : "none";
   j["bytes_per_token"] = r.bytes_per_token;
   j["attention_comparison"] = {{"mha_bytes_per_token", r.mha_bytes_per_token},
                                {"model_bytes_per_token", r.bytes_per_token},
@@ -166,10 +172,11 @@ void PrintText(const CalcReport& r) {
               static_cast<long long>(m.num_layers), static_cast<long long>(m.num_heads),
               KvHeads(m.num_kv_heads).c_str(), AttentionLabel(m.num_heads, m.num_kv_heads).c_str(),
               static_cast<long long>(m.head_dim), static_cast<long long>(m.max_position));
-  std::printf("per token  %s = 2 (K, V) x %lld layers x %s x %lld head dim x %s bytes (%s)\n",
+  std::printf("per token  %s = 2 (K, V) x %lld layers x %s x %lld head dim x %s bytes (%s)%s\n",
               FormatBytes(r.bytes_per_token).c_str(), static_cast<long long>(m.num_layers),
               KvHeads(m.num_kv_heads).c_str(), static_cast<long long>(m.head_dim),
-              bytes_per_element, r.dtype.c_str());
+              bytes_per_element, r.dtype.c_str(),
+              r.scale_bits > 0 ? ", plus one fp32 scale per (token, layer, KV head, K|V)" : "");
   std::string attention;
   auto add = [&](const char* kind, int64_t kv_heads, int64_t bytes_per_token) {
     attention += std::string(attention.empty() ? "" : ", ") + kind + " " +
@@ -221,8 +228,8 @@ void AddCalcCommand(CLI::App& app, int* exit_code) {
                    "model's context)")
       ->delimiter(',');
   command->add_option("--dtype", flags->dtype,
-                      "K/V element type: fp32, fp16, bf16, fp8, "
-                      "int8, int4 (fp16)");
+                      "K/V element type: fp32, fp16, bf16, fp8, int8, int4 (fp16); fp8 and "
+                      "int8 count kvpool's fp32 scale per (token, KV head)");
   command->add_option("--memory", flags->memory,
                       "KV-cache budget, e.g. 24GiB or 80GB: how many sequences fit (weights "
                       "not subtracted)");

@@ -59,16 +59,23 @@ StatusOr<int64_t> KvDtypeBits(std::string_view dtype) {
                          "'; one of fp32, fp16, bf16, fp8, int8, int4");
 }
 
-StatusOr<int64_t> KvBytesPerToken(const ModelConfig& model, int64_t dtype_bits) {
+int64_t KvScaleBitsPerHead(std::string_view dtype) {
+  return dtype == "fp8" || dtype == "int8" ? 32 : 0;
+}
+
+StatusOr<int64_t> KvBytesPerToken(const ModelConfig& model, int64_t dtype_bits,
+                                  int64_t scale_bits) {
   if (model.num_layers <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0 || dtype_bits <= 0 ||
-      dtype_bits % 4 != 0) {
+      dtype_bits % 4 != 0 || scale_bits < 0 || scale_bits % 4 != 0) {
     return InvalidArgument("KV shape of '" + model.name +
                            "' needs positive layers, KV heads and head_dim, and whole "
                            "nibbles per element");
   }
+  KVPOOL_ASSIGN_OR_RETURN(const int64_t element_bits,
+                          CheckedProduct({model.head_dim, dtype_bits}, "KV bits per head"));
   KVPOOL_ASSIGN_OR_RETURN(
       const int64_t bits,
-      CheckedProduct({2, model.num_layers, model.num_kv_heads, model.head_dim, dtype_bits},
+      CheckedProduct({2, model.num_layers, model.num_kv_heads, element_bits + scale_bits},
                      "KV bits per token"));
   return bits / 8;  // exact: 2 x (a multiple of 4) bits
 }

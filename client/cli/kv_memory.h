@@ -19,10 +19,16 @@ namespace kvpool::cli {
 // INVALID_ARGUMENT naming the known dtypes otherwise.
 StatusOr<int64_t> KvDtypeBits(std::string_view dtype);
 
-// 2 x num_layers x num_kv_heads x head_dim x dtype_bits / 8. Always whole bytes: the
-// element count is even (K and V) and dtype_bits is a multiple of 4. OUT_OF_RANGE on
-// overflow.
-StatusOr<int64_t> KvBytesPerToken(const ModelConfig& model, int64_t dtype_bits);
+// Scale bits per head vector (one token's K or V of one KV head) as kvpool's pool keeps
+// them: 32 (one fp32 scale) for int8 and fp8, 0 for the others (int4 is not a pool
+// dtype: counted bare).
+int64_t KvScaleBitsPerHead(std::string_view dtype);
+
+// 2 x num_layers x num_kv_heads x (head_dim x dtype_bits + scale_bits) / 8. Always whole
+// bytes: the vector count is even (K and V) and both bit counts are multiples of 4.
+// OUT_OF_RANGE on overflow.
+StatusOr<int64_t> KvBytesPerToken(const ModelConfig& model, int64_t dtype_bits,
+                                  int64_t scale_bits = 0);
 
 // bytes_per_token x seq_len x batch; OUT_OF_RANGE on overflow.
 StatusOr<int64_t> KvBytes(int64_t bytes_per_token, int64_t seq_len, int64_t batch);

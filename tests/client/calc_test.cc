@@ -101,7 +101,9 @@ TEST_F(CalcTest, DtypesScaleTheBytes) {
   EXPECT_EQ(fp16, 2 * 12 * 12 * 64 * 2);
   EXPECT_EQ(Calc("--model gpt2 --dtype fp32")["bytes_per_token"], fp16 * 2);
   EXPECT_EQ(Calc("--model gpt2 --dtype bf16")["bytes_per_token"], fp16);
-  EXPECT_EQ(Calc("--model gpt2 --dtype int8")["bytes_per_token"], fp16 / 2);
+  // int8 and fp8 as kvpool's pool keeps them: one fp32 scale per head vector.
+  EXPECT_EQ(Calc("--model gpt2 --dtype int8")["bytes_per_token"], fp16 / 2 + 2 * 12 * 12 * 4);
+  EXPECT_EQ(Calc("--model gpt2 --dtype fp8")["scale_layout"], "fp32 per (token, KV head)");
   nlohmann::json int4 = Calc("--model gpt2 --dtype int4 --kv-heads 1 --seq 3 --batch 1");
   EXPECT_EQ(int4["dtype_bits"], 4);
   EXPECT_EQ(int4["bytes_per_token"], 2 * 12 * 1 * 64 / 2);

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <sstream>
@@ -28,11 +29,11 @@ inline bool HaveCudaDevice() {
 #define KVPOOL_SKIP_WITHOUT_GPU() \
   if (!::kvpool::gpu::testing::HaveCudaDevice()) GTEST_SKIP() << "no CUDA device"
 
-#define KVPOOL_CUDA_ASSERT(call)                                                        \
-  do {                                                                                  \
-    const cudaError_t _e = (call);                                                      \
-    ASSERT_EQ(_e, cudaSuccess) << #call << ": " << cudaGetErrorName(_e) << " ("         \
-                               << cudaGetErrorString(_e) << ")";                        \
+#define KVPOOL_CUDA_ASSERT(call)                                                \
+  do {                                                                          \
+    const cudaError_t _e = (call);                                              \
+    ASSERT_EQ(_e, cudaSuccess) << #call << ": " << cudaGetErrorName(_e) << " (" \
+                               << cudaGetErrorString(_e) << ")";                \
   } while (0)
 
 // Host buffers of a pool dtype: raw bytes plus the float value each element holds.
@@ -59,6 +60,9 @@ class HostTensor {
         x = __bfloat162float(h);
         break;
       }
+      case KvDtype::kInt8:
+      case KvDtype::kFp8E4m3:
+        std::abort();  // the CUDA kernels read fp32, fp16 and bf16 pools only
     }
     values_[i] = x;
     return x;
@@ -67,7 +71,9 @@ class HostTensor {
   void DecodeBytes() {
     for (size_t i = 0; i < values_.size(); ++i) {
       switch (dtype_) {
-        case KvDtype::kFloat32: std::memcpy(&values_[i], &bytes_[i * 4], 4); break;
+        case KvDtype::kFloat32:
+          std::memcpy(&values_[i], &bytes_[i * 4], 4);
+          break;
         case KvDtype::kFloat16: {
           __half h;
           std::memcpy(&h, &bytes_[i * 2], 2);
@@ -80,6 +86,9 @@ class HostTensor {
           values_[i] = __bfloat162float(h);
           break;
         }
+        case KvDtype::kInt8:
+        case KvDtype::kFp8E4m3:
+          std::abort();  // not a CUDA pool dtype
       }
     }
   }
@@ -118,8 +127,8 @@ Comparison Compare(const std::vector<float>& out, const std::vector<double>& ref
   for (size_t i = 0; i < out.size(); ++i) {
     if (!std::isfinite(out[i])) {
       if (c.all_finite) {
-        report << "first non-finite output (unwritten or NaN) at " << index_name(i)
-               << ": got " << out[i] << ", reference " << ref[i] << "\n";
+        report << "first non-finite output (unwritten or NaN) at " << index_name(i) << ": got "
+               << out[i] << ", reference " << ref[i] << "\n";
       }
       c.all_finite = false;
       continue;
@@ -132,8 +141,8 @@ Comparison Compare(const std::vector<float>& out, const std::vector<double>& ref
     }
   }
   c.rel_error = max_ref > 0 ? max_diff / max_ref : max_diff;
-  report << "max|out-ref| = " << max_diff << " at " << index_name(worst) << " (got "
-         << out[worst] << ", reference " << ref[worst] << "), max|ref| = " << max_ref
+  report << "max|out-ref| = " << max_diff << " at " << index_name(worst) << " (got " << out[worst]
+         << ", reference " << ref[worst] << "), max|ref| = " << max_ref
          << ", relative error = " << c.rel_error;
   c.report = report.str();
   return c;
@@ -141,9 +150,15 @@ Comparison Compare(const std::vector<float>& out, const std::vector<double>& ref
 
 inline double ToleranceFor(KvDtype dtype) {
   switch (dtype) {
-    case KvDtype::kFloat32: return 1e-5;
-    case KvDtype::kFloat16: return 1e-3;
-    case KvDtype::kBFloat16: return 1e-2;
+    case KvDtype::kFloat32:
+      return 1e-5;
+    case KvDtype::kFloat16:
+      return 1e-3;
+    case KvDtype::kBFloat16:
+      return 1e-2;
+    case KvDtype::kInt8:
+    case KvDtype::kFp8E4m3:
+      break;  // not a CUDA pool dtype
   }
   return 0;
 }

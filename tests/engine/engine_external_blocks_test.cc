@@ -208,7 +208,16 @@ TEST(EngineAttachTest, APoolOfAnotherKvDtypeOrShapeIsRefusedNamingTheDifference)
   ASSERT_FALSE(bf16.ok());
   EXPECT_EQ(bf16.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(bf16.status().message(), HasSubstr("holds bf16 K/V"));
-  EXPECT_THAT(bf16.status().message(), HasSubstr("--dtype fp32"));
+  EXPECT_THAT(bf16.status().message(), HasSubstr("--kv-cache-dtype fp32"));
+  // An int8 engine on that bf16 pool: refused too; on an int8 pool: attached.
+  EngineOptions int8 = Options();
+  int8.cpu_kv_dtype = KvDtype::kInt8;
+  auto mixed = Engine::Create(config, RandomWeights(config, 7), int8, nullptr, AdoptedPool(g));
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_THAT(mixed.status().message(),
+              HasSubstr("holds bf16 K/V, and this cpu engine writes int8"));
+  g.dtype = KvDtype::kInt8;
+  EXPECT_TRUE(Engine::Create(config, RandomWeights(config, 7), int8, nullptr, AdoptedPool(g)).ok());
   g.dtype = KvDtype::kFloat32;
   g.num_layers += 1;
   auto other = Engine::Create(config, RandomWeights(config, 7), Options(), nullptr, AdoptedPool(g));

@@ -2,9 +2,9 @@
 // Face transformers' own logits and greedy continuations (use_cache True and False)
 // for tiny random models, made by scripts/make-hf-fixtures.py and committed under
 // tests/data/hf/. Each folder is loaded with our loader and run in all three modes,
-// with fp32 weights (equal within fp32 rounding) and with bf16 weights on the CPU
-// (within bf16's rounding; a token that differs between modes or from transformers'
-// only where the two candidates' logits nearly tie).
+// with fp32 weights (equal within fp32 rounding), and with bf16 weights and each
+// reduced KV dtype on the CPU (within their rounding; a token that differs between modes
+// or from transformers' only where the two candidates' logits nearly tie).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -86,33 +86,35 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
   }
 }
 
-TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
-  const std::string dir = kHfDir + GetParam();
+// The engine with reduced precision (`options`: weights, KV or both) against
+// transformers' fp32 logits: the first logits within `share` of the largest logit, the
+// three modes' greedy tokens equal up to a near tie, and transformers' tokens matched up
+// to a near tie. `what` names the precision in failures.
+void ExpectWithinRounding(const std::string& folder, EngineOptions options, double share,
+                          const std::string& what) {
+  SCOPED_TRACE(folder + ", " + what);
+  const std::string dir = kHfDir + folder;
   auto loaded = LoadModel(dir);
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   const SafetensorsFile ref = SafetensorsFile::Open(dir + "/reference.safetensors").value();
-  EngineOptions options;
   options.block_size = 4;
-  options.cpu_weight_dtype = at::kBFloat16;
   auto engine_or =
       worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
   ASSERT_TRUE(engine_or.ok()) << engine_or.status().ToString();
   worker::OfflineEngine& engine = **engine_or;
-  // bf16 keeps 8 significant bits: each weight is off by up to 2^-9 of itself, and a
-  // logit by about that share of its magnitude; 2% of the largest logit bounds it.
   for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
     const std::string key = "prompt" + std::to_string(p);
     const std::vector<int32_t> prompt = ReadIds(ref, key + ".ids");
     const std::vector<int32_t> want = ReadIds(ref, key + ".greedy_use_cache");
     const at::Tensor logits = FloatTensorFromView(ref.Get(key + ".logits").value()).value();
-    const double tolerance = 0.02 * logits.abs().max().item<double>();
+    const double tolerance = share * logits.abs().max().item<double>();
     std::vector<std::vector<int32_t>> generated;
     std::vector<std::vector<at::Tensor>> step_logits;  // per mode, the logits of each step
     for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
       const SequenceId id = StartGreedy(engine, prompt, want.size(), mode);
       const at::Tensor first = logits[static_cast<int64_t>(prompt.size()) - 1];
       const double diff = (engine.sequence(id).last_logits - first).abs().max().item<double>();
-      EXPECT_LE(diff, tolerance) << GetParam() << " " << key << " " << KvModeName(mode);
+      EXPECT_LE(diff, tolerance) << folder << " " << key << " " << KvModeName(mode);
       step_logits.emplace_back();
       for (;;) {
         step_logits.back().push_back(engine.sequence(id).last_logits.clone());
@@ -132,7 +134,7 @@ TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
         if (x == y) continue;
         const at::Tensor& row = step_logits[a][i];
         const double gap = (row[x] - row[y]).item<double>();
-        EXPECT_LE(gap, 2 * tolerance) << GetParam() << " " << key << " modes " << a << "/" << a + 1
+        EXPECT_LE(gap, 2 * tolerance) << folder << " " << key << " modes " << a << "/" << a + 1
                                       << " step " << i << ": not a near tie";
         break;
       }
@@ -145,10 +147,36 @@ TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
       const at::Tensor top = std::get<0>(row.topk(2));
       const double gap = (top[0] - top[1]).item<double>();
       EXPECT_LE(gap, 2 * tolerance)
-          << GetParam() << " " << key << " step " << i << ": a flip that is not a near tie";
+          << folder << " " << key << " step " << i << ": a flip that is not a near tie";
       break;
     }
   }
+}
+
+TEST_P(HfReferenceTest, Bf16WeightsStayWithinTheirRoundingOfTransformers) {
+  // bf16 keeps 8 significant bits: each weight is off by up to 2^-9 of itself, and a
+  // logit by about that share of its magnitude; 2% of the largest logit bounds it.
+  EngineOptions options;
+  options.cpu_weight_dtype = at::kBFloat16;
+  ExpectWithinRounding(GetParam(), options, 0.02, "bf16 weights");
+}
+
+TEST_P(HfReferenceTest, ReducedKvDtypesStayWithinTheirRoundingOfTransformers) {
+  // K and V rounded once each as they are stored: fp16 (11 bits), bf16 (8), int8 (half a
+  // step of 1/127 of the head's max) and fp8 e4m3 (4 bits, up to 1/16 of a value). The
+  // same 2% of the largest logit bounds all but fp8 (6%); bf16 weights with int8 K/V
+  // add the two.
+  for (const auto& [dtype, share] :
+       {std::pair(KvDtype::kFloat16, 0.02), std::pair(KvDtype::kBFloat16, 0.02),
+        std::pair(KvDtype::kInt8, 0.02), std::pair(KvDtype::kFp8E4m3, 0.06)}) {
+    EngineOptions options;
+    options.cpu_kv_dtype = dtype;
+    ExpectWithinRounding(GetParam(), options, share, std::string(KvDtypeName(dtype)) + " K/V");
+  }
+  EngineOptions both;
+  both.cpu_weight_dtype = at::kBFloat16;
+  both.cpu_kv_dtype = KvDtype::kInt8;
+  ExpectWithinRounding(GetParam(), both, 0.04, "bf16 weights, int8 K/V");
 }
 
 INSTANTIATE_TEST_SUITE_P(Folders, HfReferenceTest,

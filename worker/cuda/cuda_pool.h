@@ -32,8 +32,7 @@ StatusOr<int> FindDeviceByUuid(std::string_view uuid);
 // Base of the (layer, part) region of a pool starting at `pool_base`.
 inline void* RegionPointer(void* pool_base, const PoolGeometry& geometry, int32_t layer,
                            KvPart part) {
-  return static_cast<char*>(pool_base) +
-         geometry.region_offset(layer, part) * static_cast<int64_t>(KvDtypeBytes(geometry.dtype));
+  return static_cast<char*>(pool_base) + geometry.region_byte_offset(layer, part);
 }
 inline const void* RegionPointer(const void* pool_base, const PoolGeometry& geometry, int32_t layer,
                                  KvPart part) {

@@ -143,6 +143,9 @@ Status Gemv(const GemvParams& p, cudaStream_t stream) {
     case KvDtype::kBFloat16:
       LaunchRows<__nv_bfloat16>(p, stream);
       break;
+    case KvDtype::kInt8:
+    case KvDtype::kFp8E4m3:
+      return InvalidArgument(who + ": weights are fp32, fp16 or bf16, not " + KvDtypeName(p.dtype));
   }
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetLastError(), "Gemv: kernel launch");
   return Status::Ok();

@@ -34,7 +34,8 @@ Status WriteKvCache(const WriteKvCacheParams& p, cudaStream_t stream) {
   const PoolGeometry& g = p.geometry;
   if (g.dtype != KvDtype::kFloat32 && g.dtype != KvDtype::kFloat16 &&
       g.dtype != KvDtype::kBFloat16) {
-    return InvalidArgument("WriteKvCache: unsupported dtype " + std::to_string(int(g.dtype)));
+    return InvalidArgument(std::string("WriteKvCache: ") + KvDtypeName(g.dtype) +
+                           " pools are the CPU engine's (CUDA: fp32, fp16, bf16)");
   }
   if (g.num_kv_heads <= 0 || g.head_dim <= 0 || g.block_size <= 0 || g.num_blocks < 0) {
     return InvalidArgument("WriteKvCache: num_kv_heads, head_dim, block_size must be positive");

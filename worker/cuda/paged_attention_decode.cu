@@ -34,7 +34,7 @@ constexpr int kTargetBlocksPerSm = 4;
 // Per (seq, head, split) partial results of the split path: the normalized output
 // row (fp32, head_dim) and (max, sum) of the split's scores in the log2 domain.
 struct DecodePlan {
-  int head_tile = 1;   // query heads per thread block (1, 2, 4 or 8; divides the group)
+  int head_tile = 1;  // query heads per thread block (1, 2, 4 or 8; divides the group)
   int num_splits = 1;
   int partition_tokens = 0;
 };
@@ -52,10 +52,10 @@ __global__ void __launch_bounds__(kThreads)
                  float* __restrict__ part_ml, const T* __restrict__ k_cache,
                  const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                  const int32_t* __restrict__ context_lens, int num_heads, int num_kv_heads,
-                 int max_blocks_per_seq, int block_size_log2, int partition_tokens,
-                 int num_splits, float scale_log2) {
-  constexpr int kVec = Pack<T>::kElems;                  // elements per 16-byte load
-  constexpr int kLanesPerToken = kHeadDim / kVec;        // lanes sharing one K/V row
+                 int max_blocks_per_seq, int block_size_log2, int partition_tokens, int num_splits,
+                 float scale_log2) {
+  constexpr int kVec = Pack<T>::kElems;            // elements per 16-byte load
+  constexpr int kLanesPerToken = kHeadDim / kVec;  // lanes sharing one K/V row
   static_assert(kLanesPerToken >= 1 && kLanesPerToken <= 32 && 32 % kLanesPerToken == 0,
                 "a K/V row must map onto a power-of-two part of a warp");
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;
@@ -125,7 +125,8 @@ __global__ void __launch_bounds__(kThreads)
     v_next = detail::LoadPack(v_base + slot * row_stride);
   }
   // `base` is warp-uniform, so every lane takes part in the shuffles below.
-  for (int base = begin + warp * kTokensPerWarp; base < end; base += kTokensPerStep, t += kTokensPerStep) {
+  for (int base = begin + warp * kTokensPerWarp; base < end;
+       base += kTokensPerStep, t += kTokensPerStep) {
     const uint4 k_cur = k_next, v_cur = v_next;
     const int t_next = t + kTokensPerStep;
     if (t_next < end) {
@@ -242,8 +243,7 @@ __global__ void __launch_bounds__(kHeadDim)
   const int d = threadIdx.x;
   const int ctx = min(context_lens[seq], max_blocks_per_seq << block_size_log2);
   // Split p wrote a result iff p * partition_tokens < ctx.
-  const int valid =
-      ctx <= 0 ? 0 : min(num_splits, (ctx + partition_tokens - 1) / partition_tokens);
+  const int valid = ctx <= 0 ? 0 : min(num_splits, (ctx + partition_tokens - 1) / partition_tokens);
   const int64_t row = int64_t{seq} * num_heads + head;
   const int64_t part0 = row * num_splits;
   float m_max = -INFINITY;
@@ -261,8 +261,8 @@ __global__ void __launch_bounds__(kHeadDim)
 
 Status Validate(const PagedAttentionDecodeParams& p) {
   constexpr const char* kWho = "PagedAttentionDecode";
-  KVPOOL_RETURN_IF_ERROR(detail::CheckAttentionShape(kWho, p.geometry, p.num_heads, p.num_seqs,
-                                                     p.max_blocks_per_seq));
+  KVPOOL_RETURN_IF_ERROR(
+      detail::CheckAttentionShape(kWho, p.geometry, p.num_heads, p.num_seqs, p.max_blocks_per_seq));
   if (p.max_context_len < 0) return InvalidArgument("PagedAttentionDecode: max_context_len < 0");
   if (!std::isfinite(p.scale)) return InvalidArgument("PagedAttentionDecode: scale not finite");
   if (p.num_seqs == 0) return Status::Ok();
@@ -286,9 +286,8 @@ StatusOr<int> CurrentSmCount() {
     if (cached > 0) return cached;
   }
   int sms = 0;
-  KVPOOL_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-      "PagedAttentionDecode: multiprocessor count");
+  KVPOOL_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                              "PagedAttentionDecode: multiprocessor count");
   if (device >= 0 && device < kMaxDevices) cache[device].store(sms, std::memory_order_relaxed);
   return sms;
 }
@@ -301,9 +300,11 @@ DecodePlan Plan(const PagedAttentionDecodeParams& p, int sm_count) {
   plan.head_tile = HeadTile(group);
   const int64_t blocks = int64_t{p.num_seqs} * p.geometry.num_kv_heads * (group / plan.head_tile);
   const int max_ctx = std::max(1, p.max_context_len);
-  const int64_t wanted = (kTargetBlocksPerSm * int64_t{sm_count} + blocks - 1) / std::max<int64_t>(blocks, 1);
+  const int64_t wanted =
+      (kTargetBlocksPerSm * int64_t{sm_count} + blocks - 1) / std::max<int64_t>(blocks, 1);
   const int64_t by_length = (max_ctx + kMinPartitionTokens - 1) / kMinPartitionTokens;
-  const int splits = static_cast<int>(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplits));
+  const int splits =
+      static_cast<int>(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplits));
   if (splits == 1) {
     plan.partition_tokens = max_ctx;
     return plan;
@@ -320,8 +321,7 @@ size_t WorkspaceBytes(const PagedAttentionDecodeParams& p, const DecodePlan& pla
 }
 
 template <typename T, int kHeadDim, int kHeadTile>
-void LaunchTyped(const PagedAttentionDecodeParams& p, const DecodePlan& plan,
-                 cudaStream_t stream) {
+void LaunchTyped(const PagedAttentionDecodeParams& p, const DecodePlan& plan, cudaStream_t stream) {
   const int group = p.num_heads / p.geometry.num_kv_heads;
   const dim3 grid(p.geometry.num_kv_heads * (group / kHeadTile), p.num_seqs, plan.num_splits);
   const int bs_log2 = detail::Log2(p.geometry.block_size);
@@ -345,10 +345,14 @@ void LaunchTyped(const PagedAttentionDecodeParams& p, const DecodePlan& plan,
 template <typename T, int kHeadDim>
 void LaunchTile(const PagedAttentionDecodeParams& p, const DecodePlan& plan, cudaStream_t s) {
   switch (plan.head_tile) {
-    case 8: return LaunchTyped<T, kHeadDim, 8>(p, plan, s);
-    case 4: return LaunchTyped<T, kHeadDim, 4>(p, plan, s);
-    case 2: return LaunchTyped<T, kHeadDim, 2>(p, plan, s);
-    default: return LaunchTyped<T, kHeadDim, 1>(p, plan, s);
+    case 8:
+      return LaunchTyped<T, kHeadDim, 8>(p, plan, s);
+    case 4:
+      return LaunchTyped<T, kHeadDim, 4>(p, plan, s);
+    case 2:
+      return LaunchTyped<T, kHeadDim, 2>(p, plan, s);
+    default:
+      return LaunchTyped<T, kHeadDim, 1>(p, plan, s);
   }
 }
 
@@ -390,9 +394,20 @@ Status PagedAttentionDecode(const PagedAttentionDecodeParams& params, cudaStream
     }
   }
   switch (params.geometry.dtype) {
-    case KvDtype::kFloat32: LaunchDim<float>(params, plan, stream); break;
-    case KvDtype::kFloat16: LaunchDim<__half>(params, plan, stream); break;
-    case KvDtype::kBFloat16: LaunchDim<__nv_bfloat16>(params, plan, stream); break;
+    case KvDtype::kFloat32:
+      LaunchDim<float>(params, plan, stream);
+      break;
+    case KvDtype::kFloat16:
+      LaunchDim<__half>(params, plan, stream);
+      break;
+    case KvDtype::kBFloat16:
+      LaunchDim<__nv_bfloat16>(params, plan, stream);
+      break;
+    case KvDtype::kInt8:
+    case KvDtype::kFp8E4m3:
+      return InvalidArgument(std::string("PagedAttentionDecode: ") +
+                             KvDtypeName(params.geometry.dtype) +
+                             " pools are the CPU engine's (CUDA: fp32, fp16, bf16)");
   }
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetLastError(), "PagedAttentionDecode: kernel launch");
   return Status::Ok();

@@ -51,8 +51,8 @@ __global__ void __launch_bounds__(kThreads)
   // Lane `part` owns dims 4 * (part + kLanesPerQuery * c) + [0, 4): conflict-free float4
   // reads of shared memory, the four lanes of a query reading 64 consecutive bytes.
   float qf[kChunks][4];
-  const T* q_row = q + (int64_t{q_begin} + min(i, q_len - 1)) * num_heads * kHeadDim +
-                   int64_t{head} * kHeadDim;
+  const T* q_row =
+      q + (int64_t{q_begin} + min(i, q_len - 1)) * num_heads * kHeadDim + int64_t{head} * kHeadDim;
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
 #pragma unroll
@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(kThreads)
       float s = 0.0f;
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
-        const float4 k4 = *reinterpret_cast<const float4*>(&s_k[key][4 * (part + kLanesPerQuery * c)]);
+        const float4 k4 =
+            *reinterpret_cast<const float4*>(&s_k[key][4 * (part + kLanesPerQuery * c)]);
         s = fmaf(qf[c][0], k4.x, s);
         s = fmaf(qf[c][1], k4.y, s);
         s = fmaf(qf[c][2], k4.z, s);
@@ -148,8 +149,8 @@ __global__ void __launch_bounds__(kThreads)
 
 Status Validate(const PagedAttentionPrefillParams& p) {
   constexpr const char* kWho = "PagedAttentionPrefill";
-  KVPOOL_RETURN_IF_ERROR(detail::CheckAttentionShape(kWho, p.geometry, p.num_heads, p.num_seqs,
-                                                     p.max_blocks_per_seq));
+  KVPOOL_RETURN_IF_ERROR(
+      detail::CheckAttentionShape(kWho, p.geometry, p.num_heads, p.num_seqs, p.max_blocks_per_seq));
   if (p.max_query_len < 0) return InvalidArgument("PagedAttentionPrefill: max_query_len < 0");
   if (!std::isfinite(p.scale)) return InvalidArgument("PagedAttentionPrefill: scale not finite");
   if (p.num_seqs == 0 || p.max_query_len == 0) return Status::Ok();
@@ -192,9 +193,20 @@ Status PagedAttentionPrefill(const PagedAttentionPrefillParams& params, cudaStre
     return InvalidArgument("PagedAttentionPrefill: num_heads above 65535");
   }
   switch (params.geometry.dtype) {
-    case KvDtype::kFloat32: LaunchDim<float>(params, stream); break;
-    case KvDtype::kFloat16: LaunchDim<__half>(params, stream); break;
-    case KvDtype::kBFloat16: LaunchDim<__nv_bfloat16>(params, stream); break;
+    case KvDtype::kFloat32:
+      LaunchDim<float>(params, stream);
+      break;
+    case KvDtype::kFloat16:
+      LaunchDim<__half>(params, stream);
+      break;
+    case KvDtype::kBFloat16:
+      LaunchDim<__nv_bfloat16>(params, stream);
+      break;
+    case KvDtype::kInt8:
+    case KvDtype::kFp8E4m3:
+      return InvalidArgument(std::string("PagedAttentionPrefill: ") +
+                             KvDtypeName(params.geometry.dtype) +
+                             " pools are the CPU engine's (CUDA: fp32, fp16, bf16)");
   }
   KVPOOL_CUDA_RETURN_IF_ERROR(cudaGetLastError(), "PagedAttentionPrefill: kernel launch");
   return Status::Ok();

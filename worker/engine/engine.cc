@@ -59,8 +59,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
     if (options.cpu_weight_dtype != at::kFloat && options.cpu_weight_dtype != at::kBFloat16) {
       return InvalidArgument("CPU weights are fp32 or bf16");
     }
-    runner =
-        std::make_unique<Model>(std::move(config), std::move(weights), options.cpu_weight_dtype);
+    runner = std::make_unique<Model>(std::move(config), std::move(weights),
+                                     options.cpu_weight_dtype, options.cpu_kv_dtype);
   } else if (options.device.rfind("cuda", 0) == 0) {
     int index = 0;
     if (options.device.size() > 5 && options.device[4] == ':')
@@ -74,11 +74,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   if (external_pool && external_pool->geometry() != g) {
     const PoolGeometry& p = external_pool->geometry();
     if (p.dtype != g.dtype) {
-      return FailedPrecondition(std::string("the shared KV pool holds ") + KvDtypeName(p.dtype) +
-                                " K/V, and this " + runner->device() + " engine writes " +
-                                KvDtypeName(g.dtype) + ": start the manager with --dtype " +
-                                KvDtypeName(g.dtype) +
-                                " (the KV dtype must match; weights may differ)");
+      return FailedPrecondition(
+          std::string("the shared KV pool holds ") + KvDtypeName(p.dtype) + " K/V, and this " +
+          runner->device() + " engine writes " + KvDtypeName(g.dtype) +
+          ": start the manager with --kv-cache-dtype " + KvDtypeName(g.dtype) +
+          " (the KV dtype must match; weights may differ)");
     }
     const auto shape = [](const PoolGeometry& x) {
       return std::to_string(x.num_layers) + " layers x " + std::to_string(x.num_kv_heads) +
@@ -251,7 +251,7 @@ StatusOr<SequenceId> Engine::Fork(SequenceId parent_id, std::vector<int32_t> blo
 
 int64_t Engine::BlockPartBytes() const {
   const PoolGeometry& g = pool_.geometry();
-  return static_cast<int64_t>(g.block_size) * g.num_kv_heads * g.head_dim * KvDtypeBytes(g.dtype);
+  return g.block_stride_bytes();  // the block's elements and, for int8/fp8, its scales
 }
 
 StatusOr<SwappedKv> Engine::SwapOut(SequenceId id) const {

@@ -87,8 +87,10 @@ struct GenerationRequest {
 struct EngineOptions {
   std::string device = "cpu";         // "cpu" or "cuda[:N]"
   at::ScalarType dtype = at::kFloat;  // weights and KV on CUDA (fp32 on the CPU)
-  // The CPU's linear-layer weights: at::kFloat or at::kBFloat16 (KV stays fp32 there).
+  // The CPU's linear-layer weights: at::kFloat or at::kBFloat16.
   at::ScalarType cpu_weight_dtype = at::kFloat;
+  // The CPU's KV pool dtype (any KvDtype; a shared pool's must match it).
+  KvDtype cpu_kv_dtype = KvDtype::kFloat32;
   bool cuda_graphs = true;  // capture decode steps (CUDA only)
   int32_t block_size = 16;
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context

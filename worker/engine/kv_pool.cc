@@ -9,9 +9,6 @@
 namespace kvpool {
 
 StatusOr<KvPool> KvPool::Create(const PoolGeometry& geometry) {
-  if (geometry.dtype != KvDtype::kFloat32) {
-    return InvalidArgument("the CPU engine keeps its KV pool in fp32");
-  }
   const size_t bytes = geometry.pool_bytes();
   if (bytes == 0) return InvalidArgument("KV pool geometry has zero bytes");
   void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -30,13 +30,9 @@ class KvPool {
 
   const PoolGeometry& geometry() const { return geometry_; }
   void* base() const { return base_; }
-  // One layer's K or V region (fp32 pools; device pools use RegionBytes).
-  float* Region(int32_t layer, KvPart part) const {
-    return static_cast<float*>(base_) + geometry_.region_offset(layer, part);
-  }
+  // One layer's K or V region: its first byte (block 0's first token, for any dtype).
   void* RegionBytes(int32_t layer, KvPart part) const {
-    return static_cast<char*>(base_) +
-           geometry_.region_offset(layer, part) * KvDtypeBytes(geometry_.dtype);
+    return static_cast<char*>(base_) + geometry_.region_byte_offset(layer, part);
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "engine/cpu_linear.h"
+#include "engine/kv_quant.h"
 #include "engine/transformer.h"
 
 namespace kvpool {
@@ -47,9 +48,9 @@ class Model::CpuBackend : public ForwardBackend {
     WriteKv(qkv, layer);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     PagedAttentionCpu(qkv.data_ptr<float>(), qkv.size(1), attn_.data_ptr<float>(),
-                      pool_.Region(layer, KvPart::kKey), pool_.Region(layer, KvPart::kValue),
-                      pool_.geometry(), batch_.queries.data(),
-                      static_cast<int64_t>(batch_.token_ids.size()),
+                      pool_.RegionBytes(layer, KvPart::kKey),
+                      pool_.RegionBytes(layer, KvPart::kValue), pool_.geometry(),
+                      batch_.queries.data(), static_cast<int64_t>(batch_.token_ids.size()),
                       static_cast<int32_t>(c.num_heads), scale);
     return attn_;
   }
@@ -76,20 +77,26 @@ class Model::CpuBackend : public ForwardBackend {
     }
   }
 
-  // Copies each token's K and V into its pool slot.
+  // Stores each token's K and V into its pool slot, head by head in the pool's dtype
+  // (kv_quant.h: fp32 copied, fp16/bf16 rounded, int8/fp8 quantized with their scales).
   void WriteKv(const at::Tensor& qkv, int32_t layer) const {
     const PoolGeometry& g = pool_.geometry();
     const int64_t q_dim = model_.config_.num_heads * model_.config_.head_dim;
     const int64_t kv_dim = g.token_elems();
     const int64_t row = qkv.size(1);
     const float* src = qkv.data_ptr<float>();
-    float* k_region = pool_.Region(layer, KvPart::kKey);
-    float* v_region = pool_.Region(layer, KvPart::kValue);
-    for (size_t t = 0; t < batch_.slots.size(); ++t) {
-      const int64_t slot = batch_.slots[t];
-      const int64_t dst = (slot / g.block_size) * g.block_elems() + (slot % g.block_size) * kv_dim;
-      std::memcpy(k_region + dst, src + t * row + q_dim, kv_dim * sizeof(float));
-      std::memcpy(v_region + dst, src + t * row + q_dim + kv_dim, kv_dim * sizeof(float));
+    for (KvPart part : {KvPart::kKey, KvPart::kValue}) {
+      const void* region = pool_.RegionBytes(layer, part);
+      const int64_t from = q_dim + (part == KvPart::kValue ? kv_dim : 0);
+      for (size_t t = 0; t < batch_.slots.size(); ++t) {
+        const int64_t block = batch_.slots[t] / g.block_size;
+        const auto slot = static_cast<int32_t>(batch_.slots[t] % g.block_size);
+        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+          EncodeKvHead(src + t * row + from + int64_t{h} * g.head_dim, g.head_dim, g.dtype,
+                       const_cast<char*>(KvHeadPointer(region, g, block, slot, h)),
+                       const_cast<char*>(KvScalePointer(region, g, block, slot, h)));
+        }
+      }
     }
   }
 
@@ -99,8 +106,12 @@ class Model::CpuBackend : public ForwardBackend {
   at::Tensor attn_;
 };
 
-Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dtype)
-    : config_(std::move(config)), weights_(std::move(weights)), weight_dtype_(weight_dtype) {
+Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dtype,
+             KvDtype kv_dtype)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      weight_dtype_(weight_dtype),
+      kv_dtype_(kv_dtype) {
   if (weight_dtype_ == at::kBFloat16) {
     // The matrices of the linear layers, the head included (a tied head gets a bf16
     // copy; the embedding lookup keeps fp32 rows). Norms, biases and embeddings stay

@@ -18,13 +18,18 @@
 
 namespace kvpool {
 
-// A pool dtype as LibTorch's and back: the one mapping, both directions.
+// A pool dtype as LibTorch's and back: the one mapping, both directions. The scaled
+// dtypes map to their storage (int8: kChar; fp8, which LibTorch 1.13 lacks: kByte).
 inline at::ScalarType TorchDtypeOf(KvDtype dtype) {
   switch (dtype) {
     case KvDtype::kFloat16:
       return at::kHalf;
     case KvDtype::kBFloat16:
       return at::kBFloat16;
+    case KvDtype::kInt8:
+      return at::kChar;
+    case KvDtype::kFp8E4m3:
+      return at::kByte;
     case KvDtype::kFloat32:
       break;
   }

@@ -1,6 +1,9 @@
 // The CPU paged-attention kernel: see paged_attention_cpu.h. Reads K/V through block
 // tables straight from the pool, one pass per (query token, KV head) with an online
-// softmax; it never writes the pool.
+// softmax; it never writes the pool. Every pool dtype is read in place and widened to
+// fp32 in registers (fp16 and bf16 exactly, int8 and fp8 before their scale is applied:
+// a K scale multiplies the finished dot product, a V scale the softmax weight), so a
+// narrower pool costs a few conversion instructions per 16 elements and saves the bytes.
 #include "engine/paged_attention_cpu.h"
 
 // GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which
@@ -17,17 +20,46 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#include "engine/kv_quant.h"
 
 namespace kvpool {
 namespace {
 
-inline float Dot(const float* __restrict a, const float* __restrict b, int32_t n) {
+// The pool's element types as the kernels see them; Fp8 wraps the e4m3 code.
+struct Fp8 {
+  uint8_t bits;
+};
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(c10::BFloat16 x) { return static_cast<float>(x); }
+inline float ToFloat(c10::Half x) { return static_cast<float>(x); }
+inline float ToFloat(int8_t x) { return static_cast<float>(x); }
+inline float ToFloat(Fp8 x) { return DecodeFp8E4m3(x.bits); }
+
+template <typename T>
+inline float Dot(const float* __restrict a, const T* __restrict b, int32_t n) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-  for (int32_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  for (int32_t i = 0; i < n; ++i) acc += a[i] * ToFloat(b[i]);
   return acc;
 }
+
+// Where position t of a query's context lives in a region: its token row (bytes from
+// the region's start) and its scales (for the scaled dtypes).
+struct RowAt {
+  const PoolGeometry& g;
+  const int32_t* table;
+  int64_t row(int32_t t) const {
+    return int64_t{table[t / g.block_size]} * g.block_stride_bytes() +
+           int64_t{t % g.block_size} * g.token_stride_bytes();
+  }
+  // The scale of KV head `head` at position t of `region` (1 when unscaled).
+  float scale(const void* region, int32_t t, int32_t head) const {
+    return KvScale(region, g, table[t / g.block_size], t % g.block_size, head);
+  }
+};
 
 // e^x for the softmax, vectorizable (std::exp is a scalar libm call: at context
 // 1000 it cost more than the dot products). Cephes-style: x = n ln2 + r with
@@ -51,9 +83,10 @@ inline float FastExp(float x) {
   return p;
 }
 
-inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int32_t n) {
+template <typename T>
+inline void Axpy(float alpha, const T* __restrict x, float* __restrict y, int32_t n) {
 #pragma omp simd
-  for (int32_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  for (int32_t i = 0; i < n; ++i) y[i] += alpha * ToFloat(x[i]);
 }
 
 // Tokens per partition: a query's context is cut into partitions processed as
@@ -71,22 +104,24 @@ struct Partial {
 };
 
 // kHeadDim > 0 fixes the head size at compile time (fully unrolled vector loops);
-// 0 reads it from the geometry.
-template <int32_t kHeadDim>
-void AttendPartition(const float* q, const float* k_region, const float* v_region,
+// 0 reads it from the geometry. T: the pool's element type.
+template <typename T, int32_t kHeadDim>
+void AttendPartition(const float* q, const char* k_region, const char* v_region,
                      const PoolGeometry& g, const AttentionQuery& query, int32_t begin, int32_t end,
                      int32_t num_heads, float scale, Partial part) {
-  const int32_t d = kHeadDim > 0 ? kHeadDim : g.head_dim, bs = g.block_size, n = end - begin;
+  const int32_t d = kHeadDim > 0 ? kHeadDim : g.head_dim, n = end - begin;
   const int32_t group = num_heads / g.num_kv_heads;
+  const RowAt at{g, query.block_table};
+  constexpr bool kScaled = std::is_same_v<T, int8_t> || std::is_same_v<T, Fp8>;
   thread_local std::vector<float> scores;  // [num_heads][n]
   scores.resize(static_cast<size_t>(num_heads) * n);
   std::fill(part.max, part.max + num_heads, -std::numeric_limits<float>::infinity());
   // Pass 1: every head's scores, one token row at a time.
   for (int32_t t = begin; t < end; ++t) {
-    const float* k = k_region + int64_t{query.block_table[t / bs]} * g.block_elems() +
-                     int64_t{t % bs} * g.token_elems();
+    const T* k = reinterpret_cast<const T*>(k_region + at.row(t));
     for (int32_t h = 0; h < num_heads; ++h) {
-      const float sc = Dot(q + int64_t{h} * d, k + int64_t{h / group} * d, d) * scale;
+      float sc = Dot(q + int64_t{h} * d, k + int64_t{h / group} * d, d) * scale;
+      if (kScaled) sc *= at.scale(k_region, t, h / group);
       scores[static_cast<size_t>(h) * n + (t - begin)] = sc;
       part.max[h] = std::max(part.max[h], sc);
     }
@@ -105,11 +140,11 @@ void AttendPartition(const float* q, const float* k_region, const float* v_regio
   // Pass 2: weighted V, again row by row.
   std::fill(part.acc, part.acc + int64_t{num_heads} * d, 0.f);
   for (int32_t t = begin; t < end; ++t) {
-    const float* v = v_region + int64_t{query.block_table[t / bs]} * g.block_elems() +
-                     int64_t{t % bs} * g.token_elems();
+    const T* v = reinterpret_cast<const T*>(v_region + at.row(t));
     for (int32_t h = 0; h < num_heads; ++h) {
-      Axpy(scores[static_cast<size_t>(h) * n + (t - begin)], v + int64_t{h / group} * d,
-           part.acc + int64_t{h} * d, d);
+      float w = scores[static_cast<size_t>(h) * n + (t - begin)];
+      if (kScaled) w *= at.scale(v_region, t, h / group);
+      Axpy(w, v + int64_t{h / group} * d, part.acc + int64_t{h} * d, d);
     }
   }
 }
@@ -137,34 +172,64 @@ KVPOOL_AVX512 inline __m512 SumEachOf16(const __m512* a) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
+// 16 pool elements widened to fp32.
+KVPOOL_AVX512 inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+KVPOOL_AVX512 inline __m512 Load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+KVPOOL_AVX512 inline __m512 Load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+KVPOOL_AVX512 inline __m512 Load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// e4m3 as DecodeFp8E4m3 does it: magnitude bits to fp32's exponent and mantissa
+// fields, sign to bit 31, times 2^120.
+KVPOOL_AVX512 inline __m512 Load16(const Fp8* p) {
+  const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i magnitude = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x7f)), 20);
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+  return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(magnitude, sign)),
+                       _mm512_set1_ps(1.329227995784916e36f));
+}
+
 // The same partition with AVX-512, head by head: the query head and its output stay in
 // registers (kHeadDim / 16 vectors each) while the partition's K and then V rows of
 // that head stream past, and 16 scores are finished at a time. On Zen 5 this took 22-25%
 // less time than the token-by-token loop above (gpt2, batch 8, context 256).
-template <int32_t kHeadDim>
-KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const float* k_region,
-                                         const float* v_region, const PoolGeometry& g,
-                                         const AttentionQuery& query, int32_t begin, int32_t end,
-                                         int32_t num_heads, float scale, Partial part) {
+template <typename T, int32_t kHeadDim>
+KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, const char* v_region,
+                                         const PoolGeometry& g, const AttentionQuery& query,
+                                         int32_t begin, int32_t end, int32_t num_heads, float scale,
+                                         Partial part) {
   constexpr int kVecs = kHeadDim / 16;
-  const int32_t bs = g.block_size, n = end - begin, group = num_heads / g.num_kv_heads;
-  thread_local std::vector<float> scores;  // [n], one head at a time
-  thread_local std::vector<int64_t> rows;  // each position's row offset in a region
+  constexpr bool kScaled = std::is_same_v<T, int8_t> || std::is_same_v<T, Fp8>;
+  const int32_t n = end - begin, group = num_heads / g.num_kv_heads;
+  const RowAt at{g, query.block_table};
+  thread_local std::vector<float> scores;              // [n], one head at a time
+  thread_local std::vector<int64_t> rows;              // each position's row, bytes into a region
+  thread_local std::vector<float> k_scales, v_scales;  // [n], of the current KV head
   scores.resize(static_cast<size_t>(n));
   rows.resize(static_cast<size_t>(n));
-  for (int32_t t = begin; t < end; ++t) {
-    rows[t - begin] =
-        int64_t{query.block_table[t / bs]} * g.block_elems() + int64_t{t % bs} * g.token_elems();
-  }
+  for (int32_t t = begin; t < end; ++t) rows[t - begin] = at.row(t);
+  if (kScaled) k_scales.resize(static_cast<size_t>(n)), v_scales.resize(static_cast<size_t>(n));
   for (int32_t h = 0; h < num_heads; ++h) {
-    const int64_t head = int64_t{h / group} * kHeadDim;
+    const int32_t kv_head = h / group;
+    if (kScaled && h % group == 0) {
+      for (int32_t t = begin; t < end; ++t) {
+        k_scales[t - begin] = at.scale(k_region, t, kv_head) * scale;
+        v_scales[t - begin] = at.scale(v_region, t, kv_head);
+      }
+    }
+    const int64_t head = int64_t{kv_head} * kHeadDim;
     __m512 qv[kVecs];
     for (int v = 0; v < kVecs; ++v) qv[v] = _mm512_loadu_ps(q + int64_t{h} * kHeadDim + 16 * v);
     auto dot = [&](int32_t i) {
-      const float* k = k_region + rows[i] + head;
-      __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
-      for (int v = 1; v < kVecs; ++v)
-        acc = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(k + 16 * v), acc);
+      const T* k = reinterpret_cast<const T*>(k_region + rows[i]) + head;
+      __m512 acc = _mm512_mul_ps(qv[0], Load16(k));
+      for (int v = 1; v < kVecs; ++v) acc = _mm512_fmadd_ps(qv[v], Load16(k + 16 * v), acc);
       return acc;
     };
     const __m512 vscale = _mm512_set1_ps(scale);
@@ -173,13 +238,14 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const float* k_region,
     for (; i + 16 <= n; i += 16) {
       __m512 acc[16];
       for (int j = 0; j < 16; ++j) acc[j] = dot(i + j);
-      const __m512 sc = _mm512_mul_ps(SumEachOf16(acc), vscale);
+      const __m512 sc =
+          _mm512_mul_ps(SumEachOf16(acc), kScaled ? _mm512_loadu_ps(k_scales.data() + i) : vscale);
       _mm512_storeu_ps(scores.data() + i, sc);
       vmax = _mm512_max_ps(vmax, sc);
     }
     float mx = _mm512_reduce_max_ps(vmax);
     for (; i < n; ++i) {
-      scores[i] = _mm512_reduce_add_ps(dot(i)) * scale;
+      scores[i] = _mm512_reduce_add_ps(dot(i)) * (kScaled ? k_scales[i] : scale);
       mx = std::max(mx, scores[i]);
     }
     float sum = 0.f;
@@ -192,38 +258,54 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const float* k_region,
     __m512 out[kVecs];
     for (int v = 0; v < kVecs; ++v) out[v] = _mm512_setzero_ps();
     for (int32_t t = 0; t < n; ++t) {
-      const float* vrow = v_region + rows[t] + head;
-      const __m512 w = _mm512_set1_ps(scores[t]);
-      for (int v = 0; v < kVecs; ++v)
-        out[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vrow + 16 * v), out[v]);
+      const T* vrow = reinterpret_cast<const T*>(v_region + rows[t]) + head;
+      const __m512 w = _mm512_set1_ps(kScaled ? scores[t] * v_scales[t] : scores[t]);
+      for (int v = 0; v < kVecs; ++v) out[v] = _mm512_fmadd_ps(w, Load16(vrow + 16 * v), out[v]);
     }
     for (int v = 0; v < kVecs; ++v)
       _mm512_storeu_ps(part.acc + int64_t{h} * kHeadDim + 16 * v, out[v]);
   }
 }
 
-using AttendFn = void (*)(const float*, const float*, const float*, const PoolGeometry&,
+using AttendFn = void (*)(const float*, const char*, const char*, const PoolGeometry&,
                           const AttentionQuery&, int32_t, int32_t, int32_t, float, Partial);
 
-// The partition kernel for this head size and CPU (KVPOOL_CPU_ATTENTION=generic: the
-// portable loop, for comparisons).
-AttendFn PickAttend(int32_t head_dim) {
+template <typename T>
+AttendFn PickAttendFor(int32_t head_dim, bool avx512) {
+  if (avx512 && head_dim == 64) return &AttendPartitionAvx512<T, 64>;
+  if (avx512 && head_dim == 128) return &AttendPartitionAvx512<T, 128>;
+  return head_dim == 64    ? &AttendPartition<T, 64>
+         : head_dim == 128 ? &AttendPartition<T, 128>
+                           : &AttendPartition<T, 0>;
+}
+
+// The partition kernel for this dtype, head size and CPU (KVPOOL_CPU_ATTENTION=generic:
+// the portable loop, for comparisons and for CI's portable run).
+AttendFn PickAttend(KvDtype dtype, int32_t head_dim) {
   static const bool avx512 = [] {
     const char* choice = std::getenv("KVPOOL_CPU_ATTENTION");
     return __builtin_cpu_supports("avx512f") != 0 &&
            (choice == nullptr || std::strcmp(choice, "generic") != 0);
   }();
-  if (avx512 && head_dim == 64) return &AttendPartitionAvx512<64>;
-  if (avx512 && head_dim == 128) return &AttendPartitionAvx512<128>;
-  return head_dim == 64    ? &AttendPartition<64>
-         : head_dim == 128 ? &AttendPartition<128>
-                           : &AttendPartition<0>;
+  switch (dtype) {
+    case KvDtype::kFloat16:
+      return PickAttendFor<c10::Half>(head_dim, avx512);
+    case KvDtype::kBFloat16:
+      return PickAttendFor<c10::BFloat16>(head_dim, avx512);
+    case KvDtype::kInt8:
+      return PickAttendFor<int8_t>(head_dim, avx512);
+    case KvDtype::kFp8E4m3:
+      return PickAttendFor<Fp8>(head_dim, avx512);
+    case KvDtype::kFloat32:
+      break;
+  }
+  return PickAttendFor<float>(head_dim, avx512);
 }
 
 }  // namespace
 
-void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const float* k_region,
-                       const float* v_region, const PoolGeometry& geometry,
+void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const void* k_region,
+                       const void* v_region, const PoolGeometry& geometry,
                        const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
                        float scale) {
   const int32_t d = geometry.head_dim;
@@ -242,7 +324,9 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
     float* p = base + task * stride;
     return Partial{p, p + num_heads, p + 2 * num_heads};
   };
-  const AttendFn attend = PickAttend(d);
+  const AttendFn attend = PickAttend(geometry.dtype, d);
+  const auto* k_bytes = static_cast<const char*>(k_region);
+  const auto* v_bytes = static_cast<const char*>(v_region);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     int64_t i =
         std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
@@ -250,7 +334,7 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const f
       while (task >= first_task[i + 1]) ++i;
       const int32_t from = static_cast<int32_t>(task - first_task[i]) * kPartitionTokens;
       const int32_t to = std::min(queries[i].context_len, from + kPartitionTokens);
-      attend(q + i * q_row_stride, k_region, v_region, geometry, queries[i], from, to, num_heads,
+      attend(q + i * q_row_stride, k_bytes, v_bytes, geometry, queries[i], from, to, num_heads,
              scale, partial_of(task));
     }
   });

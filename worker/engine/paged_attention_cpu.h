@@ -3,6 +3,8 @@
 // over (query token, KV head), GQA-aware (each KV head is read once for all the
 // query heads of its group). The `contiguous` mode is this same kernel over a
 // block table of consecutive ids. Prefill uses it too, one query per prompt token.
+// fp32 activations and sums whatever the pool's dtype (kv_quant.h says how each is
+// stored).
 #pragma once
 
 #include <cstdint>
@@ -18,9 +20,10 @@ struct AttentionQuery {
 
 // q:   num_queries rows, each [num_heads][head_dim], rows `q_row_stride` floats apart.
 // out: [num_queries][num_heads * head_dim], contiguous.
-// k_region / v_region: one layer's K and V regions of an fp32 pool.
-void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const float* k_region,
-                       const float* v_region, const PoolGeometry& geometry,
+// k_region / v_region: one layer's K and V regions (KvPool::RegionBytes) of a pool of
+// any dtype; geometry.dtype says how to read them.
+void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const void* k_region,
+                       const void* v_region, const PoolGeometry& geometry,
                        const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
                        float scale);
 

@@ -15,10 +15,6 @@ namespace kvpool {
 
 StatusOr<ShmPoolAttachment> ShmPoolAttachment::Open(const std::string& shm_name,
                                                     const PoolGeometry& geometry) {
-  if (geometry.dtype != KvDtype::kFloat32) {
-    return FailedPrecondition("the CPU engine reads fp32 pools; this pool is " +
-                              std::string(KvDtypeName(geometry.dtype)));
-  }
   const int fd = shm_open(shm_name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     return FailedPrecondition("cannot open the manager's pool '" + shm_name +

@@ -75,6 +75,11 @@ int Run(int argc, char** argv) {
   app.add_option("--weight-dtype", weight_dtype_name,
                  "CPU linear weights: fp32, bf16 or auto (bf16 where the CPU has AVX512-BF16)")
       ->capture_default_str();
+  std::string kv_dtype_name = "auto";
+  app.add_option("--kv-cache-dtype", kv_dtype_name,
+                 "K/V dtype this worker expects of the manager's pool: auto (whatever the "
+                 "pool holds), fp32, fp16, bf16, int8 or fp8")
+      ->capture_default_str();
   app.add_option("--max-running", scheduler_options.max_running,
                  "sequences decoded together at most")
       ->check(CLI::PositiveNumber);
@@ -120,6 +125,15 @@ int Run(int argc, char** argv) {
   StatusOr<at::ScalarType> weight_dtype = CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
   if (!weight_dtype.ok()) return FailUsage(weight_dtype.status());
   scheduler_options.cpu_weight_dtype = *weight_dtype;
+  if (kv_dtype_name != "auto") {
+    KvDtype kv_dtype;
+    if (!ParseKvDtype(kv_dtype_name, &kv_dtype)) {
+      return FailUsage(InvalidArgument("--kv-cache-dtype must be auto, " +
+                                       std::string(kKvDtypeNames) + ", got '" + kv_dtype_name +
+                                       "'"));
+    }
+    scheduler_options.kv_cache_dtype = kv_dtype;
+  }
 
   StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials = TlsServerCredentials(tls);
   if (!server_credentials.ok()) return FailUsage(server_credentials.status());

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <iostream>
 
-#include "engine/shm_pool.h"
 #include "common/grpc_status.h"
 #include "common/metadata.h"
+#include "engine/shm_pool.h"
 #ifdef KVPOOL_HAVE_CUDA_TORCH
 #include "cuda/cuda_pool.h"
 #endif
@@ -23,6 +23,10 @@ StatusOr<KvDtype> FromProto(v1::KvDtype dtype) {
       return KvDtype::kFloat16;
     case v1::KV_DTYPE_BF16:
       return KvDtype::kBFloat16;
+    case v1::KV_DTYPE_INT8:
+      return KvDtype::kInt8;
+    case v1::KV_DTYPE_FP8_E4M3:
+      return KvDtype::kFp8E4m3;
     default:
       return FailedPrecondition("the manager's pool has an unknown dtype " +
                                 std::to_string(static_cast<int>(dtype)));
@@ -151,6 +155,21 @@ StatusOr<std::shared_ptr<Attachment>> ManagerLink::Register(int64_t epoch) {
     return FailedPrecondition("the manager's pool is " + std::to_string(d.pool_bytes()) +
                               " bytes but its geometry says " + std::to_string(g.pool_bytes()));
   }
+  // The layout as this worker reads it (common/kv_layout.h) must be the manager's, to
+  // the byte: strides, and for int8/fp8 where and how the scales are kept.
+  const v1::KvScaleLayout scales =
+      KvDtypeScaled(g.dtype) ? v1::KV_SCALE_LAYOUT_FP32_PER_TOKEN_HEAD : v1::KV_SCALE_LAYOUT_NONE;
+  if (d.token_stride_bytes() != g.token_stride_bytes() ||
+      d.block_stride_bytes() != g.block_stride_bytes() || d.scale_layout() != scales ||
+      (KvDtypeScaled(g.dtype) && d.block_scales_offset_bytes() != g.block_scales_offset())) {
+    return FailedPrecondition(
+        std::string("the manager's ") + KvDtypeName(g.dtype) + " pool is laid out as " +
+        v1::KvScaleLayout_Name(d.scale_layout()) + " with token/block strides " +
+        std::to_string(d.token_stride_bytes()) + "/" + std::to_string(d.block_stride_bytes()) +
+        " bytes, and this worker reads " + v1::KvScaleLayout_Name(scales) + " with " +
+        std::to_string(g.token_stride_bytes()) + "/" + std::to_string(g.block_stride_bytes()) +
+        ": run a manager and workers of the same kvpool version");
+  }
   if (d.backend() == "shm") {
     KVPOOL_ASSIGN_OR_RETURN(ShmPoolAttachment shm, ShmPoolAttachment::Open(d.shm_name(), g));
     auto owned = std::make_shared<ShmPoolAttachment>(std::move(shm));
@@ -201,7 +220,7 @@ void ManagerLink::Run() {
                   << (a.descriptor.backend() == "shm" ? a.descriptor.shm_name()
                                                       : a.descriptor.gpu_uuid())
                   << ", " << a.geometry.num_blocks << " blocks of " << a.geometry.block_size
-                  << " tokens)\n";
+                  << " tokens, " << KvDtypeName(a.geometry.dtype) << " K/V)\n";
         backoff = std::chrono::milliseconds(100);
         down_logged = false;
         lock.unlock();

@@ -175,6 +175,18 @@ int64_t Scheduler::TimedNs() const {
   return sum;
 }
 
+int64_t Scheduler::CpuWeightBytes() const {
+  int64_t bytes = weights_.ParameterBytes();
+  if (options_.cpu_weight_dtype == at::kBFloat16) {
+    for (const LayerWeights& l : weights_.layers) {
+      for (const at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) {
+        if (w->defined()) bytes -= w->numel() * 2;
+      }
+    }
+  }
+  return bytes;
+}
+
 void Scheduler::SyncAttachment() {
   std::shared_ptr<const Attachment> current = link_->current();
   if (current == attachment_) return;
@@ -190,9 +202,21 @@ void Scheduler::SyncAttachment() {
   block_size_.store(0);
   num_blocks_.store(0);
   if (!current) return;
+  const KvDtype pool_dtype = current->geometry.dtype;
+  if (options_.kv_cache_dtype && *options_.kv_cache_dtype != pool_dtype) {
+    link_->ReportFatal(std::string("this worker was started with --kv-cache-dtype ") +
+                       KvDtypeName(*options_.kv_cache_dtype) + " but the manager's pool holds " +
+                       KvDtypeName(pool_dtype) +
+                       " K/V: start both with the same --kv-cache-dtype " +
+                       "(or the worker with auto)");
+    return;
+  }
   EngineOptions options;
   options.device = current->device;
-  options.dtype = TorchDtypeOf(current->geometry.dtype);
+  // CUDA: weights and KV in the pool's dtype (an int8/fp8 pool is then refused by the
+  // engine, naming both); the CPU: weights per --weight-dtype, KV as the pool holds it.
+  options.dtype = KvDtypeScaled(pool_dtype) ? at::kHalf : TorchDtypeOf(pool_dtype);
+  options.cpu_kv_dtype = pool_dtype;
   options.block_size = current->geometry.block_size;
   options.num_blocks = current->geometry.num_blocks;
   options.threads = options_.threads;

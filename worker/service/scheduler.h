@@ -26,6 +26,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -55,6 +56,9 @@ struct SchedulerOptions {
   int64_t swap_space_bytes = int64_t{4} << 30;
   // The CPU engine's linear-layer weights: fp32 or bf16 (--weight-dtype).
   at::ScalarType cpu_weight_dtype = at::kFloat;
+  // --kv-cache-dtype: the KV dtype this worker insists on; unset ("auto"): whatever the
+  // manager's pool holds. A pool of another dtype stops the worker with a message.
+  std::optional<KvDtype> kv_cache_dtype;
 };
 
 // Where the scheduler thread's time goes (cumulative, in nanoseconds): model forwards
@@ -103,6 +107,9 @@ class Scheduler {
   // The attached pool's block size and blocks (0 while detached).
   int32_t block_size() const { return block_size_.load(); }
   int64_t num_blocks() const { return num_blocks_.load(); }
+  // Bytes of the weights as the CPU engine holds them (--weight-dtype bf16 halves the
+  // linear layers' matrices; the rest stays fp32).
+  int64_t CpuWeightBytes() const;
 
  private:
   void Run();

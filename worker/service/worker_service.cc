@@ -194,9 +194,11 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetMode
   response->set_has_tokenizer(tokenizer_ != nullptr);
   response->set_eos_token_id(static_cast<int32_t>(c.eos_token_id));
   response->set_num_parameters(c.NumParameters());
-  const int64_t weight_element_bytes =
-      attachment ? static_cast<int64_t>(KvDtypeBytes(attachment->geometry.dtype)) : 4;
-  response->set_weight_bytes(c.NumParameters() * weight_element_bytes);
+  // CUDA: weights in the pool's dtype; the CPU: per --weight-dtype, whatever the KV dtype.
+  const bool on_cuda = attachment && attachment->device.rfind("cuda", 0) == 0;
+  response->set_weight_bytes(
+      on_cuda ? c.NumParameters() * static_cast<int64_t>(KvDtypeBytes(attachment->geometry.dtype))
+              : scheduler_->CpuWeightBytes());
   return grpc::Status::OK;
 }
 

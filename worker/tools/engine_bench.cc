@@ -203,7 +203,17 @@ int Main(int argc, char** argv) {
   std::string weight_dtype_name = "fp32";
   app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
       ->capture_default_str();
+  std::string kv_dtype_name = "fp32";
+  app.add_option("--kv-cache-dtype", kv_dtype_name,
+                 "CPU KV pool: fp32, fp16, bf16, int8 or fp8 (e4m3)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  KvDtype kv_dtype = KvDtype::kFloat32;
+  if (!ParseKvDtype(kv_dtype_name, &kv_dtype)) {
+    std::cerr << "kvpool-engine-bench: --kv-cache-dtype must be " << kKvDtypeNames << ", got '"
+              << kv_dtype_name << "'\n";
+    return 2;
+  }
   std::string weight_dtype_why;
   const StatusOr<at::ScalarType> cpu_weight_dtype =
       CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
@@ -228,6 +238,7 @@ int Main(int argc, char** argv) {
   options.block_size = block_size;
   options.device = device;
   options.dtype = dtype;
+  options.cpu_kv_dtype = kv_dtype;
   options.cpu_weight_dtype = *cpu_weight_dtype;
   options.cuda_graphs = !no_graphs;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
@@ -361,6 +372,7 @@ int Main(int argc, char** argv) {
   out["device"] = engine.engine().runner().device();
   out["dtype"] = dtype_name;
   out["cpu_weight_dtype"] = weight_dtype_why;
+  out["cpu_kv_cache_dtype"] = KvDtypeName(options.cpu_kv_dtype);
   out["cuda_graphs"] = device != "cpu" && !no_graphs;
   out["block_size"] = block_size;
   out["batch"] = 1;
@@ -379,7 +391,7 @@ int Main(int argc, char** argv) {
   out["none_ms_per_token_at_512"] = none_512 * 1e3;
   out["none_curve"] = none_curve;
   out["weight_bytes"] = weight_bytes;
-  out["kv_bytes_per_token"] = config.KvBytesPerToken();
+  out["kv_bytes_per_token"] = static_cast<int64_t>(engine.engine().geometry().token_bytes());
   out["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
   out["bandwidth_floor_ms_per_token"] = weight_bytes / bandwidth * 1e3;
   out["paged_over_floor"] =

@@ -48,7 +48,17 @@ int Main(int argc, char** argv) {
   std::string weight_dtype_name = "fp32";
   app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
       ->capture_default_str();
+  std::string kv_dtype_name = "fp32";
+  app.add_option("--kv-cache-dtype", kv_dtype_name,
+                 "CPU KV pool: fp32, fp16, bf16, int8 or fp8 (e4m3)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  KvDtype kv_dtype = KvDtype::kFloat32;
+  if (!ParseKvDtype(kv_dtype_name, &kv_dtype)) {
+    std::cerr << "kvpool-engine-run: --kv-cache-dtype must be " << kKvDtypeNames << ", got '"
+              << kv_dtype_name << "'\n";
+    return 2;
+  }
 
   auto fail = [](const std::string& message) {
     std::cerr << "kvpool-engine-run: " << message << "\n";
@@ -75,6 +85,7 @@ int Main(int argc, char** argv) {
   EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
+  options.cpu_kv_dtype = kv_dtype;
   options.cpu_weight_dtype = *weight_dtype;
   const std::string source = loaded->source;
   auto engine_or =
@@ -86,6 +97,7 @@ int Main(int argc, char** argv) {
   report["model"] = engine.config().name;
   report["weights"] = source;
   report["weight_dtype"] = weight_dtype_why;
+  report["kv_cache_dtype"] = KvDtypeName(kv_dtype);
   report["prompt"] = prompt;
   report["prompt_tokens"] = prompt_ids.size();
   report["max_tokens"] = max_tokens;

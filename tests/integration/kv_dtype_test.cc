@@ -1,0 +1,93 @@
+// A manager whose pool holds int8 K/V (one fp32 scale per token and KV head) and two
+// workers that follow it (--kv-cache-dtype auto), one with bf16 weights: every mode is
+// served, the workers describe the pool's dtype, a prefix one worker wrote is read by
+// the other, and a worker that insists on another KV dtype stops, naming both.
+#include <gtest/gtest.h>
+
+#include "system_harness.h"
+
+namespace kvpool::integration {
+namespace {
+
+class KvDtypeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    manager_ = new ManagerProcess(
+        {"--model", "tiny-gpt2", "--num-blocks", "256", "--kv-cache-dtype", "int8"});
+    workers_[0] =
+        new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1"});
+    workers_[1] = new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1",
+                                                          "--kv-cache-dtype", "int8"});
+    workers_[2] = new WorkerProcess(
+        manager_->address(), {"--model", "tiny-gpt2", "--threads", "1", "--weight-dtype", "bf16"});
+  }
+  static void TearDownTestSuite() {
+    for (WorkerProcess*& w : workers_) {
+      delete w;
+      w = nullptr;
+    }
+    delete manager_;
+    manager_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_FALSE(manager_->address().empty());
+    for (WorkerProcess* w : workers_) ASSERT_FALSE(w->address().empty());
+  }
+
+  static ManagerProcess* manager_;
+  static WorkerProcess* workers_[3];
+};
+ManagerProcess* KvDtypeTest::manager_ = nullptr;
+WorkerProcess* KvDtypeTest::workers_[3] = {nullptr, nullptr, nullptr};
+
+TEST_F(KvDtypeTest, WorkersDescribeTheInt8Pool) {
+  for (WorkerProcess* w : workers_) {
+    auto stub = w->NewStub();
+    grpc::ClientContext context;
+    v1::GetModelInfoResponse info;
+    ASSERT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_EQ(info.kv_dtype(), "int8");
+  }
+}
+
+TEST_F(KvDtypeTest, EveryModeServesAndAPrefixWrittenByOneWorkerIsReadByAnother) {
+  const std::vector<int32_t> prompt = RandomTokens(41, 3);
+  for (v1::KvMode mode : {v1::KV_MODE_NONE, v1::KV_MODE_CONTIGUOUS, v1::KV_MODE_PAGED}) {
+    auto stub = workers_[2]->NewStub();
+    GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(19, 5), 12, mode));
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    ASSERT_EQ(out.tokens.at(0).size(), 12u) << "mode " << mode;
+  }
+  auto first = workers_[0]->NewStub();
+  GenerateOutcome a = Generate(*first, GreedyRequest(prompt, 16, v1::KV_MODE_PAGED));
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  auto second = workers_[1]->NewStub();
+  GenerateOutcome b = Generate(*second, GreedyRequest(prompt, 16, v1::KV_MODE_PAGED));
+  ASSERT_TRUE(b.status.ok()) << b.status.error_message();
+  ASSERT_TRUE(b.has_summary);
+  // tiny-gpt2's blocks are 16 tokens: the prompt's two full blocks come from the pool,
+  // quantized by the first worker, and give the same tokens (same weights).
+  EXPECT_EQ(b.summary.usage().cached_tokens(), 32);
+  EXPECT_EQ(b.tokens.at(0), a.tokens.at(0));
+}
+
+TEST_F(KvDtypeTest, AWorkerThatInsistsOnAnotherKvDtypeStopsNamingBoth) {
+  Subprocess worker({KVPOOL_WORKER_BIN, "--manager", manager_->address(), "--listen", "127.0.0.1:0",
+                     "--model", "tiny-gpt2", "--kv-cache-dtype", "bf16"},
+                    MergedStderr());
+  std::string said;
+  bool eof = false;
+  while (!eof) {
+    std::optional<std::string> line = worker.ReadLine(std::chrono::seconds(60), &eof);
+    if (!line) break;
+    said += *line + "\n";
+  }
+  EXPECT_NE(said.find("--kv-cache-dtype bf16 but the manager's pool holds int8"), std::string::npos)
+      << said;
+  const std::optional<int> status = worker.SignalAndWait(SIGTERM, std::chrono::seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_NE(*status, 0);
+}
+
+}  // namespace
+}  // namespace kvpool::integration
