@@ -204,6 +204,65 @@ TEST_P(ModesAgreeTest, MixedStepEqualsPrefillThenDecode) {
   }
 }
 
+// Chunked prefill: a prompt computed a few tokens per step (beside another sequence's
+// decode steps) gives the logits and tokens of one whole prefill; a chunk short of the
+// prompt's end samples nothing and leaves the sequence to be prefilled further.
+TEST_P(ModesAgreeTest, ChunkedPrefillEqualsAWholeOne) {
+  EngineOptions options;
+  options.block_size = 8;
+  auto chunked = MakeEngine(GetParam(), options);
+  auto whole = MakeEngine(GetParam(), options);
+  for (KvMode mode : {KvMode::kContiguous, KvMode::kPaged}) {
+    for (int64_t chunk : {1, 5, 16, 37}) {
+      auto request = [&](int len, uint64_t seed) {
+        GenerationRequest r;
+        r.prompt = RandomPrompt(len, 1000, seed);
+        r.max_tokens = 6;
+        r.mode = mode;
+        r.ignore_eos = true;
+        return r;
+      };
+      // A prompt of its own per case: an earlier case's blocks would be prefix hits.
+      const uint64_t seed = 100 * static_cast<uint64_t>(chunk) + static_cast<uint64_t>(mode);
+      const SequenceId other = *chunked->AddSequence(request(9, seed + 1));
+      ASSERT_TRUE(chunked->Prefill({other}).ok());
+      const SequenceId c = *chunked->AddSequence(request(45, seed));
+      const SequenceId w = *whole->AddSequence(request(45, seed));
+      ASSERT_TRUE(whole->Prefill({w}).ok());
+      int steps = 0;
+      while (!chunked->sequence(c).prefilled) {
+        const int64_t before = chunked->sequence(c).num_kv_tokens;
+        const std::vector<SequenceId> decoding = chunked->sequence(other).finished()
+                                                     ? std::vector<SequenceId>{}
+                                                     : std::vector<SequenceId>{other};
+        ASSERT_TRUE(chunked->Step({c}, decoding, {chunk}).ok());
+        ++steps;
+        const Sequence& s = chunked->sequence(c);
+        EXPECT_EQ(s.num_kv_tokens, std::min<int64_t>(45, before + chunk));
+        if (!s.prefilled) {
+          EXPECT_EQ(s.tokens.size(), 45u) << "a partial chunk sampled";
+        }
+      }
+      EXPECT_EQ(steps, (45 + chunk - 1) / chunk) << "chunk " << chunk;
+      for (int i = 0; i < 5; ++i) {
+        ASSERT_TRUE(chunked->Decode({c}).ok());
+        ASSERT_TRUE(whole->Decode({w}).ok());
+        EXPECT_LE((chunked->sequence(c).last_logits - whole->sequence(w).last_logits)
+                      .abs()
+                      .max()
+                      .item<double>(),
+                  1e-4)
+            << "chunk " << chunk << " step " << i;
+      }
+      EXPECT_EQ(chunked->sequence(c).tokens, whole->sequence(w).tokens) << "chunk " << chunk;
+      ASSERT_TRUE(chunked->Release(c).ok());
+      ASSERT_TRUE(chunked->Release(other).ok());
+      ASSERT_TRUE(whole->Release(w).ok());
+      EXPECT_EQ(BlocksInUse(*chunked), 0);
+    }
+  }
+}
+
 TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
   auto unknown = BuiltinModelConfig("gpt5");
   EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);

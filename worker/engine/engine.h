@@ -157,7 +157,12 @@ class Engine {
   // Both in one forward (a mixed batch, as vLLM's scheduler builds them): the prompts of
   // `prefill` and the next token of each of `decode`. The linear layers then read the
   // weights once for all of them, where Prefill then Decode would read them twice.
-  Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode);
+  // `chunks` (chunked prefill, as vLLM's): prefill[i] computes at most chunks[i] more of
+  // its prompt's tokens (0 or no entry: the rest of the prompt); a sequence whose prompt
+  // is not done yet stays unprefilled, samples nothing, and is passed to `prefill` again
+  // in a later step. Sequences in mode none always take their whole prompt.
+  Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode,
+              const std::vector<int64_t>& chunks = {});
   // Forgets the sequence (its blocks are the manager's to free).
   void Release(SequenceId id);
   // Appends blocks the manager gave the sequence to its table.

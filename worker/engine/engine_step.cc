@@ -80,25 +80,32 @@ Status Engine::Prefill(const std::vector<SequenceId>& ids) { return Step(ids, {}
 Status Engine::Decode(const std::vector<SequenceId>& ids) { return Step({}, ids); }
 
 Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
-                    const std::vector<SequenceId>& decode_ids) {
-  // The sequences in the order their logits rows come: prefills, then decodes.
+                    const std::vector<SequenceId>& decode_ids, const std::vector<int64_t>& chunks) {
+  // The sequences in the order they enter the batch: prefills, then decodes; `ends`:
+  // the position each one's K/V reaches after this step.
   std::vector<Sequence*> cached, recomputed;
   std::vector<bool> cached_is_prefill;
-  auto take = [&](Sequence* s, bool prefill) {
+  std::vector<int64_t> ends;
+  auto take = [&](Sequence* s, bool prefill, int64_t chunk) {
     if (s->request.mode == KvMode::kNone) {
       recomputed.push_back(s);  // its whole sequence, prefill or not
       return;
     }
     cached.push_back(s);
     cached_is_prefill.push_back(prefill);
+    const int64_t end = prefill ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
+    ends.push_back(chunk > 0 ? std::min(end, s->num_kv_tokens + chunk) : end);
   };
-  for (SequenceId id : prefill_ids) {
+  for (size_t i = 0; i < prefill_ids.size(); ++i) {
+    const SequenceId id = prefill_ids[i];
     auto it = sequences_.find(id);
     if (it == sequences_.end()) return NotFound("unknown sequence " + std::to_string(id));
     if (it->second.prefilled) {
       return FailedPrecondition("sequence " + std::to_string(id) + " is already prefilled");
     }
-    take(&it->second, true);
+    const int64_t chunk = i < chunks.size() ? chunks[i] : 0;
+    if (chunk < 0) return InvalidArgument("a prefill chunk must be >= 0 tokens");
+    take(&it->second, true, chunk);
   }
   for (SequenceId id : decode_ids) {
     auto it = sequences_.find(id);
@@ -108,7 +115,7 @@ Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
       return FailedPrecondition("sequence " + std::to_string(id) +
                                 (s.finished() ? " has finished" : " is not prefilled yet"));
     }
-    take(&s, false);
+    take(&s, false, 0);
   }
   // Blocks first (the batch keeps pointers into the tables), then one forward for the
   // prompts' uncached tokens and every decoding sequence's next token.
@@ -119,19 +126,23 @@ Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
   }
   if (!cached.empty()) {
     batch_.Clear();
+    // A prefill chunk short of its prompt's end wants no logits row.
+    const auto complete = [&](size_t i) {
+      return !cached_is_prefill[i] || ends[i] == cached[i]->prompt_len();
+    };
     for (size_t i = 0; i < cached.size(); ++i) {
       Sequence* s = cached[i];
-      const int64_t end =
-          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
-      batch_.AddTokens(s->tokens, s->num_kv_tokens, end, s->block_table, options_.block_size, true);
+      batch_.AddTokens(s->tokens, s->num_kv_tokens, ends[i], s->block_table, options_.block_size,
+                       complete(i));
     }
     at::Tensor logits = runner_->Forward(batch_, pool_);
+    int64_t row = 0;
     for (size_t i = 0; i < cached.size(); ++i) {
       Sequence* s = cached[i];
-      s->num_kv_tokens =
-          cached_is_prefill[i] ? s->prompt_len() : static_cast<int64_t>(s->tokens.size());
+      s->num_kv_tokens = ends[i];
+      if (!complete(i)) continue;
       s->prefilled = true;
-      SampleNext(*s, logits[static_cast<int64_t>(i)]);
+      SampleNext(*s, logits[row++]);
     }
   }
   if (!recomputed.empty()) {

@@ -84,8 +84,13 @@ int Run(int argc, char** argv) {
                  "sequences decoded together at most")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-prefill-tokens", scheduler_options.max_prefill_tokens,
-                 "prompt tokens prefilled per scheduler step (a longer prompt still runs alone)")
+                 "prompt tokens admitted per scheduler step (a longer prompt still comes alone)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-num-batched-tokens", scheduler_options.max_num_batched_tokens,
+                 "tokens one forward computes at most: one per decoding sequence, prompt "
+                 "chunks in the rest (chunked prefill); 0: prompts whole")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--admission-headroom-blocks", scheduler_options.headroom_blocks,
                  "free pool blocks per running sequence below which admission waits")
       ->check(CLI::NonNegativeNumber);

@@ -40,13 +40,11 @@ OfflineEngine::OfflineEngine(Engine* engine, ManagerApi* manager)
 
 StatusOr<SequenceId> OfflineEngine::AddSequence(GenerationRequest request,
                                                 const std::string& client) {
-  KVPOOL_RETURN_IF_ERROR(
-      CheckGeneration(request, engine_->config(), engine_->has_tokenizer()));
+  KVPOOL_RETURN_IF_ERROR(CheckGeneration(request, engine_->config(), engine_->has_tokenizer()));
   Open open;
   if (request.mode != KvMode::kNone) {
-    KVPOOL_ASSIGN_OR_RETURN(
-        OpenedSequence opened,
-        manager_->Open(request.prompt, request.mode, request.max_tokens, client));
+    KVPOOL_ASSIGN_OR_RETURN(OpenedSequence opened, manager_->Open(request.prompt, request.mode,
+                                                                  request.max_tokens, client));
     open.manager_id = opened.sequence_id;
     open.committed = opened.cached_tokens;
     request.block_table = std::move(opened.block_table);
@@ -103,17 +101,17 @@ Status OfflineEngine::Commit(const std::vector<SequenceId>& ids, bool grant) {
 }
 
 Status OfflineEngine::Step(const std::vector<SequenceId>& prefill,
-                           const std::vector<SequenceId>& decode) {
+                           const std::vector<SequenceId>& decode,
+                           const std::vector<int64_t>& chunks) {
   // The decode sequences' next slots; a prefill's table came with its Open.
   std::vector<SequenceId> running;
   for (SequenceId id : decode) {
     auto it = open_.find(id);
     if (it == open_.end()) return NotFound("unknown sequence " + std::to_string(id));
-    if (engine_->sequence(id).prefilled && !engine_->sequence(id).finished())
-      running.push_back(id);
+    if (engine_->sequence(id).prefilled && !engine_->sequence(id).finished()) running.push_back(id);
   }
   KVPOOL_RETURN_IF_ERROR(Commit(running, /*grant=*/true));
-  return engine_->Step(prefill, decode);
+  return engine_->Step(prefill, decode, chunks);
 }
 
 Status OfflineEngine::Release(SequenceId id) {

@@ -51,8 +51,9 @@ class OfflineEngine {
   Status Prefill(const std::vector<SequenceId>& ids) { return Step(ids, {}); }
   Status Decode(const std::vector<SequenceId>& ids) { return Step({}, ids); }
   // Grants the decode sequences' next slots (committing their full blocks), then one
-  // forward for both (Engine::Step).
-  Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode);
+  // forward for both (Engine::Step, `chunks` as there).
+  Status Step(const std::vector<SequenceId>& prefill, const std::vector<SequenceId>& decode,
+              const std::vector<int64_t>& chunks = {});
   // Publishes the sequence's full blocks (paged), closes its manager sequence and
   // drops it from the engine.
   Status Release(SequenceId id);

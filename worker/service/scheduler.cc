@@ -149,8 +149,8 @@ void Scheduler::Run() {
     try {
       RetryCloses();
       DropCancelled();
-      std::vector<Sample*> admitted = Admit();
-      if (engine_) Step(std::move(admitted));
+      Admit();
+      if (engine_) Step();
     } catch (const std::exception& e) {
       // A bug or a device error (e.g. out of memory) in the model: the jobs in flight
       // end INTERNAL, the worker keeps serving.

@@ -45,7 +45,12 @@ namespace kvpool::worker {
 struct SchedulerOptions {
   int32_t threads = 0;                // LibTorch intra-op threads (0: its default)
   int32_t max_running = 64;           // sequences decoded together at most
-  int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled per iteration (>= one prompt)
+  int64_t max_prefill_tokens = 4096;  // prompt tokens admitted per iteration (>= one prompt)
+  // Tokens one forward computes at most (vLLM's max_num_batched_tokens): a decoding
+  // sequence's next token each, and prompt chunks in what is left, so that a long
+  // prompt no longer stalls the running decodes for its whole prefill. 0: no limit
+  // (every admitted prompt whole in one step).
+  int64_t max_num_batched_tokens = 512;
   // Admission stops while the pool has fewer free blocks than this per running
   // sequence (each needs a new block every block_size tokens; admitting into a full
   // pool only preempts someone soon).
@@ -118,11 +123,14 @@ class Scheduler {
   // Ends every job; the manager is told only when `close_at_manager` (it may be gone).
   void FailAll(const Status& status, bool close_at_manager = false);
   void DropCancelled();
-  // Admits what the policy lets in: adds those samples to the engine.
-  std::vector<Sample*> Admit();
-  // One forward: the prompts of `admitted` and the next token of every other running
-  // sample (a mixed batch), after the blocks for those tokens are granted.
-  void Step(std::vector<Sample*> admitted);
+  // Admits what the policy lets in: adds those samples to the engine (running, their
+  // prompts not yet computed).
+  void Admit();
+  // One forward (a mixed batch): the next token of every decoding sample, after the
+  // blocks for those tokens are granted, and the prompts not yet computed, oldest
+  // first, within max_num_batched_tokens (a prompt that does not fit is cut into
+  // chunks over several steps: chunked prefill).
+  void Step();
   void ForkChildren(Sample& parent, double prefill_s);
   // Step rounds for `samples` until each holds the slots for its next token (full
   // blocks committed on the way); on RESOURCE_EXHAUSTED preempts the policy's victim

@@ -4,6 +4,7 @@
 // their prefill, and streaming each token through its Job. Block grants, preemption
 // and retiring are in scheduler_blocks.cc; the decisions are KvPolicy's.
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "service/scheduler.h"
@@ -20,15 +21,13 @@ using scheduler_internal::Seconds;
 
 }  // namespace
 
-std::vector<Sample*> Scheduler::Admit() {
-  AdmissionResult result =
-      policy_.Admit(waiting_, static_cast<int64_t>(running_.size()));
+void Scheduler::Admit() {
+  AdmissionResult result = policy_.Admit(waiting_, static_cast<int64_t>(running_.size()));
   for (AdmittedSample& a : result.admitted) a.sample->manager_id = a.opened.sequence_id;
   if (!result.link_lost.ok()) {
     LinkLost(result.link_lost.message());
-    return {};
+    return;
   }
-  std::vector<Sample*> admitted;
   for (AdmittedSample& a : result.admitted) {
     Sample& sample = *a.sample;
     const std::shared_ptr<Job>& job = sample.job;
@@ -68,12 +67,10 @@ std::vector<Sample*> Scheduler::Admit() {
       counters_.cached_tokens.fetch_add(cached);
     }
     running_.push_back(&sample);
-    admitted.push_back(&sample);
   }
   // After the admitted ones hold their manager sequences, so that failing a job
   // closes every sequence it opened.
   for (auto& [job, status] : result.failed) FailJob(job, status);
-  return admitted;
 }
 
 void Scheduler::Emit(Sample& sample, int32_t token, double step_s) {
@@ -105,40 +102,69 @@ void Scheduler::Emit(Sample& sample, int32_t token, double step_s) {
   const Sequence& q = engine_->sequence(sample.engine_id);
   const PoolGeometry& g = engine_->geometry();
   job.PushToken(sample.index, token, TakeCompleteUtf8(sample.pending_utf8, /*flush=*/q.finished()),
-                step_s, static_cast<int64_t>(q.block_table.size()) * static_cast<int64_t>(g.block_bytes()),
+                step_s,
+                static_cast<int64_t>(q.block_table.size()) * static_cast<int64_t>(g.block_bytes()),
                 q.num_kv_tokens * static_cast<int64_t>(g.token_bytes()),
                 q.request.logprobs > 0 ? &q.last_logprobs : nullptr);
 }
 
-void Scheduler::Step(std::vector<Sample*> admitted) {
+void Scheduler::Step() {
   auto gone = [](const Sample* s) { return s->dead || s->engine_id == 0; };
-  // A job failed during admission may have left admitted samples behind.
-  admitted.erase(std::remove_if(admitted.begin(), admitted.end(), gone), admitted.end());
+  // Running samples whose prompt is not (all) computed yet, in admission order: the
+  // ones admitted just now and those a token budget cut short in earlier steps.
+  auto unprefilled = [&] {
+    std::vector<Sample*> out;
+    for (Sample* s : running_) {
+      if (!gone(s) && !engine_->sequence(s->engine_id).prefilled) out.push_back(s);
+    }
+    return out;
+  };
   std::vector<Sample*> decode;
   for (Sample* s : running_) {
-    if (gone(s) || std::find(admitted.begin(), admitted.end(), s) != admitted.end()) continue;
-    if (!engine_->sequence(s->engine_id).finished()) decode.push_back(s);
+    if (gone(s)) continue;
+    const Sequence& q = engine_->sequence(s->engine_id);
+    if (q.prefilled && !q.finished()) decode.push_back(s);
   }
   if (!decode.empty()) {
     // Blocks for the decoding sequences' next tokens; preemption, if the pool is out
     // of them, takes the newest sequences first: prompts not prefilled yet lose nothing.
     decode = GrantBlocks(std::move(decode));
     if (!engine_) return;
-    admitted.erase(std::remove_if(admitted.begin(), admitted.end(), gone), admitted.end());
+  }
+  // The step's token budget (vLLM's max_num_batched_tokens): one per decoding sequence,
+  // the rest for prompts, oldest first, cut into chunks where they do not fit; mode none
+  // recomputes its whole sequence and takes its prompt whole.
+  int64_t budget = options_.max_num_batched_tokens > 0
+                       ? options_.max_num_batched_tokens - static_cast<int64_t>(decode.size())
+                       : std::numeric_limits<int64_t>::max();
+  std::vector<Sample*> admitted;
+  std::vector<int64_t> chunks, chunk_tokens;
+  for (Sample* s : unprefilled()) {
+    const Sequence& q = engine_->sequence(s->engine_id);
+    const int64_t left = q.prompt_len() - (q.request.mode == KvMode::kNone ? 0 : q.num_kv_tokens);
+    if (budget <= 0 && !(admitted.empty() && decode.empty())) break;
+    const bool whole = q.request.mode == KvMode::kNone || left <= budget;
+    const int64_t tokens = whole ? left : std::max<int64_t>(budget, 1);
+    admitted.push_back(s);
+    chunks.push_back(whole ? 0 : tokens);
+    chunk_tokens.push_back(tokens);
+    budget -= tokens;
   }
   if (admitted.empty() && decode.empty()) return;
   std::vector<SequenceId> prefill_ids, decode_ids;
   for (Sample* s : admitted) prefill_ids.push_back(s->engine_id);
   for (Sample* s : decode) decode_ids.push_back(s->engine_id);
-  // One forward: the new prompts and every running sequence's next token together.
+  // One forward: the prompts' chunks and every running sequence's next token together.
   const auto t0 = Clock::now();
-  const Status status = engine_->Step(prefill_ids, decode_ids);
+  const Status status = engine_->Step(prefill_ids, decode_ids, chunks);
   const Clock::duration took = Clock::now() - t0;
   const double step_s = Seconds(took);
   counters_.steps.fetch_add(1);
   // Its time goes to the phases by the tokens each computed.
   int64_t fresh_tokens = 0, resumed_tokens = 0;
-  for (const Sample* s : admitted) (s->resumed ? resumed_tokens : fresh_tokens) += s->prefill_tokens;
+  for (size_t i = 0; i < admitted.size(); ++i) {
+    (admitted[i]->resumed ? resumed_tokens : fresh_tokens) += chunk_tokens[i];
+  }
   const auto decode_tokens = static_cast<int64_t>(decode.size());
   const int64_t all_tokens = std::max<int64_t>(1, fresh_tokens + resumed_tokens + decode_tokens);
   const int64_t resumed_ns = Nanos(took) * resumed_tokens / all_tokens;
@@ -152,6 +178,11 @@ void Scheduler::Step(std::vector<Sample*> admitted) {
     for (Sample* s : decode) FailJob(s->job, Internal("decode failed: " + status.ToString()));
     return;
   }
+  // Prompts whose last chunk ran have their first token; the others go on next step.
+  admitted.erase(
+      std::remove_if(admitted.begin(), admitted.end(),
+                     [&](const Sample* s) { return !engine_->sequence(s->engine_id).prefilled; }),
+      admitted.end());
   for (Sample* s : admitted) Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
   for (Sample* s : decode) Emit(*s, engine_->sequence(s->engine_id).tokens.back(), step_s);
   for (Sample* s : admitted) {
@@ -190,8 +221,8 @@ void Scheduler::ForkChildren(Sample& parent, double prefill_s) {
   const Status committed = policy_.CommitAll(parent, p.tokens, p.num_kv_tokens);
   if (!committed.ok()) {
     if (IsLinkLoss(committed)) return LinkLost(committed.message());
-    return FailJob(parent.job, Status(committed.code(), "committing the prompt before Fork: " +
-                                                            committed.message()));
+    return FailJob(parent.job, Status(committed.code(),
+                                      "committing the prompt before Fork: " + committed.message()));
   }
   for (int32_t i = 1; i < parent.job->n; ++i) {
     auto child = std::make_unique<Sample>();
