@@ -50,7 +50,7 @@ struct SchedulerOptions {
   // sequence's next token each, and prompt chunks in what is left, so that a long
   // prompt no longer stalls the running decodes for its whole prefill. 0: no limit
   // (every admitted prompt whole in one step).
-  int64_t max_num_batched_tokens = 512;
+  int64_t max_num_batched_tokens = 2048;
   // Admission stops while the pool has fewer free blocks than this per running
   // sequence (each needs a new block every block_size tokens; admitting into a full
   // pool only preempts someone soon).
