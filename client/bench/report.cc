@@ -87,6 +87,37 @@ void WorkerTimeTable(const Json& throughput, std::ostringstream& md) {
      << rows.str() << "\n";
 }
 
+// The precision scenario's table (kvpool-precision-bench's JSON).
+void PrecisionMarkdown(const Json& p, std::ostringstream& md) {
+  md << "## Precision (in process, kvpool-precision-bench)\n\n"
+     << S(p["weights"]) << ", " << S(p["threads"])
+     << " threads. Decode: paged, batch 1, median (min - max) over " << S(p["rounds"])
+     << " interleaved rounds. Accuracy against fp32 weights with fp32 K/V: " << S(p["positions"])
+     << " teacher-forced positions, " << S(p["greedy_tokens"])
+     << " greedy tokens. Largest batch: sequences of " << S(p["largest_batch_context"])
+     << " tokens in " << MiB(Num(p, "pool_bytes")) << ".\n\n| weights | KV |";
+  for (const Json& c : p["contexts"]) md << " decode @ " << S(c) << " |";
+  md << " prefill " << S(p["prefill_tokens"])
+     << " | KV B/token | largest batch | max abs logit diff | mean KL | top-1 | greedy |\n"
+     << "|---|---|";
+  for (size_t i = 0; i < p["contexts"].size(); ++i) md << "---:|";
+  md << "---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const Json& r : p["configurations"]) {
+    md << "| " << S(r["weight_dtype"]) << " | " << S(r["kv_dtype"]) << " |";
+    for (const Json& c : p["contexts"]) {
+      const Json& d = r["decode_ms_per_token"][S(c)];
+      md << " " << Fmt(Num(d, "median_ms"), "%.2f") << " ms (" << Fmt(Num(d, "min_ms"), "%.2f")
+         << " - " << Fmt(Num(d, "max_ms"), "%.2f") << ") |";
+    }
+    md << " " << Fmt(Num(r, "prefill_ms"), "%.1f") << " ms | " << S(r["kv_bytes_per_token"])
+       << " | " << S(r["largest_batch"]) << " | " << Fmt(Num(r, "max_abs_logit_diff"), "%.3g")
+       << " | " << Fmt(Num(r, "mean_kl"), "%.2e") << " | "
+       << Fmt(100 * Num(r, "top1_agreement"), "%.1f") << "% | "
+       << Fmt(100 * Num(r, "greedy_agreement"), "%.1f") << "% |\n";
+  }
+  md << "\n";
+}
+
 }  // namespace
 
 void AddTargets(Json& report) {
@@ -372,6 +403,7 @@ void WriteReport(const std::string& dir, const Json& report) {
     }
     md << "\n";
   }
+  if (sc.contains("precision")) PrecisionMarkdown(sc["precision"], md);
   OpenAiMarkdown(report, md);
   if (report.contains("targets") && !report["targets"].empty()) {
     md << "## Targets\n\n| target | value | wanted | met |\n|---|---:|---:|---|\n";

@@ -93,6 +93,22 @@ Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json&
 
 int FinishReport(const bench::BenchOptions& o, Json& report);
 
+// The precision scenario: kvpool-precision-bench (in process: it compares logits,
+// which never cross the wire) on this machine, for each CPU weight and KV dtype.
+Status RunPrecision(const bench::BenchOptions& o, const std::string& dir, Json& report) {
+  const int threads =
+      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const std::string out = CommandOutput(
+      dir + "/kvpool-precision-bench --json --model '" + o.model + "' --threads " +
+      std::to_string(threads) + (o.quick ? " --quick --contexts 100,200" : "") + " 2>/dev/null");
+  Json precision = Json::parse(out, nullptr, false);
+  if (precision.is_discarded() || !precision.contains("configurations")) {
+    return Internal("kvpool-precision-bench gave no report (run it alone to see why)");
+  }
+  report["scenarios"]["precision"] = std::move(precision);
+  return Status::Ok();
+}
+
 // The output folder made, and a report's first fields: schema, date, commit, machine.
 StatusOr<Json> NewReport(const std::string& out_dir) {
   std::error_code ec;
@@ -209,6 +225,10 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
         "run without --server";
   }
   node.Stop();
+  if (ok && o.server.empty() && o.Wants("precision")) {
+    o.progress("precision: each CPU weight and KV dtype against fp32 (kvpool-precision-bench)");
+    ok = check(RunPrecision(o, BinaryDirectory(), report));
+  }
   if (ok && o.baseline == "hf") {
     o.progress("Hugging Face baseline (transformers, same weights)");
     if (Status s = RunHfBaseline(o, BinaryDirectory(), report); !s.ok()) {
@@ -270,10 +290,10 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command
       ->add_option("--scenarios", o->scenarios,
                    "original,context_sweep,prefix_sharing,bandwidth_floor,workloads,"
-                   "cache_size (default: all)")
+                   "cache_size,precision (default: all)")
       ->delimiter(',')
       ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
-                             "bandwidth_floor", "workloads", "cache_size"}));
+                             "bandwidth_floor", "workloads", "cache_size", "precision"}));
   auto rewrite = std::make_shared<bool>(false);
   command->add_flag("--rewrite-report", *rewrite,
                     "measure nothing: rewrite the targets, CSVs, report.md and plots of --out "

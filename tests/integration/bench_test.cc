@@ -68,6 +68,25 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   }
   EXPECT_GT(r["scenarios"]["prefix_sharing"]["points"][0]["hit_rate"].get<double>(), 0.5);
   EXPECT_TRUE(r.contains("targets"));
+  // Precision: fp32/fp32 first (the reference: no difference from itself), then every
+  // other weight x KV dtype; the 8-bit K/V take fewer bytes per token, so more fit.
+  const nlohmann::json& precision = r["scenarios"]["precision"]["configurations"];
+  ASSERT_EQ(precision.size(), 8u);
+  EXPECT_EQ(precision[0]["weight_dtype"], "fp32");
+  EXPECT_EQ(precision[0]["kv_dtype"], "fp32");
+  EXPECT_EQ(precision[0]["max_abs_logit_diff"].get<double>(), 0);
+  EXPECT_EQ(precision[0]["greedy_agreement"].get<double>(), 1);
+  for (const nlohmann::json& c : precision) {
+    EXPECT_GT(c["decode_ms_per_token"]["200"]["median_ms"].get<double>(), 0);
+    EXPECT_GE(c["top1_agreement"].get<double>(), 0.5) << c.dump();
+    EXPECT_GE(c["mean_kl"].get<double>(), 0) << c.dump();
+    if (c["kv_dtype"] == "int8" || c["kv_dtype"] == "fp8") {
+      EXPECT_LT(c["kv_bytes_per_token"].get<int64_t>(),
+                precision[0]["kv_bytes_per_token"].get<int64_t>() / 3);
+      EXPECT_GT(c["largest_batch"].get<int64_t>(),
+                3 * precision[0]["largest_batch"].get<int64_t>());
+    }
+  }
 
   for (const char* file :
        {"report.md", "original_steps.csv", "context_sweep.csv", "memory_efficiency.csv",
