@@ -30,6 +30,8 @@ struct UpFlags {
   std::string auth_token_file;
   std::string worker_token_file;
   int64_t lease_ttl_ms = 0;
+  std::string kv_cache_dtype;  // the manager's pool (the workers follow it)
+  std::string weight_dtype;    // the workers' CPU weights
   // TLS, passed through: the servers' certificate (the manager's and every worker's),
   // the CA the workers trust for the manager, the client CA both servers then require
   // (mTLS) and the workers' client certificate for an mTLS manager.
@@ -122,6 +124,7 @@ std::vector<std::string> ManagerArgv(const std::string& dir, const UpFlags& flag
     argv.insert(argv.end(), {"--auth-token-file", flags.auth_token_file});
   if (flags.lease_ttl_ms > 0)
     argv.insert(argv.end(), {"--lease-ttl-ms", std::to_string(flags.lease_ttl_ms)});
+  AddIfSet(argv, "--kv-cache-dtype", flags.kv_cache_dtype);
   AddServerTls(argv, flags);
   return argv;
 }
@@ -142,6 +145,7 @@ std::vector<std::string> WorkerArgv(const std::string& dir, const UpFlags& flags
   if (flags.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(flags.threads)});
   if (!flags.worker_token_file.empty())
     argv.insert(argv.end(), {"--token-file", flags.worker_token_file});
+  AddIfSet(argv, "--weight-dtype", flags.weight_dtype);
   AddServerTls(argv, flags);
   AddIfSet(argv, "--manager-tls-ca", flags.tls_ca);
   AddIfSet(argv, "--manager-tls-cert", flags.tls_client_cert);
@@ -178,9 +182,8 @@ Status StartNode(const UpFlags& flags, const Signals& signals,
 
   for (int i = 0; i < flags.workers; ++i) {
     KVPOOL_ASSIGN_OR_RETURN(
-        auto worker,
-        Subprocess::Start(WorkerArgv(dir, flags, manager_address, i),
-                          ServiceOptions("worker-" + std::to_string(i), signals)));
+        auto worker, Subprocess::Start(WorkerArgv(dir, flags, manager_address, i),
+                                       ServiceOptions("worker-" + std::to_string(i), signals)));
     children.push_back(std::move(worker));
   }
   const auto worker_deadline = Clock::now() + std::chrono::seconds(120);
@@ -260,6 +263,11 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
                       "the workers' bearer token for the manager (first line)");
   command->add_option("--lease-ttl-ms", flags->lease_ttl_ms, "worker lease TTL")
       ->check(CLI::PositiveNumber);
+  command->add_option("--kv-cache-dtype", flags->kv_cache_dtype,
+                      "the pool's K/V dtype: fp32, fp16, bf16, int8 or fp8 (the manager's "
+                      "default: fp32)");
+  command->add_option("--weight-dtype", flags->weight_dtype,
+                      "the workers' CPU weights: fp32, bf16 or auto (default: fp32)");
   command->add_option("--tls-cert", flags->tls_cert,
                       "PEM certificate the manager and the workers serve TLS with");
   command->add_option("--tls-key", flags->tls_key, "PEM private key of --tls-cert");

@@ -4,6 +4,9 @@
 // the other, and a worker that insists on another KV dtype stops, naming both.
 #include <gtest/gtest.h>
 
+#include <csignal>
+
+#include "kvpool/client.h"
 #include "system_harness.h"
 
 namespace kvpool::integration {
@@ -87,6 +90,42 @@ TEST_F(KvDtypeTest, AWorkerThatInsistsOnAnotherKvDtypeStopsNamingBoth) {
   const std::optional<int> status = worker.SignalAndWait(SIGTERM, std::chrono::seconds(10));
   ASSERT_TRUE(status.has_value());
   EXPECT_NE(*status, 0);
+}
+
+TEST(KvDtypeUpTest, KvpoolUpPassesTheKvAndWeightDtypes) {
+  Subprocess up({KVPOOL_CLI_BIN, "up", "--workers", "1", "--model", "tiny-gpt2", "--threads", "1",
+                 "--num-blocks", "64", "--kv-cache-dtype", "fp8", "--weight-dtype", "bf16"});
+  std::vector<std::string> workers;
+  bool ready = false;
+  while (std::optional<std::string> line = up.ReadLine(std::chrono::seconds(120))) {
+    if (line->rfind("worker ", 0) == 0) workers.push_back(line->substr(7));
+    if (*line == "ready") {
+      ready = true;
+      break;
+    }
+  }
+  ASSERT_TRUE(ready);
+  ClientOptions options;
+  options.addresses = workers;
+  options.deadline = std::chrono::seconds(60);
+  Client client(options);
+  StatusOr<v1::GetModelInfoResponse> info = client.ModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->kv_dtype(), "fp8");
+  // bf16 linear layers: fewer bytes than the fp32 parameters, more than half of them
+  // (embeddings and norms stay fp32).
+  EXPECT_LT(info->weight_bytes(), 4 * info->num_parameters());
+  EXPECT_GT(info->weight_bytes(), 2 * info->num_parameters());
+  GenerateParams params;
+  params.token_ids = RandomTokens(20, 9);
+  params.max_tokens = 6;
+  params.mode = "paged";
+  params.ignore_eos = true;
+  StatusOr<GenerateResult> result = client.Generate(params);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->tokens.at(0).size(), 6u);
+  const std::optional<int> status = up.SignalAndWait(SIGTERM, std::chrono::seconds(20));
+  ASSERT_TRUE(status.has_value());
 }
 
 }  // namespace

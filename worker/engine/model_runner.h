@@ -59,7 +59,11 @@ struct ForwardBatch {
   void AddTokens(const std::vector<int32_t>& tokens, int64_t begin, int64_t end,
                  const std::vector<int32_t>& block_table, int32_t block_size, bool want_logits);
   int64_t num_seqs() const { return static_cast<int64_t>(context_lens.size()); }
-  bool decode_only() const { return token_ids.size() == context_lens.size(); }
+  // One token per sequence, each wanting its logits (a 1-token prefill chunk short of
+  // its prompt's end wants none: that batch takes the general path).
+  bool decode_only() const {
+    return token_ids.size() == context_lens.size() && logit_rows.size() == context_lens.size();
+  }
 };
 
 class ModelRunner {
