@@ -44,6 +44,17 @@ int64_t BlocksInUse(OfflineEngine& engine) {
   return engine.core()->Stats().in_use_blocks;
 }
 
+// A greedy request of `len` random prompt tokens (seeded) for `max_tokens` tokens,
+// ignoring EOS.
+GenerationRequest GreedyRequest(int len, uint64_t seed, KvMode mode, int32_t max_tokens) {
+  GenerationRequest r;
+  r.prompt = RandomPrompt(len, 1000, seed);
+  r.max_tokens = max_tokens;
+  r.mode = mode;
+  r.ignore_eos = true;
+  return r;
+}
+
 void ExpectSameTraces(const Trace& a, const Trace& b, const std::string& what) {
   ASSERT_EQ(a.logits.size(), b.logits.size());
   for (size_t i = 0; i < a.logits.size(); ++i) {
@@ -167,14 +178,7 @@ TEST_P(ModesAgreeTest, MixedStepEqualsPrefillThenDecode) {
   for (KvMode mode : {KvMode::kNone, KvMode::kContiguous, KvMode::kPaged}) {
     auto mixed = MakeEngine(GetParam());
     auto split = MakeEngine(GetParam());
-    auto request = [&](int len, uint64_t seed) {
-      GenerationRequest r;
-      r.prompt = RandomPrompt(len, 1000, seed);
-      r.max_tokens = 8;
-      r.mode = mode;
-      r.ignore_eos = true;
-      return r;
-    };
+    auto request = [&](int len, uint64_t seed) { return GreedyRequest(len, seed, mode, 8); };
     const SequenceId a1 = *mixed->AddSequence(request(11, 1));
     const SequenceId a2 = *split->AddSequence(request(11, 1));
     ASSERT_TRUE(mixed->Prefill({a1}).ok());
@@ -214,14 +218,7 @@ TEST_P(ModesAgreeTest, ChunkedPrefillEqualsAWholeOne) {
   auto whole = MakeEngine(GetParam(), options);
   for (KvMode mode : {KvMode::kContiguous, KvMode::kPaged}) {
     for (int64_t chunk : {1, 5, 16, 37}) {
-      auto request = [&](int len, uint64_t seed) {
-        GenerationRequest r;
-        r.prompt = RandomPrompt(len, 1000, seed);
-        r.max_tokens = 6;
-        r.mode = mode;
-        r.ignore_eos = true;
-        return r;
-      };
+      auto request = [&](int len, uint64_t seed) { return GreedyRequest(len, seed, mode, 6); };
       // A prompt of its own per case: an earlier case's blocks would be prefix hits.
       const uint64_t seed = 100 * static_cast<uint64_t>(chunk) + static_cast<uint64_t>(mode);
       const SequenceId other = *chunked->AddSequence(request(9, seed + 1));

@@ -16,18 +16,19 @@ namespace {
 class ChunkedPrefillTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    manager_ = new ManagerProcess({"--model", "tiny-gpt2", "--num-blocks", "512"});
-    chunked_ = new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1",
-                                                       "--max-num-batched-tokens", "16"});
-    whole_ = new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1",
-                                                     "--max-num-batched-tokens", "0"});
+    manager_ = std::make_unique<ManagerProcess>(
+        std::vector<std::string>{"--model", "tiny-gpt2", "--num-blocks", "512"});
+    chunked_ = std::make_unique<WorkerProcess>(
+        manager_->address(), std::vector<std::string>{"--model", "tiny-gpt2", "--threads", "1",
+                                                      "--max-num-batched-tokens", "16"});
+    whole_ = std::make_unique<WorkerProcess>(
+        manager_->address(), std::vector<std::string>{"--model", "tiny-gpt2", "--threads", "1",
+                                                      "--max-num-batched-tokens", "0"});
   }
   static void TearDownTestSuite() {
-    delete chunked_;
-    delete whole_;
-    delete manager_;
-    chunked_ = whole_ = nullptr;
-    manager_ = nullptr;
+    chunked_.reset();
+    whole_.reset();
+    manager_.reset();
   }
   void SetUp() override {
     ASSERT_FALSE(manager_->address().empty());
@@ -36,13 +37,11 @@ class ChunkedPrefillTest : public ::testing::Test {
   }
   static int64_t Steps(WorkerProcess& w) { return WorkerStats(w).scheduler_steps_total(); }
 
-  static ManagerProcess* manager_;
-  static WorkerProcess* chunked_;
-  static WorkerProcess* whole_;
+  static std::unique_ptr<ManagerProcess> manager_;
+  static std::unique_ptr<WorkerProcess> chunked_, whole_;
 };
-ManagerProcess* ChunkedPrefillTest::manager_ = nullptr;
-WorkerProcess* ChunkedPrefillTest::chunked_ = nullptr;
-WorkerProcess* ChunkedPrefillTest::whole_ = nullptr;
+std::unique_ptr<ManagerProcess> ChunkedPrefillTest::manager_;
+std::unique_ptr<WorkerProcess> ChunkedPrefillTest::chunked_, ChunkedPrefillTest::whole_;
 
 TEST_F(ChunkedPrefillTest, SameTokensAsWholePrefillsInEveryMode) {
   uint32_t seed = 10;

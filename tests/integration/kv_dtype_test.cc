@@ -15,36 +15,33 @@ namespace {
 class KvDtypeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    manager_ = new ManagerProcess(
-        {"--model", "tiny-gpt2", "--num-blocks", "256", "--kv-cache-dtype", "int8"});
-    workers_[0] =
-        new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1"});
-    workers_[1] = new WorkerProcess(manager_->address(), {"--model", "tiny-gpt2", "--threads", "1",
-                                                          "--kv-cache-dtype", "int8"});
-    workers_[2] = new WorkerProcess(
-        manager_->address(), {"--model", "tiny-gpt2", "--threads", "1", "--weight-dtype", "bf16"});
+    manager_ = std::make_unique<ManagerProcess>(std::vector<std::string>{
+        "--model", "tiny-gpt2", "--num-blocks", "256", "--kv-cache-dtype", "int8"});
+    const std::vector<std::string> base = {"--model", "tiny-gpt2", "--threads", "1"};
+    for (const std::vector<std::string>& extra : std::vector<std::vector<std::string>>{
+             {}, {"--kv-cache-dtype", "int8"}, {"--weight-dtype", "bf16"}}) {
+      std::vector<std::string> args = base;
+      args.insert(args.end(), extra.begin(), extra.end());
+      workers_.push_back(std::make_unique<WorkerProcess>(manager_->address(), args));
+    }
   }
   static void TearDownTestSuite() {
-    for (WorkerProcess*& w : workers_) {
-      delete w;
-      w = nullptr;
-    }
-    delete manager_;
-    manager_ = nullptr;
+    workers_.clear();
+    manager_.reset();
   }
   void SetUp() override {
     ASSERT_FALSE(manager_->address().empty());
-    for (WorkerProcess* w : workers_) ASSERT_FALSE(w->address().empty());
+    for (const auto& w : workers_) ASSERT_FALSE(w->address().empty());
   }
 
-  static ManagerProcess* manager_;
-  static WorkerProcess* workers_[3];
+  static std::unique_ptr<ManagerProcess> manager_;
+  static std::vector<std::unique_ptr<WorkerProcess>> workers_;
 };
-ManagerProcess* KvDtypeTest::manager_ = nullptr;
-WorkerProcess* KvDtypeTest::workers_[3] = {nullptr, nullptr, nullptr};
+std::unique_ptr<ManagerProcess> KvDtypeTest::manager_;
+std::vector<std::unique_ptr<WorkerProcess>> KvDtypeTest::workers_;
 
 TEST_F(KvDtypeTest, WorkersDescribeTheInt8Pool) {
-  for (WorkerProcess* w : workers_) {
+  for (const auto& w : workers_) {
     auto stub = w->NewStub();
     grpc::ClientContext context;
     v1::GetModelInfoResponse info;
