@@ -10,6 +10,8 @@
 
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <optional>
 
 #include "engine/engine.h"
 #include "engine/model_loader.h"
@@ -43,23 +45,34 @@ SequenceId StartGreedy(worker::OfflineEngine& engine, const std::vector<int32_t>
   return id;
 }
 
-class HfReferenceTest : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
-  const std::string dir = kHfDir + GetParam();
+// A fixture folder's engine (blocks of 4 tokens: prompts and continuations cross
+// several) and transformers' reference file.
+struct Fixture {
+  std::unique_ptr<worker::OfflineEngine> engine;
+  std::optional<SafetensorsFile> ref;
+};
+void OpenFixture(const std::string& folder, EngineOptions options, Fixture* out) {
+  const std::string dir = kHfDir + folder;
   ASSERT_TRUE(std::filesystem::exists(dir + "/reference.safetensors"))
       << dir << " is missing: run scripts/make-hf-fixtures.py";
   auto loaded = LoadModel(dir);
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-  auto ref_or = SafetensorsFile::Open(dir + "/reference.safetensors");
-  ASSERT_TRUE(ref_or.ok()) << ref_or.status().ToString();
-  const SafetensorsFile& ref = *ref_or;
-  EngineOptions options;
-  options.block_size = 4;  // prompts and continuations cross several blocks
-  auto engine_or =
-      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
-  ASSERT_TRUE(engine_or.ok()) << engine_or.status().ToString();
-  worker::OfflineEngine& engine = **engine_or;
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  out->ref.emplace(std::move(ref).value());
+  options.block_size = 4;
+  auto engine = worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  out->engine = std::move(engine).value();
+}
+
+class HfReferenceTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
+  Fixture fixture;
+  ASSERT_NO_FATAL_FAILURE(OpenFixture(GetParam(), EngineOptions(), &fixture));
+  const SafetensorsFile& ref = *fixture.ref;
+  worker::OfflineEngine& engine = *fixture.engine;
   for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
     const std::string key = "prompt" + std::to_string(p);
     const std::vector<int32_t> prompt = ReadIds(ref, key + ".ids");
@@ -93,15 +106,10 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
 void ExpectWithinRounding(const std::string& folder, EngineOptions options, double share,
                           const std::string& what) {
   SCOPED_TRACE(folder + ", " + what);
-  const std::string dir = kHfDir + folder;
-  auto loaded = LoadModel(dir);
-  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-  const SafetensorsFile ref = SafetensorsFile::Open(dir + "/reference.safetensors").value();
-  options.block_size = 4;
-  auto engine_or =
-      worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options);
-  ASSERT_TRUE(engine_or.ok()) << engine_or.status().ToString();
-  worker::OfflineEngine& engine = **engine_or;
+  Fixture fixture;
+  ASSERT_NO_FATAL_FAILURE(OpenFixture(folder, options, &fixture));
+  const SafetensorsFile& ref = *fixture.ref;
+  worker::OfflineEngine& engine = *fixture.engine;
   for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
     const std::string key = "prompt" + std::to_string(p);
     const std::vector<int32_t> prompt = ReadIds(ref, key + ".ids");

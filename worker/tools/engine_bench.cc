@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "service/offline_engine.h"
+#include "tools/cpu_dtype_flags.h"
 #include "tools/engine_timing.h"
 
 namespace kvpool {
@@ -102,25 +103,12 @@ int Main(int argc, char** argv) {
                "time only the --batches points (e.g. to profile a decode step)");
   app.add_flag("--json", json, "print one JSON object");
   app.add_flag("--quick", quick, "fewer points (smoke test)");
-  std::string weight_dtype_name = "fp32";
-  app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
-      ->capture_default_str();
-  std::string kv_dtype_name = "fp32";
-  app.add_option("--kv-cache-dtype", kv_dtype_name,
-                 "CPU KV pool: fp32, fp16, bf16, int8 or fp8 (e4m3)")
-      ->capture_default_str();
+  CpuDtypeFlags cpu_dtypes;
+  cpu_dtypes.Add(app);
   CLI11_PARSE(app, argc, argv);
-  KvDtype kv_dtype = KvDtype::kFloat32;
-  if (!ParseKvDtype(kv_dtype_name, &kv_dtype)) {
-    std::cerr << "kvpool-engine-bench: --kv-cache-dtype must be " << kKvDtypeNames << ", got '"
-              << kv_dtype_name << "'\n";
-    return 2;
-  }
-  std::string weight_dtype_why;
-  const StatusOr<at::ScalarType> cpu_weight_dtype =
-      CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
-  if (!cpu_weight_dtype.ok()) {
-    std::cerr << "kvpool-engine-bench: " << cpu_weight_dtype.status().message() << "\n";
+  EngineOptions options;
+  if (Status s = cpu_dtypes.Apply(&options); !s.ok()) {
+    std::cerr << "kvpool-engine-bench: " << s.message() << "\n";
     return 2;
   }
 
@@ -135,13 +123,10 @@ int Main(int argc, char** argv) {
   const int64_t weight_bytes =
       loaded->weights.ParameterBytes() / 4 * static_cast<int64_t>(c10::elementSize(dtype));
   const ModelConfig config = loaded->config;
-  EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
   options.device = device;
   options.dtype = dtype;
-  options.cpu_kv_dtype = kv_dtype;
-  options.cpu_weight_dtype = *cpu_weight_dtype;
   options.cuda_graphs = !no_graphs;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t blocks_per_batch_seq = (batch_context + warmup + steps + block_size) / block_size;
@@ -273,7 +258,7 @@ int Main(int argc, char** argv) {
   out["threads"] = threads;
   out["device"] = engine.engine().runner().device();
   out["dtype"] = dtype_name;
-  out["cpu_weight_dtype"] = weight_dtype_why;
+  out["cpu_weight_dtype"] = cpu_dtypes.weight_why;
   out["cpu_kv_cache_dtype"] = KvDtypeName(options.cpu_kv_dtype);
   out["cuda_graphs"] = device != "cpu" && !no_graphs;
   out["block_size"] = block_size;

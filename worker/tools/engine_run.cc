@@ -16,6 +16,7 @@
 #include "engine/model_loader.h"
 #include "service/offline_engine.h"
 #include "tokenizer/tokenizer.h"
+#include "tools/cpu_dtype_flags.h"
 
 namespace kvpool {
 namespace {
@@ -45,29 +46,16 @@ int Main(int argc, char** argv) {
   app.add_option("--top-k", top_k);
   app.add_option("--seed", seed);
   app.add_flag("--json", json, "print one JSON object");
-  std::string weight_dtype_name = "fp32";
-  app.add_option("--weight-dtype", weight_dtype_name, "CPU linear weights: fp32, bf16 or auto")
-      ->capture_default_str();
-  std::string kv_dtype_name = "fp32";
-  app.add_option("--kv-cache-dtype", kv_dtype_name,
-                 "CPU KV pool: fp32, fp16, bf16, int8 or fp8 (e4m3)")
-      ->capture_default_str();
+  CpuDtypeFlags cpu_dtypes;
+  cpu_dtypes.Add(app);
   CLI11_PARSE(app, argc, argv);
-  KvDtype kv_dtype = KvDtype::kFloat32;
-  if (!ParseKvDtype(kv_dtype_name, &kv_dtype)) {
-    std::cerr << "kvpool-engine-run: --kv-cache-dtype must be " << kKvDtypeNames << ", got '"
-              << kv_dtype_name << "'\n";
-    return 2;
-  }
 
   auto fail = [](const std::string& message) {
     std::cerr << "kvpool-engine-run: " << message << "\n";
     return 2;
   };
-  std::string weight_dtype_why;
-  const StatusOr<at::ScalarType> weight_dtype =
-      CpuWeightDtype(weight_dtype_name, &weight_dtype_why);
-  if (!weight_dtype.ok()) return fail(weight_dtype.status().message());
+  EngineOptions options;
+  if (Status s = cpu_dtypes.Apply(&options); !s.ok()) return fail(s.message());
   auto loaded = LoadModel(model);
   if (!loaded.ok()) return fail(loaded.status().ToString());
   if (!loaded->tokenizer)
@@ -82,11 +70,8 @@ int Main(int argc, char** argv) {
     for (int32_t& t : prompt_ids) t = token(random);
     prompt = "<" + std::to_string(prompt_tokens) + " random token ids>";
   }
-  EngineOptions options;
   options.threads = threads;
   options.block_size = block_size;
-  options.cpu_kv_dtype = kv_dtype;
-  options.cpu_weight_dtype = *weight_dtype;
   const std::string source = loaded->source;
   auto engine_or =
       worker::OfflineEngine::Create(loaded->config, std::move(loaded->weights), options, tok);
@@ -96,8 +81,8 @@ int Main(int argc, char** argv) {
   nlohmann::json report;
   report["model"] = engine.config().name;
   report["weights"] = source;
-  report["weight_dtype"] = weight_dtype_why;
-  report["kv_cache_dtype"] = KvDtypeName(kv_dtype);
+  report["weight_dtype"] = cpu_dtypes.weight_why;
+  report["kv_cache_dtype"] = KvDtypeName(options.cpu_kv_dtype);
   report["prompt"] = prompt;
   report["prompt_tokens"] = prompt_ids.size();
   report["max_tokens"] = max_tokens;

@@ -17,9 +17,14 @@
 namespace {
 
 // The files a Hugging Face folder's tokenizer may consist of.
-constexpr const char* kTokenizerFiles[] = {
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt",     "vocab.txt",             "tokenizer.model",         "added_tokens.json"};
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json",
+                                           "tokenizer_config.json",
+                                           "special_tokens_map.json",
+                                           "vocab.json",
+                                           "merges.txt",
+                                           "vocab.txt",
+                                           "tokenizer.model",
+                                           "added_tokens.json"};
 
 // What tokenizer files it wrote, or why none.
 std::string WriteTokenizer(const std::string& model, const kvpool::LoadedModel& loaded,
@@ -74,7 +79,7 @@ int main(int argc, char** argv) {
     std::cerr << "kvpool-export-hf: the tokenizer files: " << e.what() << "\n";
     return 1;
   }
-  std::cout << "wrote " << out << " (" << loaded->source << ", " << dtype << "; tokenizer: "
-            << tokenizer << ")\n";
+  std::cout << "wrote " << out << " (" << loaded->source << ", " << dtype
+            << "; tokenizer: " << tokenizer << ")\n";
   return 0;
 }
