@@ -30,7 +30,7 @@ struct BenchOptions {
   std::string model = "gpt2";
   int threads = 0;  // worker threads (0: the machine's cores)
   bool quick = false;
-  std::string baseline;  // "" or "hf"
+  std::string baseline;  // "", "hf" or "vllm"
   std::string prompt = "深度学习中的注意力机制是一种";
   int max_tokens = 50;
   uint32_t seed = 1;
@@ -51,8 +51,9 @@ class LocalNode {
  public:
   explicit LocalNode(const BenchOptions& options) : options_(options) {}
   ~LocalNode();
-  // Starts (or restarts) the node with this pool; 0 = the manager's default.
-  Status Start(int64_t num_blocks, int32_t block_size);
+  // Starts (or restarts) the node with this pool; 0 = the manager's default. `extra`:
+  // more `kvpool up` flags (e.g. the dtypes).
+  Status Start(int64_t num_blocks, int32_t block_size, const std::vector<std::string>& extra = {});
   void Stop();
   const std::string& worker() const { return worker_; }
   const std::string& manager() const { return manager_; }
@@ -91,6 +92,33 @@ class StatsSampler {
   std::unique_ptr<State> state_;
 };
 
+// One request of a load: its prompt, the tokens the client reads before it ends the
+// request, and what it asks for (the reservation of a contiguous server).
+struct WorkItem {
+  std::vector<int32_t> prompt;
+  int output = 0;
+  int max_tokens = 0;
+};
+
+struct LoadResult {
+  Status status;
+  double wall_s = 0;
+  int64_t tokens = 0, requests = 0;
+  // The sustained window: from the start until the last request was issued, the time
+  // during which exactly `concurrency` requests were in flight (a closed loop issues
+  // only when one finishes); ramp-down after it is excluded. Tokens that arrived in it.
+  double sustained_s = 0;
+  int64_t sustained_tokens = 0;
+  std::vector<double> ttft_s, itl_s;
+  int64_t prompt_tokens = 0, cached_tokens = 0;
+  std::vector<v1::GetWorkerStatsResponse> samples;
+};
+
+// Runs `items` with at most `concurrency` in flight (closed loop), sampling the
+// worker's stats meanwhile.
+LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
+                   const std::string& mode);
+
 double Median(std::vector<double> values);
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab);
 
@@ -115,5 +143,12 @@ void RunBandwidthFloor(const v1::GetModelInfoResponse& info, nlohmann::json& rep
 // report["openai"]; and its section of report.md.
 Status RunOpenAiScenarios(const BenchOptions& o, nlohmann::json& report);
 void OpenAiMarkdown(const nlohmann::json& report, std::ostream& md);
+// --baseline vllm: kvpool (bf16 weights and K/V, a 1 GiB pool) and vLLM's CPU engine
+// (scripts/vllm-baseline.py with $KVPOOL_VLLM_PYTHON, on the weights in `hf_folder`)
+// timed the same way, one after the other: report["baseline"]["vllm"]; and its section
+// of report.md.
+Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::string& hf_folder,
+                         nlohmann::json& report);
+void VllmMarkdown(const nlohmann::json& report, std::ostream& md);
 
 }  // namespace kvpool::bench

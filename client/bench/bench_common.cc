@@ -35,7 +35,8 @@ void LocalNode::Stop() {
   manager_.clear();
 }
 
-Status LocalNode::Start(int64_t num_blocks, int32_t block_size) {
+Status LocalNode::Start(int64_t num_blocks, int32_t block_size,
+                        const std::vector<std::string>& extra) {
   Stop();
   std::vector<std::string> argv = {
       cli::BinaryDirectory() + "/kvpool", "up", "--workers", "1", "--model", options_.model};
@@ -44,6 +45,7 @@ Status LocalNode::Start(int64_t num_blocks, int32_t block_size) {
   argv.insert(argv.end(), {"--threads", std::to_string(std::max(1, threads))});
   if (num_blocks > 0) argv.insert(argv.end(), {"--num-blocks", std::to_string(num_blocks)});
   if (block_size > 0) argv.insert(argv.end(), {"--block-size", std::to_string(block_size)});
+  argv.insert(argv.end(), extra.begin(), extra.end());
   sigset_t mask;
   pthread_sigmask(SIG_SETMASK, nullptr, &mask);
   SubprocessOptions up_options;

@@ -405,6 +405,7 @@ void WriteReport(const std::string& dir, const Json& report) {
   }
   if (sc.contains("precision")) PrecisionMarkdown(sc["precision"], md);
   OpenAiMarkdown(report, md);
+  VllmMarkdown(report, md);
   if (report.contains("targets") && !report["targets"].empty()) {
     md << "## Targets\n\n| target | value | wanted | met |\n|---|---:|---:|---|\n";
     for (const auto& [name, t] : report["targets"].items()) {

@@ -26,12 +26,6 @@ namespace {
 using Json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-struct WorkItem {
-  std::vector<int32_t> prompt;
-  int output = 0;      // tokens the client reads before it ends the request
-  int max_tokens = 0;  // what it asks for (the reservation of a contiguous server)
-};
-
 std::vector<WorkItem> ShareGptLike(int n, uint32_t seed, int context, int vocab,
                                    double median_fraction) {
   std::mt19937 rng(seed);
@@ -47,76 +41,6 @@ std::vector<WorkItem> ShareGptLike(int n, uint32_t seed, int context, int vocab,
     items.push_back(std::move(w));
   }
   return items;
-}
-
-struct LoadResult {
-  Status status;
-  double wall_s = 0;
-  int64_t tokens = 0, requests = 0;
-  // The sustained window: from the start until the last request was issued, the time
-  // during which exactly `concurrency` requests were in flight (a closed loop issues
-  // only when one finishes); ramp-down after it is excluded. Tokens that arrived in it.
-  double sustained_s = 0;
-  int64_t sustained_tokens = 0;
-  std::vector<double> ttft_s, itl_s;
-  int64_t prompt_tokens = 0, cached_tokens = 0;
-  std::vector<v1::GetWorkerStatsResponse> samples;
-};
-
-// Runs `items` with at most `concurrency` in flight (closed loop), sampling the
-// worker's stats meanwhile.
-LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
-                   const std::string& mode) {
-  LoadResult r;
-  std::atomic<size_t> next{0};
-  std::mutex mu;
-  StatsSampler sampler(client, std::chrono::milliseconds(10));
-  const auto t0 = Clock::now();
-  auto since_start = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
-  std::vector<std::pair<double, std::vector<double>>> arrivals;  // request start, token times
-  double last_issue_s = 0;
-  std::vector<std::thread> threads;
-  for (int c = 0; c < concurrency; ++c) {
-    threads.emplace_back([&] {
-      for (size_t i; (i = next.fetch_add(1)) < items.size();) {
-        const double start_s = since_start();
-        if (i + 1 == items.size()) {
-          std::lock_guard<std::mutex> lock(mu);
-          last_issue_s = start_s;
-        }
-        GenerateParams p;
-        p.token_ids = items[i].prompt;
-        p.max_tokens = items[i].max_tokens;
-        p.mode = mode;
-        p.ignore_eos = true;
-        Measured m = Run(client, p, items[i].output);
-        std::lock_guard<std::mutex> lock(mu);
-        if (!m.status.ok()) {
-          if (r.status.ok()) r.status = m.status;
-          continue;
-        }
-        ++r.requests;
-        r.tokens += m.tokens;
-        r.ttft_s.push_back(m.client_ttft_s);
-        for (size_t t = 1; t < m.arrival_s.size(); ++t) {
-          r.itl_s.push_back(m.arrival_s[t] - m.arrival_s[t - 1]);
-        }
-        r.prompt_tokens += static_cast<int64_t>(items[i].prompt.size());
-        r.cached_tokens += m.summary.usage().cached_tokens();
-        arrivals.emplace_back(start_s, std::move(m.arrival_s));
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  r.wall_s = since_start();
-  r.samples = sampler.Take();
-  if (items.size() > static_cast<size_t>(concurrency)) {
-    r.sustained_s = last_issue_s;
-    for (const auto& [start_s, times] : arrivals) {
-      for (double t : times) r.sustained_tokens += start_s + t < last_issue_s ? 1 : 0;
-    }
-  }
-  return r;
 }
 
 // What the worker did during a run: its counters' change from the first stats
@@ -173,6 +97,60 @@ StatusOr<std::unique_ptr<Client>> Connect(const LocalNode& node) {
 }
 
 }  // namespace
+
+LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
+                   const std::string& mode) {
+  LoadResult r;
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  StatsSampler sampler(client, std::chrono::milliseconds(10));
+  const auto t0 = Clock::now();
+  auto since_start = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  std::vector<std::pair<double, std::vector<double>>> arrivals;  // request start, token times
+  double last_issue_s = 0;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < concurrency; ++c) {
+    threads.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < items.size();) {
+        const double start_s = since_start();
+        if (i + 1 == items.size()) {
+          std::lock_guard<std::mutex> lock(mu);
+          last_issue_s = start_s;
+        }
+        GenerateParams p;
+        p.token_ids = items[i].prompt;
+        p.max_tokens = items[i].max_tokens;
+        p.mode = mode;
+        p.ignore_eos = true;
+        Measured m = Run(client, p, items[i].output);
+        std::lock_guard<std::mutex> lock(mu);
+        if (!m.status.ok()) {
+          if (r.status.ok()) r.status = m.status;
+          continue;
+        }
+        ++r.requests;
+        r.tokens += m.tokens;
+        r.ttft_s.push_back(m.client_ttft_s);
+        for (size_t t = 1; t < m.arrival_s.size(); ++t) {
+          r.itl_s.push_back(m.arrival_s[t] - m.arrival_s[t - 1]);
+        }
+        r.prompt_tokens += static_cast<int64_t>(items[i].prompt.size());
+        r.cached_tokens += m.summary.usage().cached_tokens();
+        arrivals.emplace_back(start_s, std::move(m.arrival_s));
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  r.wall_s = since_start();
+  r.samples = sampler.Take();
+  if (items.size() > static_cast<size_t>(concurrency)) {
+    r.sustained_s = last_issue_s;
+    for (const auto& [start_s, times] : arrivals) {
+      for (double t : times) r.sustained_tokens += start_s + t < last_issue_s ? 1 : 0;
+    }
+  }
+  return r;
+}
 
 Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
                     Json& report) {

