@@ -1,8 +1,9 @@
 // The CPU paged kernel against a naive double-precision attention, with shuffled,
 // non-consecutive block tables, for every pool dtype. Two references per case: over the
 // values as stored (decoded with kv_quant.h: the kernel must read every dtype exactly,
-// so the tolerance is fp32's whatever the dtype) and over the values before they were
-// stored (the dtype's own error, with a tolerance stated per dtype below).
+// so the tolerance is fp32's whatever the dtype, except bf16 read with bf16 dot
+// products, which rounds q and the softmax weights too) and over the values before they
+// were stored (the dtype's own error, with a tolerance stated per dtype below).
 #include "engine/paged_attention_cpu.h"
 
 #include <gtest/gtest.h>
@@ -153,7 +154,10 @@ TEST_P(PagedAttentionCpuTest, MatchesNaiveDoubleAttention) {
       }
     }
   }
-  EXPECT_LE(worst_stored, 1e-5) << "the kernel misreads " << KvDtypeName(c.dtype);
+  // bf16 read with bf16 dot products rounds q and the softmax weights to bf16 as well:
+  // measured up to 1.2e-3 here; every other path reads the stored values exactly.
+  const bool bf16_dot = c.dtype == KvDtype::kBFloat16 && PagedAttentionCpuBf16Dot(head_dim);
+  EXPECT_LE(worst_stored, bf16_dot ? 2e-3 : 1e-5) << "the kernel misreads " << KvDtypeName(c.dtype);
   EXPECT_LE(worst_exact, StoredErrorBound(c.dtype)) << KvDtypeName(c.dtype) << "'s rounding";
   char worst[64];
   std::snprintf(worst, sizeof(worst), "%.3g / %.3g", worst_stored, worst_exact);

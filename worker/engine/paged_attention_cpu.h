@@ -27,4 +27,10 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
                        const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
                        float scale);
 
+// Whether this CPU reads bf16 K/V of head size `head_dim` with bf16 dot products
+// (AVX512-BF16, head sizes 64 and 128): the query and the softmax weights are then
+// rounded to bf16 too, as vLLM's CPU attention does: a third less attention time at
+// batch 32 (docs/benchmarks.md); otherwise the elements are widened to fp32.
+bool PagedAttentionCpuBf16Dot(int32_t head_dim);
+
 }  // namespace kvpool
