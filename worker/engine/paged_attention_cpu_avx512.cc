@@ -291,16 +291,17 @@ KVPOOL_AVX512_BF16 void AttendPartitionBf16Dot(const float* q, const char* k_reg
     }
   }
   // Back in order: lane i of the low / high vector of 32 dimensions c holds dimension
-  // 32c + 8 (i / 4) + i % 4 (+ 4 for the high one).
+  // 32c + 8 (i / 4) + i % 4 (+ 4 for the high one); one two-source permute per 16.
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second =
+      _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int32_t h = 0; h < num_heads; ++h) {
     const float* src = permuted.data() + static_cast<size_t>(h) * kHeadDim;
     float* dst = part.acc + int64_t{h} * kHeadDim;
     for (int c = 0; c < kVecs; ++c) {
-      for (int i = 0; i < 16; ++i) {
-        const int d = 32 * c + 8 * (i / 4) + i % 4;
-        dst[d] = src[32 * c + i];
-        dst[d + 4] = src[32 * c + 16 + i];
-      }
+      const __m512 lo = _mm512_loadu_ps(src + 32 * c), hi = _mm512_loadu_ps(src + 32 * c + 16);
+      _mm512_storeu_ps(dst + 32 * c, _mm512_permutex2var_ps(lo, first, hi));
+      _mm512_storeu_ps(dst + 32 * c + 16, _mm512_permutex2var_ps(lo, second, hi));
     }
   }
 }
