@@ -25,8 +25,7 @@ constexpr int kSteps = 32, kRepeats = 5, kRequests = 64, kConcurrency = 32, kPro
               kMaxTokens = 130, kPrefixTokens = 512;
 constexpr int64_t kPoolBytes = int64_t{1} << 30;
 
-// The wall time of one greedy paged request for `new_tokens` after `prompt`, and its
-// cached prompt tokens.
+// One greedy paged request for `new_tokens` after `prompt`, as its client measured it.
 StatusOr<Measured> Timed(Client& client, std::vector<int32_t> prompt, int new_tokens) {
   GenerateParams p;
   p.token_ids = std::move(prompt);

@@ -22,6 +22,8 @@ namespace {
 using manager::testing::HttpGet;
 using ::testing::HasSubstr;
 
+// The token files of one test: named after it, since ctest runs this file's tests as
+// parallel processes (a shared name let one test's quota reach another's manager).
 class TokenFiles {
  public:
   explicit TokenFiles(const std::string& tenant_a = "tok-a tenant-a client\n") {
@@ -37,8 +39,12 @@ class TokenFiles {
   const std::string& worker() const { return worker_; }
 
  private:
-  const std::string tokens_ = ::testing::TempDir() + "kvpool_tenant_tokens.txt";
-  const std::string worker_ = ::testing::TempDir() + "kvpool_tenant_worker_token.txt";
+  static std::string Path(const char* what) {
+    return ::testing::TempDir() + "kvpool_tenant_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" + what;
+  }
+  const std::string tokens_ = Path("tokens.txt");
+  const std::string worker_ = Path("worker_token.txt");
 };
 
 TEST(TenantTest, AnotherTenantIsAdmittedAtTheFirstFreeSlot) {
@@ -69,6 +75,16 @@ TEST(TenantTest, AnotherTenantIsAdmittedAtTheFirstFreeSlot) {
     EXPECT_TRUE(out.status.ok()) << index << ": " << out.status.error_message();
   };
   std::vector<std::thread> clients;
+  // A failed ASSERT returns early: the clients still end (their requests finish or fail)
+  // and are joined, rather than std::terminate leaving the services running.
+  struct JoinAll {
+    std::vector<std::thread>& threads;
+    ~JoinAll() {
+      for (std::thread& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } join_all{clients};
   clients.emplace_back(run, 0, "tok-a", 120);  // long enough for the others to queue
   ASSERT_TRUE(WaitUntil([&] { return a1_started.load(); }, std::chrono::seconds(30)));
   for (int i = 1; i <= 3; ++i) clients.emplace_back(run, i, "tok-a", 4);
