@@ -157,6 +157,10 @@ int RunOpenAiBench(bench::BenchOptions o, const std::string& token_file) {
 
 int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
   ClientOptions client_options;
+  if (o.baseline == "vllm" && !o.server.empty()) {
+    return ReportError("bench", InvalidArgument("--baseline vllm starts its own bf16 node "
+                                                "beside vLLM: run it without --server"));
+  }
   if (!tls.ca.empty() || !tls.cert.empty() || !tls.key.empty()) {
     if (o.server.empty()) {
       return ReportError("bench", InvalidArgument("--tls-ca, --tls-cert and --tls-key need "
@@ -231,7 +235,7 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
       std::cerr << "kvpool bench: baseline skipped: " << s.message() << "\n";
     }
   }
-  if (ok && o.baseline == "vllm" && o.server.empty()) {
+  if (ok && o.baseline == "vllm") {
     StatusOr<std::string> folder = ExportHf(o, BinaryDirectory());
     const Status s =
         folder.ok() ? bench::RunVllmComparison(o, &node, *folder, report) : folder.status();

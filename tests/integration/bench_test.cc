@@ -142,6 +142,18 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
                               "--baseline vllm --out " +
                               out.string() + " >" + out.string() + ".log 2>&1";
   ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
+  // It needs the local node: with --server it refuses before measuring anything.
+  const std::string with_server = std::string(KVPOOL_CLI_BIN) +
+                                  " bench --server 127.0.0.1:1 --baseline vllm --out " +
+                                  out.string() + "-server >" + out.string() + "-server.log 2>&1";
+  EXPECT_NE(std::system(with_server.c_str()), 0);
+  std::ifstream refusal(out.string() + "-server.log");
+  const std::string refused((std::istreambuf_iterator<char>(refusal)),
+                            std::istreambuf_iterator<char>());
+  EXPECT_NE(refused.find("INVALID_ARGUMENT: --baseline vllm starts its own bf16 node"),
+            std::string::npos)
+      << refused;
+
   std::ifstream in(out / "report.json");
   nlohmann::json r = nlohmann::json::parse(in);
   const nlohmann::json& v = r["baseline"]["vllm"];
