@@ -86,6 +86,16 @@ inline void PrefetchGroup(const char* region, const int64_t* rows, int32_t i, in
 // finished 16 at a time), later every head's weighted V of the group. A group's token
 // rows ([num_kv_heads][head_dim] each) are read while they sit in L1, so the pool is
 // read row after row rather than one head's slice of every row per pass.
+// One position's score lanes: q . k in 16 fp32 lanes (summed later). A function, not a
+// lambda: a lambda does not inherit its enclosing function's target attribute, so on a
+// compiler run without -mavx512f it could not take or return an __m512.
+template <int kVecs, typename T>
+KVPOOL_AVX512 inline __m512 DotRow(const __m512* qv, const T* k) {
+  __m512 acc = _mm512_mul_ps(qv[0], Load16(k));
+  for (int v = 1; v < kVecs; ++v) acc = _mm512_fmadd_ps(qv[v], Load16(k + 16 * v), acc);
+  return acc;
+}
+
 template <typename T, int32_t kHeadDim>
 KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, const char* v_region,
                                          const PoolGeometry& g, const AttentionQuery& query,
@@ -130,22 +140,17 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
       if (h % group == 0 && i + kGroup < n) prefetch(k_region, i + kGroup, head);
       __m512 qv[kVecs];
       for (int v = 0; v < kVecs; ++v) qv[v] = _mm512_loadu_ps(q + int64_t{h} * kHeadDim + 16 * v);
-      auto dot = [&](int32_t j) {
-        const T* k = k_row(j, head);
-        __m512 acc = _mm512_mul_ps(qv[0], Load16(k));
-        for (int v = 1; v < kVecs; ++v) acc = _mm512_fmadd_ps(qv[v], Load16(k + 16 * v), acc);
-        return acc;
-      };
       float* out = scores.data() + static_cast<size_t>(h) * n + i;
       const float* ks = kScaled ? k_scales.data() + static_cast<size_t>(kv_head) * n + i : nullptr;
       if (m == kGroup) {
         __m512 acc[kGroup];
-        for (int j = 0; j < kGroup; ++j) acc[j] = dot(i + j);
+        for (int j = 0; j < kGroup; ++j) acc[j] = DotRow<kVecs>(qv, k_row(i + j, head));
         _mm512_storeu_ps(out,
                          _mm512_mul_ps(SumEachOf16(acc), kScaled ? _mm512_loadu_ps(ks) : vscale));
       } else {
         for (int32_t j = 0; j < m; ++j) {
-          out[j] = _mm512_reduce_add_ps(dot(i + j)) * (kScaled ? ks[j] : scale);
+          out[j] = _mm512_reduce_add_ps(DotRow<kVecs>(qv, k_row(i + j, head))) *
+                   (kScaled ? ks[j] : scale);
         }
       }
     }
@@ -176,7 +181,7 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
   }
 }
 
-#define KVPOOL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma")))
+#define KVPOOL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 // bf16 K/V on a CPU with AVX512-BF16, read with bf16 dot products (vdpbf16ps: two
 // products per fp32 lane, summed in fp32), as vLLM's CPU attention reads them: the query
@@ -189,6 +194,16 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
 KVPOOL_AVX512_BF16 inline uint32_t Bf16Bits(float x) {
   return static_cast<uint16_t>(
       _mm_cvtsi128_si32(reinterpret_cast<__m128i>(_mm_cvtneps_pbh(_mm_set1_ps(x)))));
+}
+
+// DotRow for bf16 q and k: two products per fp32 lane.
+template <int kVecs>
+KVPOOL_AVX512_BF16 inline __m512 DotRowBf16(const __m512bh* qh, const c10::BFloat16* k) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int v = 0; v < kVecs; ++v) {
+    acc = _mm512_dpbf16_ps(acc, qh[v], reinterpret_cast<__m512bh>(_mm512_loadu_si512(k + 32 * v)));
+  }
+  return acc;
 }
 
 template <int32_t kHeadDim>
@@ -239,22 +254,17 @@ KVPOOL_AVX512_BF16 void AttendPartitionBf16Dot(const float* q, const char* k_reg
         qh[v] = reinterpret_cast<__m512bh>(
             _mm512_loadu_si512(qb.data() + int64_t{h} * kHeadDim + 32 * v));
       }
-      auto dot = [&](int32_t j) {
-        const c10::BFloat16* k = row_at(k_region, j, head);
-        __m512 acc = _mm512_setzero_ps();
-        for (int v = 0; v < kVecs; ++v) {
-          acc = _mm512_dpbf16_ps(acc, qh[v],
-                                 reinterpret_cast<__m512bh>(_mm512_loadu_si512(k + 32 * v)));
-        }
-        return acc;
-      };
       float* out = scores.data() + static_cast<size_t>(h) * n + i;
       if (m == kGroup) {
         __m512 acc[kGroup];
-        for (int j = 0; j < kGroup; ++j) acc[j] = dot(i + j);
+        for (int j = 0; j < kGroup; ++j)
+          acc[j] = DotRowBf16<kVecs>(qh, row_at(k_region, i + j, head));
         _mm512_storeu_ps(out, _mm512_mul_ps(SumEachOf16(acc), vscale));
       } else {
-        for (int32_t j = 0; j < m; ++j) out[j] = _mm512_reduce_add_ps(dot(i + j)) * scale;
+        for (int32_t j = 0; j < m; ++j) {
+          out[j] =
+              _mm512_reduce_add_ps(DotRowBf16<kVecs>(qh, row_at(k_region, i + j, head))) * scale;
+        }
       }
     }
   }
