@@ -4,6 +4,7 @@
 // allocate+free pairs per second).
 #include "cache_service/block_pool.h"
 
+#include <algorithm>
 #include <cassert>
 #include <string>
 
@@ -63,32 +64,43 @@ void FreeBlockQueue::Remove(KvBlock* block) {
 BlockPool::BlockPool(int64_t num_blocks) : blocks_(static_cast<size_t>(num_blocks)) {
   for (int64_t i = 0; i < num_blocks; ++i) {
     blocks_[i].block_id = static_cast<int32_t>(i);
-    free_queue_.Append(&blocks_[i]);
+    free_.Append(&blocks_[i]);
   }
+}
+
+void BlockPool::Evict(KvBlock* block) {
+  index_.Erase(block->hash);
+  if (eviction_listener_ != nullptr) eviction_listener_->OnEvicted(block->hash, block->tag);
+  block->has_hash = false;
+  block->hash = BlockHash{};
+  --num_cached_;
+  ++evictions_;
+}
+
+KvBlock* BlockPool::NextVictim() const {
+  if (free_.size() > 0) return free_.front();
+  for (const FreeBlockQueue& queue : cached_) {
+    if (queue.size() > 0) return queue.front();
+  }
+  return nullptr;
 }
 
 void BlockPool::TakeForAllocation(KvBlock* block) {
   assert(block->ref_cnt == 0);
-  free_queue_.Remove(block);
-  if (block->has_hash) {
-    index_.Erase(block->hash);
-    if (eviction_listener_ != nullptr) eviction_listener_->OnEvicted(block->hash, block->tag);
-    block->has_hash = false;
-    block->hash = BlockHash{};
-    --num_cached_;
-    ++evictions_;
-  }
+  QueueOf(*block).Remove(block);
+  if (block->has_hash) Evict(block);
   block->ref_cnt = 1;
+  block->priority = kDefaultRetentionPriority;
 }
 
 Status BlockPool::Allocate(int64_t n, std::vector<int32_t>* out) {
-  if (n > free_queue_.size()) {
+  if (n > num_allocatable()) {
     return ResourceExhausted("out of KV blocks: need " + std::to_string(n) + ", " +
-                             std::to_string(free_queue_.size()) + " free or cached of " +
+                             std::to_string(num_allocatable()) + " free or cached of " +
                              std::to_string(num_blocks()));
   }
   for (int64_t i = 0; i < n; ++i) {
-    KvBlock* block = free_queue_.front();
+    KvBlock* block = NextVictim();
     TakeForAllocation(block);
     out->push_back(block->block_id);
   }
@@ -96,9 +108,9 @@ Status BlockPool::Allocate(int64_t n, std::vector<int32_t>* out) {
 }
 
 Status BlockPool::AllocateContiguous(int64_t n, std::vector<int32_t>* out) {
-  if (n > free_queue_.size()) {
+  if (n > num_allocatable()) {
     return ResourceExhausted("out of KV blocks: a contiguous reservation needs " +
-                             std::to_string(n) + ", " + std::to_string(free_queue_.size()) +
+                             std::to_string(n) + ", " + std::to_string(num_allocatable()) +
                              " free or cached of " + std::to_string(num_blocks()));
   }
   int64_t run_start = 0;
@@ -113,7 +125,7 @@ Status BlockPool::AllocateContiguous(int64_t n, std::vector<int32_t>* out) {
   }
   if (n <= 0) return InvalidArgument("a contiguous reservation needs at least one block");
   if (run < n) {
-    return ResourceExhausted("external fragmentation: " + std::to_string(free_queue_.size()) +
+    return ResourceExhausted("external fragmentation: " + std::to_string(num_allocatable()) +
                              " blocks free in total but no run of " + std::to_string(n) +
                              " consecutive blocks for a contiguous reservation");
   }
@@ -127,7 +139,7 @@ Status BlockPool::AllocateContiguous(int64_t n, std::vector<int32_t>* out) {
 void BlockPool::Touch(int32_t id) {
   KvBlock& block = blocks_[id];
   if (block.ref_cnt == 0) {
-    free_queue_.Remove(&block);
+    QueueOf(block).Remove(&block);
     if (block.has_hash) --num_cached_;
   }
   ++block.ref_cnt;
@@ -139,12 +151,31 @@ void BlockPool::Free(int32_t id) {
   if (--block.ref_cnt == 0) {
     // Cached blocks queue for eviction (least recent first); free ones are taken first.
     if (block.has_hash) {
-      free_queue_.Append(&block);
+      cached_[block.priority].Append(&block);
       ++num_cached_;
     } else {
-      free_queue_.PushFront(&block);
+      free_.PushFront(&block);
     }
   }
+}
+
+void BlockPool::SetRetentionPriority(int32_t id, int32_t priority) {
+  KvBlock& block = blocks_[id];
+  assert(block.ref_cnt > 0);
+  block.priority =
+      static_cast<uint8_t>(std::clamp(priority, kMinRetentionPriority, kMaxRetentionPriority));
+}
+
+int64_t BlockPool::EvictAllCached() {
+  int64_t evicted = 0;
+  for (FreeBlockQueue& queue : cached_) {
+    while (KvBlock* block = queue.PopFront()) {
+      Evict(block);
+      free_.Append(block);
+      ++evicted;
+    }
+  }
+  return evicted;
 }
 
 bool BlockPool::CacheFullBlock(int32_t id, const BlockHash& hash, int32_t tag) {
@@ -164,28 +195,41 @@ Status BlockPool::CheckInvariants(const std::vector<int32_t>& expected_ref_cnt) 
     return fail("expected refcounts for " + std::to_string(expected_ref_cnt.size()) +
                 " blocks, pool has " + std::to_string(num_blocks()));
   }
-  // Walk the queue: links consistent, no block twice (bounded by num_blocks).
+  // Walk the queues: links consistent, no block twice (bounded by num_blocks), each
+  // block in the queue its hash and priority say.
   int64_t walked = 0, walked_cached = 0;
-  const KvBlock* prev = nullptr;
   std::vector<char> seen(blocks_.size(), 0);
-  for (const KvBlock* b = free_queue_.front(); b != nullptr; b = b->next_free) {
-    if (walked >= num_blocks()) return fail("free queue is longer than the pool (a cycle)");
-    if (seen[b->block_id]) return fail("block " + std::to_string(b->block_id) + " twice in queue");
-    seen[b->block_id] = 1;
-    if (b->prev_free != prev)
-      return fail("broken prev link at block " + std::to_string(b->block_id));
-    if (!b->in_free_queue) return fail("queued block " + std::to_string(b->block_id) + " unmarked");
-    if (b->ref_cnt != 0) {
-      return fail("block " + std::to_string(b->block_id) + " in the free queue with ref_cnt " +
-                  std::to_string(b->ref_cnt));
+  auto walk = [&](const FreeBlockQueue& queue, bool cached, int32_t priority) -> Status {
+    const KvBlock* prev = nullptr;
+    int64_t length = 0;
+    for (const KvBlock* b = queue.front(); b != nullptr; b = b->next_free) {
+      const std::string id = std::to_string(b->block_id);
+      if (walked >= num_blocks()) return fail("the free queues are longer than the pool (a cycle)");
+      if (seen[b->block_id]) return fail("block " + id + " twice in the free queues");
+      seen[b->block_id] = 1;
+      if (b->prev_free != prev) return fail("broken prev link at block " + id);
+      if (!b->in_free_queue) return fail("queued block " + id + " unmarked");
+      if (b->ref_cnt != 0) {
+        return fail("block " + id + " in a free queue with ref_cnt " + std::to_string(b->ref_cnt));
+      }
+      if (b->has_hash != cached || (cached && b->priority != priority)) {
+        return fail("block " + id + " is in the wrong queue (hash " + std::to_string(b->has_hash) +
+                    ", priority " + std::to_string(b->priority) + ")");
+      }
+      if (cached) ++walked_cached;
+      prev = b;
+      ++walked;
+      ++length;
     }
-    if (b->has_hash) ++walked_cached;
-    prev = b;
-    ++walked;
-  }
-  if (walked != free_queue_.size()) {
-    return fail("free queue size " + std::to_string(free_queue_.size()) + " but " +
-                std::to_string(walked) + " linked");
+    if (length != queue.size()) {
+      return fail("a free queue's size is " + std::to_string(queue.size()) + " but " +
+                  std::to_string(length) + " are linked");
+    }
+    return Status::Ok();
+  };
+  KVPOOL_RETURN_IF_ERROR(walk(free_, false, 0));
+  for (int32_t p = 0; p <= kMaxRetentionPriority; ++p) {
+    KVPOOL_RETURN_IF_ERROR(walk(cached_[static_cast<size_t>(p)], true, p));
   }
   if (walked_cached != num_cached_) {
     return fail("cached count " + std::to_string(num_cached_) + " but " +

@@ -15,8 +15,8 @@
 
 #include "cache_service/block_hash.h"
 #include "cache_service/block_pool.h"
-#include "cache_service/lease_tracker.h"
 #include "cache_service/cache_manager_state.h"
+#include "cache_service/lease_tracker.h"
 #include "cache_service/sequence_table.h"
 
 namespace kvpool::manager {
@@ -130,6 +130,10 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
                               " blocks: lower max_tokens or raise the tenant's max_blocks");
   }
   KVPOOL_RETURN_IF_ERROR(s.CheckSequenceLimit(request.worker_id));
+  if (request.retention_priority < -1 || request.retention_priority > kMaxRetentionPriority) {
+    return InvalidArgument("retention_priority " + Str(request.retention_priority) +
+                           " is outside 0..100 (-1: none)");
+  }
 
   const int32_t block_size = o.geometry.block_size;
   const int32_t tenant = s.TenantOf(request.tenant);
@@ -139,6 +143,8 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
   sequence.mode = request.mode;
   sequence.max_total_tokens = prompt_tokens + request.max_tokens;
   sequence.num_tokens = prompt_tokens;
+  sequence.prompt_tokens = prompt_tokens;
+  sequence.retention_priority = request.retention_priority;
   int64_t hit_blocks = 0;
 
   if (request.mode == KvMode::kContiguous) {
@@ -178,6 +184,7 @@ StatusOr<OpenResult> CacheManager::OpenSequence(const OpenRequest& request, Cloc
     sequence.block_hashes.assign(hashes.begin(), hashes.begin() + hit_blocks);
     sequence.committed_token_ids.assign(request.token_ids.begin(),
                                         request.token_ids.begin() + hit_blocks * block_size);
+    s.hit_rates.RecordLookup(tenant, hashes, prompt_tokens, now);
     s.prefix_queries_tokens += prompt_tokens;
     s.prefix_hits_tokens += hit_blocks * block_size;
     State::TenantState& t = s.tenants[static_cast<size_t>(tenant)];

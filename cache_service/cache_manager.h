@@ -45,7 +45,9 @@
 #include <string>
 #include <vector>
 
+#include "cache_service/hit_rate_curve.h"
 #include "cache_service/kv_events.h"
+#include "cache_service/pin_table.h"
 #include "common/kv_layout.h"
 #include "common/kv_mode.h"
 #include "common/status.h"
@@ -65,12 +67,19 @@ struct CacheManagerOptions {
   // This instance's identity; empty / 0: drawn from std::random_device (tests fix them).
   std::string instance_id;
   WorkerId first_worker_id = 0;
-  // Blocks a tenant's sequences may hold in use at once; per-tenant overrides.
+  // Blocks a tenant's sequences (and pins) may hold in use at once; per-tenant overrides.
   int64_t tenant_max_blocks = INT64_MAX;
+  // Blocks a tenant's pins may hold (within its quota); a block in two pins counts twice.
+  int64_t tenant_max_pinned_blocks = INT64_MAX;
+  std::chrono::milliseconds max_pin_ttl{86400000};
   std::map<std::string, int64_t> tenant_max_blocks_override;
   // Told of what the prefix cache gains and loses (kv_events.h); null: nothing is
   // recorded. Outlives the manager.
   KvEventSink* event_sink = nullptr;
+  // The predicted hit-rate curves (hit_rate_curve.h): their sliding window, and the
+  // SHARDS sampling rate beyond the exact bound (0: the default).
+  std::chrono::milliseconds hit_rate_window{300000};
+  double hit_rate_sample_rate = 0;
 };
 
 struct WorkerLease {
@@ -84,6 +93,31 @@ struct OpenRequest {
   std::vector<int32_t> token_ids;  // the prompt
   KvMode mode = KvMode::kPaged;
   int64_t max_tokens = 0;  // new tokens the sequence may generate
+  // The retention priority its prompt's full blocks get when it closes
+  // ([kMinRetentionPriority, kMaxRetentionPriority]); -1: they keep theirs.
+  int32_t retention_priority = -1;
+};
+
+// A pin of a prompt's full blocks (pin_table.h): every leading full block of
+// `token_ids` that is cached or in use now stays resident for `ttl`.
+struct PinRequest {
+  std::string tenant;  // from the authenticated caller
+  std::vector<int32_t> token_ids;
+  std::chrono::milliseconds ttl{0};
+  int32_t retention_priority = -1;  // the blocks' priority when the pin ends; -1: as is
+};
+
+struct PinInfo {
+  PinId pin_id = 0;
+  std::string tenant;
+  int64_t pinned_blocks = 0, pinned_tokens = 0;
+  std::chrono::milliseconds expires_in{0};
+  int32_t retention_priority = -1;
+};
+
+struct ResetResult {
+  int64_t evicted_blocks = 0;  // cached blocks whose hashes left the index
+  int64_t dropped_pins = 0;
 };
 
 struct OpenResult {
@@ -124,6 +158,7 @@ struct TenantStats {
   int64_t max_blocks = 0;     // its quota (blocks)
   int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
   int64_t quota_rejections = 0;  // calls refused at the quota
+  int64_t pins = 0, pinned_blocks = 0, max_pinned_blocks = 0;
 };
 
 // One block of the prefix index: whose it is, its hash as the KV events carry it
@@ -139,9 +174,11 @@ struct ManagerStats {
   int64_t num_sequences = 0, num_workers = 0;
   int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
   int64_t evictions = 0, expired_leases = 0;
-  int64_t bytes_reserved = 0;        // blocks held by sequences
-  int64_t bytes_used = 0;            // of those, bytes holding committed tokens' K/V
-  std::vector<TenantStats> tenants;  // every tenant seen, by name
+  int64_t pins = 0, pinned_blocks = 0;             // pinned_blocks: summed over pins
+  std::vector<int64_t> cached_blocks_by_priority;  // [0..100]
+  int64_t bytes_reserved = 0;                      // blocks held by sequences
+  int64_t bytes_used = 0;                          // of those, bytes holding committed tokens' K/V
+  std::vector<TenantStats> tenants;                // every tenant seen, by name
 };
 
 class CacheManager {
@@ -177,7 +214,29 @@ class CacheManager {
   // workers expired.
   std::vector<WorkerId> ExpireLeases(Clock::time_point now);
 
+  // Pins the longest run of the prompt's leading full blocks that is cached or in use
+  // (every full block, not capped like a lookup). The same tenant pinning the same
+  // blocks again renews that pin (the later deadline, the new priority). Errors:
+  // INVALID_ARGUMENT (bad ids, ttl outside (0, max_pin_ttl], priority outside 0..100),
+  // FAILED_PRECONDITION when no leading block is cached (prefill the prompt first),
+  // RESOURCE_EXHAUSTED naming the cap (reason PINNED_BLOCKS_EXCEEDED) or the quota.
+  StatusOr<PinInfo> PinPrefix(const PinRequest& request, Clock::time_point now);
+  // `tenant`'s pins (empty: every tenant's), by id; expired ones are gone first.
+  std::vector<PinInfo> ListPins(const std::string& tenant, Clock::time_point now);
+  // Ends a pin of `tenant`'s: its blocks drop to the cached queues (at the pin's
+  // priority, if it set one). NOT_FOUND for an unknown pin or another tenant's.
+  Status Unpin(const std::string& tenant, PinId pin, Clock::time_point now);
+  // Ends every pin past its deadline; returns how many.
+  int64_t ExpirePins(Clock::time_point now);
+  // vLLM's reset_prefix_cache: ends every pin, then evicts every cached block nobody
+  // holds (blocks of running sequences keep their hashes).
+  ResetResult ResetPrefixCache(Clock::time_point now);
+
   ManagerStats Stats() const;
+  // The prefix cache's predicted token hit rate at other pool sizes (LRU stack
+  // distances of the live lookups; hit_rate_curve.h says what the model leaves out):
+  // overall and per tenant, since start and over the sliding window ending at `now`.
+  HitRateCurves PredictedHitRates(Clock::time_point now) const;
   // Every block the prefix index holds, by block id (what the KV events describe).
   std::vector<IndexedBlock> PrefixIndexBlocks() const;
   // The quota a tenant gets (the override, else the default), in blocks.

@@ -4,6 +4,7 @@
 // invariant check). Guarded by CacheManager's mutex; include nowhere else.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -12,7 +13,9 @@
 #include "cache_service/block_hash.h"
 #include "cache_service/block_pool.h"
 #include "cache_service/cache_manager.h"
+#include "cache_service/hit_rate_curve.h"
 #include "cache_service/lease_tracker.h"
+#include "cache_service/pin_table.h"
 #include "cache_service/sequence_table.h"
 
 namespace kvpool::manager {
@@ -24,8 +27,17 @@ struct CacheManager::State : EvictionListener {
   explicit State(CacheManagerOptions o)
       : options(std::move(o)),
         pool(options.geometry.num_blocks),
-        leases(options.lease_ttl, options.first_worker_id) {
+        leases(options.lease_ttl, options.first_worker_id),
+        hit_rates(HitRateOptions(options)) {
     if (options.event_sink != nullptr) pool.set_eviction_listener(this);
+  }
+  static HitRateCurveOptions HitRateOptions(const CacheManagerOptions& o) {
+    HitRateCurveOptions h;
+    h.pool_blocks = o.geometry.num_blocks;
+    h.block_size = o.geometry.block_size;
+    h.window = o.hit_rate_window;
+    h.sample_rate = o.hit_rate_sample_rate;
+    return h;
   }
   State(const State&) = delete;
   State& operator=(const State&) = delete;
@@ -81,12 +93,54 @@ struct CacheManager::State : EvictionListener {
   // prefix), and forgets it.
   void Release(SequenceId id) {
     Sequence* sequence = sequences.Find(id);
-    TenantState& tenant = tenants[static_cast<size_t>(sequence->tenant)];
-    for (auto it = sequence->block_table.rbegin(); it != sequence->block_table.rend(); ++it) {
+    for (auto it = sequence->block_hashes.rbegin(); it != sequence->block_hashes.rend(); ++it) {
+      hit_rates.Touch(*it);
+    }
+    if (sequence->retention_priority >= 0) {
+      const auto prompt_blocks = std::min<size_t>(
+          sequence->block_table.size(),
+          static_cast<size_t>(sequence->prompt_tokens / options.geometry.block_size));
+      for (size_t i = 0; i < prompt_blocks; ++i) {
+        pool.SetRetentionPriority(sequence->block_table[i], sequence->retention_priority);
+      }
+    }
+    FreeBlocks(sequence->tenant, sequence->block_table);
+    sequences.Remove(id);
+  }
+
+  // Drops one reference on each of `blocks`, last first, for tenant `t`.
+  void FreeBlocks(int32_t t, const std::vector<int32_t>& blocks) {
+    TenantState& tenant = tenants[static_cast<size_t>(t)];
+    for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
       pool.Free(*it);
       if (pool.block(*it).ref_cnt == 0) --tenant.blocks_in_use;
     }
-    sequences.Remove(id);
+  }
+
+  PinInfo InfoOf(const PrefixPin& pin, Clock::time_point now) const {
+    PinInfo info;
+    info.pin_id = pin.id;
+    info.tenant = tenants[static_cast<size_t>(pin.tenant)].name;
+    info.pinned_blocks = static_cast<int64_t>(pin.blocks.size());
+    info.pinned_tokens = info.pinned_blocks * options.geometry.block_size;
+    info.expires_in =
+        std::max(std::chrono::milliseconds(0),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(pin.expires_at - now));
+    info.retention_priority = pin.retention_priority;
+    return info;
+  }
+
+  // Ends a pin: its blocks get its priority (if it set one), lose its references (last
+  // first) and move up the model's LRU.
+  void EndPin(PinId id) {
+    PrefixPin* pin = pins.Find(id);
+    for (auto it = pin->blocks.rbegin(); it != pin->blocks.rend(); ++it) {
+      const KvBlock& block = pool.block(*it);
+      if (block.has_hash) hit_rates.Touch(block.hash);
+      if (pin->retention_priority >= 0) pool.SetRetentionPriority(*it, pin->retention_priority);
+    }
+    FreeBlocks(pin->tenant, pin->blocks);
+    pins.Remove(id);
   }
 
   int64_t MaxBlocks(const std::string& tenant) const {
@@ -104,6 +158,7 @@ struct CacheManager::State : EvictionListener {
     t.name = name;
     t.salt = TenantSalt(name);
     t.max_blocks = MaxBlocks(name);
+    t.max_pinned_blocks = std::min(options.tenant_max_pinned_blocks, t.max_blocks);
     tenant_index.emplace(name, index);
     return index;
   }
@@ -144,8 +199,9 @@ struct CacheManager::State : EvictionListener {
                    &sequence->block_hashes);
     KvEvent* run = nullptr;
     for (size_t i = known; i < full; ++i) {
-      const bool cached =
-          pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i], sequence->tenant);
+      hit_rates.Touch(sequence->block_hashes[i]);
+      const bool cached = pool.CacheFullBlock(sequence->block_table[i], sequence->block_hashes[i],
+                                              sequence->tenant);
       if (options.event_sink == nullptr) continue;
       if (!cached) {
         run = nullptr;
@@ -169,14 +225,17 @@ struct CacheManager::State : EvictionListener {
   BlockPool pool;
   SequenceTable sequences;
   LeaseTracker leases;
+  PinTable pins;
+  HitRateCurveRecorder hit_rates;  // the lookups, publishes and releases, as the LRU sees them
   int64_t prefix_queries_tokens = 0;
   int64_t prefix_hits_tokens = 0;
   int64_t expired_leases = 0;
   std::vector<KvEvent> pending_events;  // this call's, until EventFlush
   struct TenantState {
     std::string name;
-    BlockHash salt;          // TenantSalt(name)
-    int64_t max_blocks = 0;  // its quota
+    BlockHash salt;                 // TenantSalt(name)
+    int64_t max_blocks = 0;         // its quota
+    int64_t max_pinned_blocks = 0;  // its pinned-block cap (within the quota)
     int64_t blocks_in_use = 0;
     int64_t prefix_queries_tokens = 0, prefix_hits_tokens = 0;
     int64_t quota_rejections = 0;

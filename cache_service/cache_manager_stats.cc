@@ -38,6 +38,13 @@ ManagerStats CacheManager::Stats() const {
   stats.prefix_hits_tokens = s.prefix_hits_tokens;
   stats.evictions = s.pool.evictions();
   stats.expired_leases = s.expired_leases;
+  stats.pins = s.pins.size();
+  s.pins.ForEach([&](const PrefixPin& pin) {
+    stats.pinned_blocks += static_cast<int64_t>(pin.blocks.size());
+  });
+  for (int32_t p = kMinRetentionPriority; p <= kMaxRetentionPriority; ++p) {
+    stats.cached_blocks_by_priority.push_back(s.pool.num_cached_at(p));
+  }
   stats.bytes_reserved = stats.in_use_blocks * static_cast<int64_t>(g.block_bytes());
   // A shared block counts once, with the most committed slots any holder has in it.
   // O(num_blocks + table entries): Stats is not on the per-token path.
@@ -62,10 +69,23 @@ ManagerStats CacheManager::Stats() const {
     out.prefix_queries_tokens = t.prefix_queries_tokens;
     out.prefix_hits_tokens = t.prefix_hits_tokens;
     out.quota_rejections = t.quota_rejections;
+    const auto index = static_cast<int32_t>(&t - s.tenants.data());
+    out.pinned_blocks = s.pins.PinnedBlocks(index);
+    s.pins.ForEach([&](const PrefixPin& pin) { out.pins += pin.tenant == index ? 1 : 0; });
+    out.max_pinned_blocks = std::min(t.max_pinned_blocks, stats.num_blocks);
   }
   std::sort(stats.tenants.begin(), stats.tenants.end(),
             [](const TenantStats& a, const TenantStats& b) { return a.tenant < b.tenant; });
   return stats;
+}
+
+HitRateCurves CacheManager::PredictedHitRates(Clock::time_point now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const State& s = *state_;
+  std::vector<std::string> names;
+  names.reserve(s.tenants.size());
+  for (const State::TenantState& t : s.tenants) names.push_back(t.name);
+  return s.hit_rates.Curves(names, now);
 }
 
 int64_t CacheManager::TenantMaxBlocks(const std::string& tenant) const {
@@ -142,6 +162,35 @@ Status CacheManager::CheckInvariants() const {
     }
   });
   KVPOOL_RETURN_IF_ERROR(status);
+  // Pins: one reference per pinned block, in the pin's tenant; the table's per-tenant
+  // counts add up.
+  std::vector<int64_t> pinned(s.tenants.size(), 0);
+  s.pins.ForEach([&](const PrefixPin& pin) {
+    if (!status.ok()) return;
+    pinned[static_cast<size_t>(pin.tenant)] += static_cast<int64_t>(pin.blocks.size());
+    for (int32_t b : pin.blocks) {
+      if (b < 0 || b >= s.pool.num_blocks() || !s.pool.block(b).has_hash) {
+        status = Internal("pin " + Str(pin.id) + " holds block " + Str(b) + ", not a cached block");
+        return;
+      }
+      ++refs[b];
+      if (block_tenant[b] < 0) {
+        block_tenant[b] = pin.tenant;
+        ++tenant_blocks[static_cast<size_t>(pin.tenant)];
+      } else if (block_tenant[b] != pin.tenant) {
+        status = Internal("pin " + Str(pin.id) + " holds block " + Str(b) + " of another tenant");
+        return;
+      }
+    }
+  });
+  KVPOOL_RETURN_IF_ERROR(status);
+  for (size_t i = 0; i < s.tenants.size(); ++i) {
+    if (s.pins.PinnedBlocks(static_cast<int32_t>(i)) != pinned[i]) {
+      return Internal("tenant " + s.tenants[i].name + " counted " +
+                      Str(s.pins.PinnedBlocks(static_cast<int32_t>(i))) +
+                      " pinned blocks, its pins hold " + Str(pinned[i]));
+    }
+  }
   for (size_t i = 0; i < s.tenants.size(); ++i) {
     const State::TenantState& t = s.tenants[i];
     const int64_t held = tenant_blocks[i];

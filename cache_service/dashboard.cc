@@ -122,7 +122,10 @@ std::string Dashboard::StatsJson(const Caller& caller) const {
                        {"max_blocks", t.max_blocks},
                        {"prefix_queries_tokens_total", t.prefix_queries_tokens},
                        {"prefix_hits_tokens_total", t.prefix_hits_tokens},
-                       {"quota_rejections_total", t.quota_rejections}});
+                       {"quota_rejections_total", t.quota_rejections},
+                       {"pins", t.pins},
+                       {"pinned_blocks", t.pinned_blocks},
+                       {"max_pinned_blocks", t.max_pinned_blocks}});
   }
   Json workers = Json::array();
   Json totals = LoadJson(v1::WorkerLoad());
@@ -140,6 +143,15 @@ std::string Dashboard::StatsJson(const Caller& caller) const {
                                       : Json(value.get<int64_t>() + load[key].get<int64_t>());
     }
   }
+  const v1::HitRateCurves predicted = VisibleHitRateCurves(*core_, caller, now);
+  Json curves = Json::array();
+  for (const v1::HitRateCurve& c : predicted.curves()) {
+    curves.push_back({{"tenant", c.tenant()},
+                      {"window", c.window()},
+                      {"query_tokens", c.query_tokens()},
+                      {"knee_blocks", c.knee_blocks()},
+                      {"hit_rate", std::vector<double>(c.hit_rate().begin(), c.hit_rate().end())}});
+  }
   Json out = {{"time_s", SecondsBetween(started_at_, now)},
               {"pool",
                {{"model", pool_.model_name()},
@@ -156,9 +168,20 @@ std::string Dashboard::StatsJson(const Caller& caller) const {
                 {"bytes_reserved", s.bytes_reserved},
                 {"bytes_used", s.bytes_used}}},
               {"prefix_cache", {{"queries_tokens_total", queries}, {"hits_tokens_total", hits}}},
+              {"hit_rate_curves",
+               {{"pool_blocks", predicted.pool_blocks()},
+                {"exact_blocks", predicted.exact_blocks()},
+                {"sample_rate", predicted.sample_rate()},
+                {"window_seconds", predicted.window_seconds()},
+                {"knee_min_gain", predicted.knee_min_gain()},
+                {"cache_blocks", std::vector<int64_t>(predicted.cache_blocks().begin(),
+                                                      predicted.cache_blocks().end())},
+                {"curves", curves}}},
               {"viewer", {{"tenant", caller.tenant}, {"operator", operator_view}}},
               {"tenants", tenants},
               {"evictions_total", s.evictions},
+              {"pins", operator_view ? s.pins : 0},
+              {"pinned_blocks", operator_view ? s.pinned_blocks : 0},
               {"expired_leases_total", s.expired_leases},
               {"sequences", s.num_sequences},
               {"workers_live", s.num_workers},

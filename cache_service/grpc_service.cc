@@ -102,8 +102,19 @@ v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& g,
 }
 
 std::vector<std::string> ManagerService::MethodNames() {
-  return {"RegisterWorker", "Heartbeat",       "OpenSequence",      "Step", "Fork", "CloseSequence",
-          "GetStats",       "CheckInvariants", "AuthenticateClient"};
+  return {"RegisterWorker",
+          "Heartbeat",
+          "OpenSequence",
+          "Step",
+          "Fork",
+          "CloseSequence",
+          "GetStats",
+          "CheckInvariants",
+          "AuthenticateClient",
+          "PinPrefix",
+          "ListPins",
+          "Unpin",
+          "ResetPrefixCache"};
 }
 
 ManagerService::ManagerService(CacheManager* core, v1::PoolDescriptor pool,
@@ -285,6 +296,7 @@ grpc::Status ManagerService::OpenSequence(grpc::ServerContext* context,
     KVPOOL_ASSIGN_OR_RETURN(open.tenant, ClientTenant(context, tenant));
     open.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
     open.max_tokens = request->max_tokens();
+    if (request->has_retention_priority()) open.retention_priority = request->retention_priority();
     KVPOOL_ASSIGN_OR_RETURN(OpenResult result, core_->OpenSequence(open, Clock::now()));
     response->set_sequence_id(result.sequence_id);
     response->mutable_block_table()->Add(result.block_table.begin(), result.block_table.end());
@@ -367,6 +379,29 @@ grpc::Status ManagerService::CloseSequence(grpc::ServerContext* context,
   });
 }
 
+v1::HitRateCurves VisibleHitRateCurves(const CacheManager& core, const Caller& caller,
+                                       Clock::time_point now) {
+  const HitRateCurves all = core.PredictedHitRates(now);
+  const bool operator_view = caller.Has(kRoleWorker);
+  v1::HitRateCurves out;
+  out.set_pool_blocks(all.pool_blocks);
+  out.set_exact_blocks(all.exact_blocks);
+  out.set_sample_rate(all.sample_rate);
+  out.set_window_seconds(all.window_seconds);
+  out.set_knee_min_gain(kKneeMinGain);
+  out.mutable_cache_blocks()->Add(all.cache_blocks.begin(), all.cache_blocks.end());
+  for (const HitRateCurve& c : all.curves) {
+    if (!operator_view && c.tenant != caller.tenant) continue;
+    v1::HitRateCurve* curve = out.add_curves();
+    curve->set_tenant(c.tenant);
+    curve->set_window(c.window);
+    curve->set_query_tokens(c.query_tokens);
+    curve->mutable_hit_rate()->Add(c.hit_rate.begin(), c.hit_rate.end());
+    curve->set_knee_blocks(all.Knee(c, kKneeMinGain));
+  }
+  return out;
+}
+
 grpc::Status ManagerService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*,
                                       v1::GetStatsResponse* response) {
   return Serve(kGetStats, context, [&](const Caller& caller) -> Status {
@@ -396,6 +431,86 @@ grpc::Status ManagerService::GetStats(grpc::ServerContext* context, const v1::Ge
     response->set_bytes_used(s.bytes_used);
     response->set_kv_cache_usage_ratio(
         s.num_blocks > 0 ? static_cast<double>(s.in_use_blocks) / s.num_blocks : 0.0);
+    *response->mutable_hit_rate_curves() = VisibleHitRateCurves(*core_, caller, Clock::now());
+    response->set_pins(operator_view ? s.pins : (own ? own->pins : 0));
+    response->set_pinned_blocks(operator_view ? s.pinned_blocks : (own ? own->pinned_blocks : 0));
+    response->set_tenant_max_pinned_blocks(
+        std::min(core_->options().tenant_max_pinned_blocks, response->tenant_max_blocks()));
+    return Status::Ok();
+  });
+}
+
+namespace {
+
+void ToProto(const PinInfo& pin, v1::PinInfo* out) {
+  out->set_pin_id(pin.pin_id);
+  out->set_tenant(pin.tenant);
+  out->set_pinned_blocks(pin.pinned_blocks);
+  out->set_pinned_tokens(pin.pinned_tokens);
+  out->set_expires_in_ms(pin.expires_in.count());
+  if (pin.retention_priority >= 0) out->set_retention_priority(pin.retention_priority);
+}
+
+}  // namespace
+
+grpc::Status ManagerService::PinPrefix(grpc::ServerContext* context,
+                                       const v1::PinPrefixRequest* request,
+                                       v1::PinPrefixResponse* response) {
+  return Serve(kPinPrefix, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
+    PinRequest pin;
+    KVPOOL_ASSIGN_OR_RETURN(pin.tenant, ClientTenant(context, caller.tenant));
+    pin.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
+    pin.ttl = std::chrono::milliseconds(request->ttl_ms());
+    if (request->has_retention_priority()) {
+      if (request->retention_priority() < 0) {
+        return InvalidArgument("retention_priority " +
+                               std::to_string(request->retention_priority()) +
+                               " is outside 0..100");
+      }
+      pin.retention_priority = request->retention_priority();
+    }
+    KVPOOL_ASSIGN_OR_RETURN(const PinInfo info, core_->PinPrefix(pin, Clock::now()));
+    ToProto(info, response->mutable_pin());
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::ListPins(grpc::ServerContext* context,
+                                      const v1::ListPinsRequest* request,
+                                      v1::ListPinsResponse* response) {
+  return Serve(kListPins, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
+    KVPOOL_ASSIGN_OR_RETURN(const std::string tenant, ClientTenant(context, caller.tenant));
+    for (const PinInfo& pin : core_->ListPins(tenant, Clock::now()))
+      ToProto(pin, response->add_pins());
+    return Status::Ok();
+  });
+}
+
+grpc::Status ManagerService::Unpin(grpc::ServerContext* context, const v1::UnpinRequest* request,
+                                   v1::UnpinResponse*) {
+  return Serve(kUnpin, context, [&](const Caller& caller) -> Status {
+    KVPOOL_RETURN_IF_ERROR(
+        CheckWorker(caller.tenant, request->manager_instance(), request->worker_id()));
+    KVPOOL_ASSIGN_OR_RETURN(const std::string tenant, ClientTenant(context, caller.tenant));
+    return core_->Unpin(tenant, request->pin_id(), Clock::now());
+  });
+}
+
+grpc::Status ManagerService::ResetPrefixCache(grpc::ServerContext* context,
+                                              const v1::ResetPrefixCacheRequest*,
+                                              v1::ResetPrefixCacheResponse* response) {
+  return Serve(kResetPrefixCache, context, [&](const Caller&) -> Status {
+    if (context->client_metadata().count(v1::kClientAuthorizationHeader) != 0) {
+      return PermissionDenied(
+          "ResetPrefixCache is an operator's call: it cannot be made on an end client's behalf");
+    }
+    const ResetResult reset = core_->ResetPrefixCache(Clock::now());
+    response->set_evicted_blocks(reset.evicted_blocks);
+    response->set_dropped_pins(reset.dropped_pins);
     return Status::Ok();
   });
 }

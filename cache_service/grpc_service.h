@@ -39,6 +39,11 @@ struct WorkerSnapshot {
 v1::PoolDescriptor DescribePool(const PoolHost& host, const PoolGeometry& geometry,
                                 const std::string& model_name);
 
+// The predicted hit-rate curves `caller` may see (an operator: all; a client: its own
+// tenant's), each with its knee at kKneeMinGain.
+v1::HitRateCurves VisibleHitRateCurves(const CacheManager& core, const Caller& caller,
+                                       Clock::time_point now);
+
 class ManagerService final : public v1::CacheManager::Service {
  public:
   // Indices into MethodNames(), for the latency histogram.
@@ -52,6 +57,10 @@ class ManagerService final : public v1::CacheManager::Service {
     kGetStats,
     kCheckInvariants,
     kAuthenticateClient,
+    kPinPrefix,
+    kListPins,
+    kUnpin,
+    kResetPrefixCache,
     kNumMethods
   };
   static std::vector<std::string> MethodNames();
@@ -81,6 +90,15 @@ class ManagerService final : public v1::CacheManager::Service {
   grpc::Status CheckInvariants(grpc::ServerContext* context,
                                const v1::CheckInvariantsRequest* request,
                                v1::CheckInvariantsResponse* response) override;
+  grpc::Status PinPrefix(grpc::ServerContext* context, const v1::PinPrefixRequest* request,
+                         v1::PinPrefixResponse* response) override;
+  grpc::Status ListPins(grpc::ServerContext* context, const v1::ListPinsRequest* request,
+                        v1::ListPinsResponse* response) override;
+  grpc::Status Unpin(grpc::ServerContext* context, const v1::UnpinRequest* request,
+                     v1::UnpinResponse* response) override;
+  grpc::Status ResetPrefixCache(grpc::ServerContext* context,
+                                const v1::ResetPrefixCacheRequest* request,
+                                v1::ResetPrefixCacheResponse* response) override;
 
   // Runs the core's lease expiry and forgets the expired workers' tenants. Called by
   // the lease timer.

@@ -44,11 +44,14 @@ struct Flags {
   int64_t pool_bytes = 256ll << 20;
   std::string dtype = "fp32";
   int64_t lease_ttl_ms = 10000;
+  int64_t hit_rate_window_s = 300;
   int64_t max_tokens_per_call = 1 << 20;
   int64_t max_sequences_per_worker = 4096;
   int64_t max_context_tokens = 1 << 20;
   std::string auth_token_file;
   std::string tenant_max_blocks = "100%";
+  std::string tenant_max_pinned_blocks = "25%";
+  int64_t max_pin_ttl_s = 86400;
   std::string backend = "shm";
   int cuda_device = 0;
   std::string chart_js = kDefaultChartJsPath;
@@ -164,12 +167,23 @@ int Run(int argc, char** argv) {
          "--lease-ttl-ms", flags.lease_ttl_ms,
          "worker lease TTL in milliseconds (" + std::to_string(kMinLeaseTtlMs) + " .. 86400000)")
       ->capture_default_str();
+  app.add_option("--hit-rate-window-s", flags.hit_rate_window_s,
+                 "seconds of lookups behind the windowed predicted hit-rate curves (1 .. 86400)")
+      ->check(CLI::Range(int64_t{1}, int64_t{86400}))
+      ->capture_default_str();
   app.add_option("--auth-token-file", flags.auth_token_file,
                  "lines \"TOKEN TENANT [worker|client|worker,client] [max_blocks=N|P%]\"; every "
                  "call then needs authorization: Bearer TOKEN");
   app.add_option("--tenant-max-blocks", flags.tenant_max_blocks,
                  "each tenant's cap on blocks its sequences hold in use: a count (128) or a "
                  "share of the pool (25%); the token file's max_blocks= overrides it per tenant")
+      ->capture_default_str();
+  app.add_option("--tenant-max-pinned-blocks", flags.tenant_max_pinned_blocks,
+                 "each tenant's cap on blocks its prefix pins hold (within its quota): a count "
+                 "or a share of the pool")
+      ->capture_default_str();
+  app.add_option("--max-pin-ttl-s", flags.max_pin_ttl_s, "the longest a prefix pin may last")
+      ->check(CLI::Range(int64_t{1}, int64_t{30} * 86400))
       ->capture_default_str();
   app.add_option("--cuda-device", flags.cuda_device, "--backend cuda: the device ordinal")
       ->check(CLI::NonNegativeNumber);
@@ -203,6 +217,9 @@ int Run(int argc, char** argv) {
   StatusOr<BlockQuota> default_quota =
       ParseBlockQuota(flags.tenant_max_blocks, "--tenant-max-blocks");
   if (!default_quota.ok()) return FailUsage(default_quota.status());
+  StatusOr<BlockQuota> pinned_quota =
+      ParseBlockQuota(flags.tenant_max_pinned_blocks, "--tenant-max-pinned-blocks");
+  if (!pinned_quota.ok()) return FailUsage(pinned_quota.status());
 
   StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = TlsServerCredentials(flags.tls);
   if (!credentials.ok()) return FailUsage(credentials.status());
@@ -244,10 +261,13 @@ int Run(int argc, char** argv) {
   CacheManagerOptions options;
   options.geometry = *geometry;
   options.lease_ttl = std::chrono::milliseconds(flags.lease_ttl_ms);
+  options.hit_rate_window = std::chrono::seconds(flags.hit_rate_window_s);
   options.max_tokens_per_call = flags.max_tokens_per_call;
   options.max_sequences_per_worker = flags.max_sequences_per_worker;
   options.max_context_tokens = flags.max_context_tokens;
   options.tenant_max_blocks = default_quota->Resolve(geometry->num_blocks);
+  options.tenant_max_pinned_blocks = pinned_quota->Resolve(geometry->num_blocks);
+  options.max_pin_ttl = std::chrono::seconds(flags.max_pin_ttl_s);
   for (const auto& [tenant, quota] : auth.quotas()) {
     options.tenant_max_blocks_override[tenant] = quota.Resolve(geometry->num_blocks);
   }
@@ -301,7 +321,8 @@ int Run(int argc, char** argv) {
         const std::string& target = request.target;
         if (std::optional<HttpResponse> page = dashboard.Serve(request)) return *std::move(page);
         if (target == "/metrics") {
-          return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.Render(core.Stats())};
+          return {200, "text/plain; version=0.0.4; charset=utf-8",
+                  metrics.Render(core.Stats(), core.PredictedHitRates(Clock::now()))};
         }
         if (target == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
         return {404, "text/plain; charset=utf-8",
@@ -331,7 +352,10 @@ int Run(int argc, char** argv) {
   // Leases are checked four times per TTL, so a dead worker's blocks come back
   // within 1.25 TTL of its last heartbeat.
   const auto lease_period = std::chrono::milliseconds(std::max<int64_t>(1, flags.lease_ttl_ms / 4));
-  loop.Every(lease_period, [&] { service.ExpireLeases(Clock::now()); });
+  loop.Every(lease_period, [&] {
+    service.ExpireLeases(Clock::now());
+    core.ExpirePins(Clock::now());
+  });
   loop.OnShutdown([&] {
     http.Close();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

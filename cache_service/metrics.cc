@@ -31,7 +31,7 @@ void ServiceMetrics::ObserveRpc(size_t method_index, double seconds) {
   if (method_index < rpc_latency_s_.size()) rpc_latency_s_[method_index]->Observe(seconds);
 }
 
-std::string ServiceMetrics::Render(const ManagerStats& s) const {
+std::string ServiceMetrics::Render(const ManagerStats& s, const HitRateCurves& predicted) const {
   PrometheusText out;
   out.Metric("kvpool_kv_cache_usage_ratio", "gauge",
              "Fraction of pool blocks in use by sequences (0..1).",
@@ -57,10 +57,30 @@ std::string ServiceMetrics::Render(const ManagerStats& s) const {
       {"kvpool_prefix_cache_hits_tokens_total", "counter",
        "Prompt tokens found in the prefix cache.", s.prefix_hits_tokens},
       {"kvpool_evictions_total", "counter", "Cached blocks evicted for new data.", s.evictions},
+      {"kvpool_prefix_pins", "gauge", "Prefix pins held now.", s.pins},
+      {"kvpool_prefix_pinned_blocks", "gauge",
+       "Blocks held by prefix pins (summed over pins: a block in two counts twice).",
+       s.pinned_blocks},
       {"kvpool_expired_leases_total", "counter",
        "Workers whose lease expired (their sequences were freed).", s.expired_leases},
   };
   for (const auto& m : samples) out.Metric(m.name, m.type, m.help, static_cast<double>(m.value));
+
+  // The overall curves at a few multiples of this pool (the full curves are on GetStats
+  // and /api/stats).
+  out.Header("kvpool_prefix_cache_predicted_hit_rate", "gauge",
+             "Token hit rate an LRU prefix cache of pool_scale times this pool would have had on "
+             "the same lookups (since start, or over the sliding window).");
+  for (const HitRateCurve& curve : predicted.curves) {
+    if (!curve.tenant.empty()) continue;
+    for (const char* scale : {"0.5", "1", "2", "4"}) {
+      out.Sample("kvpool_prefix_cache_predicted_hit_rate",
+                 std::string("pool_scale=\"") + scale + "\",over=\"" +
+                     (curve.window ? "window" : "start") + "\"",
+                 predicted.HitRateAt(
+                     curve, std::stod(scale) * static_cast<double>(predicted.pool_blocks)));
+    }
+  }
 
   // Per tenant (operator-facing, like all of /metrics).
   const struct {
@@ -79,6 +99,10 @@ std::string ServiceMetrics::Render(const ManagerStats& s) const {
        &TenantStats::prefix_queries_tokens},
       {"kvpool_tenant_quota_rejections_total", "counter",
        "Calls refused because the tenant held its whole quota.", &TenantStats::quota_rejections},
+      {"kvpool_tenant_pinned_blocks", "gauge", "Blocks the tenant's prefix pins hold.",
+       &TenantStats::pinned_blocks},
+      {"kvpool_tenant_max_pinned_blocks", "gauge", "The tenant's pinned-block cap.",
+       &TenantStats::max_pinned_blocks},
   };
   for (const auto& m : per_tenant) {
     out.Header(m.name, m.type, m.help);

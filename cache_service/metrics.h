@@ -23,7 +23,7 @@ class ServiceMetrics {
   void ObserveRpc(size_t method_index, double seconds);
 
   // The whole exposition (text format 0.0.4) for a scrape.
-  std::string Render(const ManagerStats& stats) const;
+  std::string Render(const ManagerStats& stats, const HitRateCurves& predicted) const;
 
  private:
   std::vector<std::string> methods_;

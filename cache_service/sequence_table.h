@@ -28,7 +28,9 @@ struct Sequence {
   KvMode mode = KvMode::kPaged;
   BlockHash salt;                // the tenant's, for the first block's hash
   int64_t max_total_tokens = 0;  // prompt + max_tokens
-  int64_t num_tokens = 0;        // slots the worker holds (may write)
+  int64_t prompt_tokens = 0;
+  int32_t retention_priority = -1;  // its prompt's full blocks' when it closes; -1: as is
+  int64_t num_tokens = 0;           // slots the worker holds (may write)
   std::vector<int32_t> block_table;
   std::vector<int32_t> committed_token_ids;  // tokens whose K/V are in the pool
   std::vector<BlockHash> block_hashes;       // of the full committed blocks (paged)

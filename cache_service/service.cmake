@@ -3,7 +3,8 @@
 # Never links LibTorch.
 # The dashboard's page, script and style, compiled in as byte arrays.
 set(KVPOOL_DASHBOARD_FILES ${CMAKE_CURRENT_LIST_DIR}/dashboard/index.html
-  ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.js ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.css)
+  ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.js ${CMAKE_CURRENT_LIST_DIR}/dashboard/dashboard.css
+  ${CMAKE_CURRENT_LIST_DIR}/dashboard/cache_size.js)
 add_custom_command(OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc
   COMMAND ${CMAKE_COMMAND} -DOUT=${CMAKE_CURRENT_BINARY_DIR}/dashboard_assets.cc
     "-DFILES=${KVPOOL_DASHBOARD_FILES}" -P ${CMAKE_CURRENT_LIST_DIR}/dashboard/embed.cmake

@@ -34,6 +34,40 @@ StatusOr<v1::GetStatsResponse> Client::ManagerStats(size_t address_index) {
       });
 }
 
+StatusOr<v1::PinPromptResponse> Client::PinPrompt(const v1::PinPromptRequest& request,
+                                                  size_t address_index) {
+  return channels_->Unary<v1::PinPromptResponse>(
+      address_index, [this, &request](size_t index, grpc::ClientContext* context, auto* response) {
+        return channels_->worker(index).PinPrompt(context, request, response);
+      });
+}
+
+StatusOr<v1::ListPinsForClientResponse> Client::ListPins(size_t address_index) {
+  return channels_->Unary<v1::ListPinsForClientResponse>(
+      address_index, [this](size_t index, grpc::ClientContext* context, auto* response) {
+        return channels_->worker(index).ListPins(context, {}, response);
+      });
+}
+
+Status Client::Unpin(int64_t pin_id, size_t address_index) {
+  v1::UnpinForClientRequest request;
+  request.set_pin_id(pin_id);
+  return channels_
+      ->Unary<v1::UnpinForClientResponse>(
+          address_index,
+          [this, &request](size_t index, grpc::ClientContext* context, auto* response) {
+            return channels_->worker(index).Unpin(context, request, response);
+          })
+      .status();
+}
+
+StatusOr<v1::ResetPrefixCacheResponse> Client::ResetPrefixCache(size_t address_index) {
+  return channels_->Unary<v1::ResetPrefixCacheResponse>(
+      address_index, [this](size_t index, grpc::ClientContext* context, auto* response) {
+        return channels_->manager(index).ResetPrefixCache(context, {}, response);
+      });
+}
+
 StatusOr<bool> Client::Healthy(size_t address_index) {
   using grpc::health::v1::HealthCheckResponse;
   grpc::health::v1::HealthCheckRequest request;

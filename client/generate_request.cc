@@ -74,8 +74,14 @@ StatusOr<v1::GenerateRequest> ToGenerateRequest(const GenerateParams& params) {
   sampling->set_frequency_penalty(params.frequency_penalty);
   if (params.repetition_penalty) sampling->set_repetition_penalty(*params.repetition_penalty);
   request.set_min_tokens(params.min_tokens);
-  request.mutable_stop_token_ids()->Add(params.stop_token_ids.begin(),
-                                        params.stop_token_ids.end());
+  request.mutable_stop_token_ids()->Add(params.stop_token_ids.begin(), params.stop_token_ids.end());
+  if (params.pin_ttl_ms < 0) {
+    return InvalidArgument("pin_ttl_ms must be >= 0, got " + std::to_string(params.pin_ttl_ms));
+  }
+  if (params.pin_ttl_ms > 0) request.mutable_retention()->set_pin_ttl_ms(params.pin_ttl_ms);
+  if (params.retention_priority) {
+    request.mutable_retention()->set_priority(*params.retention_priority);
+  }
   return request;
 }
 

@@ -45,6 +45,9 @@ inline constexpr char kWorkerNotRegistered[] = "WORKER_NOT_REGISTERED";
 // The tenant holds its whole block quota: preempt or queue that tenant's own
 // sequences, never another tenant's (RESOURCE_EXHAUSTED).
 inline constexpr char kTenantQuotaExceeded[] = "TENANT_QUOTA_EXCEEDED";
+// The tenant's pins hold its whole pinned-block cap: unpin one or let one expire
+// (RESOURCE_EXHAUSTED).
+inline constexpr char kPinnedBlocksExceeded[] = "PINNED_BLOCKS_EXCEEDED";
 }  // namespace reason
 
 class Status {

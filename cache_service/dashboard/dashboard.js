@@ -22,6 +22,7 @@ const state = {
   reportRows: [],
   polls: 0,
   timer: null,
+  onStats: [],  // more views of each /api/stats answer (cache_size.js)
 };
 window.kvpoolDashboard = state;
 
@@ -140,6 +141,7 @@ function renderLive(s, p) {
     `${s.pool.in_use_blocks} / ${s.pool.num_blocks} (${percent(s.pool.usage_ratio)})`;
   $('tile-hit-rate').textContent = percent(p.hit_rate_total);
   $('tile-evictions').textContent = String(s.evictions_total);
+  $('tile-pinned').textContent = `${s.pinned_blocks} in ${s.pins} pin(s)`;
   $('tile-requests').textContent = `${p.requests_running} / ${p.requests_waiting}`;
   $('tile-tokens').textContent = p.tokens_per_s === null ? '–' : p.tokens_per_s.toFixed(1);
   const ms = (v) => (v === null ? '–' : `${v.toFixed(1)} ms`);
@@ -156,7 +158,8 @@ function renderLive(s, p) {
   tenantBody.replaceChildren(...(s.tenants || []).map((t) => {
     const row = document.createElement('tr');
     [t.tenant, t.blocks_in_use, t.max_blocks, t.prefix_hits_tokens_total,
-     t.prefix_queries_tokens_total, t.quota_rejections_total].forEach((v) => {
+     t.prefix_queries_tokens_total, t.quota_rejections_total, t.pins,
+     `${t.pinned_blocks} (${t.max_pinned_blocks})`].forEach((v) => {
       const cell = document.createElement('td');
       cell.textContent = String(v);
       row.appendChild(cell);
@@ -203,6 +206,7 @@ async function poll() {
     if (state.history.length > HISTORY_POINTS) state.history.shift();
     state.polls += 1;
     renderLive(s, point);
+    state.onStats.forEach((render) => render(s));
     $('live-status').textContent = '';
   } catch (err) {
     $('live-status').textContent = `cannot reach the manager: ${err.message}`;

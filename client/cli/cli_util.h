@@ -63,5 +63,6 @@ void AddLoadgenCommand(CLI::App& app, int* exit_code);
 void AddUpCommand(CLI::App& app, int* exit_code);
 void AddCalcCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
+void AddPinCommands(CLI::App& app, int* exit_code);
 
 }  // namespace kvpool::cli

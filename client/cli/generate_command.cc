@@ -52,6 +52,14 @@ void PrintSummary(const GenerateResult& result,
                result.client_total_s, tokens_per_s, static_cast<long long>(s.kv_bytes_reserved()),
                static_cast<long long>(s.kv_bytes_used()), Join(s.finish_reasons()).c_str(),
                s.preemptions());
+  if (s.has_pin()) {
+    std::fprintf(stderr, "pin           %lld (%lld tokens, %lld ms)\n",
+                 static_cast<long long>(s.pin().pin_id()),
+                 static_cast<long long>(s.pin().pinned_tokens()),
+                 static_cast<long long>(s.pin().expires_in_ms()));
+  } else if (!s.pin_error().empty()) {
+    std::fprintf(stderr, "pin           failed: %s\n", s.pin_error().c_str());
+  }
 }
 
 int RunGenerate(GenerateFlags& flags) {
@@ -108,6 +116,10 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   command->add_option("--min-tokens", p.min_tokens, "no EOS or stop token before this many");
   command->add_option("--stop-token-id", p.stop_token_ids, "a token id that ends a sample")
       ->delimiter(',');
+  command->add_option("--pin-ttl-ms", p.pin_ttl_ms,
+                      "pin the prompt's full blocks in the pool this long after the request");
+  command->add_option("--retention-priority", p.retention_priority,
+                      "0..100: the prompt's blocks are evicted after lower-priority ones");
   command->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }
 

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   kvpool::cli::AddUpCommand(app, &exit_code);
   kvpool::cli::AddCalcCommand(app, &exit_code);
   kvpool::cli::AddBenchCommand(app, &exit_code);
+  kvpool::cli::AddPinCommands(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "common/grpc_status.h"
-#include "kvpool/v1/manager.pb.h"
 #include "common/status.h"
+#include "kvpool/v1/manager.pb.h"
 #include "kvpool/v1/worker.pb.h"
 
 namespace kvpool {
@@ -63,6 +63,11 @@ struct GenerateParams {
   std::optional<float> repetition_penalty;  // unset = 1 = off
   int32_t min_tokens = 0;
   std::vector<int32_t> stop_token_ids;
+  // worker.proto PrefixRetention: pin the prompt's full blocks for this long after the
+  // request (0: no pin; the pin is in GenerateResult::summary.pin()), and/or give them a
+  // retention priority (0..100; evicted lower first). Paged mode only.
+  int64_t pin_ttl_ms = 0;
+  std::optional<int32_t> retention_priority;
 };
 
 // The request for `params`; INVALID_ARGUMENT naming the field when a value can never be
@@ -157,6 +162,14 @@ class Client {
   StatusOr<v1::GetModelInfoResponse> ModelInfo(size_t address_index = kAnyAddress);
   // A kvpool-manager's CacheManager.GetStats.
   StatusOr<v1::GetStatsResponse> ManagerStats(size_t address_index = kAnyAddress);
+  // Prefix pins of the caller's tenant (worker.proto): prefill `request`'s prompt and pin
+  // its full blocks; list them; end one. Any worker of the node answers for its manager.
+  StatusOr<v1::PinPromptResponse> PinPrompt(const v1::PinPromptRequest& request,
+                                            size_t address_index = kAnyAddress);
+  StatusOr<v1::ListPinsForClientResponse> ListPins(size_t address_index = kAnyAddress);
+  Status Unpin(int64_t pin_id, size_t address_index = kAnyAddress);
+  // A kvpool-manager's CacheManager.ResetPrefixCache (an operator's token).
+  StatusOr<v1::ResetPrefixCacheResponse> ResetPrefixCache(size_t address_index = kAnyAddress);
   // grpc.health.v1 Check of service "": true when SERVING (a worker is SERVING once
   // attached to a manager), false for any other serving status.
   StatusOr<bool> Healthy(size_t address_index = kAnyAddress);

@@ -2,7 +2,8 @@
 """The manager's dashboard in headless Chromium (Debian's chromium, chromium-driver,
 python3-selenium): starts a real kvpool-manager and kvpool-worker on loopback, sends
 traffic with the kvpool CLI, loads the page and checks that the live charts render
-with non-zero data, that moving the calculator's sliders changes its numbers (and
+with non-zero data, that the cache-size view draws the predicted hit-rate curve of
+the traffic and its slider moves the prediction, that moving the calculator's sliders changes its numbers (and
 that they match `kvpool calc`'s arithmetic), that a bench report.json draws, and that
 CSV export works. Saves screenshots under --out.
 
@@ -144,6 +145,40 @@ def main():
         check(driver.find_element(By.ID, "tile-hit-rate").text.endswith("%"), "the hit-rate tile has a number")
         check(driver.find_element(By.CSS_SELECTOR, "#workers tbody tr") is not None, "the workers table has a row")
         driver.save_screenshot(os.path.join(args.out, "dashboard-live.png"))
+
+        # Cache size: the manager's predicted hit-rate curve for this traffic. Every other
+        # request repeats a 4-block prefix with about 4 other blocks between repeats, so
+        # the curve is a step: no hits in a 2-block pool, the shared share of the prompt
+        # tokens (~60%) from ~10 blocks on, and its knee where the step ends.
+        wait_js(driver, "const c = kvpoolDashboard.cacheSize; return c.data && c.predicted > 0",
+                "the cache-size view reads a predicted hit rate")
+        shape = driver.execute_script("""
+            const d = kvpoolDashboard.cacheSize.data;
+            const c = d.curves.find((x) => x.tenant === '' && !x.window);
+            const at = (b) => c.hit_rate[d.cache_blocks.indexOf(b)];
+            let monotone = true;
+            for (let i = 1; i < c.hit_rate.length; i++) monotone = monotone && c.hit_rate[i] >= c.hit_rate[i - 1];
+            return {monotone, at2: at(2), at48: at(48), at192: at(192), knee: c.knee_blocks,
+                    pool: d.pool_blocks};""")
+        check(shape["pool"] == 48 and shape["monotone"], f"the curve is non-decreasing in pool size {shape}")
+        check(shape["at2"] < 0.05 and 0.45 < shape["at48"] < 0.7 and abs(shape["at192"] - shape["at48"]) < 0.02,
+              f"the curve is a step from ~0 to the shared share {shape}")
+        check(4 <= shape["knee"] <= 48, f"the knee ends the step {shape}")
+        set_slider = ("const e = document.getElementById('cache-slider'); e.value = arguments[0];"
+                      "e.dispatchEvent(new Event('input')); return kvpoolDashboard.cacheSize.predicted;")
+        low = driver.execute_script(set_slider, "0")
+        text_low = driver.find_element(By.ID, "cache-readout").text
+        high = driver.execute_script(set_slider, "1000")
+        text_high = driver.find_element(By.ID, "cache-readout").text
+        check(low < 0.05 < high and text_low != text_high and "predicted hit rate" in text_high,
+              f"moving the pool-size slider moves the predicted hit rate ({text_low!r} -> {text_high!r})")
+        check("knee:" in driver.find_element(By.ID, "cache-knee").text, "the knee is named")
+        check(driver.execute_script(
+            "return kvpoolDashboard.charts['chart-cache-size'].data.datasets[0].data.length") > 100,
+            "the curve is drawn")
+        driver.execute_script("document.getElementById('chart-cache-size').scrollIntoView()")
+        driver.save_screenshot(os.path.join(args.out, "dashboard-cache-size.png"))
+        driver.execute_script("window.scrollTo(0, 0)")
 
         csv = driver.execute_script("return kvpoolDashboard.liveCsv()")
         lines = csv.strip().split("\n")

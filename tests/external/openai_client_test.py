@@ -59,10 +59,12 @@ def raw_request(address, body, path="/v1/completions", token="tok-a", extra=b"",
 
 
 def in_use_blocks(manager_http):
+    """Blocks held by requests: in use, less those the pins of check_client hold."""
     request = urllib.request.Request(f"http://{manager_http}/api/stats",
                                      headers={"Authorization": "Bearer op-token"})
     with urllib.request.urlopen(request, timeout=10) as r:
-        return json.load(r)["pool"]["in_use_blocks"]
+        stats = json.load(r)
+        return stats["pool"]["in_use_blocks"] - stats["pinned_blocks"]
 
 
 def check_client(openai, base_url):
@@ -159,6 +161,27 @@ def check_client(openai, base_url):
                                        temperature=0)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached and cached >= 48, f"cached_tokens {cached}"
+
+    # kvpool's retention extension: pin the prompt's blocks; the pin comes back in the
+    # response's "kvpool" object (model_extra in the openai client), through chat too.
+    pinned = client.completions.create(model=MODEL, prompt=list(range(2000, 2064)), max_tokens=2,
+                                       temperature=0,
+                                       extra_body={"kvpool_retention": {"pin_ttl_s": 30,
+                                                                        "priority": 80}})
+    pins = pinned.model_extra["kvpool"]["pins"]
+    assert len(pins) == 1 and pins[0]["pinned_tokens"] == 64 and pins[0]["pin_id"] >= 1, pins
+    chat_pinned = client.chat.completions.create(
+        model=MODEL, max_tokens=2, temperature=0,
+        messages=[{"role": "user", "content": "Keep this system prompt resident " * 8}],
+        extra_body={"kvpool_retention": {"pin_ttl_s": 30}})
+    assert chat_pinned.model_extra["kvpool"]["pins"][0]["pinned_tokens"] >= 16, chat_pinned
+    for bad in ({"pin_ttl_s": -1}, {"priority": 101}, {"ttl": 5}, "forever"):
+        try:
+            client.completions.create(model=MODEL, prompt="x", max_tokens=1,
+                                      extra_body={"kvpool_retention": bad})
+            raise AssertionError(f"kvpool_retention {bad!r} accepted")
+        except openai.BadRequestError as e:
+            assert e.body.get("param", "").startswith("kvpool_retention"), e.body
 
     try:
         client.completions.create(model=MODEL, prompt="x", max_tokens=0)

@@ -41,7 +41,7 @@ class FakeManager final : public ManagerApi {
   StatusOr<std::string> AuthenticateClient(const std::string& credential) override {
     return credential;
   }
-  StatusOr<OpenedSequence> Open(const std::vector<int32_t>& prompt, KvMode, int64_t,
+  StatusOr<OpenedSequence> Open(const std::vector<int32_t>& prompt, KvMode, int64_t, int32_t,
                                 const std::string& credential) override {
     opened_prompts.push_back(prompt);
     if (auto it = open_refusals.find(credential); it != open_refusals.end()) return it->second;

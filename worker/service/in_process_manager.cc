@@ -19,9 +19,10 @@ StatusOr<std::string> InProcessManager::AuthenticateClient(
 }
 
 StatusOr<OpenedSequence> InProcessManager::Open(const std::vector<int32_t>& prompt, KvMode mode,
-                                                int64_t max_tokens,
+                                                int64_t max_tokens, int32_t retention_priority,
                                                 const std::string& client_authorization) {
   manager::OpenRequest request;
+  request.retention_priority = retention_priority;
   request.worker_id = worker_;
   KVPOOL_ASSIGN_OR_RETURN(request.tenant, AuthenticateClient(client_authorization));
   request.token_ids = prompt;

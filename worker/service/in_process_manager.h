@@ -24,6 +24,7 @@ class InProcessManager final : public ManagerApi {
   int64_t CommitBudget() const override;
   StatusOr<std::string> AuthenticateClient(const std::string& client_authorization) override;
   StatusOr<OpenedSequence> Open(const std::vector<int32_t>& prompt, KvMode mode, int64_t max_tokens,
+                                int32_t retention_priority,
                                 const std::string& client_authorization) override;
   StatusOr<std::vector<StepItemOutcome>> Step(const std::vector<StepItemRequest>& items) override;
   StatusOr<ForkedSequence> Fork(int64_t parent_sequence_id) override;

@@ -44,6 +44,15 @@ void Job::PushSummary() {
   summary->set_kv_bytes_used(peak_used_bytes);
   for (const std::string& reason : finish_reasons) summary->add_finish_reasons(reason);
   summary->set_preemptions(preemptions);
+  if (pin_tried && pin.ok()) {
+    v1::PrefixPin* out = summary->mutable_pin();
+    out->set_pin_id(pin->pin_id);
+    out->set_pinned_tokens(pin->pinned_tokens);
+    out->set_expires_in_ms(pin->expires_in_ms);
+    if (pin->priority >= 0) out->set_priority(pin->priority);
+  } else if (pin_tried) {
+    summary->set_pin_error(pin.status().message());
+  }
   Push(std::move(event));
 }
 

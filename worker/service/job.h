@@ -14,9 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/engine.h"
 #include "common/status.h"
+#include "engine/engine.h"
 #include "kvpool/v1/worker.pb.h"
+#include "service/manager_api.h"
 
 namespace kvpool::worker {
 
@@ -28,6 +29,10 @@ class Job {
   GenerationRequest request;         // prompt, max_tokens, mode, sampling, stop, ignore_eos
   int32_t n = 1;                     // parallel samples
   std::string client_authorization;  // forwarded to the manager for the tenant's salt
+  // GenerateRequest.retention: the prompt's full blocks' priority when its sequences
+  // close (-1: as they are), and a pin of them (0: none) made as the first sample retires.
+  int32_t retention_priority = -1;
+  int64_t pin_ttl_ms = 0;
   Clock::time_point arrival = Clock::now();
 
   // Handler side.
@@ -85,6 +90,8 @@ class Job {
   int64_t peak_reserved_bytes = 0, peak_used_bytes = 0;
   std::vector<std::string> finish_reasons;
   int32_t preemptions = 0;
+  bool pin_tried = false;
+  StatusOr<PinOutcome> pin = Internal("the request ended before its prompt could be pinned");
 
  private:
   std::atomic<bool> cancelled_{false};

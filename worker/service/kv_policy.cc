@@ -65,8 +65,9 @@ AdmissionResult KvPolicy::Admit(std::deque<Sample*>& waiting, int64_t num_runnin
       }
       const int64_t max_tokens =
           job.request.max_tokens - static_cast<int64_t>(sample.generated.size());
-      StatusOr<OpenedSequence> opened = manager_->Open(admitted.prompt, job.request.mode,
-                                                       max_tokens, job.client_authorization);
+      StatusOr<OpenedSequence> opened =
+          manager_->Open(admitted.prompt, job.request.mode, max_tokens, job.retention_priority,
+                         job.client_authorization);
       if (!opened.ok()) {
         const Status& status = opened.status();
         if (IsLinkLoss(status)) {

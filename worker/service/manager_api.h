@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
 #include "common/kv_mode.h"
+#include "common/status.h"
 
 namespace kvpool::worker {
 
@@ -33,6 +33,14 @@ struct StepItemRequest {
 struct StepItemOutcome {
   Status status;                    // RESOURCE_EXHAUSTED: preempt (reason: whose)
   std::vector<int32_t> new_blocks;  // appended to the sequence's table
+};
+
+// A prefix pin the manager made (manager.proto PinInfo).
+struct PinOutcome {
+  int64_t pin_id = 0;
+  int64_t pinned_tokens = 0;
+  int64_t expires_in_ms = 0;
+  int32_t priority = -1;  // the blocks' retention priority when it ends; -1: as they are
 };
 
 struct ForkedSequence {
@@ -65,15 +73,24 @@ class ManagerApi {
   // The tenant of the end client whose "authorization" value is `client_authorization`
   // (empty: anonymous, refused when the manager has auth on).
   virtual StatusOr<std::string> AuthenticateClient(const std::string& client_authorization) = 0;
-  // A sequence of `prompt` for that client, its prefix-cache salt the client's tenant.
+  // A sequence of `prompt` for that client, its prefix-cache salt the client's tenant;
+  // its prompt's full blocks get `retention_priority` when it closes (-1: as they are).
   virtual StatusOr<OpenedSequence> Open(const std::vector<int32_t>& prompt, KvMode mode,
-                                        int64_t max_tokens,
+                                        int64_t max_tokens, int32_t retention_priority,
                                         const std::string& client_authorization) = 0;
   // One batched Step; one outcome per item, in order.
   virtual StatusOr<std::vector<StepItemOutcome>> Step(
       const std::vector<StepItemRequest>& items) = 0;
   virtual StatusOr<ForkedSequence> Fork(int64_t parent_sequence_id) = 0;
   virtual Status Close(int64_t sequence_id) = 0;
+  // Pins `prompt`'s leading cached full blocks for `ttl_ms`, for that client (manager.proto
+  // PinPrefix). UNIMPLEMENTED where the manager cannot pin.
+  virtual StatusOr<PinOutcome> Pin(const std::vector<int32_t>& prompt, int64_t ttl_ms,
+                                   int32_t retention_priority,
+                                   const std::string& client_authorization) {
+    (void)prompt, (void)ttl_ms, (void)retention_priority, (void)client_authorization;
+    return Status(StatusCode::kUnimplemented, "this cache manager cannot pin prefixes");
+  }
 };
 
 }  // namespace kvpool::worker

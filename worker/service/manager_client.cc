@@ -53,12 +53,13 @@ StatusOr<std::string> ManagerClient::AuthenticateClient(const std::string& clien
 }
 
 StatusOr<OpenedSequence> ManagerClient::Open(const std::vector<int32_t>& prompt, KvMode mode,
-                                             int64_t max_tokens,
+                                             int64_t max_tokens, int32_t retention_priority,
                                              const std::string& client_authorization) {
   v1::OpenSequenceRequest request;
   request.mutable_token_ids()->Add(prompt.begin(), prompt.end());
   request.set_mode(ToProto(mode));
   request.set_max_tokens(max_tokens);
+  if (retention_priority >= 0) request.set_retention_priority(retention_priority);
   v1::OpenSequenceResponse response;
   KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::OpenSequence, request, &response,
                               "the cache manager refused the sequence", &client_authorization));
@@ -119,6 +120,49 @@ Status ManagerClient::Close(int64_t sequence_id) {
   request.set_sequence_id(sequence_id);
   v1::CloseSequenceResponse response;
   return Call(&v1::CacheManager::Stub::CloseSequence, request, &response, "CloseSequence");
+}
+
+namespace {
+
+PinOutcome FromProto(const v1::PinInfo& pin) {
+  PinOutcome out;
+  out.pin_id = pin.pin_id();
+  out.pinned_tokens = pin.pinned_tokens();
+  out.expires_in_ms = pin.expires_in_ms();
+  out.priority = pin.has_retention_priority() ? pin.retention_priority() : -1;
+  return out;
+}
+
+}  // namespace
+
+StatusOr<PinOutcome> ManagerClient::Pin(const std::vector<int32_t>& prompt, int64_t ttl_ms,
+                                        int32_t retention_priority,
+                                        const std::string& client_authorization) {
+  v1::PinPrefixRequest request;
+  request.mutable_token_ids()->Add(prompt.begin(), prompt.end());
+  request.set_ttl_ms(ttl_ms);
+  if (retention_priority >= 0) request.set_retention_priority(retention_priority);
+  v1::PinPrefixResponse response;
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::PinPrefix, request, &response,
+                              "the cache manager refused the pin", &client_authorization));
+  return FromProto(response.pin());
+}
+
+StatusOr<std::vector<PinOutcome>> ManagerClient::ListPins(const std::string& client_authorization) {
+  v1::ListPinsRequest request;
+  v1::ListPinsResponse response;
+  KVPOOL_RETURN_IF_ERROR(Call(&v1::CacheManager::Stub::ListPins, request, &response, "ListPins",
+                              &client_authorization));
+  std::vector<PinOutcome> out;
+  for (const v1::PinInfo& pin : response.pins()) out.push_back(FromProto(pin));
+  return out;
+}
+
+Status ManagerClient::Unpin(int64_t pin_id, const std::string& client_authorization) {
+  v1::UnpinRequest request;
+  request.set_pin_id(pin_id);
+  v1::UnpinResponse response;
+  return Call(&v1::CacheManager::Stub::Unpin, request, &response, "Unpin", &client_authorization);
 }
 
 }  // namespace kvpool::worker

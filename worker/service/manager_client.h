@@ -1,7 +1,7 @@
 // ManagerClient: ManagerApi over gRPC, the worker's typed client of the cache manager's
 // sequence protocol (manager.proto: AuthenticateClient, OpenSequence, Step, Fork,
-// CloseSequence). It is the only code in the worker that builds or reads those
-// protobufs: every call names the attachment's worker id and manager instance, carries
+// CloseSequence; PinPrefix, ListPins, Unpin). It is the only code in the worker that builds or
+// reads those protobufs: every call names the attachment's worker id and manager instance, carries
 // the worker's credential (and the end client's where the manager authenticates one),
 // reports its duration to the caller's counter, and returns plain values or a Status
 // with the manager's code and reason (IsLinkLoss says when the attachment is gone).
@@ -33,10 +33,17 @@ class ManagerClient final : public ManagerApi {
   int64_t CommitBudget() const override;
   StatusOr<std::string> AuthenticateClient(const std::string& client_authorization) override;
   StatusOr<OpenedSequence> Open(const std::vector<int32_t>& prompt, KvMode mode, int64_t max_tokens,
+                                int32_t retention_priority,
                                 const std::string& client_authorization) override;
   StatusOr<std::vector<StepItemOutcome>> Step(const std::vector<StepItemRequest>& items) override;
   StatusOr<ForkedSequence> Fork(int64_t parent_sequence_id) override;
   Status Close(int64_t sequence_id) override;
+  StatusOr<PinOutcome> Pin(const std::vector<int32_t>& prompt, int64_t ttl_ms,
+                           int32_t retention_priority,
+                           const std::string& client_authorization) override;
+  // That client's tenant's pins, by id; ends one of them (the worker's Pin handlers).
+  StatusOr<std::vector<PinOutcome>> ListPins(const std::string& client_authorization);
+  Status Unpin(int64_t pin_id, const std::string& client_authorization);
 
  private:
   template <typename Request, typename Response>

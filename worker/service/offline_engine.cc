@@ -44,7 +44,7 @@ StatusOr<SequenceId> OfflineEngine::AddSequence(GenerationRequest request,
   Open open;
   if (request.mode != KvMode::kNone) {
     KVPOOL_ASSIGN_OR_RETURN(OpenedSequence opened, manager_->Open(request.prompt, request.mode,
-                                                                  request.max_tokens, client));
+                                                                  request.max_tokens, -1, client));
     open.manager_id = opened.sequence_id;
     open.committed = opened.cached_tokens;
     request.block_table = std::move(opened.block_table);

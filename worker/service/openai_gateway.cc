@@ -254,13 +254,25 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
                       {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
   // kvpool's own timings: one prompt's, or the first prompt's of a batch.
   const v1::GenerateSummary& first = summaries.front();
-  const Json timings = {{"ttft_s", first.ttft_s()},
-                        {"time_per_output_token_s", first.time_per_output_token_s()},
-                        {"total_s", first.total_s()},
-                        {"queue_s", first.queue_s()},
-                        {"kv_bytes_reserved", first.kv_bytes_reserved()},
-                        {"kv_bytes_used", first.kv_bytes_used()},
-                        {"preemptions", first.preemptions()}};
+  Json timings = {{"ttft_s", first.ttft_s()},
+                  {"time_per_output_token_s", first.time_per_output_token_s()},
+                  {"total_s", first.total_s()},
+                  {"queue_s", first.queue_s()},
+                  {"kv_bytes_reserved", first.kv_bytes_reserved()},
+                  {"kv_bytes_used", first.kv_bytes_used()},
+                  {"preemptions", first.preemptions()}};
+  // kvpool_retention.pin_ttl_s: the pin of each prompt (or why it failed).
+  Json pins = Json::array();
+  for (const v1::GenerateSummary& s : summaries) {
+    if (s.has_pin()) {
+      pins.push_back({{"pin_id", s.pin().pin_id()},
+                      {"pinned_tokens", s.pin().pinned_tokens()},
+                      {"expires_in_s", s.pin().expires_in_ms() / 1000.0}});
+    } else if (!s.pin_error().empty()) {
+      pins.push_back({{"error", s.pin_error()}});
+    }
+  }
+  if (!pins.empty()) timings["pins"] = std::move(pins);
   const auto finish = [&](size_t c) {
     const v1::GenerateSummary& s = summaries[c / static_cast<size_t>(n)];
     const int i = static_cast<int>(c % static_cast<size_t>(n));

@@ -1,9 +1,11 @@
 // The OpenAI completions wire format: see openai_protocol.h. The request fields and
 // their refusals follow vLLM's OpenAI server (vllm/entrypoints/openai/): what it
 // accepts beyond OpenAI (top_k, min_p, repetition_penalty, min_tokens, stop_token_ids,
-// ignore_eos) is accepted here too; kvpool's own extension is kv_mode.
+// ignore_eos) is accepted here too; kvpool's own extensions are kv_mode and
+// kvpool_retention (pin the prompt's blocks, or give them a retention priority).
 #include "service/openai_protocol.h"
 
+#include <cmath>
 #include <random>
 
 #include "common/kv_mode.h"
@@ -240,6 +242,32 @@ std::optional<ApiError> ParseCompletion(const Json& body, const std::string& ser
   r->set_mode(*parsed == KvMode::kNone         ? v1::KV_MODE_NONE
               : *parsed == KvMode::kContiguous ? v1::KV_MODE_CONTIGUOUS
                                                : v1::KV_MODE_PAGED);
+  // kvpool's extension: what happens to the prompt's blocks after the request
+  // (worker.proto PrefixRetention): {"pin_ttl_s": seconds, "priority": 0..100}.
+  if (const Json retention = body.value("kvpool_retention", Json()); !retention.is_null()) {
+    if (!retention.is_object()) {
+      return Bad("kvpool_retention",
+                 "kvpool_retention must be an object: {\"pin_ttl_s\": s, \"priority\": 0..100}");
+    }
+    for (const auto& [key, value] : retention.items()) {
+      if (key == "pin_ttl_s") {
+        if (!value.is_number() || value.get<double>() < 0 || value.get<double>() > 30 * 86400.0) {
+          return Bad("kvpool_retention.pin_ttl_s",
+                     "kvpool_retention.pin_ttl_s must be a number of seconds in [0, 2592000]");
+        }
+        r->mutable_retention()->set_pin_ttl_ms(std::llround(value.get<double>() * 1000));
+      } else if (key == "priority") {
+        if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > 100) {
+          return Bad("kvpool_retention.priority",
+                     "kvpool_retention.priority must be an integer in 0..100");
+        }
+        r->mutable_retention()->set_priority(value.get<int32_t>());
+      } else {
+        return Bad("kvpool_retention." + key,
+                   "kvpool_retention has pin_ttl_s and priority only, not " + key);
+      }
+    }
+  }
   requests->clear();
   for (const Json* one : prompts) {
     v1::GenerateRequest& out = requests->emplace_back(base);

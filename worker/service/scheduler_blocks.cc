@@ -153,6 +153,13 @@ void Scheduler::Retire(std::vector<Sample*> samples) {
   for (Sample* s : samples) {
     if (s->dead) continue;
     Job& job = *s->job;
+    if (job.pin_ttl_ms > 0 && !job.pin_tried && lost.ok() && s->manager_id != 0) {
+      // While this sample still holds the prompt's blocks: nothing can evict them first.
+      job.pin_tried = true;
+      job.pin = manager_.Pin(job.request.prompt, job.pin_ttl_ms, job.retention_priority,
+                             job.client_authorization);
+      if (!job.pin.ok() && IsLinkLoss(job.pin.status())) lost = job.pin.status();
+    }
     job.finish_reasons[s->index] = FinishReasonName(engine_->sequence(s->engine_id).finish);
     Release(*s, /*close_at_manager=*/lost.ok());
     s->dead = true;

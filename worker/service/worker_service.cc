@@ -98,6 +98,22 @@ StatusOr<std::shared_ptr<Job>> JobFromRequest(const v1::GenerateRequest& r,
   g.min_tokens = r.min_tokens();
   g.logprobs = r.logprobs();
   g.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  const v1::PrefixRetention& retention = r.retention();
+  if (retention.pin_ttl_ms() < 0) {
+    return InvalidArgument("retention.pin_ttl_ms must be >= 0 (0: no pin), got " +
+                           std::to_string(retention.pin_ttl_ms()));
+  }
+  if (retention.has_priority() && (retention.priority() < 0 || retention.priority() > 100)) {
+    return InvalidArgument("retention.priority must be in 0..100, got " +
+                           std::to_string(retention.priority()));
+  }
+  if ((retention.pin_ttl_ms() > 0 || retention.has_priority()) && g.mode != KvMode::kPaged) {
+    return InvalidArgument(
+        "retention needs mode paged: only paged sequences keep their prompt's blocks for "
+        "later requests");
+  }
+  job->pin_ttl_ms = retention.pin_ttl_ms();
+  job->retention_priority = retention.has_priority() ? retention.priority() : -1;
   if (r.n() < 0 || r.n() > kMaxSamples) {
     return InvalidArgument("n must be in [1, " + std::to_string(kMaxSamples) +
                            "] (0 means 1), got " + std::to_string(r.n()));
@@ -134,19 +150,13 @@ WorkerService::WorkerService(Scheduler* scheduler, ManagerLink* link,
       tokenizer_(std::move(tokenizer)),
       identity_(std::move(identity)) {}
 
-grpc::Status WorkerService::Generate(grpc::ServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  thread_local std::mt19937_64 seeds{std::random_device{}()};
-  StatusOr<std::shared_ptr<Job>> made =
-      JobFromRequest(*request, scheduler_->config(), tokenizer_.get(), seeds());
-  if (!made.ok()) return ToGrpcStatus(made.status());
+grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Job> job,
+                                const std::function<bool(const v1::GenerateResponse&)>& on_event) {
   if (!scheduler_->serving()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the worker is not attached to a cache manager (" + link_->address() +
                             "); retry shortly or use another worker");
   }
-  std::shared_ptr<Job> job = *made;
   const auto& metadata = context->client_metadata();
   if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
     job->client_authorization.assign(it->second.data(), it->second.size());
@@ -158,7 +168,7 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
     // Wakes for every event; the timeout bounds how late a cancellation is seen.
     const bool done = job->Wait(std::chrono::milliseconds(10), &events, &outcome);
     for (const v1::GenerateResponse& event : events) {
-      if (!writer->Write(event)) {
+      if (!on_event(event)) {
         job->Cancel();
         scheduler_->Wake();
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
@@ -172,6 +182,17 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
                           "the request was cancelled or passed its deadline");
     }
   }
+}
+
+grpc::Status WorkerService::Generate(grpc::ServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  thread_local std::mt19937_64 seeds{std::random_device{}()};
+  StatusOr<std::shared_ptr<Job>> made =
+      JobFromRequest(*request, scheduler_->config(), tokenizer_.get(), seeds());
+  if (!made.ok()) return ToGrpcStatus(made.status());
+  return Run(context, *made,
+             [writer](const v1::GenerateResponse& event) { return writer->Write(event); });
 }
 
 grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,

@@ -3,17 +3,20 @@
 // queued), turns a GenerateRequest into a Job for the Scheduler, streams the job's
 // events back, and cancels the job when the client cancels, passes its deadline or
 // goes away, so its sequence is freed at the next scheduler step. It holds no
-// sequence state: that is the scheduler's.
+// sequence state: that is the scheduler's. Its pin calls (PinPrompt prefills through
+// the scheduler; ListPins and Unpin go straight to the manager) live in
+// worker_service_pins.cc.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "common/model_config.h"
-#include "kvpool/v1/worker.grpc.pb.h"
 #include "engine/request_check.h"
+#include "kvpool/v1/worker.grpc.pb.h"
 #include "service/job.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
@@ -55,8 +58,21 @@ class WorkerService final : public v1::Worker::Service {
                             v1::GetModelInfoResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest* request,
                         v1::GetWorkerStatsResponse* response) override;
+  // Prefix pins (worker_service_pins.cc): the caller's tenant's, through the manager.
+  grpc::Status PinPrompt(grpc::ServerContext* context, const v1::PinPromptRequest* request,
+                         v1::PinPromptResponse* response) override;
+  grpc::Status ListPins(grpc::ServerContext* context, const v1::ListPinsForClientRequest* request,
+                        v1::ListPinsForClientResponse* response) override;
+  grpc::Status Unpin(grpc::ServerContext* context, const v1::UnpinForClientRequest* request,
+                     v1::UnpinForClientResponse* response) override;
 
  private:
+  // Submits `job` (with the caller's credential) and hands each of its events to
+  // `on_event` until it ends; false from `on_event` (the client went away), the
+  // client's cancellation or its deadline cancel the job. UNAVAILABLE while detached.
+  grpc::Status Run(grpc::ServerContext* context, std::shared_ptr<Job> job,
+                   const std::function<bool(const v1::GenerateResponse&)>& on_event);
+
   Scheduler* scheduler_;
   ManagerLink* link_;
   std::shared_ptr<const Tokenizer> tokenizer_;
