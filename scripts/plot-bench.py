@@ -3,6 +3,7 @@
 number comes from the report, which the C++ bench measured; this only draws. Needs
 matplotlib (Debian: python3-matplotlib). Usage: scripts/plot-bench.py DIR"""
 import json
+import math
 import os
 import sys
 
@@ -10,9 +11,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 MODES = ["none", "contiguous", "paged"]
 COLORS = {"none": "tab:red", "contiguous": "tab:blue", "paged": "tab:green"}
+
+
+def plain_log(ax, axis="y"):
+    """A log axis labelled in plain numbers (0.5, 2, 10, 200), not powers of ten."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+    def minor(v, _):  # 2x and 5x a power of ten, so that a short range still has labels
+        mantissa = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0
+        return f"{v:g}" if round(mantissa) in (2, 5) else ""
+    target.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
 def save(fig, out, name):
@@ -33,10 +46,12 @@ def original_steps(report, out):
         ax.set_xlabel("token")
         ax.set_ylabel("step latency (ms)")
         ax.set_yscale("log")
+        plain_log(ax)
         mem = ax.twinx()
         mem.plot(x, [v / 2**20 for v in s["kv_reserved_bytes"]], "k--", label="KV reserved")
         mem.plot(x, [v / 2**20 for v in s["kv_used_bytes"]], "k:", label="KV holding tokens")
         mem.set_ylabel("KV (MiB)")
+        mem.set_ylim(bottom=0)  # none keeps no KV: its axis must not dip below zero
         if mode == "paged":
             mem.legend(loc="lower right", fontsize=8)
     save(fig, out, "original_steps.png")
@@ -64,6 +79,7 @@ def original_bars(report, out):
                 [modes[m][key] / modes["none"][key] for key, _, _ in metrics[:3]],
                 marker="o", color=COLORS[m], label=m)
     ax.set_yscale("log")
+    plain_log(ax)
     ax.set_ylabel("relative to none")
     ax.legend()
     save(fig, out, "original_normalised.png")
@@ -79,6 +95,7 @@ def context_sweep(report, out):
     if floor:
         ax.axhline(1e3 * floor, color="gray", linestyle=":", label="bandwidth floor")
     ax.set_yscale("log")
+    plain_log(ax)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("decode step (ms)")
     ax.legend()
@@ -110,16 +127,23 @@ def throughput(report, out):
 
 
 def cache_size(report, out):
+    """Measured hit rate at each pool size on the manager's predicted curve (recorded at
+    the largest pool), and the hit rate by block size."""
     cs = report["scenarios"]["cache_size"]
     fig, (ax, bs) = plt.subplots(1, 2, figsize=(12, 4))
-    pools = cs["pool_sizes"]
-    x = [p["pool_over_working_set"] for p in pools]
-    ax.plot(x, [100 * p["hit_rate"] for p in pools], marker="o", label="hit rate (%)")
-    ax.set_xlabel("pool / working set")
+    pools = sorted(cs["pool_sizes"], key=lambda p: p["pool_blocks"])
+    curve = cs.get("predicted_curve")
+    if curve:
+        ax.plot(curve["cache_blocks"], [100 * h for h in curve["hit_rate"]], color="tab:blue",
+                label="predicted (LRU stack distances)")
+        if curve.get("knee_blocks", -1) > 0:
+            ax.axvline(curve["knee_blocks"], color="gray", linestyle=":", label="knee")
+    ax.plot([p["pool_blocks"] for p in pools], [100 * p["hit_rate"] for p in pools], "o",
+            color="tab:orange", label="measured (rerun at that size)")
+    ax.set_xlabel("pool (blocks of %d tokens)" % pools[0]["block_size"])
     ax.set_ylabel("prefix hit rate (%)")
-    tps = ax.twinx()
-    tps.plot(x, [p["tokens_per_s"] for p in pools], "g--", marker="s", label="tokens/s")
-    tps.set_ylabel("tokens/s")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
     blocks = cs["block_sizes"]
     bs.bar([str(p["block_size"]) for p in blocks], [100 * p["hit_rate"] for p in blocks])
     bs.set_xlabel("block size (tokens)")

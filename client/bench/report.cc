@@ -265,12 +265,13 @@ void WriteReport(const std::string& dir, const Json& report) {
     for (const char* key : {"pool_sizes", "block_sizes"}) {
       for (const Json& p : sc["cache_size"][key]) {
         rows.push_back({key, S(p["pool_blocks"]), S(p["block_size"]), S(p["pool_over_working_set"]),
-                        S(p["hit_rate"]), S(p["tokens_per_s"]), S(p["requests_per_s"])});
+                        S(p["hit_rate"]), S(p.value("predicted_hit_rate", Json())),
+                        S(p["tokens_per_s"]), S(p["requests_per_s"])});
       }
     }
     WriteCsv(dir + "/cache_size.csv",
              {"sweep", "pool_blocks", "block_size", "pool_over_working_set", "hit_rate",
-              "tokens_per_s", "requests_per_s"},
+              "predicted_hit_rate", "tokens_per_s", "requests_per_s"},
              rows);
   }
 
@@ -391,14 +392,25 @@ void WriteReport(const std::string& dir, const Json& report) {
     md << "\n";
   }
   if (sc.contains("cache_size")) {
-    md << "## Cache size under LRU eviction\n\n| pool blocks | block size | pool / working set | "
-          "hit rate | tokens/s |\n|---:|---:|---:|---:|---:|\n";
+    const Json& cs = sc["cache_size"];
+    md << "## Cache size under LRU eviction\n\n";
+    if (cs.contains("predicted_curve")) {
+      md << "The manager's predicted hit-rate curve (LRU stack distances), recorded by one "
+            "serial run at the largest pool, against serial runs at smaller pools "
+            "(cache_size.png draws both). Largest gap: "
+         << Fmt(100 * Num(cs, "worst_prediction_error"), "%.1f") << " points.\n\n";
+    }
+    md << "| pool blocks | block size | pool / working set | hit rate | predicted | tokens/s |\n"
+          "|---:|---:|---:|---:|---:|---:|\n";
     for (const char* key : {"pool_sizes", "block_sizes"}) {
-      for (const Json& p : sc["cache_size"][key]) {
+      for (const Json& p : cs[key]) {
         md << "| " << S(p["pool_blocks"]) << " | " << S(p["block_size"]) << " | "
            << Fmt(Num(p, "pool_over_working_set"), "%.2f") << " | "
-           << Fmt(100 * Num(p, "hit_rate"), "%.1f") << "% | " << Fmt(Num(p, "tokens_per_s"), "%.1f")
-           << " |\n";
+           << Fmt(100 * Num(p, "hit_rate"), "%.1f") << "% | "
+           << (p.contains("predicted_hit_rate")
+                   ? Fmt(100 * Num(p, "predicted_hit_rate"), "%.1f") + "%"
+                   : std::string("–"))
+           << " | " << Fmt(Num(p, "tokens_per_s"), "%.1f") << " |\n";
       }
     }
     md << "\n";

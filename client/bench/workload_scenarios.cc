@@ -257,14 +257,15 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   }
   const int64_t working_set_tokens = static_cast<int64_t>(documents) * doc_tokens;
   Json pool_points = Json::array();
-  auto run_point = [&](int64_t pool_tokens, int block_size) -> StatusOr<Json> {
-    const int64_t blocks =
-        std::max<int64_t>(pool_tokens / block_size, 4 * ((doc_tokens + 40) / block_size + 1));
+  auto run_point = [&](int64_t pool_tokens, int block_size, int concurrency) -> StatusOr<Json> {
+    // At least room for the requests in flight.
+    const int64_t blocks = std::max<int64_t>(pool_tokens / block_size,
+                                             concurrency * ((doc_tokens + 40) / block_size + 1));
     o.progress("cache size: " + std::to_string(blocks) + " blocks of " +
                std::to_string(block_size));
     KVPOOL_RETURN_IF_ERROR(node->Start(blocks, block_size));
     KVPOOL_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Connect(*node));
-    LoadResult r = RunLoad(*client, items, 4, "paged");
+    LoadResult r = RunLoad(*client, items, concurrency, "paged");
     KVPOOL_RETURN_IF_ERROR(r.status);
     Json row = LoadJson(r);
     row["pool_blocks"] = blocks;
@@ -275,21 +276,70 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
     row["hit_rate"] = static_cast<double>(r.cached_tokens) / static_cast<double>(r.prompt_tokens);
     return row;
   };
-  for (double f :
-       o.quick ? std::vector<double>{0.5, 1.5} : std::vector<double>{0.25, 0.5, 1, 1.5, 2}) {
-    KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(static_cast<int64_t>(f * working_set_tokens), 16));
+  // The manager's predicted hit-rate curve, recorded by one serial run at the largest
+  // pool, then checked by serial runs at smaller pools (no pins, one request at a time:
+  // what the curve models).
+  const double largest = 2.0;
+  KVPOOL_ASSIGN_OR_RETURN(Json top,
+                          run_point(static_cast<int64_t>(largest * working_set_tokens), 16, 1));
+  ClientOptions on_manager;
+  on_manager.addresses = {node->manager()};
+  on_manager.deadline = std::chrono::minutes(1);
+  KVPOOL_ASSIGN_OR_RETURN(const v1::GetStatsResponse stats, Client(on_manager).ManagerStats());
+  const v1::HitRateCurves& curves = stats.hit_rate_curves();
+  const v1::HitRateCurve* curve = nullptr;
+  for (const v1::HitRateCurve& c : curves.curves()) {
+    if (c.tenant().empty() && !c.window()) curve = &c;
+  }
+  if (curve == nullptr || curve->hit_rate_size() != curves.cache_blocks_size()) {
+    return Internal("the manager gave no overall hit-rate curve");
+  }
+  auto predicted_at = [&](double blocks) {  // as HitRateCurves::HitRateAt
+    const auto& sizes = curves.cache_blocks();
+    if (blocks <= static_cast<double>(sizes[0])) {
+      return curve->hit_rate(0) * blocks / static_cast<double>(sizes[0]);
+    }
+    for (int i = 1; i < sizes.size(); ++i) {
+      if (blocks > static_cast<double>(sizes[i])) continue;
+      const double f = (blocks - static_cast<double>(sizes[i - 1])) /
+                       static_cast<double>(sizes[i] - sizes[i - 1]);
+      return curve->hit_rate(i - 1) + f * (curve->hit_rate(i) - curve->hit_rate(i - 1));
+    }
+    return curve->hit_rate(curve->hit_rate_size() - 1);
+  };
+  Json drawn = {{"pool_blocks", curves.pool_blocks()},
+                {"exact_blocks", curves.exact_blocks()},
+                {"knee_blocks", curve->knee_blocks()},
+                {"cache_blocks", Json::array()},
+                {"hit_rate", Json::array()}};
+  for (int i = 0; i < curves.cache_blocks_size(); ++i) {
+    if (curves.cache_blocks(i) > 2 * curves.pool_blocks()) break;
+    drawn["cache_blocks"].push_back(curves.cache_blocks(i));
+    drawn["hit_rate"].push_back(curve->hit_rate(i));
+  }
+  const std::vector<double> smaller = o.quick ? std::vector<double>{0.25, 0.5, 0.75, 1}
+                                              : std::vector<double>{0.25, 0.5, 0.75, 1, 1.25, 1.5};
+  double worst_error = 0;
+  for (double f : smaller) {
+    KVPOOL_ASSIGN_OR_RETURN(Json row,
+                            run_point(static_cast<int64_t>(f * working_set_tokens), 16, 1));
+    row["predicted_hit_rate"] = predicted_at(row["pool_blocks"].get<double>());
+    worst_error = std::max(worst_error, std::abs(row["predicted_hit_rate"].get<double>() -
+                                                 row["hit_rate"].get<double>()));
     pool_points.push_back(row);
   }
+  top["predicted_hit_rate"] = predicted_at(top["pool_blocks"].get<double>());
+  pool_points.push_back(top);
   Json block_points = Json::array();
   for (int block_size : {8, 16, 32}) {
-    KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(2 * working_set_tokens, block_size));
+    KVPOOL_ASSIGN_OR_RETURN(Json row, run_point(2 * working_set_tokens, block_size, 4));
     block_points.push_back(row);
   }
-  report["scenarios"]["cache_size"] = {{"documents", documents},
-                                       {"document_tokens", doc_tokens},
-                                       {"requests", requests},
-                                       {"pool_sizes", pool_points},
-                                       {"block_sizes", block_points}};
+  report["scenarios"]["cache_size"] = {
+      {"documents", documents},     {"document_tokens", doc_tokens},
+      {"requests", requests},       {"pool_sizes", pool_points},
+      {"predicted_curve", drawn},   {"worst_prediction_error", worst_error},
+      {"block_sizes", block_points}};
   return Status::Ok();
 }
 

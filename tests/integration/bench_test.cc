@@ -58,6 +58,15 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_GT(efficiency["paged"]["largest_batch_in_small_pool"].get<int>(),
             efficiency["contiguous"]["largest_batch_in_small_pool"].get<int>());
   EXPECT_EQ(r["scenarios"]["throughput"]["points"].size(), 4u);
+  // The cache-size scenario checks the manager's predicted curve against reruns at 4
+  // smaller pools (serial requests: what the curve models).
+  const nlohmann::json& cache = r["scenarios"]["cache_size"];
+  ASSERT_EQ(cache["pool_sizes"].size(), 5u) << cache.dump();
+  EXPECT_GT(cache["predicted_curve"]["cache_blocks"].size(), 10u);
+  for (const nlohmann::json& p : cache["pool_sizes"]) {
+    EXPECT_NEAR(p["predicted_hit_rate"].get<double>(), p["hit_rate"].get<double>(), 0.05) << p;
+  }
+  EXPECT_LE(cache["worst_prediction_error"].get<double>(), 0.05);
   for (const nlohmann::json& point : r["scenarios"]["throughput"]["points"]) {
     const nlohmann::json& paged = point["paged"];
     EXPECT_EQ(paged["requests"].get<int>(),
