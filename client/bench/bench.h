@@ -137,6 +137,11 @@ Status RunPrefixSharing(const BenchOptions& o, Client& client, const v1::GetMode
 // f: hit rate and throughput vs pool size and block size (LRU eviction).
 Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
                     nlohmann::json& report);
+// h: a shared system prompt under eviction pressure, with and without a pin
+// (pinning_scenario.cc); and its section of report.md.
+Status RunPinning(const BenchOptions& o, LocalNode* node, const v1::GetModelInfoResponse& info,
+                  nlohmann::json& report);
+void PinningMarkdown(const nlohmann::json& pinning, std::ostream& md);
 // g: the machine's read bandwidth and the weights' floor per token.
 void RunBandwidthFloor(const v1::GetModelInfoResponse& info, nlohmann::json& report);
 // a, b and e against an OpenAI-compatible server (--openai-url), timed by the client:

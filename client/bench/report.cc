@@ -415,6 +415,7 @@ void WriteReport(const std::string& dir, const Json& report) {
     }
     md << "\n";
   }
+  if (sc.contains("pinning")) PinningMarkdown(sc["pinning"], md);
   if (sc.contains("precision")) PrecisionMarkdown(sc["precision"], md);
   OpenAiMarkdown(report, md);
   VllmMarkdown(report, md);

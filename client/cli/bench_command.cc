@@ -217,10 +217,11 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
   }
   if (ok && o.server.empty()) {
     ok = (!o.Wants("workloads") || check(bench::RunWorkloads(o, &node, *info, report))) &&
-         (!o.Wants("cache_size") || check(bench::RunCacheSize(o, &node, *info, report)));
+         (!o.Wants("cache_size") || check(bench::RunCacheSize(o, &node, *info, report))) &&
+         (!o.Wants("pinning") || check(bench::RunPinning(o, &node, *info, report)));
   } else if (ok) {
     report["skipped"] =
-        "memory_efficiency, throughput and cache_size need pools of their own: "
+        "memory_efficiency, throughput, cache_size and pinning need pools of their own: "
         "run without --server";
   }
   node.Stop();
@@ -300,10 +301,11 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command
       ->add_option("--scenarios", o->scenarios,
                    "original,context_sweep,prefix_sharing,bandwidth_floor,workloads,"
-                   "cache_size,precision (default: all)")
+                   "cache_size,pinning,precision (default: all)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing",
-                             "bandwidth_floor", "workloads", "cache_size", "precision"}));
+      ->check(
+          CLI::IsMember({"all", "original", "context_sweep", "prefix_sharing", "bandwidth_floor",
+                         "workloads", "cache_size", "pinning", "precision"}));
   auto rewrite = std::make_shared<bool>(false);
   command->add_flag("--rewrite-report", *rewrite,
                     "measure nothing: rewrite the targets, CSVs, report.md and plots of --out "

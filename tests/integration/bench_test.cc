@@ -67,6 +67,12 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
     EXPECT_NEAR(p["predicted_hit_rate"].get<double>(), p["hit_rate"].get<double>(), 0.05) << p;
   }
   EXPECT_LE(cache["worst_prediction_error"].get<double>(), 0.05);
+  // Pinning: the pinned system prompt keeps hitting under the eviction pressure that
+  // evicts it unpinned.
+  const nlohmann::json& pinning = r["scenarios"]["pinning"]["arms"];
+  EXPECT_GT(pinning["pinned"]["system_prompt_hit_rate"].get<double>(), 0.9) << pinning;
+  EXPECT_LT(pinning["unpinned"]["system_prompt_hit_rate"].get<double>(), 0.1) << pinning;
+  EXPECT_GT(pinning["unpinned"]["evictions"].get<int64_t>(), 0);
   for (const nlohmann::json& point : r["scenarios"]["throughput"]["points"]) {
     const nlohmann::json& paged = point["paged"];
     EXPECT_EQ(paged["requests"].get<int>(),
