@@ -43,7 +43,9 @@ struct BenchOptions {
     }
     return false;
   }
-  std::function<void(const std::string&)> progress;  // one line per step of the bench
+  std::function<void(const std::string&)> progress;  // what the bench is doing now
+  std::function<void()> progress_end;                 // before the result is printed
+  bool quiet = false;                                 // no progress on stderr
 };
 
 // A `kvpool up` child with one worker; Restart gives it another pool.

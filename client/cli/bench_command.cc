@@ -18,6 +18,7 @@
 #include "client/bench/bench.h"
 #include "client/bench/report.h"
 #include "client/cli/cli_util.h"
+#include "client/cli/progress.h"
 
 namespace kvpool::cli {
 namespace {
@@ -45,14 +46,10 @@ std::string Now() {
   return buffer;
 }
 
-// Where a step of the bench is: one line on stderr with the elapsed time.
-std::function<void(const std::string&)> Progress() {
-  const auto start = std::chrono::steady_clock::now();
-  return [start](const std::string& what) {
-    const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr, "[%7.1f s] %s\n", s, what.c_str());
-  };
+// The bench's progress (--quiet: none): each step's point on `bar`.
+void ShowProgress(bench::BenchOptions& o, ProgressBar* bar) {
+  o.progress = [bar](const std::string& what) { bar->Point(what); };
+  o.progress_end = [bar] { bar->End(); };
 }
 
 // The model's weights as a Hugging Face folder in the report directory, for the
@@ -120,7 +117,8 @@ StatusOr<Json> NewReport(const std::string& out_dir) {
 // Rewrites everything derived from DIR/report.json (targets, CSVs, report.md, plots)
 // without measuring: for a report made by an older kvpool.
 int RewriteReport(bench::BenchOptions o) {
-  o.progress = Progress();
+  ProgressBar bar("kvpool bench", o.quiet);
+  ShowProgress(o, &bar);
   std::ifstream in(o.out_dir + "/report.json");
   Json report = Json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!in || report.is_discarded() || !report.is_object()) {
@@ -135,7 +133,8 @@ int RunOpenAiBench(bench::BenchOptions o, const std::string& token_file) {
   StatusOr<std::string> token = ReadTokenFile(token_file);
   if (!token.ok()) return ReportError("bench", token.status());
   o.openai_token = *token;
-  o.progress = Progress();
+  ProgressBar bar("kvpool bench", o.quiet);
+  ShowProgress(o, &bar);
   StatusOr<Json> started = NewReport(o.out_dir);
   if (!started.ok()) return ReportError("bench", started.status());
   Json report = *started;
@@ -168,7 +167,19 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     }
     if (Status s = ApplyTlsFlags(tls, &client_options); !s.ok()) return ReportError("bench", s);
   }
-  o.progress = Progress();
+  ProgressBar bar("kvpool bench", o.quiet);
+  ShowProgress(o, &bar);
+  // The stages this run goes through, for done/total and the ETA.
+  int64_t stages = 2;  // starting the node, the report
+  for (const char* s : {"original", "context_sweep", "prefix_sharing", "bandwidth_floor"}) {
+    stages += o.Wants(s) ? 1 : 0;
+  }
+  for (const char* s : {"workloads", "cache_size", "pinning", "precision"}) {
+    stages += o.server.empty() && o.Wants(s) ? 1 : 0;
+  }
+  stages += o.baseline.empty() ? 0 : 1;
+  bar.SetTotal(stages);
+  bar.Stage("start");
   StatusOr<Json> started = NewReport(o.out_dir);
   if (!started.ok()) return ReportError("bench", started.status());
   Json report = *started;
@@ -207,18 +218,25 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     if (!s.ok()) std::cerr << "kvpool bench: " << s.ToString() << "\n";
     return s.ok();
   };
-  bool ok = !o.Wants("original") || check(bench::RunOriginal(o, &node, client, report));
-  ok = ok && (!o.Wants("context_sweep") || check(bench::RunContextSweep(o, client, *info, report)));
+  // Runs scenario `name` when it is wanted, as a stage of the progress.
+  auto run = [&](const char* name, const std::function<Status()>& scenario) {
+    if (!o.Wants(name)) return true;
+    bar.Stage(name);
+    return check(scenario());
+  };
+  bool ok = run("original", [&] { return bench::RunOriginal(o, &node, client, report); });
+  ok = ok && run("context_sweep", [&] { return bench::RunContextSweep(o, client, *info, report); });
   ok = ok &&
-       (!o.Wants("prefix_sharing") || check(bench::RunPrefixSharing(o, client, *info, report)));
-  if (ok && o.Wants("bandwidth_floor")) {
-    o.progress("memory-bandwidth floor");
-    bench::RunBandwidthFloor(*info, report);
-  }
+       run("prefix_sharing", [&] { return bench::RunPrefixSharing(o, client, *info, report); });
+  ok = ok && run("bandwidth_floor", [&] {
+         o.progress("memory-bandwidth floor");
+         bench::RunBandwidthFloor(*info, report);
+         return Status::Ok();
+       });
   if (ok && o.server.empty()) {
-    ok = (!o.Wants("workloads") || check(bench::RunWorkloads(o, &node, *info, report))) &&
-         (!o.Wants("cache_size") || check(bench::RunCacheSize(o, &node, *info, report))) &&
-         (!o.Wants("pinning") || check(bench::RunPinning(o, &node, *info, report)));
+    ok = run("workloads", [&] { return bench::RunWorkloads(o, &node, *info, report); }) &&
+         run("cache_size", [&] { return bench::RunCacheSize(o, &node, *info, report); }) &&
+         run("pinning", [&] { return bench::RunPinning(o, &node, *info, report); });
   } else if (ok) {
     report["skipped"] =
         "memory_efficiency, throughput, cache_size and pinning need pools of their own: "
@@ -226,9 +244,11 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
   }
   node.Stop();
   if (ok && o.server.empty() && o.Wants("precision")) {
+    bar.Stage("precision");
     o.progress("precision: each CPU weight and KV dtype against fp32 (kvpool-precision-bench)");
     ok = check(RunPrecision(o, BinaryDirectory(), report));
   }
+  if (ok && !o.baseline.empty()) bar.Stage("baseline " + o.baseline);
   if (ok && o.baseline == "hf") {
     o.progress("Hugging Face baseline (transformers, same weights)");
     if (Status s = RunHfBaseline(o, BinaryDirectory(), report); !s.ok()) {
@@ -249,6 +269,7 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     bench::WriteReport(o.out_dir, report);
     return ReportError("bench", Internal("a scenario failed; partial report in " + o.out_dir));
   }
+  bar.Stage("report");
   return FinishReport(o, report);
 }
 
@@ -265,6 +286,7 @@ int FinishReport(const bench::BenchOptions& o, Json& report) {
     std::cerr << "kvpool bench: plotting failed (needs python3-matplotlib); the numbers are in "
               << o.out_dir << "/report.json\n";
   }
+  if (o.progress_end) o.progress_end();
   std::cout << bench::Summary(report);
   std::cout << "\nreport: " << o.out_dir << "/report.md (report.json, *.csv, *.png)\n";
   return 0;
@@ -286,6 +308,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command->add_option("--threads", o->threads, "worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
   command->add_flag("--quick", o->quick, "fewer points and requests");
+  command->add_flag("--quiet", o->quiet, "no progress on stderr");
   command
       ->add_option("--baseline", o->baseline,
                    "hf: also time Hugging Face transformers on the same weights; vllm: "

@@ -18,6 +18,7 @@
 
 #include "client/cli/cli_util.h"
 #include "client/cli/openai_stream.h"
+#include "client/cli/progress.h"
 
 namespace kvpool::cli {
 namespace {
@@ -36,6 +37,7 @@ struct LoadgenFlags {
   int shared_prefix_tokens = 0;
   bool json = false;
   std::string openai_url, openai_model;
+  bool quiet = false;
 };
 
 // What the threads collect; guarded by `mutex`.
@@ -165,16 +167,22 @@ int RunOpenAi(const LoadgenFlags& flags, const std::vector<std::vector<int32_t>>
   std::atomic<int> next_request{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
-  for (int t = 0; t < threads_n; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = next_request++; i < flags.requests; i = next_request++) {
-        RecordOpenAi(streams[static_cast<size_t>(t)]->Complete(
-                         model, prompts[static_cast<size_t>(i)], flags.max_tokens, extra),
-                     &samples);
-      }
-    });
+  {
+    ProgressBar progress("kvpool loadgen", flags.quiet);
+    progress.SetTotal(flags.requests);
+    progress.Stage("requests at concurrency " + std::to_string(threads_n));
+    for (int t = 0; t < threads_n; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = next_request++; i < flags.requests; i = next_request++) {
+          RecordOpenAi(streams[static_cast<size_t>(t)]->Complete(
+                           model, prompts[static_cast<size_t>(i)], flags.max_tokens, extra),
+                       &samples);
+          progress.Advance();
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
   }
-  for (std::thread& thread : threads) thread.join();
   return Finish(flags, samples, std::chrono::duration<double>(Clock::now() - start).count());
 }
 
@@ -201,16 +209,23 @@ int RunLoadgen(const LoadgenFlags& flags) {
   std::atomic<int> next_request{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
-  for (int t = 0; t < std::min(flags.concurrency, flags.requests); ++t) {
-    threads.emplace_back([&] {
-      for (int i = next_request++; i < flags.requests; i = next_request++) {
-        GenerateParams params = base;
-        params.token_ids = prompts[static_cast<size_t>(i)];
-        Record(client.Generate(params), &samples);
-      }
-    });
+  {
+    const int threads_n = std::min(flags.concurrency, flags.requests);
+    ProgressBar progress("kvpool loadgen", flags.quiet);
+    progress.SetTotal(flags.requests);
+    progress.Stage("requests at concurrency " + std::to_string(threads_n));
+    for (int t = 0; t < threads_n; ++t) {
+      threads.emplace_back([&] {
+        for (int i = next_request++; i < flags.requests; i = next_request++) {
+          GenerateParams params = base;
+          params.token_ids = prompts[static_cast<size_t>(i)];
+          Record(client.Generate(params), &samples);
+          progress.Advance();
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
   }
-  for (std::thread& thread : threads) thread.join();
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
 
   return Finish(flags, samples, wall_s);
@@ -251,6 +266,7 @@ void AddLoadgenCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   command->add_flag("--json", flags->json, "print one JSON object");
+  command->add_flag("--quiet", flags->quiet, "no progress on stderr");
   command->callback([flags, exit_code] { *exit_code = RunLoadgen(*flags); });
 }
 
