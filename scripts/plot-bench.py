@@ -89,8 +89,11 @@ def context_sweep(report, out):
     points = report["scenarios"]["context_sweep"]["points"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in MODES:
-        ax.plot([p["context"] for p in points], [1e3 * p[m] for p in points], marker="o",
-                color=COLORS[m], label=m)
+        xs = [p["context"] for p in points]
+        ax.plot(xs, [1e3 * p[m] for p in points], marker="o", color=COLORS[m], label=m)
+        if all(f"{m}_min" in p for p in points):  # the repeats' range
+            ax.fill_between(xs, [1e3 * p[f"{m}_min"] for p in points],
+                            [1e3 * p[f"{m}_max"] for p in points], color=COLORS[m], alpha=0.2)
     floor = report.get("bandwidth_floor_s_per_token")
     if floor:
         ax.axhline(1e3 * floor, color="gray", linestyle=":", label="bandwidth floor")

@@ -21,6 +21,15 @@ std::string Fmt(double v, const char* format = "%.4g") {
 }
 
 std::string Ms(double s) { return Fmt(s * 1e3, "%.2f") + " ms"; }
+// A median with its repeats' range, "12.34 ms [11.90-13.10]", flagged when they
+// disagree by more than 20% (where the repeats were recorded).
+std::string MsSpread(double median, double min, double max, bool noisy) {
+  std::string out = Ms(median);
+  if (!std::isnan(min) && !std::isnan(max)) {
+    out += " [" + Fmt(min * 1e3, "%.2f") + "-" + Fmt(max * 1e3, "%.2f") + "]";
+  }
+  return noisy ? out + " ⚠" : out;
+}
 std::string MiB(double bytes) { return Fmt(bytes / (1 << 20), "%.2f") + " MiB"; }
 
 double Num(const Json& j, const char* key) {
@@ -299,12 +308,18 @@ void WriteReport(const std::string& dir, const Json& report) {
           "peak KV holding tokens | peak worker RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for (const char* mode : kModes) {
       const Json& r = report["modes"][mode];
-      md << "| " << mode << " | " << Ms(Num(r, "avg_token_latency_s")) << " | "
-         << Ms(Num(r, "decode_step_median_s")) << " | " << Ms(Num(r, "ttft_s")) << " | "
+      md << "| " << mode << " | "
+         << MsSpread(Num(r, "avg_token_latency_s"), Num(r, "avg_token_latency_s_min"),
+                     Num(r, "avg_token_latency_s_max"), r.value("noisy", false))
+         << " | " << Ms(Num(r, "decode_step_median_s")) << " | " << Ms(Num(r, "ttft_s")) << " | "
          << Fmt(Num(r, "total_s"), "%.3f") << " s | " << MiB(Num(r, "peak_kv_reserved_bytes"))
          << " | " << MiB(Num(r, "peak_kv_used_bytes")) << " | " << MiB(Num(r, "peak_rss_bytes"))
          << " |\n";
     }
+    md << "\nAverage latency per token: the median of "
+       << S(report["modes"]["paged"].value("repeats", Json(1)))
+       << " repeats with the modes interleaved, [min-max] of the repeats; ⚠ marks a mode whose "
+          "repeats disagree by more than 20% (a noisy moment: rerun before quoting it).\n";
     const Json& sp = report["original"]["speedups"];
     md << "\nWith a KV cache each token costs " << Fmt(Num(sp, "contiguous_vs_none"), "%.1f")
        << "x less than recomputing the sequence (contiguous vs none); paging it costs "
@@ -342,11 +357,21 @@ void WriteReport(const std::string& dir, const Json& report) {
        << Fmt(Num(hf["use_cache_true"], "decode_ms_per_token"), "%.1f") << " ms with.\n\n";
   }
   if (sc.contains("context_sweep")) {
-    md << "## Decode latency vs context\n\n| context | none | contiguous | paged "
-          "|\n|---:|---:|---:|---:|\n";
+    md << "## Decode latency vs context\n\nThe median step of each mode over "
+       << S(sc["context_sweep"].value("repeats", Json(1)))
+       << " repeats with the modes interleaved, [min-max] of the repeats; ⚠: they disagree by "
+          "more than 20%.\n\n| context | none | contiguous | paged |\n|---:|---:|---:|---:|\n";
     for (const Json& p : sc["context_sweep"]["points"]) {
-      md << "| " << S(p["context"]) << " | " << Ms(Num(p, "none")) << " | "
-         << Ms(Num(p, "contiguous")) << " | " << Ms(Num(p, "paged")) << " |\n";
+      md << "| " << S(p["context"]);
+      for (const char* mode : kModes) {
+        bool noisy = false;
+        for (const Json& m : p.value("noisy", Json::array())) noisy = noisy || m == mode;
+        const std::string key(mode);
+        md << " | "
+           << MsSpread(Num(p, mode), Num(p, (key + "_min").c_str()), Num(p, (key + "_max").c_str()),
+                       noisy);
+      }
+      md << " |\n";
     }
     md << "\n";
   }

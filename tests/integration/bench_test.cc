@@ -52,6 +52,17 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
     EXPECT_TRUE(r["scenarios"].contains(scenario)) << scenario;
   }
   EXPECT_GE(r["scenarios"]["context_sweep"]["points"].size(), 3u);
+  // Noise: repeats with the modes interleaved, the spread beside the median.
+  EXPECT_EQ(r["modes"]["paged"]["repeats"], 3);
+  for (const char* mode : {"none", "contiguous", "paged"}) {
+    const nlohmann::json& m = r["modes"][mode];
+    EXPECT_LE(m["avg_token_latency_s_min"].get<double>(), m["avg_token_latency_s"].get<double>());
+    EXPECT_GE(m["avg_token_latency_s_max"].get<double>(), m["avg_token_latency_s"].get<double>());
+    EXPECT_TRUE(m["noisy"].is_boolean());
+    const nlohmann::json& p = r["scenarios"]["context_sweep"]["points"][0];
+    EXPECT_LE(p[std::string(mode) + "_min"].get<double>(), p[mode].get<double>());
+    EXPECT_GE(p[std::string(mode) + "_max"].get<double>(), p[mode].get<double>());
+  }
   const nlohmann::json& efficiency = r["scenarios"]["memory_efficiency"];
   EXPECT_GT(efficiency["paged"]["kv_utilisation"].get<double>(),
             efficiency["contiguous"]["kv_utilisation"].get<double>());
