@@ -389,15 +389,23 @@ void WriteReport(const std::string& dir, const Json& report) {
   if (sc.contains("throughput")) {
     md << "## Throughput vs concurrency (pool of " << S(sc["throughput"]["pool_blocks"])
        << " blocks). Sustained: tokens/s while that many requests were in flight (until the "
-          "last was issued); overall: all tokens over the whole run, ramp-down included.\n\n"
+          "last was issued); overall: all tokens over the whole run, ramp-down included. "
+          "contiguous and paged repeat with the modes interleaved: the median repeat, "
+          "[min-max] of the repeats, ⚠ when they disagree by more than 20%.\n\n"
           "| concurrency | mode | sustained tokens/s | overall tokens/s | requests/s | TTFT p50 | "
           "TTFT p99 | ITL p50 | ITL p99 |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for (const Json& p : sc["throughput"]["points"]) {
       for (const char* mode : kModes) {
         if (!p.contains(mode)) continue;
         const Json& m = p[mode];
-        md << "| " << S(p["concurrency"]) << " | " << mode << " | "
-           << Fmt(m.value("sustained_tokens_per_s", 0.0), "%.1f") << " | "
+        std::string sustained = Fmt(m.value("sustained_tokens_per_s", 0.0), "%.1f");
+        if (m.contains("tokens_per_s_min") &&
+            Num(m, "tokens_per_s_min") < Num(m, "tokens_per_s_max")) {
+          sustained += " [" + Fmt(Num(m, "tokens_per_s_min"), "%.1f") + "-" +
+                       Fmt(Num(m, "tokens_per_s_max"), "%.1f") + "]";
+        }
+        if (m.value("noisy", false)) sustained += " ⚠";
+        md << "| " << S(p["concurrency"]) << " | " << mode << " | " << sustained << " | "
            << Fmt(Num(m, "tokens_per_s"), "%.1f") << " | " << Fmt(Num(m, "requests_per_s"), "%.2f")
            << " | " << Ms(Num(m, "ttft_p50_s")) << " | " << Ms(Num(m, "ttft_p99_s")) << " | "
            << Ms(Num(m, "itl_p50_s")) << " | " << Ms(Num(m, "itl_p99_s")) << " |\n";

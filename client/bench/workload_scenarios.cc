@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -204,26 +205,55 @@ Status RunWorkloads(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   // is sustained load at that concurrency; their own prompts, so nothing hits the other
   // runs' prefixes.
   const int requests_per_slot = o.quick ? 2 : 3;
-  const std::vector<WorkItem> load_items = ShareGptLike(
-      requests_per_slot * 32, o.seed + 29, context, info.vocab_size(), median_fraction);
+  // Repeats with the modes interleaved (contiguous, paged, contiguous, ...), each repeat
+  // on prompts of its own so that paged never hits an earlier repeat's prefixes; each
+  // mode's point is its median-throughput repeat (the lower middle of an even count).
+  const int repeats = o.quick ? 2 : 3;
+  std::vector<std::vector<WorkItem>> load_items;
+  for (int r = 0; r < repeats; ++r) {
+    load_items.push_back(ShareGptLike(requests_per_slot * 32,
+                                      o.seed + 29 + 1000 * static_cast<uint32_t>(r), context,
+                                      info.vocab_size(), median_fraction));
+  }
   for (int concurrency : {1, 4, 16, 32}) {
-    Json row = {{"concurrency", concurrency}};
+    Json row = {{"concurrency", concurrency}, {"repeats", repeats}, {"noisy", Json::array()}};
     const size_t count = std::min(
-        load_items.size(), static_cast<size_t>(std::max(4, requests_per_slot * concurrency)));
-    const std::vector<WorkItem> slice(load_items.begin(),
-                                      load_items.begin() + static_cast<long>(count));
-    for (const char* mode : {"none", "contiguous", "paged"}) {
-      if (std::string(mode) == "none" && concurrency > 1) continue;
-      o.progress("throughput: " + std::string(mode) + " at concurrency " +
-                 std::to_string(concurrency));
-      std::vector<WorkItem> work = slice;
-      if (std::string(mode) == "none") {  // recompute is O(n^2): a short sample of it
-        work.resize(std::min<size_t>(work.size(), 2));
-        for (WorkItem& w : work) w.output = std::min(w.output, 16);
+        load_items[0].size(), static_cast<size_t>(std::max(4, requests_per_slot * concurrency)));
+    std::map<std::string, std::vector<Json>> runs;
+    for (int r = 0; r < repeats; ++r) {
+      for (const char* mode : {"none", "contiguous", "paged"}) {
+        const bool none = std::string(mode) == "none";
+        if (none && (concurrency > 1 || r > 0)) continue;  // recompute: one short sample
+        o.progress("throughput: " + std::string(mode) + " at concurrency " +
+                   std::to_string(concurrency) + " (" + std::to_string(r + 1) + "/" +
+                   std::to_string(repeats) + ")");
+        std::vector<WorkItem> work(
+            load_items[static_cast<size_t>(r)].begin(),
+            load_items[static_cast<size_t>(r)].begin() + static_cast<long>(count));
+        if (none) {  // recompute is O(n^2): a short sample of it
+          work.resize(std::min<size_t>(work.size(), 2));
+          for (WorkItem& w : work) w.output = std::min(w.output, 16);
+        }
+        LoadResult result = RunLoad(*client, work, concurrency, mode);
+        KVPOOL_RETURN_IF_ERROR(result.status);
+        runs[mode].push_back(LoadJson(result));
       }
-      LoadResult r = RunLoad(*client, work, concurrency, mode);
-      KVPOOL_RETURN_IF_ERROR(r.status);
-      row[mode] = LoadJson(r);
+    }
+    for (auto& [mode, all] : runs) {
+      auto rate = [](const Json& j) {
+        return j["sustained_tokens_per_s"].get<double>() > 0
+                   ? j["sustained_tokens_per_s"].get<double>()
+                   : j["tokens_per_s"].get<double>();
+      };
+      std::sort(all.begin(), all.end(),
+                [&](const Json& a, const Json& b) { return rate(a) < rate(b); });
+      Json chosen = all[(all.size() - 1) / 2];
+      chosen["tokens_per_s_min"] = rate(all.front());
+      chosen["tokens_per_s_max"] = rate(all.back());
+      const bool noisy = rate(all.back()) - rate(all.front()) > 0.2 * rate(chosen);
+      chosen["noisy"] = noisy;
+      if (noisy) row["noisy"].push_back(mode);
+      row[mode] = chosen;
     }
     throughput["points"].push_back(row);
   }

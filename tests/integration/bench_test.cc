@@ -69,6 +69,11 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   EXPECT_GT(efficiency["paged"]["largest_batch_in_small_pool"].get<int>(),
             efficiency["contiguous"]["largest_batch_in_small_pool"].get<int>());
   EXPECT_EQ(r["scenarios"]["throughput"]["points"].size(), 4u);
+  for (const nlohmann::json& p : r["scenarios"]["throughput"]["points"]) {
+    EXPECT_EQ(p["repeats"], 2);
+    EXPECT_LE(p["paged"]["tokens_per_s_min"].get<double>(),
+              p["paged"]["tokens_per_s_max"].get<double>());
+  }
   // The cache-size scenario checks the manager's predicted curve against reruns at 4
   // smaller pools (serial requests: what the curve models).
   const nlohmann::json& cache = r["scenarios"]["cache_size"];
