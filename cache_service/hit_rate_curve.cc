@@ -170,7 +170,8 @@ void HitRateCurveRecorder::RecordLookup(int32_t tenant, const std::vector<BlockH
     if (exact_max != kInfinity) {
       const int b = ExactBucket(static_cast<int64_t>(exact_max));
       for (Counts* c : targets) c->exact[static_cast<size_t>(b)] += options_.block_size;
-    } else if (sampled && sampled_max <= static_cast<double>(options_.sampled_blocks)) {
+    } else if (sampled && options_.sampled_blocks > options_.exact_blocks &&
+               sampled_max <= static_cast<double>(options_.sampled_blocks)) {
       const int b = SampledBucket(sampled_max);
       for (Counts* c : targets) c->sampled[static_cast<size_t>(b)] += options_.block_size;
     }

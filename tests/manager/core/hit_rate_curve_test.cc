@@ -248,6 +248,17 @@ TEST(HitRateCurveTest, AtRateOneTheSampledRegionIsExact) {
   }
 }
 
+TEST(HitRateCurveTest, NoSampledRangeWhenItEndsAtTheExactBound) {
+  HitRateCurveOptions options;
+  options.pool_blocks = 4;  // exact to 16 blocks, and nothing beyond
+  options.sampled_blocks = 16;
+  options.sample_rate = 0.5;
+  const std::vector<Request> trace = ZipfTrace(200, 0.8, 5000, 7);
+  const HitRateCurves curves = Replay(trace, options);
+  ASSERT_EQ(curves.cache_blocks.size(), 16u);
+  EXPECT_DOUBLE_EQ(curves.curves.at(0).hit_rate.back(), BruteHitRate(trace, 16));
+}
+
 TEST(HitRateCurveTest, PerTenantAndSlidingWindow) {
   HitRateCurveOptions options;
   options.pool_blocks = 8;
