@@ -18,6 +18,7 @@
 #include <random>
 #include <thread>
 
+#include "cache_service/hit_rate_curve.h"
 #include "client/bench/bench.h"
 #include "client/cli/cli_util.h"
 
@@ -324,19 +325,12 @@ Status RunCacheSize(const BenchOptions& o, LocalNode* node, const v1::GetModelIn
   if (curve == nullptr || curve->hit_rate_size() != curves.cache_blocks_size()) {
     return Internal("the manager gave no overall hit-rate curve");
   }
-  auto predicted_at = [&](double blocks) {  // as HitRateCurves::HitRateAt
-    const auto& sizes = curves.cache_blocks();
-    if (blocks <= static_cast<double>(sizes[0])) {
-      return curve->hit_rate(0) * blocks / static_cast<double>(sizes[0]);
-    }
-    for (int i = 1; i < sizes.size(); ++i) {
-      if (blocks > static_cast<double>(sizes[i])) continue;
-      const double f = (blocks - static_cast<double>(sizes[i - 1])) /
-                       static_cast<double>(sizes[i] - sizes[i - 1]);
-      return curve->hit_rate(i - 1) + f * (curve->hit_rate(i) - curve->hit_rate(i - 1));
-    }
-    return curve->hit_rate(curve->hit_rate_size() - 1);
-  };
+  // The manager's own interpolation (hit_rate_curve.h) over the curve it sent.
+  manager::HitRateCurves model;
+  model.cache_blocks.assign(curves.cache_blocks().begin(), curves.cache_blocks().end());
+  manager::HitRateCurve overall;
+  overall.hit_rate.assign(curve->hit_rate().begin(), curve->hit_rate().end());
+  auto predicted_at = [&](double blocks) { return model.HitRateAt(overall, blocks); };
   Json drawn = {{"pool_blocks", curves.pool_blocks()},
                 {"exact_blocks", curves.exact_blocks()},
                 {"knee_blocks", curve->knee_blocks()},
