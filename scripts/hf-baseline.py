@@ -4,7 +4,10 @@ same weights kvpool runs (a folder written by kvpool-export-hf), with
 use_cache=False (recompute) and use_cache=True (past_key_values), timed the way
 kvpool-engine-bench times kvpool: batch 1, a prompt of --context random token ids,
 the median of --steps single decode steps after --warmup, plus generate()'s wall time
-per new token for --new-tokens (what the original notebook measured).
+per new token for --new-tokens (what the original notebook measured). With
+--serial-requests N: N requests of --serial-prompt-tokens random ids and
+--serial-new-tokens greedy new tokens served one after another by generate() (how
+transformers serves without a batching server), as output tokens per second.
 Prints one JSON object. Needs torch and transformers (see docs/benchmarks.md)."""
 import argparse
 import json
@@ -54,6 +57,23 @@ def generate_time(model, ids, use_cache, new_tokens, device):
     return (time.perf_counter() - t0) / new_tokens
 
 
+def serial_generate(model, n, prompt_tokens, new_tokens, device):
+    g = torch.Generator().manual_seed(n)
+    prompts = [torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=g).to(device)
+               for _ in range(n)]
+    with torch.no_grad():
+        model.generate(prompts[0], max_new_tokens=4, do_sample=False, pad_token_id=0)
+        sync(device)
+        t0 = time.perf_counter()
+        for ids in prompts:
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, pad_token_id=0)
+        sync(device)
+    wall = time.perf_counter() - t0
+    return {"requests": n, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "wall_s": wall, "output_tokens_per_s": n * new_tokens / wall}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")
@@ -64,6 +84,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--serial-requests", type=int, default=0)
+    ap.add_argument("--serial-prompt-tokens", type=int, default=130)
+    ap.add_argument("--serial-new-tokens", type=int, default=130)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +102,9 @@ def main():
             "decode_ms_per_token": 1e3 * step_times(model, ids, use_cache, args.warmup, args.steps, args.device),
             "generate_ms_per_token": 1e3 * generate_time(model, ids[:, :16], use_cache, args.new_tokens, args.device),
         }
+    if args.serial_requests > 0:
+        result["serial_generate"] = serial_generate(model, args.serial_requests, args.serial_prompt_tokens,
+                                                    args.serial_new_tokens, args.device)
     print(json.dumps(result, indent=2))
 
 

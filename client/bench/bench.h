@@ -31,6 +31,10 @@ struct BenchOptions {
   int threads = 0;  // worker threads (0: the machine's cores)
   bool quick = false;
   std::string baseline;  // "", "hf" or "vllm"
+  // The local node's pool: its memory (shm, or cuda: the manager hosts it on a GPU and
+  // the worker runs there) and K/V dtype; "" for the manager's defaults.
+  std::string backend;
+  std::string kv_cache_dtype;
   std::string prompt = "深度学习中的注意力机制是一种";
   int max_tokens = 50;
   uint32_t seed = 1;

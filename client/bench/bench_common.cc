@@ -45,6 +45,14 @@ Status LocalNode::Start(int64_t num_blocks, int32_t block_size,
   argv.insert(argv.end(), {"--threads", std::to_string(std::max(1, threads))});
   if (num_blocks > 0) argv.insert(argv.end(), {"--num-blocks", std::to_string(num_blocks)});
   if (block_size > 0) argv.insert(argv.end(), {"--block-size", std::to_string(block_size)});
+  // The run's pool flags, unless this start names its own.
+  const auto named = [&](const std::string& flag) {
+    return std::find(extra.begin(), extra.end(), flag) != extra.end();
+  };
+  if (!options_.backend.empty()) argv.insert(argv.end(), {"--backend", options_.backend});
+  if (!options_.kv_cache_dtype.empty() && !named("--kv-cache-dtype")) {
+    argv.insert(argv.end(), {"--kv-cache-dtype", options_.kv_cache_dtype});
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
   sigset_t mask;
   pthread_sigmask(SIG_SETMASK, nullptr, &mask);

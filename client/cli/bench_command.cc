@@ -64,6 +64,14 @@ StatusOr<std::string> ExportHf(const bench::BenchOptions& o, const std::string& 
   return folder;
 }
 
+// On a GPU node transformers runs on the GPU too, in the pool's dtype (the CUDA
+// engine's weights follow it); on the CPU in fp32, as the original experiment did.
+std::string HfDeviceFlags(const bench::BenchOptions& o) {
+  if (o.backend != "cuda") return "";
+  const std::string dtype = o.kv_cache_dtype.empty() ? "fp32" : o.kv_cache_dtype;
+  return " --device cuda --dtype " + dtype;
+}
+
 Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json& report) {
   KVPOOL_ASSIGN_OR_RETURN(const std::string folder, ExportHf(o, dir));
   const int threads =
@@ -73,7 +81,7 @@ Status RunHfBaseline(const bench::BenchOptions& o, const std::string& dir, Json&
   const std::string out = CommandOutput(
       std::string(python ? python : "python3") + " " KVPOOL_SOURCE_DIR "/scripts/hf-baseline.py " +
       folder + " --context 200 --steps 10 --warmup 2 --new-tokens " + std::to_string(o.max_tokens) +
-      " --threads " + std::to_string(threads) + " 2>/dev/null");
+      " --threads " + std::to_string(threads) + HfDeviceFlags(o) + " 2>/dev/null");
   Json hf = Json::parse(out, nullptr, false);
   if (hf.is_discarded()) {
     return FailedPrecondition(
@@ -160,6 +168,15 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
     return ReportError("bench", InvalidArgument("--baseline vllm starts its own bf16 node "
                                                 "beside vLLM: run it without --server"));
   }
+  if (!o.server.empty() && (!o.backend.empty() || !o.kv_cache_dtype.empty())) {
+    return ReportError("bench", InvalidArgument("--backend and --kv-cache-dtype set up the local "
+                                                "node: run without --server"));
+  }
+  const bool on_gpu = o.backend == "cuda";
+  if (on_gpu && o.baseline == "vllm") {
+    return ReportError("bench", InvalidArgument("--baseline vllm compares CPU engines: run it "
+                                                "without --backend cuda"));
+  }
   if (!tls.ca.empty() || !tls.cert.empty() || !tls.key.empty()) {
     if (o.server.empty()) {
       return ReportError("bench", InvalidArgument("--tls-ca, --tls-cert and --tls-key need "
@@ -174,19 +191,27 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
   for (const char* s : {"original", "context_sweep", "prefix_sharing", "bandwidth_floor"}) {
     stages += o.Wants(s) ? 1 : 0;
   }
-  for (const char* s : {"workloads", "cache_size", "pinning", "precision"}) {
+  for (const char* s : {"workloads", "cache_size", "pinning"}) {
     stages += o.server.empty() && o.Wants(s) ? 1 : 0;
   }
+  // The precision scenario measures the CPU engine's dtypes in process.
+  stages += o.server.empty() && !on_gpu && o.Wants("precision") ? 1 : 0;
   stages += o.baseline.empty() ? 0 : 1;
   bar.SetTotal(stages);
   bar.Stage("start");
   StatusOr<Json> started = NewReport(o.out_dir);
   if (!started.ok()) return ReportError("bench", started.status());
   Json report = *started;
-  report["configuration"] = {{"quick", o.quick},   {"threads", o.threads},
-                             {"prompt", o.prompt}, {"max_tokens", o.max_tokens},
-                             {"seed", o.seed},     {"server", o.server},
-                             {"model", o.model},   {"baseline", o.baseline}};
+  report["configuration"] = {{"quick", o.quick},
+                             {"threads", o.threads},
+                             {"prompt", o.prompt},
+                             {"max_tokens", o.max_tokens},
+                             {"seed", o.seed},
+                             {"server", o.server},
+                             {"model", o.model},
+                             {"baseline", o.baseline},
+                             {"backend", o.backend.empty() ? "shm" : o.backend},
+                             {"kv_cache_dtype", o.kv_cache_dtype}};
 
   bench::LocalNode node(o);
   std::string worker = o.server;
@@ -243,7 +268,11 @@ int RunBench(bench::BenchOptions o, const TlsFlags& tls) {
         "run without --server";
   }
   node.Stop();
-  if (ok && o.server.empty() && o.Wants("precision")) {
+  if (ok && on_gpu && o.Wants("precision")) {
+    report["skipped_precision"] =
+        "the precision scenario measures the CPU engine's weight and KV dtypes: run it "
+        "without --backend cuda";
+  } else if (ok && o.server.empty() && o.Wants("precision")) {
     bar.Stage("precision");
     o.progress("precision: each CPU weight and KV dtype against fp32 (kvpool-precision-bench)");
     ok = check(RunPrecision(o, BinaryDirectory(), report));
@@ -308,6 +337,16 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   command->add_option("--threads", o->threads, "worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
   command->add_flag("--quick", o->quick, "fewer points and requests");
+  command
+      ->add_option("--backend", o->backend,
+                   "the local node's pool: shm (CPU) or cuda (the manager hosts it on a GPU, the "
+                   "worker decodes there; needs a CUDA build, scripts/gpu-check.sh)")
+      ->check(CLI::IsMember({"shm", "cuda"}));
+  command
+      ->add_option("--kv-cache-dtype", o->kv_cache_dtype,
+                   "the local node's K/V dtype (default: the manager's, fp32; on cuda: fp32, "
+                   "fp16 or bf16, the GPU weights follow it)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "int8", "fp8"}));
   command->add_flag("--quiet", o->quiet, "no progress on stderr");
   command
       ->add_option("--baseline", o->baseline,

@@ -31,6 +31,8 @@ struct UpFlags {
   std::string worker_token_file;
   int64_t lease_ttl_ms = 0;
   std::string kv_cache_dtype;  // the manager's pool (the workers follow it)
+  std::string backend;         // the manager's pool memory: shm or cuda ("": its default, shm)
+  int cuda_device = -1;        // --backend cuda: the device ordinal (-1: the manager's default)
   std::string weight_dtype;    // the workers' CPU weights
   // TLS, passed through: the servers' certificate (the manager's and every worker's),
   // the CA the workers trust for the manager, the client CA both servers then require
@@ -125,6 +127,9 @@ std::vector<std::string> ManagerArgv(const std::string& dir, const UpFlags& flag
   if (flags.lease_ttl_ms > 0)
     argv.insert(argv.end(), {"--lease-ttl-ms", std::to_string(flags.lease_ttl_ms)});
   AddIfSet(argv, "--kv-cache-dtype", flags.kv_cache_dtype);
+  AddIfSet(argv, "--backend", flags.backend);
+  if (flags.cuda_device >= 0)
+    argv.insert(argv.end(), {"--cuda-device", std::to_string(flags.cuda_device)});
   AddServerTls(argv, flags);
   return argv;
 }
@@ -266,6 +271,13 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
   command->add_option("--kv-cache-dtype", flags->kv_cache_dtype,
                       "the pool's K/V dtype: fp32, fp16, bf16, int8 or fp8 (the manager's "
                       "default: fp32)");
+  command
+      ->add_option("--backend", flags->backend,
+                   "the pool's memory: shm (CPU workers) or cuda (the manager hosts it on a "
+                   "GPU; workers built with CUDA LibTorch attach through CUDA IPC)")
+      ->check(CLI::IsMember({"shm", "cuda"}));
+  command->add_option("--cuda-device", flags->cuda_device, "--backend cuda: the GPU ordinal")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--weight-dtype", flags->weight_dtype,
                       "the workers' CPU weights: fp32, bf16 or auto (default: fp32)");
   command->add_option("--tls-cert", flags->tls_cert,

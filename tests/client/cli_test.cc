@@ -82,6 +82,34 @@ TEST(CliErrorTest, LoadgenJsonCountsFailuresByCode) {
   EXPECT_EQ(report.at("failures").at("UNAVAILABLE"), 4);
 }
 
+TEST(CliErrorTest, BenchPoolFlagsNeedTheLocalNode) {
+  const CliRun with_server = RunCli("bench --server 127.0.0.1:1 --backend cuda --quiet");
+  EXPECT_EQ(with_server.exit_code, 1);
+  EXPECT_THAT(with_server.output,
+              HasSubstr("--backend and --kv-cache-dtype set up the local node: run without "
+                        "--server"));
+  const CliRun vllm_on_gpu = RunCli("bench --backend cuda --baseline vllm --quiet");
+  EXPECT_EQ(vllm_on_gpu.exit_code, 1);
+  EXPECT_THAT(vllm_on_gpu.output, HasSubstr("--baseline vllm compares CPU engines"));
+  const CliRun bad_backend = RunCli("bench --backend tpu --quiet");
+  EXPECT_NE(bad_backend.exit_code, 0);
+  EXPECT_THAT(bad_backend.output, HasSubstr("--backend"));
+}
+
+// `kvpool up --backend cuda` reaches the manager: on a machine without a GPU (or a
+// build without CUDA) the manager refuses the pool and `kvpool up` exits 1 instead of
+// serving a shared-memory pool.
+TEST(CliErrorTest, UpPassesTheBackendToTheManager) {
+  Subprocess up({KVPOOL_CLI_BIN, "up", "--workers", "0", "--num-blocks", "32", "--backend", "cuda",
+                 "--cuda-device", "0"});
+  // A shm pool would come up and print "manager ADDR"; the refused one prints nothing.
+  EXPECT_EQ(up.ReadLine(std::chrono::seconds(30)), std::nullopt);
+  const std::optional<int> status = up.SignalAndWait(SIGCONT, std::chrono::seconds(15));
+  ASSERT_TRUE(status.has_value());
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+}
+
 // `kvpool up --workers 0`: the manager alone, so it runs without a worker binary.
 class UpTest : public ::testing::Test {
  protected:
