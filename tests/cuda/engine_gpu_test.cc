@@ -1,6 +1,7 @@
 // The engine on a GPU (LibTorch CUDA + kvpool's CUDA kernels + CUDA graphs):
 // the three modes give the same greedy tokens; GPU fp32 logits equal the CPU engine's
-// and Hugging Face's; graphs equal eager; and a second process that maps the pool
+// and Hugging Face's; graphs equal eager; mixed steps, chunked prefill and swap equal
+// their unbroken runs; and a second process that maps the pool
 // through CUDA IPC reuses a prefix the first process wrote (a prefix hit across
 // processes). Blocks come from the manager's core in process (OfflineEngine), except
 // where a test hands the engine its tables itself. Skips without a CUDA device.
@@ -160,6 +161,51 @@ TEST(EngineGpuTest, MixedStepEqualsTheCpuEngine) {
       gpu->Release(g[i]);
       cpu->Release(c[i]);
     }
+  }
+}
+
+// Chunked prefill on the GPU (the worker's --max-num-batched-tokens): a 300-token
+// prompt computed in chunks beside another sequence's decode steps gives the logits and
+// tokens of one whole prefill; a chunk short of the prompt's end samples nothing.
+// fp32: the chunked and whole products see the same K/V up to the GEMMs' rounding.
+TEST(EngineGpuTest, ChunkedPrefillEqualsAWholeOne) {
+  KVPOOL_SKIP_WITHOUT_GPU();
+  auto chunked = MakeEngine("gpt2", "cuda", at::kFloat);
+  auto whole = MakeEngine("gpt2", "cuda", at::kFloat);
+  constexpr int kPrompt = 300;
+  for (int64_t chunk : {1, 64, 111}) {
+    const uint64_t seed = 500 + static_cast<uint64_t>(chunk);  // no prefix hits between cases
+    const SequenceId other = *chunked->AddSequence(MixedRequest(9, seed + 1, KvMode::kPaged));
+    ASSERT_TRUE(chunked->Prefill({other}).ok());
+    const SequenceId c = *chunked->AddSequence(MixedRequest(kPrompt, seed, KvMode::kPaged));
+    const SequenceId w = *whole->AddSequence(MixedRequest(kPrompt, seed, KvMode::kPaged));
+    ASSERT_TRUE(whole->Prefill({w}).ok());
+    int steps = 0;
+    while (!chunked->sequence(c).prefilled) {
+      const std::vector<SequenceId> decoding = chunked->sequence(other).finished()
+                                                   ? std::vector<SequenceId>{}
+                                                   : std::vector<SequenceId>{other};
+      ASSERT_TRUE(chunked->Step({c}, decoding, {chunk}).ok());
+      ++steps;
+      if (!chunked->sequence(c).prefilled) {
+        EXPECT_EQ(chunked->sequence(c).tokens.size(), size_t{kPrompt}) << "a partial chunk sampled";
+      }
+    }
+    EXPECT_EQ(steps, (kPrompt + chunk - 1) / chunk) << "chunk " << chunk;
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(chunked->Decode({c}).ok());
+      ASSERT_TRUE(whole->Decode({w}).ok());
+      EXPECT_LE((chunked->sequence(c).last_logits - whole->sequence(w).last_logits)
+                    .abs()
+                    .max()
+                    .item<double>(),
+                1e-3)
+          << "chunk " << chunk << " step " << i;
+    }
+    EXPECT_EQ(chunked->sequence(c).tokens, whole->sequence(w).tokens) << "chunk " << chunk;
+    chunked->Release(c);
+    chunked->Release(other);
+    whole->Release(w);
   }
 }
 
