@@ -336,6 +336,10 @@ at::Tensor AtenLinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 }  // namespace
 
+bool CpuPacksBf16Weights() {
+  return NativeBf16() && KernelIsa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") != 0;
+}
+
 bool CpuLinearBf16KeepsFp32Activations(int64_t rows) {
   if (!NativeBf16()) return true;  // the widening kernel, or the fp32 product
   return CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows && KernelIsa() != Isa::kAvx512;
@@ -346,6 +350,8 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
     *why = name + " weights (asked for)";
     if (name == "bf16" && !NativeBf16()) {
       *why += "; this CPU has no AVX512-BF16: products of many rows are converted to fp32";
+    } else if (name == "bf16" && CpuPacksBf16Weights()) {
+      *why += ", packed for AVX512-BF16 products";
     }
     return name == "bf16" ? at::kBFloat16 : at::kFloat;
   }
@@ -353,7 +359,9 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
     return InvalidArgument("--weight-dtype must be fp32, bf16 or auto, got '" + name + "'");
   }
   if (NativeBf16()) {
-    *why = "bf16 weights (auto: the CPU has AVX512-BF16)";
+    *why = CpuPacksBf16Weights()
+               ? "bf16 weights (auto: the CPU has AVX512-BF16), packed for its products"
+               : "bf16 weights (auto: the CPU has AVX512-BF16)";
     return at::kBFloat16;
   }
   *why =

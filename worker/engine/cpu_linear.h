@@ -18,7 +18,9 @@
 // (oneDNN on the bf16 dot products, x and the result rounded to bf16) where the CPU
 // has AVX512-BF16, the fp32 product of the widened weights where it does not.
 // KVPOOL_CPU_LINEAR=blas sends bf16 to ATen for every shape; KVPOOL_CPU_BF16=convert
-// acts as a CPU without AVX512-BF16 (the portable paths, for tests).
+// acts as a CPU without AVX512-BF16 (the portable paths, for tests). Where the CPU has
+// AVX512-BF16 the CPU model packs its bf16 matrices at load and every product of them
+// goes through cpu_linear_packed.h's kernel instead (faster at every row count).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -49,6 +51,11 @@ const char* CpuLinearKernelName();
 // With bf16 weights, whether a product of `rows` rows keeps x in fp32 (else x is
 // rounded to bf16 first).
 bool CpuLinearBf16KeepsFp32Activations(int64_t rows);
+
+// Whether bf16 matrices are packed for the AVX512-BF16 product at load
+// (cpu_linear_packed.h): on CPUs with AVX512-BF16, unless KVPOOL_CPU_LINEAR or
+// KVPOOL_CPU_BF16 asks for another path.
+bool CpuPacksBf16Weights();
 
 // --weight-dtype on the CPU: "fp32", "bf16", or "auto": bf16 where the CPU has
 // AVX512-BF16 (a prefill then runs on its bf16 dot products too), else fp32.

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "engine/cpu_linear.h"
+#include "engine/cpu_linear_packed.h"
 #include "engine/kv_quant.h"
 #include "engine/transformer.h"
 
@@ -34,7 +35,9 @@ class Model::CpuBackend : public ForwardBackend {
 
   at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                     const at::Tensor& residual, bool gelu_tanh) override {
-    at::Tensor y = CpuLinear(x, w, b);
+    const auto packed = model_.packed_.find(w.data_ptr());
+    at::Tensor y = packed != model_.packed_.end() ? CpuLinearPackedBf16(x, w, packed->second, b)
+                                                  : CpuLinear(x, w, b);
     if (gelu_tanh) y = at::gelu(y, "tanh");
     if (!residual.defined()) return y;
     residual.add_(y);
@@ -121,6 +124,20 @@ Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dty
       for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) narrow(*w);
     }
     narrow(weights_.lm_head);
+    // Where the CPU has AVX512-BF16, in the layout of its packed product (a new tensor:
+    // the matrix may share its storage with another weight).
+    if (CpuPacksBf16Weights()) {
+      const auto pack = [&](at::Tensor& w) {
+        if (!CanPackBf16(w)) return;
+        const int64_t rows = w.size(0);
+        w = PackBf16(w);
+        packed_.emplace(w.data_ptr(), rows);
+      };
+      for (LayerWeights& l : weights_.layers) {
+        for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) pack(*w);
+      }
+      pack(weights_.lm_head);
+    }
   }
   if (config_.arch == Architecture::kLlama) {
     const RotaryTables tables = MakeRotaryTables(config_);

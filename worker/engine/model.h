@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/model_runner.h"
@@ -39,6 +40,9 @@ class Model : public ModelRunner {
   at::ScalarType weight_dtype_;
   KvDtype kv_dtype_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_position][head_dim / 2], Llama only
+  // The bf16 matrices packed for AVX512-BF16 (cpu_linear_packed.h), by their data, with
+  // their rows (before the padding).
+  std::unordered_map<const void*, int64_t> packed_;
 };
 
 }  // namespace kvpool

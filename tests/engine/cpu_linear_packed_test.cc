@@ -1,0 +1,72 @@
+// The packed bf16 product (cpu_linear_packed.h) against the float64 product of the
+// same bf16 values (x rounded to bf16 as the kernel does), over row counts on both
+// sides of its 8-row tiles, column counts that leave 1 or 2 blocks past its 3-block
+// chunks or end inside a block (the padding), the smallest K and one past a vector's
+// worth, with and without bias; the layout round-trips exactly, and shapes it cannot
+// take are refused. Skips where the
+// CPU has no AVX512-BF16 (or KVPOOL_CPU_LINEAR / KVPOOL_CPU_BF16 choose another path).
+#include "engine/cpu_linear_packed.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "engine/cpu_linear.h"
+
+namespace kvpool {
+namespace {
+
+TEST(CpuLinearPackedTest, LayoutRoundTripsAndRefusesOtherShapes) {
+  for (const auto& [n, k] :
+       {std::pair<int64_t, int64_t>{16, 4}, {48, 64}, {80, 770}, {37, 66}, {1, 2}}) {
+    const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+    ASSERT_TRUE(CanPackBf16(w));
+    const at::Tensor packed = PackBf16(w);
+    EXPECT_EQ(packed.size(0), (n + 15) / 16 * 16);
+    EXPECT_EQ(packed.size(1), k);
+    if (n % 16 == 0) {
+      EXPECT_FALSE(packed.equal(w)) << "the layout reorders the elements";
+    }
+    EXPECT_TRUE(UnpackBf16(packed, n).equal(w)) << n << " x " << k;
+  }
+  EXPECT_FALSE(CanPackBf16(at::zeros({32, 63}, at::kBFloat16)));  // K odd
+  EXPECT_FALSE(CanPackBf16(at::zeros({32, 64}, at::kFloat)));
+  EXPECT_FALSE(CanPackBf16(at::zeros({64, 32}, at::kBFloat16).t()));  // not contiguous
+}
+
+class CpuLinearPackedProductTest
+    : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(CpuLinearPackedProductTest, MatchesTheProductOfTheBf16Values) {
+  if (!CpuPacksBf16Weights()) GTEST_SKIP() << "no AVX512-BF16 packed product on this CPU";
+  const auto [rows, n, k, with_bias] = GetParam();
+  at::manual_seed(rows * 1000 + n + k);
+  const at::Tensor x = at::randn({rows, k + 3}).narrow(1, 1, k);  // strided rows
+  const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+  const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
+  const at::Tensor y = CpuLinearPackedBf16(x, PackBf16(w), n, b);
+  ASSERT_EQ(y.sizes(), (at::IntArrayRef{rows, n}));
+  ASSERT_EQ(y.scalar_type(), at::kFloat);
+  const at::Tensor xd = x.to(at::kBFloat16).to(at::kDouble), wd = w.to(at::kDouble);
+  at::Tensor expected = at::matmul(xd, wd.t());
+  if (with_bias) expected += b.to(at::kDouble);
+  // Only the fp32 sums round: k terms, each within 2^-24 of sum |x| |w| (plus the bias).
+  at::Tensor magnitude = at::matmul(xd.abs(), wd.abs().t());
+  if (with_bias) magnitude += b.to(at::kDouble).abs();
+  const at::Tensor bound = static_cast<double>(k + 1) * std::ldexp(1.0, -23) * magnitude + 1e-30;
+  const at::Tensor error = (y.to(at::kDouble) - expected).abs();
+  EXPECT_TRUE((error <= bound).all().item<bool>())
+      << rows << " rows, n " << n << ", k " << k << ": worst excess "
+      << (error - bound).max().item<double>();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CpuLinearPackedProductTest,
+    ::testing::Combine(::testing::Values<int64_t>(1, 2, 5, 7, 8, 9, 16, 17, 31, 33, 130),
+                       ::testing::Values<int64_t>(1, 16, 37, 48, 64, 80, 300, 768),
+                       ::testing::Values<int64_t>(2, 34, 768), ::testing::Bool()));
+
+}  // namespace
+}  // namespace kvpool

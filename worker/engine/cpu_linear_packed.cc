@@ -1,0 +1,171 @@
+// The packed bf16 product: see cpu_linear_packed.h.
+#include "engine/cpu_linear_packed.h"
+
+// GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which
+// -Wuninitialized flags wherever they inline (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace kvpool {
+namespace {
+
+constexpr int64_t kCols = 16;  // output columns per block: one zmm of fp32 sums
+constexpr int kTileRows = 8;   // rows of x per tile: 8 x 3 sums + 3 weights + 1 x in 32 zmm
+constexpr int kTileBlocks = 3;
+
+// Element (row r, column c) of W in the packed layout, for N x K.
+inline int64_t PackedIndex(int64_t r, int64_t c, int64_t k) {
+  return (((r / kCols) * (k / 2) + c / 2) * kCols + r % kCols) * 2 + c % 2;
+}
+
+struct Args {
+  const uint16_t* x;  // [M, K] bf16, contiguous
+  const uint16_t* w;  // packed
+  int64_t k;
+  const float* b;  // [N] or nullptr
+  float* y;        // [M, N]
+  int64_t n;       // N: columns of y (the packed rows past it are zero padding)
+};
+
+// Rows [m0, m0 + M) of x against column blocks [j0, j0 + J): M x J chains of
+// vdpbf16ps, each block's weights read once per tile as one sequential stream.
+template <int M, int J>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, int64_t m0,
+                                                                 int64_t j0) {
+  __m512 acc[M][J];
+  for (int m = 0; m < M; ++m) {
+    for (int j = 0; j < J; ++j) acc[m][j] = _mm512_setzero_ps();
+  }
+  const int64_t pairs = a.k / 2;
+  const uint16_t* w[J];
+  for (int j = 0; j < J; ++j) w[j] = a.w + (j0 + j) * pairs * 2 * kCols;
+  const uint16_t* x = a.x + m0 * a.k;
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh wv[J];
+    for (int j = 0; j < J; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[j] + p * 2 * kCols) + 1024, _MM_HINT_T0);
+      wv[j] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w[j] + p * 2 * kCols));
+    }
+    for (int m = 0; m < M; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * a.k + p * 2, sizeof(pair));
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+      for (int j = 0; j < J; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], wv[j], xv);
+    }
+  }
+  for (int j = 0; j < J; ++j) {
+    const int64_t col = (j0 + j) * kCols;
+    // The last block may reach into the padding rows: only the real columns are kept.
+    const __mmask16 keep =
+        col + kCols <= a.n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (a.n - col)) - 1);
+    const __m512 bias =
+        a.b != nullptr ? _mm512_maskz_loadu_ps(keep, a.b + col) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+      _mm512_mask_storeu_ps(a.y + (m0 + m) * a.n + col, keep, _mm512_add_ps(acc[m][j], bias));
+    }
+  }
+}
+
+template <int J>
+void Rows(const Args& a, int64_t m0, int64_t rows, int64_t j0) {
+  switch (rows) {
+    case 1:
+      return Tile<1, J>(a, m0, j0);
+    case 2:
+      return Tile<2, J>(a, m0, j0);
+    case 3:
+      return Tile<3, J>(a, m0, j0);
+    case 4:
+      return Tile<4, J>(a, m0, j0);
+    case 5:
+      return Tile<5, J>(a, m0, j0);
+    case 6:
+      return Tile<6, J>(a, m0, j0);
+    case 7:
+      return Tile<7, J>(a, m0, j0);
+    default:
+      return Tile<8, J>(a, m0, j0);
+  }
+}
+
+}  // namespace
+
+bool CanPackBf16(const at::Tensor& w) {
+  return w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.size(0) > 0 &&
+         w.size(1) > 0 && w.size(1) % 2 == 0;
+}
+
+at::Tensor PackBf16(const at::Tensor& w) {
+  TORCH_CHECK(CanPackBf16(w), "PackBf16: a contiguous bf16 [N, K] with K even");
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor packed = at::zeros({(n + kCols - 1) / kCols * kCols, k}, w.options());
+  const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>());
+  at::parallel_for(0, n, kCols, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < k; ++c) dst[PackedIndex(r, c, k)] = src[r * k + c];
+    }
+  });
+  return packed;
+}
+
+at::Tensor UnpackBf16(const at::Tensor& packed, int64_t n) {
+  TORCH_CHECK(CanPackBf16(packed) && packed.size(0) % kCols == 0 && n > packed.size(0) - kCols &&
+                  n <= packed.size(0),
+              "UnpackBf16: not a packed bf16 matrix of ", n, " rows");
+  const int64_t k = packed.size(1);
+  at::Tensor w = at::empty({n, k}, packed.options());
+  const auto* src = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+  auto* dst = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) dst[r * k + c] = src[PackedIndex(r, c, k)];
+  }
+  return w;
+}
+
+at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, int64_t n,
+                               const at::Tensor& b) {
+  TORCH_CHECK(CanPackBf16(packed) && packed.size(0) % kCols == 0 && n > packed.size(0) - kCols &&
+                  n <= packed.size(0) && x.dim() == 2 && x.size(1) == packed.size(1) &&
+                  (!b.defined() || b.numel() == n),
+              "CpuLinearPackedBf16: x [M, K] against a packed [N, K] of ", n, " rows");
+  const int64_t rows = x.size(0);
+  const at::Tensor xb = x.to(at::kBFloat16).contiguous();
+  const at::Tensor bias = b.defined() ? b.to(at::kFloat).contiguous() : b;
+  at::Tensor y = at::empty({rows, n}, x.options().dtype(at::kFloat));
+  const Args a{reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>()),
+               reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()),
+               packed.size(1),
+               bias.defined() ? bias.data_ptr<float>() : nullptr,
+               y.data_ptr<float>(),
+               n};
+  // Threads split the column blocks in chunks of three; a chunk's weights stay in L2
+  // while every tile of rows reads them, so they come from memory once per product.
+  const int64_t blocks = packed.size(0) / kCols;
+  const int64_t chunks = (blocks + kTileBlocks - 1) / kTileBlocks;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = c * kTileBlocks;
+      const int64_t full = std::min<int64_t>(kTileBlocks, blocks - j0);
+      for (int64_t m0 = 0; m0 < rows; m0 += kTileRows) {
+        const int64_t m = std::min<int64_t>(kTileRows, rows - m0);
+        if (full == kTileBlocks) {
+          Rows<kTileBlocks>(a, m0, m, j0);
+        } else {
+          for (int64_t j = j0; j < j0 + full; ++j) Rows<1>(a, m0, m, j);
+        }
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace kvpool
