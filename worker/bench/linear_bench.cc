@@ -1,0 +1,95 @@
+// kvpool-linear-bench (Google Benchmark): one gpt2 layer's four bf16 products (qkv
+// 768->2304, proj 768->768, fc 768->3072, fc proj 3072->768) at a number of rows,
+// through each path a bf16 weight can take on this CPU:
+// - packed: cpu_linear_packed.h (the CPU model's path where the CPU has AVX512-BF16);
+// - cpu_linear: CpuLinear on the [N, K] matrix (its row-dot kernel up to
+//   kBf16KernelMaxRows rows, ATen's bf16 product beyond);
+// - aten: ATen's bf16 product (oneDNN 2.6 under Debian's LibTorch) for every row count.
+// Counter: GFLOP of the four products per second. Threads: --threads N as the first argument
+// (default 2, the VMs' cores), the rest goes to Google Benchmark.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "engine/cpu_linear.h"
+#include "engine/cpu_linear_packed.h"
+
+namespace kvpool {
+namespace {
+
+struct Layer {
+  std::vector<at::Tensor> w, packed;
+  std::vector<int64_t> n;
+  double flops_per_row = 0;
+};
+
+const Layer& Gpt2Layer() {
+  static const Layer layer = [] {
+    Layer l;
+    at::manual_seed(1);
+    for (const auto& [n, k] :
+         {std::pair<int64_t, int64_t>{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}}) {
+      l.w.push_back(at::randn({n, k}).to(at::kBFloat16));
+      l.packed.push_back(CpuPacksBf16Weights() ? PackBf16(l.w.back()) : at::Tensor());
+      l.n.push_back(n);
+      l.flops_per_row += 2.0 * static_cast<double>(n * k);
+    }
+    return l;
+  }();
+  return layer;
+}
+
+enum class Path { kPacked, kCpuLinear, kAten };
+
+void Run(benchmark::State& state, Path path) {
+  const Layer& l = Gpt2Layer();
+  if (path == Path::kPacked && !CpuPacksBf16Weights()) {
+    state.SkipWithError("no AVX512-BF16 packed product on this CPU");
+    return;
+  }
+  const int64_t rows = state.range(0);
+  std::vector<at::Tensor> x;
+  for (const at::Tensor& w : l.w) x.push_back(at::randn({rows, w.size(1)}));
+  for (auto _ : state) {
+    for (size_t i = 0; i < l.w.size(); ++i) {
+      at::Tensor y = path == Path::kPacked      ? CpuLinearPackedBf16(x[i], l.packed[i], l.n[i], {})
+                     : path == Path::kCpuLinear ? CpuLinear(x[i], l.w[i], {})
+                                                : at::mm(x[i].to(at::kBFloat16), l.w[i].t());
+      benchmark::DoNotOptimize(y.data_ptr());
+    }
+  }
+  // GFLOP per iteration, shown per second.
+  state.counters["GFLOP"] = benchmark::Counter(l.flops_per_row * static_cast<double>(rows) * 1e-9,
+                                               benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Packed(benchmark::State& state) { Run(state, Path::kPacked); }
+void BM_CpuLinear(benchmark::State& state) { Run(state, Path::kCpuLinear); }
+void BM_Aten(benchmark::State& state) { Run(state, Path::kAten); }
+
+#define ROWS ->Arg(1)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)
+BENCHMARK(BM_Packed) ROWS;
+BENCHMARK(BM_CpuLinear) ROWS;
+BENCHMARK(BM_Aten) ROWS;
+
+}  // namespace
+}  // namespace kvpool
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  if (argc > 2 && std::strcmp(argv[1], "--threads") == 0) {
+    threads = std::atoi(argv[2]);
+    argv[2] = argv[0];
+    argc -= 2;
+    argv += 2;
+  }
+  at::set_num_threads(threads);
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
