@@ -97,13 +97,16 @@ TEST(MetricsTest, WorkerAndManagerMetricsMoveWithTraffic) {
   EXPECT_EQ(Sample(manager_scrape, "kvpool_prefix_cache_hits_tokens_total"), (kRequests - 1) * 48);
   EXPECT_EQ(Sample(manager_scrape, "kvpool_prefix_cache_queries_tokens_total"), kRequests * 49);
 
-  // The next heartbeat carries these counters to the manager's dashboard JSON.
+  // The next heartbeat carries these counters to the manager's dashboard JSON. A
+  // heartbeat may fall between a request's last token and its retirement (the client
+  // has its summary, the finished count is not yet up), so wait for both.
   nlohmann::json stats;
   EXPECT_TRUE(WaitUntil(
       [&] {
         stats = Body(HttpGet(manager.http_address(), "/api/stats"));
         return stats.is_object() &&
-               stats["totals"]["generated_tokens_total"] == kRequests * kTokens;
+               stats["totals"]["generated_tokens_total"] == kRequests * kTokens &&
+               stats["totals"]["requests_finished_total"] == kRequests;
       },
       std::chrono::seconds(5)))
       << stats.dump();
