@@ -3,8 +3,8 @@
 // sides of its 8-row tiles, column counts that leave 1 or 2 blocks past its 3-block
 // chunks or end inside a block (the padding), the smallest K and one past a vector's
 // worth, with and without bias; the layout round-trips exactly, and shapes it cannot
-// take are refused. Skips where the
-// CPU has no AVX512-BF16 (or KVPOOL_CPU_LINEAR / KVPOOL_CPU_BF16 choose another path).
+// take are refused. Both kernels: AVX512-BF16, and AMX where the CPU has it. Skips where
+// the CPU has no AVX512-BF16 (or KVPOOL_CPU_LINEAR / KVPOOL_CPU_BF16 choose another path).
 #include "engine/cpu_linear_packed.h"
 
 #include <ATen/ATen.h>
@@ -37,19 +37,20 @@ TEST(CpuLinearPackedTest, LayoutRoundTripsAndRefusesOtherShapes) {
 
 // Every shape in one test (one process: a ctest entry per shape would cost more in
 // start-up than the products).
-TEST(CpuLinearPackedTest, MatchesTheProductOfTheBf16Values) {
-  if (!CpuPacksBf16Weights()) GTEST_SKIP() << "no AVX512-BF16 packed product on this CPU";
+// Each kernel the CPU has, chosen explicitly (kAuto picks one of them by shape).
+void ExpectTheProductOfTheBf16Values(PackedKernel kernel, std::initializer_list<int64_t> ks) {
   for (const int64_t rows : {1, 2, 5, 7, 8, 9, 16, 17, 31, 33, 130}) {
     for (const int64_t n : {1, 16, 37, 48, 64, 80, 300, 768}) {
-      for (const int64_t k : {2, 34, 768}) {
+      for (const int64_t k : ks) {
         for (const bool with_bias : {false, true}) {
           SCOPED_TRACE(testing::Message()
-                       << rows << " rows, n " << n << ", k " << k << (with_bias ? ", bias" : ""));
+                       << rows << " rows, n " << n << ", k " << k << (with_bias ? ", bias" : "")
+                       << (kernel == PackedKernel::kAmx ? ", AMX" : ", AVX512-BF16"));
           at::manual_seed(rows * 1000 + n + k);
           const at::Tensor x = at::randn({rows, k + 3}).narrow(1, 1, k);  // strided rows
           const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
           const at::Tensor b = with_bias ? at::randn({n}) : at::Tensor();
-          const at::Tensor y = CpuLinearPackedBf16(x, PackBf16(w), n, b);
+          const at::Tensor y = CpuLinearPackedBf16(x, PackBf16(w), n, b, kernel);
           ASSERT_EQ(y.sizes(), (at::IntArrayRef{rows, n}));
           ASSERT_EQ(y.scalar_type(), at::kFloat);
           const at::Tensor xd = x.to(at::kBFloat16).to(at::kDouble), wd = w.to(at::kDouble);
@@ -67,6 +68,25 @@ TEST(CpuLinearPackedTest, MatchesTheProductOfTheBf16Values) {
       }
     }
   }
+}
+
+TEST(CpuLinearPackedTest, MatchesTheProductOfTheBf16Values) {
+  if (!CpuPacksBf16Weights()) GTEST_SKIP() << "no AVX512-BF16 packed product on this CPU";
+  ExpectTheProductOfTheBf16Values(PackedKernel::kAvx512Bf16, {2, 34, 768});
+}
+
+// The AMX kernel over the same rows and columns: tails of its 16-row tiles and 32-row
+// groups, an odd count of column blocks, K of one step and of 24.
+TEST(CpuLinearPackedTest, AmxMatchesTheProductOfTheBf16Values) {
+  if (!CpuPacksBf16Weights() || !CpuHasAmxBf16()) {
+    GTEST_SKIP() << "no AMX-BF16 on this CPU (or KVPOOL_CPU_AMX=off)";
+  }
+  ExpectTheProductOfTheBf16Values(PackedKernel::kAmx, {32, 768});
+  EXPECT_THROW(
+      CpuLinearPackedBf16(at::randn({4, 34}), PackBf16(at::randn({16, 34}).to(at::kBFloat16)), 16,
+                          {}, PackedKernel::kAmx),
+      c10::Error)
+      << "K must be a multiple of 32";
 }
 
 }  // namespace

@@ -94,8 +94,11 @@ TEST_F(ChunkedPrefillTest, ALongPromptDoesNotStallARunningDecode) {
   ASSERT_TRUE(prompt.status.ok()) << prompt.status.error_message();
   ASSERT_TRUE(running.status.ok()) << running.status.error_message();
   // 400 tokens at 15 a step (one of the 16 is the decode's): 27 steps, each with a
-  // token of the running stream (which has 400 to give).
-  EXPECT_GE(at_first_token - at_submit, 26)
+  // token of the running stream (which has 400 to give). The two streams are read by
+  // different client threads, so a few of the decode's tokens can still be in flight
+  // when the prompt's first token is read (a clean-clone CI run counted 25): the bound
+  // leaves room for that, and a worker that prefilled the prompt whole counts 0 or 1.
+  EXPECT_GE(at_first_token - at_submit, 20)
       << "the running decode got " << at_first_token - at_submit
       << " tokens while the long prompt was prefilled";
 }

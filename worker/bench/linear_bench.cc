@@ -1,7 +1,9 @@
 // kvpool-linear-bench (Google Benchmark): one gpt2 layer's four bf16 products (qkv
 // 768->2304, proj 768->768, fc 768->3072, fc proj 3072->768) at a number of rows,
 // through each path a bf16 weight can take on this CPU:
-// - packed: cpu_linear_packed.h (the CPU model's path where the CPU has AVX512-BF16);
+// - packed: cpu_linear_packed.h (the CPU model's path where the CPU has AVX512-BF16),
+//   its kernel chosen by shape; packed_avx512 and packed_amx force one (the latter
+//   where the CPU has AMX-BF16);
 // - cpu_linear: CpuLinear on the [N, K] matrix (its row-dot kernel up to
 //   kBf16KernelMaxRows rows, ATen's bf16 product beyond);
 // - aten: ATen's bf16 product (oneDNN 2.6 under Debian's LibTorch) for every row count.
@@ -43,12 +45,24 @@ const Layer& Gpt2Layer() {
   return layer;
 }
 
-enum class Path { kPacked, kCpuLinear, kAten };
+enum class Path { kPacked, kPackedAvx512, kPackedAmx, kCpuLinear, kAten };
+
+PackedKernel KernelOf(Path path) {
+  return path == Path::kPackedAvx512 ? PackedKernel::kAvx512Bf16
+         : path == Path::kPackedAmx  ? PackedKernel::kAmx
+                                     : PackedKernel::kAuto;
+}
 
 void Run(benchmark::State& state, Path path) {
   const Layer& l = Gpt2Layer();
-  if (path == Path::kPacked && !CpuPacksBf16Weights()) {
+  const bool packed =
+      path == Path::kPacked || path == Path::kPackedAvx512 || path == Path::kPackedAmx;
+  if (packed && !CpuPacksBf16Weights()) {
     state.SkipWithError("no AVX512-BF16 packed product on this CPU");
+    return;
+  }
+  if (path == Path::kPackedAmx && !CpuHasAmxBf16()) {
+    state.SkipWithError("no AMX-BF16 on this CPU");
     return;
   }
   const int64_t rows = state.range(0);
@@ -56,7 +70,7 @@ void Run(benchmark::State& state, Path path) {
   for (const at::Tensor& w : l.w) x.push_back(at::randn({rows, w.size(1)}));
   for (auto _ : state) {
     for (size_t i = 0; i < l.w.size(); ++i) {
-      at::Tensor y = path == Path::kPacked      ? CpuLinearPackedBf16(x[i], l.packed[i], l.n[i], {})
+      at::Tensor y = packed ? CpuLinearPackedBf16(x[i], l.packed[i], l.n[i], {}, KernelOf(path))
                      : path == Path::kCpuLinear ? CpuLinear(x[i], l.w[i], {})
                                                 : at::mm(x[i].to(at::kBFloat16), l.w[i].t());
       benchmark::DoNotOptimize(y.data_ptr());
@@ -68,11 +82,17 @@ void Run(benchmark::State& state, Path path) {
 }
 
 void BM_Packed(benchmark::State& state) { Run(state, Path::kPacked); }
+void BM_PackedAvx512(benchmark::State& state) { Run(state, Path::kPackedAvx512); }
+void BM_PackedAmx(benchmark::State& state) { Run(state, Path::kPackedAmx); }
 void BM_CpuLinear(benchmark::State& state) { Run(state, Path::kCpuLinear); }
 void BM_Aten(benchmark::State& state) { Run(state, Path::kAten); }
 
-#define ROWS ->Arg(1)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond)
+#define ROWS                                                                    \
+  ->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Arg(512)->Unit( \
+      benchmark::kMillisecond)
 BENCHMARK(BM_Packed) ROWS;
+BENCHMARK(BM_PackedAvx512) ROWS;
+BENCHMARK(BM_PackedAmx) ROWS;
 BENCHMARK(BM_CpuLinear) ROWS;
 BENCHMARK(BM_Aten) ROWS;
 

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/cpu_linear_amx.h"
+
 namespace kvpool {
 namespace {
 
@@ -131,8 +133,10 @@ at::Tensor UnpackBf16(const at::Tensor& packed, int64_t n) {
   return w;
 }
 
+bool CpuHasAmxBf16() { return AmxBf16Usable(); }
+
 at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, int64_t n,
-                               const at::Tensor& b) {
+                               const at::Tensor& b, PackedKernel kernel) {
   TORCH_CHECK(CanPackBf16(packed) && packed.size(0) % kCols == 0 && n > packed.size(0) - kCols &&
                   n <= packed.size(0) && x.dim() == 2 && x.size(1) == packed.size(1) &&
                   (!b.defined() || b.numel() == n),
@@ -147,9 +151,17 @@ at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, in
                bias.defined() ? bias.data_ptr<float>() : nullptr,
                y.data_ptr<float>(),
                n};
+  const int64_t blocks = packed.size(0) / kCols;
+  const bool amx_fits = packed.size(1) % 32 == 0 && AmxBf16Usable();
+  TORCH_CHECK(kernel != PackedKernel::kAmx || amx_fits,
+              "CpuLinearPackedBf16: the AMX kernel needs AMX-BF16 and K a multiple of 32");
+  if (kernel == PackedKernel::kAmx ||
+      (kernel == PackedKernel::kAuto && amx_fits && rows >= kAmxMinRows)) {
+    AmxPackedProduct(a.x, a.w, rows, a.k, blocks, a.b, a.y, n);
+    return y;
+  }
   // Threads split the column blocks in chunks of three; a chunk's weights stay in L2
   // while every tile of rows reads them, so they come from memory once per product.
-  const int64_t blocks = packed.size(0) / kCols;
   const int64_t chunks = (blocks + kTileBlocks - 1) / kTileBlocks;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {

@@ -6,7 +6,8 @@
 // time, so the arithmetic units stay busy at any number of rows: on gpt2's shapes at
 // 32 rows, 2 threads of a Zen 4 core pair, 440 GFLOP/s against 257 for LibTorch 1.13's
 // oneDNN bf16 product (docs/benchmarks.md). x is rounded to bf16, sums stay fp32, and
-// the result is fp32 (oneDNN's is rounded to bf16).
+// the result is fp32 (oneDNN's is rounded to bf16). On CPUs with AMX the same layout
+// feeds the tile multiply (cpu_linear_amx.h) for products of several rows.
 //
 // The CPU model packs its bf16 matrices at load where CpuPacksBf16Weights() holds and
 // K is even (N is padded with zero rows to a multiple of 16: gpt2's head has 50257);
@@ -25,9 +26,20 @@ bool CanPackBf16(const at::Tensor& w);
 at::Tensor PackBf16(const at::Tensor& w);
 // The packed matrix's first `n` rows back in row order (for tests and checks).
 at::Tensor UnpackBf16(const at::Tensor& packed, int64_t n);
+// Which kernel runs a packed product. kAuto: AMX tiles (cpu_linear_amx.h) where
+// AmxBf16Usable() holds, K is a multiple of 32 and x has kAmxMinRows rows or more;
+// AVX512-BF16 otherwise. The others force one (tests, benchmarks).
+enum class PackedKernel { kAuto, kAvx512Bf16, kAmx };
+// Whether this process can run the AMX kernel (the CPU has AMX-BF16, Linux grants the
+// tile data; KVPOOL_CPU_AMX=off says no).
+bool CpuHasAmxBf16();
+// Fewer rows than this go to AVX512-BF16 even where AMX is usable: both are bound by
+// reading the weights there, and the vector kernel needs no tile setup.
+inline constexpr int64_t kAmxMinRows = 4;
 // y [M, n] fp32 = x [M, K] (fp32, rounded to bf16) * W^T + b, W [n, K] packed by
-// PackBf16, b [n] or undefined. Needs AVX512-BF16 (CpuPacksBf16Weights()).
+// PackBf16, b [n] or undefined. Needs AVX512-BF16 (CpuPacksBf16Weights()); kAmx needs
+// CpuHasAmxBf16() and K a multiple of 32.
 at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, int64_t n,
-                               const at::Tensor& b);
+                               const at::Tensor& b, PackedKernel kernel = PackedKernel::kAuto);
 
 }  // namespace kvpool
