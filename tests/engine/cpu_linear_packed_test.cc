@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "engine/cpu_linear.h"
+#include "engine/cpu_linear_epilogue.h"
 
 namespace kvpool {
 namespace {
@@ -87,6 +88,85 @@ TEST(CpuLinearPackedTest, AmxMatchesTheProductOfTheBf16Values) {
                           {}, PackedKernel::kAmx),
       c10::Error)
       << "K must be a multiple of 32";
+}
+
+__attribute__((target("avx512f"))) void GeluOf16(const float* x, float* y) {
+  _mm512_storeu_ps(y, packed::GeluTanh(_mm512_loadu_ps(x)));
+}
+
+// The epilogue's GELU against the float64 formula, point by point: within a few ulp of
+// the value (its exp polynomial and division), over [-12, 12], where it turns to 0 and
+// to x, and at large and tiny inputs.
+TEST(CpuLinearPackedTest, EpilogueGeluIsTheTanhFormulaToAFewUlp) {
+  if (__builtin_cpu_supports("avx512f") == 0) GTEST_SKIP() << "no AVX-512";
+  std::vector<float> xs{0.f, -0.f, 1e-30f, -1e-30f, 1e-7f, -1e-7f, 100.f, -100.f, 1e30f, -1e30f};
+  for (int i = -12000; i <= 12000; ++i) xs.push_back(static_cast<float>(i) * 1e-3f);
+  while (xs.size() % 16 != 0) xs.push_back(0.5f);
+  std::vector<float> ys(xs.size());
+  for (size_t i = 0; i < xs.size(); i += 16) GeluOf16(xs.data() + i, ys.data() + i);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double x = xs[i];
+    // 0.5 x (1 + tanh(u)) written as x / (1 + e^(-2u)): the same number, without the
+    // cancellation that rounds it to 0 in float64 below x = -9.
+    const double u = std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x);
+    const double want = x / (1 + std::exp(-2 * u));
+    // A few ulp, times e^(-2u)'s conditioning where u's own rounding is amplified (x
+    // below -3, where the value is under 0.01).
+    const double ulps = 4 + 8 * std::abs(u);
+    ASSERT_NEAR(ys[i], want, ulps * std::ldexp(std::abs(want), -24) + 1e-37) << "x = " << x;
+  }
+}
+
+// The fused end of a product, on each kernel the CPU has: GPT-2's tanh GELU against
+// the float64 formula of the float64 product, and the in-place residual add, whose
+// result is the residual tensor itself.
+TEST(CpuLinearPackedTest, GeluAndResidualEpiloguesMatchTheFormula) {
+  if (!CpuPacksBf16Weights()) GTEST_SKIP() << "no AVX512-BF16 packed product on this CPU";
+  std::vector<PackedKernel> kernels{PackedKernel::kAvx512Bf16};
+  if (CpuHasAmxBf16()) kernels.push_back(PackedKernel::kAmx);
+  for (const PackedKernel kernel : kernels) {
+    for (const int64_t rows : {1, 7, 33}) {
+      for (const int64_t n : {37, 768}) {
+        for (const bool gelu : {false, true}) {
+          for (const bool add : {false, true}) {
+            SCOPED_TRACE(testing::Message()
+                         << rows << " rows, n " << n << (gelu ? ", GELU" : "")
+                         << (add ? ", residual" : "")
+                         << (kernel == PackedKernel::kAmx ? ", AMX" : ", AVX512-BF16"));
+            const int64_t k = 768;
+            at::manual_seed(rows * 100 + n);
+            const at::Tensor x = at::randn({rows, k}) * 0.1;  // sums of a few units
+            const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+            const at::Tensor b = at::randn({n});
+            const at::Tensor residual = at::randn({rows, n});
+            const at::Tensor before = residual.clone();
+            PackedEpilogue e{gelu, add ? residual : at::Tensor()};
+            const at::Tensor y = CpuLinearPackedBf16(x, PackBf16(w), n, b, kernel, e);
+            if (add) {
+              EXPECT_EQ(y.data_ptr(), residual.data_ptr()) << "the residual is the result";
+            }
+            const at::Tensor xd = x.to(at::kBFloat16).to(at::kDouble), wd = w.to(at::kDouble);
+            at::Tensor expected = at::matmul(xd, wd.t()) + b.to(at::kDouble);
+            if (gelu) {
+              expected =
+                  0.5 * expected *
+                  (1 + at::tanh(std::sqrt(2.0 / M_PI) * (expected + 0.044715 * expected.pow(3))));
+            }
+            if (add) expected += before.to(at::kDouble);
+            // The sums' fp32 rounding (GELU's slope stays under 1.13), then a few ulp of
+            // the GELU and of the add.
+            const at::Tensor magnitude =
+                at::matmul(xd.abs(), wd.abs().t()) + b.to(at::kDouble).abs();
+            const at::Tensor bound = 1.13 * (k + 1) * std::ldexp(1.0, -23) * magnitude +
+                                     8 * std::ldexp(1.0, -24) * expected.abs() + 1e-7;
+            const at::Tensor error = (y.to(at::kDouble) - expected).abs();
+            EXPECT_TRUE((error <= bound).all().item<bool>())
+                << "worst excess " << (error - bound).max().item<double>();
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -65,21 +65,20 @@ struct Args {
   const uint16_t* x;  // [rows, k] bf16
   const uint16_t* w;  // packed: block j at j * 16 * k
   int64_t k;
-  const float* b;  // [n] or nullptr
-  float* y;        // [rows, n]
+  packed::Epilogue e;
+  float* y;  // [rows, n]
   int64_t n;
 };
 
-// The sums of one row tile and column block into y, bias added, padding columns dropped.
+// The sums of one row tile and column block into y through the epilogue, padding
+// columns dropped.
 __attribute__((target("avx512f"))) void Store(const Args& a, const float (*sums)[kCols],
                                               int64_t row, int rows, int64_t block) {
   const int64_t col = block * kCols;
   const __mmask16 keep =
       col + kCols <= a.n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (a.n - col)) - 1);
-  const __m512 bias = a.b != nullptr ? _mm512_maskz_loadu_ps(keep, a.b + col) : _mm512_setzero_ps();
   for (int i = 0; i < rows; ++i) {
-    _mm512_mask_storeu_ps(a.y + (row + i) * a.n + col, keep,
-                          _mm512_add_ps(_mm512_load_ps(sums[i]), bias));
+    packed::Finish(a.e, _mm512_load_ps(sums[i]), keep, col, a.y + (row + i) * a.n + col);
   }
 }
 
@@ -144,8 +143,8 @@ bool AmxBf16Usable() {
 }
 
 void AmxPackedProduct(const uint16_t* x, const uint16_t* w, int64_t rows, int64_t k, int64_t blocks,
-                      const float* b, float* y, int64_t n) {
-  const Args a{x, w, k, b, y, n};
+                      const packed::Epilogue& e, float* y, int64_t n) {
+  const Args a{x, w, k, e, y, n};
   // Threads split pairs of column blocks; each runs its pairs through every group of
   // 32 rows, so a pair's weights stay in L2 while x streams past them. Groups of 32
   // rows first, then the last, shorter one under its own tile configuration.

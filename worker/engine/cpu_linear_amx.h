@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "engine/cpu_linear_epilogue.h"
+
 namespace kvpool {
 
 // Whether the CPU has AMX-BF16 and the kernel lets this process use the tile data
@@ -16,10 +18,10 @@ namespace kvpool {
 // KVPOOL_CPU_AMX=off answers no, for comparisons and for the AVX512-BF16 path's tests.
 bool AmxBf16Usable();
 
-// y [rows, n] fp32 = x [rows, k] bf16 (rows k apart) * W^T + b, W packed (blocks of 16
-// columns, the last padded) with k a multiple of 32; b [n] or nullptr. Splits the
-// column blocks over ATen's threads.
+// y [rows, n] fp32 = x [rows, k] bf16 (rows k apart) * W^T, W packed (blocks of 16
+// columns, the last padded) with k a multiple of 32, finished by `e` (bias, GELU,
+// residual add). Splits the column blocks over ATen's threads.
 void AmxPackedProduct(const uint16_t* x, const uint16_t* w, int64_t rows, int64_t k, int64_t blocks,
-                      const float* b, float* y, int64_t n);
+                      const packed::Epilogue& e, float* y, int64_t n);
 
 }  // namespace kvpool

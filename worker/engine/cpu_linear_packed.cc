@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "engine/cpu_linear_amx.h"
+#include "engine/cpu_linear_epilogue.h"
 
 namespace kvpool {
 namespace {
@@ -32,9 +33,9 @@ struct Args {
   const uint16_t* x;  // [M, K] bf16, contiguous
   const uint16_t* w;  // packed
   int64_t k;
-  const float* b;  // [N] or nullptr
-  float* y;        // [M, N]
-  int64_t n;       // N: columns of y (the packed rows past it are zero padding)
+  packed::Epilogue e;
+  float* y;   // [M, N]
+  int64_t n;  // N: columns of y (the packed rows past it are zero padding)
 };
 
 // Rows [m0, m0 + M) of x against column blocks [j0, j0 + J): M x J chains of
@@ -68,11 +69,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, 
     // The last block may reach into the padding rows: only the real columns are kept.
     const __mmask16 keep =
         col + kCols <= a.n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (a.n - col)) - 1);
-    const __m512 bias =
-        a.b != nullptr ? _mm512_maskz_loadu_ps(keep, a.b + col) : _mm512_setzero_ps();
-    for (int m = 0; m < M; ++m) {
-      _mm512_mask_storeu_ps(a.y + (m0 + m) * a.n + col, keep, _mm512_add_ps(acc[m][j], bias));
-    }
+    for (int m = 0; m < M; ++m)
+      packed::Finish(a.e, acc[m][j], keep, col, a.y + (m0 + m) * a.n + col);
   }
 }
 
@@ -136,28 +134,36 @@ at::Tensor UnpackBf16(const at::Tensor& packed, int64_t n) {
 bool CpuHasAmxBf16() { return AmxBf16Usable(); }
 
 at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, int64_t n,
-                               const at::Tensor& b, PackedKernel kernel) {
+                               const at::Tensor& b, PackedKernel kernel,
+                               const PackedEpilogue& epilogue) {
   TORCH_CHECK(CanPackBf16(packed) && packed.size(0) % kCols == 0 && n > packed.size(0) - kCols &&
                   n <= packed.size(0) && x.dim() == 2 && x.size(1) == packed.size(1) &&
                   (!b.defined() || b.numel() == n),
               "CpuLinearPackedBf16: x [M, K] against a packed [N, K] of ", n, " rows");
   const int64_t rows = x.size(0);
+  const at::Tensor& residual = epilogue.residual;
+  TORCH_CHECK(!residual.defined() ||
+                  (residual.scalar_type() == at::kFloat && residual.is_contiguous() &&
+                   residual.dim() == 2 && residual.size(0) == rows && residual.size(1) == n),
+              "CpuLinearPackedBf16: the residual must be a contiguous fp32 [", rows, ", ", n, "]");
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   const at::Tensor bias = b.defined() ? b.to(at::kFloat).contiguous() : b;
-  at::Tensor y = at::empty({rows, n}, x.options().dtype(at::kFloat));
-  const Args a{reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>()),
-               reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()),
-               packed.size(1),
-               bias.defined() ? bias.data_ptr<float>() : nullptr,
-               y.data_ptr<float>(),
-               n};
+  at::Tensor y =
+      residual.defined() ? residual : at::empty({rows, n}, x.options().dtype(at::kFloat));
+  const Args a{
+      reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>()),
+      reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()),
+      packed.size(1),
+      {bias.defined() ? bias.data_ptr<float>() : nullptr, epilogue.gelu_tanh, residual.defined()},
+      y.data_ptr<float>(),
+      n};
   const int64_t blocks = packed.size(0) / kCols;
   const bool amx_fits = packed.size(1) % 32 == 0 && AmxBf16Usable();
   TORCH_CHECK(kernel != PackedKernel::kAmx || amx_fits,
               "CpuLinearPackedBf16: the AMX kernel needs AMX-BF16 and K a multiple of 32");
   if (kernel == PackedKernel::kAmx ||
       (kernel == PackedKernel::kAuto && amx_fits && rows >= kAmxMinRows)) {
-    AmxPackedProduct(a.x, a.w, rows, a.k, blocks, a.b, a.y, n);
+    AmxPackedProduct(a.x, a.w, rows, a.k, blocks, a.e, a.y, n);
     return y;
   }
   // Threads split the column blocks in chunks of three; a chunk's weights stay in L2

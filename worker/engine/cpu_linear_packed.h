@@ -36,10 +36,18 @@ bool CpuHasAmxBf16();
 // Fewer rows than this go to AVX512-BF16 even where AMX is usable: both are bound by
 // reading the weights there, and the vector kernel needs no tile setup.
 inline constexpr int64_t kAmxMinRows = 4;
+// What the product does with its sums before they leave the registers
+// (cpu_linear_epilogue.h): GPT-2's tanh GELU, then, with `residual` defined (a
+// contiguous fp32 [M, n]), an in-place add into it, which is then the result.
+struct PackedEpilogue {
+  bool gelu_tanh = false;
+  at::Tensor residual;
+};
 // y [M, n] fp32 = x [M, K] (fp32, rounded to bf16) * W^T + b, W [n, K] packed by
-// PackBf16, b [n] or undefined. Needs AVX512-BF16 (CpuPacksBf16Weights()); kAmx needs
-// CpuHasAmxBf16() and K a multiple of 32.
+// PackBf16, b [n] or undefined, then the epilogue. Needs AVX512-BF16
+// (CpuPacksBf16Weights()); kAmx needs CpuHasAmxBf16() and K a multiple of 32.
 at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, int64_t n,
-                               const at::Tensor& b, PackedKernel kernel = PackedKernel::kAuto);
+                               const at::Tensor& b, PackedKernel kernel = PackedKernel::kAuto,
+                               const PackedEpilogue& epilogue = {});
 
 }  // namespace kvpool

@@ -36,6 +36,13 @@ class Model::CpuBackend : public ForwardBackend {
   at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                     const at::Tensor& residual, bool gelu_tanh) override {
     const auto packed = model_.packed_.find(w.data_ptr());
+    const bool fusable =
+        !residual.defined() || (residual.is_contiguous() && residual.scalar_type() == at::kFloat);
+    if (packed != model_.packed_.end() && fusable) {
+      // GELU and the residual add happen in the product's epilogue.
+      return CpuLinearPackedBf16(x, w, packed->second, b, PackedKernel::kAuto,
+                                 {gelu_tanh, residual});
+    }
     at::Tensor y = packed != model_.packed_.end() ? CpuLinearPackedBf16(x, w, packed->second, b)
                                                   : CpuLinear(x, w, b);
     if (gelu_tanh) y = at::gelu(y, "tanh");
