@@ -6,11 +6,13 @@
 // were stored (the dtype's own error, with a tolerance stated per dtype below).
 #include "engine/paged_attention_cpu.h"
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -109,6 +111,25 @@ TEST_P(PagedAttentionCpuTest, MatchesNaiveDoubleAttention) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   PagedAttentionCpu(q.data(), q_stride, out.data(), regions[0], regions[1], g, queries.data(), n,
                     c.num_heads, scale);
+  // The same bits on 2 and 3 threads as on 1 (the tasks, and so every sum, do not
+  // depend on how threads share them; ctest's default is 1 thread where the two cores
+  // are hyperthreads), for another query, so that nothing kept from the call above can
+  // pass for a result.
+  const int threads_before = at::get_num_threads();
+  std::vector<float> other_q(q.size());
+  std::transform(q.begin(), q.end(), other_q.begin(), [](float x) { return -x; });
+  for (const int threads : {2, 3}) {
+    std::vector<float> shared(out.size(), std::nanf("")), alone(out.size(), std::nanf(""));
+    at::set_num_threads(threads);
+    PagedAttentionCpu(other_q.data(), q_stride, shared.data(), regions[0], regions[1], g,
+                      queries.data(), n, c.num_heads, scale);
+    at::set_num_threads(1);
+    PagedAttentionCpu(other_q.data(), q_stride, alone.data(), regions[0], regions[1], g,
+                      queries.data(), n, c.num_heads, scale);
+    EXPECT_EQ(std::memcmp(shared.data(), alone.data(), out.size() * sizeof(float)), 0)
+        << "on " << threads << " threads";
+  }
+  at::set_num_threads(threads_before);
 
   const int32_t group = c.num_heads / c.num_kv_heads;
   double worst_stored = 0, worst_exact = 0;

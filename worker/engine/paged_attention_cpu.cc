@@ -29,6 +29,9 @@ using cpu_attention::Bf16DotAttention;
 using cpu_attention::FastExp;
 using cpu_attention::Fp8;
 using cpu_attention::kPartitionTokens;
+// A partition's fixed cost (its query's conversion, the softmax of its pieces, the
+// merge), in tokens of context, for splitting the work between threads.
+constexpr int64_t kTaskCostTokens = 8;
 using cpu_attention::Partial;
 using cpu_attention::PickAttendAvx512;
 using cpu_attention::RowAt;
@@ -154,7 +157,31 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
   const AttendFn attend = PickAttend(geometry.dtype, d);
   const auto* k_bytes = static_cast<const char*>(k_region);
   const auto* v_bytes = static_cast<const char*>(v_region);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  // Each thread takes a contiguous run of tasks holding its share of the tokens (plus
+  // a task's fixed cost), not of the tasks: a partition can hold 1 token or 128, and a
+  // prompt's queries range from 1 token of context to all of them. Splitting by task
+  // count left one of two threads waiting at the end of the step.
+  thread_local std::vector<int64_t> work_before;  // [task]: work of the tasks before it
+  work_before.resize(static_cast<size_t>(tasks) + 1);
+  work_before[0] = 0;
+  for (int64_t i = 0, task = 0; i < num_queries; ++i) {
+    for (; task < first_task[i + 1]; ++task) {
+      const int64_t from = (task - first_task[i]) * kPartitionTokens;
+      const int64_t tokens = std::min<int64_t>(queries[i].context_len - from, kPartitionTokens);
+      work_before[task + 1] = work_before[task] + tokens + kTaskCostTokens;
+    }
+  }
+  const int64_t total = work_before[tasks];
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), tasks);
+  // By pointer: inside the lambda, on another thread, the name would be that thread's.
+  const int64_t* work = work_before.data();
+  auto first_of_share = [&](int64_t share) {
+    const int64_t target = total * share / shares;
+    return std::lower_bound(work, work + tasks, target) - work;
+  };
+  at::parallel_for(0, shares, 1, [&](int64_t share_begin, int64_t share_end) {
+    const int64_t begin = first_of_share(share_begin), end = first_of_share(share_end);
+    if (begin >= end) return;
     int64_t i =
         std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
