@@ -195,6 +195,15 @@ class Engine {
   // `none` mode: recomputes whole sequences in the scratch area.
   StatusOr<at::Tensor> Recompute(const std::vector<Sequence*>& seqs);
   void SampleNext(Sequence& seq, const at::Tensor& logits_row);
+  // SampleNext for several sequences, row rows[i] of `logits` for seqs[i]: the draws run
+  // on the intra-op threads (a draw touches only its own sequence's rng), then the
+  // tokens are taken in order.
+  void SampleNext(const std::vector<Sequence*>& seqs, const at::Tensor& logits,
+                  const std::vector<int64_t>& rows);
+  // The next token from a logits row under the sequence's sampling parameters.
+  int32_t DrawToken(Sequence& seq, const float* logits_row) const;
+  // Appends `token` (drawn from logits_row) and applies the stop rules.
+  void TakeToken(Sequence& seq, const at::Tensor& logits_row, int32_t token);
   // Copies one block's K/V (every layer) to another block of the pool.
   void CopyBlock(int32_t src, int32_t dst);
   // Bytes of one block of one layer's K or V.

@@ -2,6 +2,8 @@
 // decode tokens through the model runner, the recompute of a `none` sequence's whole
 // context, sampling and stop handling after each forward, and the usage counters.
 // Sequences and their blocks are engine.cc's; nothing here allocates a block.
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -34,8 +36,7 @@ StatusOr<at::Tensor> Engine::Recompute(const std::vector<Sequence*>& seqs) {
   return runner_->Forward(batch_, *scratch_);
 }
 
-void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
-  seq.last_logits = logits_row;
+int32_t Engine::DrawToken(Sequence& seq, const float* logits_row) const {
   const ModelConfig& c = runner_->config();
   const GenerationRequest& r = seq.request;
   SampleContext context;
@@ -45,8 +46,29 @@ void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
     context.banned = r.stop_token_ids;
     context.banned.push_back(static_cast<int32_t>(c.eos_token_id));
   }
-  const int32_t token =
-      SampleToken(logits_row.data_ptr<float>(), c.vocab_size, r.sampling, seq.rng, &context);
+  return SampleToken(logits_row, c.vocab_size, r.sampling, seq.rng, &context);
+}
+
+void Engine::SampleNext(Sequence& seq, const at::Tensor& logits_row) {
+  TakeToken(seq, logits_row, DrawToken(seq, logits_row.data_ptr<float>()));
+}
+
+void Engine::SampleNext(const std::vector<Sequence*>& seqs, const at::Tensor& logits,
+                        const std::vector<int64_t>& rows) {
+  const at::Tensor all = logits.contiguous();
+  const float* base = all.data_ptr<float>();
+  const int64_t vocab = all.size(1);
+  std::vector<int32_t> tokens(seqs.size());
+  at::parallel_for(0, static_cast<int64_t>(seqs.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) tokens[i] = DrawToken(*seqs[i], base + rows[i] * vocab);
+  });
+  for (size_t i = 0; i < seqs.size(); ++i) TakeToken(*seqs[i], all[rows[i]], tokens[i]);
+}
+
+void Engine::TakeToken(Sequence& seq, const at::Tensor& logits_row, int32_t token) {
+  seq.last_logits = logits_row;
+  const ModelConfig& c = runner_->config();
+  const GenerationRequest& r = seq.request;
   seq.tokens.push_back(token);
   if (r.logprobs > 0) {
     seq.last_logprobs = LogprobsOf(logits_row.data_ptr<float>(), c.vocab_size, token, r.logprobs);
@@ -136,21 +158,26 @@ Status Engine::Step(const std::vector<SequenceId>& prefill_ids,
                        complete(i));
     }
     at::Tensor logits = runner_->Forward(batch_, pool_);
-    int64_t row = 0;
+    std::vector<Sequence*> sampled;
+    std::vector<int64_t> rows;
     for (size_t i = 0; i < cached.size(); ++i) {
       Sequence* s = cached[i];
       s->num_kv_tokens = ends[i];
       if (!complete(i)) continue;
       s->prefilled = true;
-      SampleNext(*s, logits[row++]);
+      rows.push_back(static_cast<int64_t>(sampled.size()));
+      sampled.push_back(s);
     }
+    SampleNext(sampled, logits, rows);
   }
   if (!recomputed.empty()) {
     KVPOOL_ASSIGN_OR_RETURN(at::Tensor logits, Recompute(recomputed));
+    std::vector<int64_t> rows;
     for (size_t i = 0; i < recomputed.size(); ++i) {
       recomputed[i]->prefilled = true;
-      SampleNext(*recomputed[i], logits[static_cast<int64_t>(i)]);
+      rows.push_back(static_cast<int64_t>(i));
     }
+    SampleNext(recomputed, logits, rows);
   }
   return Status::Ok();
 }
