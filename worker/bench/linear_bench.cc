@@ -87,8 +87,8 @@ void BM_PackedAmx(benchmark::State& state) { Run(state, Path::kPackedAmx); }
 void BM_CpuLinear(benchmark::State& state) { Run(state, Path::kCpuLinear); }
 void BM_Aten(benchmark::State& state) { Run(state, Path::kAten); }
 
-#define ROWS                                                                    \
-  ->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Arg(512)->Unit( \
+#define ROWS                                                                               \
+  ->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Arg(512)->Arg(2048)->Unit( \
       benchmark::kMillisecond)
 BENCHMARK(BM_Packed) ROWS;
 BENCHMARK(BM_PackedAvx512) ROWS;

@@ -22,6 +22,7 @@ namespace {
 constexpr int64_t kCols = 16;   // columns per packed block: one B tile's width
 constexpr int64_t kKStep = 32;  // K per step: an A tile row is 32 bf16 (64 bytes)
 constexpr int kTileRows = 16;   // rows of x per A tile
+constexpr int64_t kXBytesPerPass = int64_t{512} << 10;  // of x, per pass over the weights
 
 // Linux's arch_prctl codes for the AMX tile data permission (asm/prctl.h and
 // asm/fpu/types.h, which glibc does not export).
@@ -145,17 +146,25 @@ bool AmxBf16Usable() {
 void AmxPackedProduct(const uint16_t* x, const uint16_t* w, int64_t rows, int64_t k, int64_t blocks,
                       const packed::Epilogue& e, float* y, int64_t n) {
   const Args a{x, w, k, e, y, n};
-  // Threads split pairs of column blocks; each runs its pairs through every group of
-  // 32 rows, so a pair's weights stay in L2 while x streams past them. Groups of 32
-  // rows first, then the last, shorter one under its own tile configuration.
+  // Threads split pairs of column blocks; each runs its pairs through the groups of
+  // 32 rows of a pass, so a pair's weights stay in L2 while x streams past them. Groups
+  // of 32 rows first, then the last, shorter one under its own tile configuration.
   const int64_t full = rows / (2 * kTileRows);
   const int tail = static_cast<int>(rows % (2 * kTileRows));
+  // Many rows (a long prompt) go in passes of as many groups as keep that many rows of
+  // x in L2 beside the weights: past it every pair of column blocks would read all of
+  // x from L3 or memory again (3 MB for 2048 rows of gpt2's 768).
+  const int64_t groups_per_pass = std::max<int64_t>(
+      1, kXBytesPerPass / (2 * kTileRows * k * static_cast<int64_t>(sizeof(uint16_t))));
   at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t c0, int64_t c1) {
     if (full > 0) {
       LoadConfig(Config(kTileRows, kTileRows));
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t g = 0; g < full; ++g) {
-          Group(a, g * 2 * kTileRows, kTileRows, kTileRows, 2 * c, 2 * c + 1 < blocks);
+      for (int64_t g0 = 0; g0 < full; g0 += groups_per_pass) {
+        const int64_t g1 = std::min(full, g0 + groups_per_pass);
+        for (int64_t c = c0; c < c1; ++c) {
+          for (int64_t g = g0; g < g1; ++g) {
+            Group(a, g * 2 * kTileRows, kTileRows, kTileRows, 2 * c, 2 * c + 1 < blocks);
+          }
         }
       }
     }
