@@ -14,6 +14,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "engine/cpu_linear_packed.h"
 
 namespace kvpool {
 namespace {
@@ -336,6 +339,13 @@ at::Tensor AtenLinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 }  // namespace
 
+// What the startup line says of packed products: which kernel runs them.
+static std::string PackedProductsAre() {
+  return CpuHasAmxBf16()
+             ? ", packed for AMX tiles (4 rows or more) and AVX512-BF16 products"
+             : ", packed for AVX512-BF16 products";
+}
+
 bool CpuPacksBf16Weights() {
   return NativeBf16() && KernelIsa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") != 0;
 }
@@ -351,7 +361,7 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
     if (name == "bf16" && !NativeBf16()) {
       *why += "; this CPU has no AVX512-BF16: products of many rows are converted to fp32";
     } else if (name == "bf16" && CpuPacksBf16Weights()) {
-      *why += ", packed for AVX512-BF16 products";
+      *why += PackedProductsAre();
     }
     return name == "bf16" ? at::kBFloat16 : at::kFloat;
   }
@@ -360,7 +370,7 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
   }
   if (NativeBf16()) {
     *why = CpuPacksBf16Weights()
-               ? "bf16 weights (auto: the CPU has AVX512-BF16), packed for its products"
+               ? "bf16 weights (auto: the CPU has AVX512-BF16)" + PackedProductsAre()
                : "bf16 weights (auto: the CPU has AVX512-BF16)";
     return at::kBFloat16;
   }
