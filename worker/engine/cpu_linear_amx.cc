@@ -60,7 +60,12 @@ TileConfig Config(int rows0, int rows1) {
   return c;
 }
 
+// LDTILECFG and TILERELEASE as inline assembly, like GCC's tile load, store and
+// multiply macros: its _tile_release() is an always_inline function that needs
+// target("amx-tile"), which the parallel_for lambda cannot carry, and the file must
+// build where -march=native has no AMX.
 void LoadConfig(const TileConfig& c) { __asm__ volatile("ldtilecfg %0" ::"m"(c)); }
+void ReleaseTiles() { __asm__ volatile("tilerelease" ::); }
 
 struct Args {
   const uint16_t* x;  // [rows, k] bf16
@@ -175,7 +180,7 @@ void AmxPackedProduct(const uint16_t* x, const uint16_t* w, int64_t rows, int64_
         Group(a, full * 2 * kTileRows, rows0, rows1, 2 * c, 2 * c + 1 < blocks);
       }
     }
-    _tile_release();
+    ReleaseTiles();
   });
 }
 
