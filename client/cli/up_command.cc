@@ -279,7 +279,7 @@ void AddUpCommand(CLI::App& app, int* exit_code) {
   command->add_option("--cuda-device", flags->cuda_device, "--backend cuda: the GPU ordinal")
       ->check(CLI::NonNegativeNumber);
   command->add_option("--weight-dtype", flags->weight_dtype,
-                      "the workers' CPU weights: fp32, bf16 or auto (default: fp32)");
+                      "the workers' CPU weights: fp32, bf16, fp16 or auto (default: fp32)");
   command->add_option("--tls-cert", flags->tls_cert,
                       "PEM certificate the manager and the workers serve TLS with");
   command->add_option("--tls-key", flags->tls_key, "PEM private key of --tls-cert");

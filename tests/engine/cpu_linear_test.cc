@@ -1,7 +1,7 @@
 // The decode-shaped CPU linear against a naive double-precision product, over row
 // counts on both sides of the kernel's range, odd output sizes, input sizes that
 // leave a scalar tail, strided rows of x, with and without bias; with fp32 weights and
-// with bf16 weights (against the product of the bf16 values themselves).
+// with bf16 and fp16 weights (against the product of the 16-bit values themselves).
 #include "engine/cpu_linear.h"
 
 #include <ATen/ATen.h>
@@ -65,6 +65,19 @@ TEST_P(CpuLinearTest, Bf16WeightsMatchTheProductOfTheirValues) {
   EXPECT_TRUE((error <= bound).all().item<bool>())
       << rows << " rows, n " << n << ", k " << k << (kernel ? ", fp32 x" : ", bf16 x")
       << ": worst excess " << (error - bound).max().item<double>();
+}
+
+TEST_P(CpuLinearTest, Fp16WeightsMatchTheProductOfTheirValues) {
+  const auto [rows, n, k, with_bias] = GetParam();
+  const auto [x, w, b, y, expected] = RunProduct(rows, n, k, with_bias, at::kHalf);
+  ASSERT_EQ(y.sizes(), expected.sizes());
+  ASSERT_EQ(y.scalar_type(), at::kFloat);
+  // Every path widens the fp16 weights exactly and keeps x and the sums in fp32, so the
+  // bound is fp32 rounding's, as for fp32 weights.
+  const double max_error = (y.to(at::kDouble) - expected).abs().max().item<double>();
+  EXPECT_LT(max_error, 1e-3 * std::sqrt(static_cast<double>(k)))
+      << rows << " rows, n " << n << ", k " << k
+      << (CpuLinearUsesKernel(rows) ? ", kernel" : ", ATen");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearTest,

@@ -2,7 +2,8 @@
 // Face transformers' own logits and greedy continuations (use_cache True and False)
 // for tiny random models, made by scripts/make-hf-fixtures.py and committed under
 // tests/data/hf/. Each folder is loaded with our loader and run in all three modes,
-// with fp32 weights (equal within fp32 rounding), and with bf16 weights and each
+// with fp32 weights (equal within fp32 rounding; fp16 weights too on the fp16-stored
+// checkpoint, whose values they hold exactly), and with bf16 or fp16 weights and each
 // reduced KV dtype on the CPU (within their rounding; a token that differs between modes
 // or from transformers' only where the two candidates' logits nearly tie).
 #include <gmock/gmock.h>
@@ -68,9 +69,11 @@ void OpenFixture(const std::string& folder, EngineOptions options, Fixture* out)
 
 class HfReferenceTest : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
+// The engine (with `options`) against transformers' logits within fp32 rounding and
+// its greedy tokens exactly, in every mode.
+void ExpectExact(const std::string& folder, const EngineOptions& options) {
   Fixture fixture;
-  ASSERT_NO_FATAL_FAILURE(OpenFixture(GetParam(), EngineOptions(), &fixture));
+  ASSERT_NO_FATAL_FAILURE(OpenFixture(folder, options, &fixture));
   const SafetensorsFile& ref = *fixture.ref;
   worker::OfflineEngine& engine = *fixture.engine;
   for (int p = 0; ref.Contains("prompt" + std::to_string(p) + ".ids"); ++p) {
@@ -85,18 +88,31 @@ TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
       for (size_t step = 0;; ++step) {
         const at::Tensor want = logits[static_cast<int64_t>(prompt.size() + step) - 1];
         const double diff = (engine.sequence(id).last_logits - want).abs().max().item<double>();
-        EXPECT_LE(diff, 1e-4) << GetParam() << " " << key << " mode " << KvModeName(mode)
-                              << " step " << step;
+        EXPECT_LE(diff, 1e-4) << folder << " " << key << " mode " << KvModeName(mode) << " step "
+                              << step;
         if (engine.sequence(id).finished()) break;
         ASSERT_TRUE(engine.Decode({id}).ok());
       }
       const Sequence& s = engine.sequence(id);
       EXPECT_EQ(std::vector<int32_t>(s.tokens.begin() + s.prompt_len(), s.tokens.end()),
                 want_cached)
-          << GetParam() << " " << key << " mode " << KvModeName(mode);
+          << folder << " " << key << " mode " << KvModeName(mode);
       ASSERT_TRUE(engine.Release(id).ok());
     }
   }
+}
+
+TEST_P(HfReferenceTest, LogitsAndGreedyTokensMatchTransformersInEveryMode) {
+  ExpectExact(GetParam(), EngineOptions());
+}
+
+TEST(HfReferenceFp16Test, Fp16WeightsOfAnFp16CheckpointAreExact) {
+  // The checkpoint's weights are fp16 values: kept in fp16 they are not rounded at all,
+  // so the engine matches transformers' fp32 computation on them as closely as fp32
+  // weights do (bf16 would round each to 8 significant bits).
+  EngineOptions options;
+  options.cpu_weight_dtype = at::kHalf;
+  ExpectExact("tiny-gpt2-fp16", options);
 }
 
 // The engine with reduced precision (`options`: weights, KV or both) against
@@ -185,6 +201,18 @@ TEST_P(HfReferenceTest, ReducedKvDtypesStayWithinTheirRoundingOfTransformers) {
   both.cpu_weight_dtype = at::kBFloat16;
   both.cpu_kv_dtype = KvDtype::kInt8;
   ExpectWithinRounding(GetParam(), both, 0.04, "bf16 weights, int8 K/V");
+}
+
+TEST_P(HfReferenceTest, Fp16WeightsStayWithinTheirRoundingOfTransformers) {
+  // fp16 keeps 11 significant bits (8 times bf16's precision): 0.3% of the largest
+  // logit bounds it, with fp32 and bf16 K/V.
+  for (KvDtype kv : {KvDtype::kFloat32, KvDtype::kBFloat16}) {
+    EngineOptions options;
+    options.cpu_weight_dtype = at::kHalf;
+    options.cpu_kv_dtype = kv;
+    ExpectWithinRounding(GetParam(), options, kv == KvDtype::kFloat32 ? 0.003 : 0.02,
+                         std::string("fp16 weights, ") + KvDtypeName(kv) + " K/V");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Folders, HfReferenceTest,

@@ -102,7 +102,7 @@ TEST(BenchTest, QuickRunWritesTheReportCsvsAndPlots) {
   // Precision: fp32/fp32 first (the reference: no difference from itself), then every
   // other weight x KV dtype; the 8-bit K/V take fewer bytes per token, so more fit.
   const nlohmann::json& precision = r["scenarios"]["precision"]["configurations"];
-  ASSERT_EQ(precision.size(), 8u);
+  ASSERT_EQ(precision.size(), 12u);  // fp32, bf16 and fp16 weights x 4 KV dtypes
   EXPECT_EQ(precision[0]["weight_dtype"], "fp32");
   EXPECT_EQ(precision[0]["kv_dtype"], "fp32");
   EXPECT_EQ(precision[0]["max_abs_logit_diff"].get<double>(), 0);

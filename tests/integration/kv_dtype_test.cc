@@ -1,7 +1,8 @@
-// A manager whose pool holds int8 K/V (one fp32 scale per token and KV head) and two
-// workers that follow it (--kv-cache-dtype auto), one with bf16 weights: every mode is
-// served, the workers describe the pool's dtype, a prefix one worker wrote is read by
-// the other, and a worker that insists on another KV dtype stops, naming both.
+// A manager whose pool holds int8 K/V (one fp32 scale per token and KV head) and four
+// workers that follow it (--kv-cache-dtype auto or int8; fp32, bf16 or fp16 weights):
+// every mode is served, the workers describe the pool's dtype, a prefix one worker
+// wrote is read by another, and a worker that insists on another KV dtype stops,
+// naming both.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -18,8 +19,11 @@ class KvDtypeTest : public ::testing::Test {
     manager_ = std::make_unique<ManagerProcess>(std::vector<std::string>{
         "--model", "tiny-gpt2", "--num-blocks", "256", "--kv-cache-dtype", "int8"});
     const std::vector<std::string> base = {"--model", "tiny-gpt2", "--threads", "1"};
-    for (const std::vector<std::string>& extra : std::vector<std::vector<std::string>>{
-             {}, {"--kv-cache-dtype", "int8"}, {"--weight-dtype", "bf16"}}) {
+    for (const std::vector<std::string>& extra :
+         std::vector<std::vector<std::string>>{{},
+                                               {"--kv-cache-dtype", "int8"},
+                                               {"--weight-dtype", "bf16"},
+                                               {"--weight-dtype", "fp16"}}) {
       std::vector<std::string> args = base;
       args.insert(args.end(), extra.begin(), extra.end());
       workers_.push_back(std::make_unique<WorkerProcess>(manager_->address(), args));
@@ -52,11 +56,13 @@ TEST_F(KvDtypeTest, WorkersDescribeTheInt8Pool) {
 
 TEST_F(KvDtypeTest, EveryModeServesAndAPrefixWrittenByOneWorkerIsReadByAnother) {
   const std::vector<int32_t> prompt = RandomTokens(41, 3);
-  for (v1::KvMode mode : {v1::KV_MODE_NONE, v1::KV_MODE_CONTIGUOUS, v1::KV_MODE_PAGED}) {
-    auto stub = workers_[2]->NewStub();
-    GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(19, 5), 12, mode));
-    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
-    ASSERT_EQ(out.tokens.at(0).size(), 12u) << "mode " << mode;
+  for (size_t w : {size_t{2}, size_t{3}}) {  // bf16 and fp16 weights
+    for (v1::KvMode mode : {v1::KV_MODE_NONE, v1::KV_MODE_CONTIGUOUS, v1::KV_MODE_PAGED}) {
+      auto stub = workers_[w]->NewStub();
+      GenerateOutcome out = Generate(*stub, GreedyRequest(RandomTokens(19, 5), 12, mode));
+      ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+      ASSERT_EQ(out.tokens.at(0).size(), 12u) << "worker " << w << " mode " << mode;
+    }
   }
   auto first = workers_[0]->NewStub();
   GenerateOutcome a = Generate(*first, GreedyRequest(prompt, 16, v1::KV_MODE_PAGED));

@@ -9,6 +9,7 @@
 
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Half.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -27,15 +28,20 @@ Isa KernelIsa() {
   static const Isa isa = [] {
     const char* choice = std::getenv("KVPOOL_CPU_LINEAR");
     if (choice != nullptr && std::strcmp(choice, "blas") == 0) return Isa::kNone;
-    const bool avx512 = __builtin_cpu_supports("avx512f") != 0;
+    const bool avx512 =
+        __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("f16c") != 0;
     if (avx512 && (choice == nullptr || std::strcmp(choice, "avx2") != 0)) return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+      return Isa::kAvx2;
+    }
     return Isa::kNone;
   }();
   return isa;
 }
 
-// W is float (fp32 weights) or uint16_t (bf16 weights: the upper halves of fp32s).
+// W is float (fp32 weights), uint16_t (bf16 weights: the upper halves of fp32s) or
+// Fp16 (IEEE half weights).
 template <typename W>
 struct LinearArgs {
   const float* x;  // [M, K], rows ldx apart
@@ -54,21 +60,34 @@ inline float Widen(uint16_t w) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
+// fp16 weights (--weight-dtype fp16): IEEE half bits, widened exactly by F16C's
+// vcvtph2ps as they load (every fp16 value is an fp32 value).
+struct Fp16 {
+  uint16_t bits;
+};
+inline float Widen(Fp16 w) { return c10::detail::fp16_ieee_to_fp32_value(w.bits); }
 
-// Weight vectors as fp32: fp32 loaded as is, bf16 widened exactly (a 16-bit shift).
-__attribute__((target("avx2,fma"))) inline __m256 LoadW256(const float* p) {
+// Weight vectors as fp32: fp32 loaded as is, bf16 widened exactly (a 16-bit shift),
+// fp16 by vcvtph2ps (F16C; AVX-512F for 16 lanes).
+__attribute__((target("avx2,fma,f16c"))) inline __m256 LoadW256(const float* p) {
   return _mm256_loadu_ps(p);
 }
-__attribute__((target("avx2,fma"))) inline __m256 LoadW256(const uint16_t* p) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256 LoadW256(const uint16_t* p) {
   const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
 }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadW512(const float* p) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256 LoadW256(const Fp16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 LoadW512(const float* p) {
   return _mm512_loadu_ps(p);
 }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadW512(const uint16_t* p) {
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 LoadW512(const uint16_t* p) {
   const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 LoadW512(const Fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 // Software prefetch distance along each weight row (4 KiB for fp32, 16 KiB for bf16):
@@ -117,21 +136,23 @@ constexpr int64_t kPrefetchBytes = sizeof(W) == 4 ? 4096 : 16384;
     }                                                                                        \
   }
 
-__attribute__((target("avx2,fma"))) inline float HorizontalSum256(__m256 v) {
+__attribute__((target("avx2,fma,f16c"))) inline float HorizontalSum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-__attribute__((target("avx2,fma"))) inline __m256 Zero256() { return _mm256_setzero_ps(); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 Zero512() { return _mm512_setzero_ps(); }
-__attribute__((target("avx512f,avx2,fma"))) inline float HorizontalSum512(__m512 v) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Zero256() { return _mm256_setzero_ps(); }
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 Zero512() {
+  return _mm512_setzero_ps();
+}
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline float HorizontalSum512(__m512 v) {
   return _mm512_reduce_add_ps(v);
 }
 
-KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, LoadW256, _mm256_fmadd_ps,
+KVPOOL_DEFINE_TILE(TileAvx2, "avx2,fma,f16c", __m256, 8, _mm256_loadu_ps, LoadW256, _mm256_fmadd_ps,
                    Zero256, HorizontalSum256)
-KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma", __m512, 16, _mm512_loadu_ps, LoadW512,
+KVPOOL_DEFINE_TILE(TileAvx512, "avx512f,avx2,fma,f16c", __m512, 16, _mm512_loadu_ps, LoadW512,
                    _mm512_fmadd_ps, Zero512, HorizontalSum512)
 #undef KVPOOL_DEFINE_TILE
 
@@ -341,9 +362,8 @@ at::Tensor AtenLinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Te
 
 // What the startup line says of packed products: which kernel runs them.
 static std::string PackedProductsAre() {
-  return CpuHasAmxBf16()
-             ? ", packed for AMX tiles (4 rows or more) and AVX512-BF16 products"
-             : ", packed for AVX512-BF16 products";
+  return CpuHasAmxBf16() ? ", packed for AMX tiles (4 rows or more) and AVX512-BF16 products"
+                         : ", packed for AVX512-BF16 products";
 }
 
 bool CpuPacksBf16Weights() {
@@ -365,8 +385,21 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
     }
     return name == "bf16" ? at::kBFloat16 : at::kFloat;
   }
+  if (name == "fp16") {
+    *why = KernelIsa() != Isa::kNone
+               ? std::string(
+                     "fp16 weights (asked for), widened to fp32 in registers by F16C "
+                     "(vcvtph2ps) up to ") +
+                     std::to_string(kCpuLinearMaxRows) + " rows, fp32 products"
+               : std::string("fp16 weights (asked for); no kernel of ours runs here (") +
+                     (std::getenv("KVPOOL_CPU_LINEAR") != nullptr
+                          ? "KVPOOL_CPU_LINEAR"
+                          : "the CPU has no AVX2, FMA and F16C") +
+                     "): every product converts them to fp32 first";
+    return at::kHalf;
+  }
   if (name != "auto") {
-    return InvalidArgument("--weight-dtype must be fp32, bf16 or auto, got '" + name + "'");
+    return InvalidArgument("--weight-dtype must be fp32, bf16, fp16 or auto, got '" + name + "'");
   }
   if (NativeBf16()) {
     *why = CpuPacksBf16Weights()
@@ -383,12 +416,18 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
 at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const int64_t rows = x.size(0);
   const bool bf16 = w.scalar_type() == at::kBFloat16;
+  const bool fp16 = w.scalar_type() == at::kHalf;
   const bool fits = x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-                    (w.scalar_type() == at::kFloat || bf16) && w.is_contiguous() &&
+                    (w.scalar_type() == at::kFloat || bf16 || fp16) && w.is_contiguous() &&
                     x.stride(1) == 1 &&
                     (!b.defined() || (b.scalar_type() == at::kFloat && b.is_contiguous()));
   const bool kernel = fits && CpuLinearUsesKernel(rows) && (!bf16 || rows <= kBf16KernelMaxRows);
-  if (!kernel) return bf16 ? AtenLinearBf16(x, w, b) : AtenLinear(x, w, b);
+  if (!kernel) {
+    if (bf16) return AtenLinearBf16(x, w, b);
+    // fp16: ATen 1.13 has no fast CPU product of halves; the fp32 one of the widened
+    // weights (exact) is the kernel's arithmetic.
+    return fp16 ? AtenLinear(x.to(at::kFloat), w.to(at::kFloat), b) : AtenLinear(x, w, b);
+  }
   const int64_t n = w.size(0);
   at::Tensor y = at::empty({rows, n}, x.options());
   const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -407,6 +446,11 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     RunKernel(LinearArgs<uint16_t>{x.data_ptr<float>(), x.stride(0),
                                    reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
                                    w.size(1), bias, y.data_ptr<float>(), n},
+              rows);
+  } else if (fp16) {
+    RunKernel(LinearArgs<Fp16>{x.data_ptr<float>(), x.stride(0),
+                               reinterpret_cast<const Fp16*>(w.data_ptr<at::Half>()), w.size(1),
+                               bias, y.data_ptr<float>(), n},
               rows);
   } else {
     RunKernel(LinearArgs<float>{x.data_ptr<float>(), x.stride(0), w.data_ptr<float>(), w.size(1),

@@ -21,6 +21,12 @@
 // acts as a CPU without AVX512-BF16 (the portable paths, for tests). Where the CPU has
 // AVX512-BF16 the CPU model packs its bf16 matrices at load and every product of them
 // goes through cpu_linear_packed.h's kernel instead (faster at every row count).
+//
+// Weights may be fp16 (--weight-dtype fp16): half the bytes as bf16 reads, with 3 more
+// bits of mantissa (a checkpoint stored in fp16, as most Llama ones are, loads
+// unrounded). The kernel widens each weight vector to fp32 as it loads it (F16C's
+// vcvtph2ps, exact) against fp32 x, up to kCpuLinearMaxRows rows; more rows, or
+// KVPOOL_CPU_LINEAR=blas, take ATen's fp32 product of the widened matrix.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -39,7 +45,7 @@ inline constexpr int64_t kCpuLinearMaxRows = 512;
 // With bf16 weights the kernel (fp32 FMAs) stops where ATen's bf16 product gets faster.
 inline constexpr int64_t kBf16KernelMaxRows = 16;
 
-// x [M, K] (rows may be strided, elements contiguous), w [N, K] (float32 or bfloat16),
+// x [M, K] (rows may be strided, elements contiguous), w [N, K] (float32, bfloat16 or half),
 // b [N] or undefined; y is float32. Any device works; the own kernel runs for CPU
 // tensors on CPUs with AVX2 and FMA, everything else goes through ATen.
 at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
@@ -57,7 +63,7 @@ bool CpuLinearBf16KeepsFp32Activations(int64_t rows);
 // KVPOOL_CPU_BF16 asks for another path.
 bool CpuPacksBf16Weights();
 
-// --weight-dtype on the CPU: "fp32", "bf16", or "auto": bf16 where the CPU has
+// --weight-dtype on the CPU: "fp32", "bf16", "fp16", or "auto": bf16 where the CPU has
 // AVX512-BF16 (a prefill then runs on its bf16 dot products too), else fp32.
 // INVALID_ARGUMENT for other names; `why` says what was chosen and why.
 StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* why);

@@ -56,8 +56,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
   if (options.threads > 0) at::set_num_threads(options.threads);
   std::unique_ptr<ModelRunner> runner;
   if (options.device == "cpu") {
-    if (options.cpu_weight_dtype != at::kFloat && options.cpu_weight_dtype != at::kBFloat16) {
-      return InvalidArgument("CPU weights are fp32 or bf16");
+    if (options.cpu_weight_dtype != at::kFloat && options.cpu_weight_dtype != at::kBFloat16 &&
+        options.cpu_weight_dtype != at::kHalf) {
+      return InvalidArgument("CPU weights are fp32, bf16 or fp16");
     }
     runner = std::make_unique<Model>(std::move(config), std::move(weights),
                                      options.cpu_weight_dtype, options.cpu_kv_dtype);

@@ -122,18 +122,19 @@ Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dty
       weights_(std::move(weights)),
       weight_dtype_(weight_dtype),
       kv_dtype_(kv_dtype) {
-  if (weight_dtype_ == at::kBFloat16) {
-    // The matrices of the linear layers, the head included (a tied head gets a bf16
+  if (weight_dtype_ == at::kBFloat16 || weight_dtype_ == at::kHalf) {
+    // The matrices of the linear layers, the head included (a tied head gets its own
     // copy; the embedding lookup keeps fp32 rows). Norms, biases and embeddings stay
     // fp32: they are a small share of the bytes a step reads.
-    const auto narrow = [](at::Tensor& w) { w = w.to(at::kBFloat16).contiguous(); };
+    const at::ScalarType dtype = weight_dtype_;
+    const auto narrow = [dtype](at::Tensor& w) { w = w.to(dtype).contiguous(); };
     for (LayerWeights& l : weights_.layers) {
       for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) narrow(*w);
     }
     narrow(weights_.lm_head);
-    // Where the CPU has AVX512-BF16, in the layout of its packed product (a new tensor:
-    // the matrix may share its storage with another weight).
-    if (CpuPacksBf16Weights()) {
+    // bf16 where the CPU has AVX512-BF16: in the layout of its packed product (a new
+    // tensor: the matrix may share its storage with another weight).
+    if (weight_dtype_ == at::kBFloat16 && CpuPacksBf16Weights()) {
       const auto pack = [&](at::Tensor& w) {
         if (!CanPackBf16(w)) return;
         const int64_t rows = w.size(0);

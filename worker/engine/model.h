@@ -1,6 +1,6 @@
 // The CPU model runner: the one transformer forward (engine/transformer.h) over the
 // CPU backend. Linear layers go through CpuLinear (its own kernel for a few rows,
-// BLAS beyond; weights in fp32 or bf16); the attention block rotates q and k in place (Llama),
+// BLAS beyond; weights in fp32, bf16 or fp16); the attention block rotates q and k in place (Llama),
 // stores each token's K/V into its pool slot in the pool's dtype and runs the CPU paged kernel. One
 // call runs a packed batch of tokens from any number of sequences (a prefill, a decode step, or a
 // recompute). The runner owns no KV memory and no sequence state.
@@ -18,8 +18,8 @@ namespace kvpool {
 
 class Model : public ModelRunner {
  public:
-  // weight_dtype: at::kFloat, or at::kBFloat16 for the linear layers' matrices (see
-  // CpuLinear: fp32 activations and sums; half the bytes per decode step).
+  // weight_dtype: at::kFloat, or at::kBFloat16 / at::kHalf for the linear layers'
+  // matrices (see CpuLinear: fp32 activations and sums; half the bytes per decode step).
   // kv_dtype: what the pool holds and the K/V write stores (any KvDtype; kv_quant.h).
   Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dtype = at::kFloat,
         KvDtype kv_dtype = KvDtype::kFloat32);

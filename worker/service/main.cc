@@ -73,7 +73,7 @@ int Run(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   std::string weight_dtype_name = "fp32";
   app.add_option("--weight-dtype", weight_dtype_name,
-                 "CPU linear weights: fp32, bf16 or auto (bf16 where the CPU has AVX512-BF16)")
+                 "CPU linear weights: fp32, bf16, fp16 or auto (bf16 where the CPU has AVX512-BF16)")
       ->capture_default_str();
   std::string kv_dtype_name = "auto";
   app.add_option("--kv-cache-dtype", kv_dtype_name,

@@ -177,7 +177,7 @@ int64_t Scheduler::TimedNs() const {
 
 int64_t Scheduler::CpuWeightBytes() const {
   int64_t bytes = weights_.ParameterBytes();
-  if (options_.cpu_weight_dtype == at::kBFloat16) {
+  if (options_.cpu_weight_dtype != at::kFloat) {  // bf16 or fp16: 2 bytes of 4
     for (const LayerWeights& l : weights_.layers) {
       for (const at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) {
         if (w->defined()) bytes -= w->numel() * 2;

@@ -1,5 +1,5 @@
 // The CPU engine's precision flags as the engine tools take them (kvpool-engine-bench,
-// kvpool-engine-run): --weight-dtype (fp32, bf16, auto) and --kv-cache-dtype (any
+// kvpool-engine-run): --weight-dtype (fp32, bf16, fp16, auto) and --kv-cache-dtype (any
 // KvDtype), parsed into EngineOptions with the same messages in every tool.
 #pragma once
 
@@ -17,7 +17,7 @@ struct CpuDtypeFlags {
   std::string weight_why;  // after Apply: what --weight-dtype chose and why
 
   void Add(CLI::App& app) {
-    app.add_option("--weight-dtype", weight, "CPU linear weights: fp32, bf16 or auto")
+    app.add_option("--weight-dtype", weight, "CPU linear weights: fp32, bf16, fp16 or auto")
         ->capture_default_str();
     app.add_option("--kv-cache-dtype", kv, "CPU KV pool: fp32, fp16, bf16, int8 or fp8 (e4m3)")
         ->capture_default_str();

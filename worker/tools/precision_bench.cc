@@ -29,7 +29,7 @@ namespace kvpool {
 namespace {
 
 struct Config {
-  std::string weight_name;  // "fp32" / "bf16"
+  std::string weight_name;  // "fp32" / "bf16" / "fp16"
   at::ScalarType weight_dtype;
   KvDtype kv_dtype;
   std::unique_ptr<OfflineEngine> engine;
@@ -86,7 +86,7 @@ int Main(int argc, char** argv) {
   int64_t positions = 256, greedy_tokens = 200, prefill_tokens = 200;
   int64_t pool_bytes = int64_t{1} << 30;
   std::vector<int64_t> contexts = {200, 1000};
-  std::vector<std::string> weight_names = {"fp32", "bf16"};
+  std::vector<std::string> weight_names = {"fp32", "bf16", "fp16"};
   std::vector<std::string> kv_names = {"fp32", "bf16", "int8", "fp8"};
   bool json = false, quick = false;
   app.add_option("--model", model, "built-in name or Hugging Face folder");
@@ -105,7 +105,7 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--pool-bytes", pool_bytes, "pool size for the largest-batch column")
       ->check(CLI::PositiveNumber);
-  app.add_option("--weight-dtypes", weight_names, "CPU weight dtypes (fp32, bf16)")->delimiter(',');
+  app.add_option("--weight-dtypes", weight_names, "CPU weight dtypes (fp32, bf16, fp16)")->delimiter(',');
   app.add_option("--kv-cache-dtypes", kv_names, "KV dtypes (fp32, fp16, bf16, int8, fp8)")
       ->delimiter(',');
   app.add_flag("--quick", quick, "fewer steps, one round, shorter sequences (smoke test)");
