@@ -370,6 +370,8 @@ bool CpuPacksBf16Weights() {
   return NativeBf16() && KernelIsa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bw") != 0;
 }
 
+bool CpuPacksFp16Weights() { return KernelIsa() == Isa::kAvx512; }
+
 bool CpuLinearBf16KeepsFp32Activations(int64_t rows) {
   if (!NativeBf16()) return true;  // the widening kernel, or the fp32 product
   return CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows && KernelIsa() != Isa::kAvx512;
@@ -386,16 +388,19 @@ StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* wh
     return name == "bf16" ? at::kBFloat16 : at::kFloat;
   }
   if (name == "fp16") {
-    *why = KernelIsa() != Isa::kNone
-               ? std::string(
-                     "fp16 weights (asked for), widened to fp32 in registers by F16C "
-                     "(vcvtph2ps) up to ") +
-                     std::to_string(kCpuLinearMaxRows) + " rows, fp32 products"
-               : std::string("fp16 weights (asked for); no kernel of ours runs here (") +
-                     (std::getenv("KVPOOL_CPU_LINEAR") != nullptr
-                          ? "KVPOOL_CPU_LINEAR"
-                          : "the CPU has no AVX2, FMA and F16C") +
-                     "): every product converts them to fp32 first";
+    if (CpuPacksFp16Weights()) {
+      *why =
+          "fp16 weights (asked for), packed for AVX-512 products: widened to fp32 in registers "
+          "by vcvtph2ps, fp32 sums";
+    } else if (KernelIsa() != Isa::kNone) {
+      *why = "fp16 weights (asked for), widened to fp32 in registers by F16C (vcvtph2ps) up to " +
+             std::to_string(kCpuLinearMaxRows) + " rows, fp32 products";
+    } else {
+      *why = std::string("fp16 weights (asked for); no kernel of ours runs here (") +
+             (std::getenv("KVPOOL_CPU_LINEAR") != nullptr ? "KVPOOL_CPU_LINEAR"
+                                                          : "the CPU has no AVX2, FMA and F16C") +
+             "): every product converts them to fp32 first";
+    }
     return at::kHalf;
   }
   if (name != "auto") {

@@ -24,9 +24,11 @@
 //
 // Weights may be fp16 (--weight-dtype fp16): half the bytes as bf16 reads, with 3 more
 // bits of mantissa (a checkpoint stored in fp16, as most Llama ones are, loads
-// unrounded). The kernel widens each weight vector to fp32 as it loads it (F16C's
-// vcvtph2ps, exact) against fp32 x, up to kCpuLinearMaxRows rows; more rows, or
-// KVPOOL_CPU_LINEAR=blas, take ATen's fp32 product of the widened matrix.
+// unrounded). On AVX-512 CPUs the CPU model packs them at load and every product goes
+// through cpu_linear_packed_fp16.h's kernel. Elsewhere this kernel widens each weight
+// vector to fp32 as it loads it (F16C's vcvtph2ps, exact) against fp32 x, up to
+// kCpuLinearMaxRows rows; more rows, or KVPOOL_CPU_LINEAR=blas, take ATen's fp32
+// product of the widened matrix.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -57,6 +59,11 @@ const char* CpuLinearKernelName();
 // With bf16 weights, whether a product of `rows` rows keeps x in fp32 (else x is
 // rounded to bf16 first).
 bool CpuLinearBf16KeepsFp32Activations(int64_t rows);
+
+// Whether fp16 matrices are packed for the AVX-512 product at load
+// (cpu_linear_packed_fp16.h): on AVX-512 CPUs, unless KVPOOL_CPU_LINEAR asks for another
+// path.
+bool CpuPacksFp16Weights();
 
 // Whether bf16 matrices are packed for the AVX512-BF16 product at load
 // (cpu_linear_packed.h): on CPUs with AVX512-BF16, unless KVPOOL_CPU_LINEAR or

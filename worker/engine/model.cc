@@ -8,6 +8,7 @@
 
 #include "engine/cpu_linear.h"
 #include "engine/cpu_linear_packed.h"
+#include "engine/cpu_linear_packed_fp16.h"
 #include "engine/kv_quant.h"
 #include "engine/transformer.h"
 
@@ -38,13 +39,16 @@ class Model::CpuBackend : public ForwardBackend {
     const auto packed = model_.packed_.find(w.data_ptr());
     const bool fusable =
         !residual.defined() || (residual.is_contiguous() && residual.scalar_type() == at::kFloat);
+    const bool fp16 = w.scalar_type() == at::kHalf;
     if (packed != model_.packed_.end() && fusable) {
       // GELU and the residual add happen in the product's epilogue.
-      return CpuLinearPackedBf16(x, w, packed->second, b, PackedKernel::kAuto,
-                                 {gelu_tanh, residual});
+      return fp16 ? CpuLinearPackedFp16(x, w, packed->second, b, {gelu_tanh, residual})
+                  : CpuLinearPackedBf16(x, w, packed->second, b, PackedKernel::kAuto,
+                                        {gelu_tanh, residual});
     }
-    at::Tensor y = packed != model_.packed_.end() ? CpuLinearPackedBf16(x, w, packed->second, b)
-                                                  : CpuLinear(x, w, b);
+    at::Tensor y = packed == model_.packed_.end() ? CpuLinear(x, w, b)
+                   : fp16                         ? CpuLinearPackedFp16(x, w, packed->second, b)
+                                                  : CpuLinearPackedBf16(x, w, packed->second, b);
     if (gelu_tanh) y = at::gelu(y, "tanh");
     if (!residual.defined()) return y;
     residual.add_(y);
@@ -139,6 +143,19 @@ Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dty
         if (!CanPackBf16(w)) return;
         const int64_t rows = w.size(0);
         w = PackBf16(w);
+        packed_.emplace(w.data_ptr(), rows);
+      };
+      for (LayerWeights& l : weights_.layers) {
+        for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) pack(*w);
+      }
+      pack(weights_.lm_head);
+    }
+    // fp16 on AVX-512 CPUs: in the layout of the packed fp16 product.
+    if (weight_dtype_ == at::kHalf && CpuPacksFp16Weights()) {
+      const auto pack = [&](at::Tensor& w) {
+        if (!CanPackFp16(w)) return;
+        const int64_t rows = w.size(0);
+        w = PackFp16(w);
         packed_.emplace(w.data_ptr(), rows);
       };
       for (LayerWeights& l : weights_.layers) {

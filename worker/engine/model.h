@@ -40,8 +40,9 @@ class Model : public ModelRunner {
   at::ScalarType weight_dtype_;
   KvDtype kv_dtype_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_position][head_dim / 2], Llama only
-  // The bf16 matrices packed for AVX512-BF16 (cpu_linear_packed.h), by their data, with
-  // their rows (before the padding).
+  // The bf16 matrices packed for AVX512-BF16 (cpu_linear_packed.h) and the fp16 ones
+  // packed for AVX-512 (cpu_linear_packed_fp16.h), by their data, with their rows (before
+  // the padding).
   std::unordered_map<const void*, int64_t> packed_;
 };
 
