@@ -260,6 +260,24 @@ TEST_P(ModesAgreeTest, ChunkedPrefillEqualsAWholeOne) {
   }
 }
 
+TEST(EngineConfigTest, Fp16WeightsRefuseValuesBeyondFp16sRange) {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  EngineOptions options;
+  options.cpu_weight_dtype = at::kHalf;
+  ASSERT_TRUE(OfflineEngine::Create(config, RandomWeights(config, 7), options).ok());
+  ModelWeights weights = RandomWeights(config, 7);
+  weights.layers[1].down_w[3][5] = -70000.0;  // fine in bf16 or fp32, infinite in fp16
+  auto refused = OfflineEngine::Create(config, std::move(weights), options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("layer 1's MLP down projection"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("use --weight-dtype bf16 or fp32"));
+  options.cpu_weight_dtype = at::kBFloat16;
+  ModelWeights again = RandomWeights(config, 7);
+  again.layers[1].down_w[3][5] = -70000.0;
+  EXPECT_TRUE(OfflineEngine::Create(config, std::move(again), options).ok());
+}
+
 TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
   auto unknown = BuiltinModelConfig("gpt5");
   EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);

@@ -32,6 +32,29 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
+// fp16 holds magnitudes up to 65504: a matrix with larger values would hold infinities
+// (a bf16 checkpoint can: bf16 has fp32's range). Refused at load, naming the first one.
+Status CheckFitsFp16(const ModelWeights& w) {
+  constexpr double kFp16Max = 65504;
+  const auto check = [&](const at::Tensor& t, const std::string& name) -> Status {
+    if (!t.defined()) return Status::Ok();
+    const double largest = t.abs().max().item<double>();
+    if (largest <= kFp16Max) return Status::Ok();  // NaN compares false: refused too
+    return InvalidArgument("--weight-dtype fp16: " + name + " holds a value of magnitude " +
+                           std::to_string(largest) +
+                           ", beyond fp16's largest (65504); use --weight-dtype bf16 or fp32");
+  };
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    const std::string layer = "layer " + std::to_string(i) + "'s ";
+    KVPOOL_RETURN_IF_ERROR(check(l.qkv_w, layer + "q/k/v projection"));
+    KVPOOL_RETURN_IF_ERROR(check(l.o_w, layer + "output projection"));
+    KVPOOL_RETURN_IF_ERROR(check(l.up_w, layer + "MLP up projection"));
+    KVPOOL_RETURN_IF_ERROR(check(l.down_w, layer + "MLP down projection"));
+  }
+  return check(w.lm_head, "the LM head");
+}
+
 void KeepLargeAllocations() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
@@ -60,6 +83,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
         options.cpu_weight_dtype != at::kHalf) {
       return InvalidArgument("CPU weights are fp32, bf16 or fp16");
     }
+    if (options.cpu_weight_dtype == at::kHalf) KVPOOL_RETURN_IF_ERROR(CheckFitsFp16(weights));
     runner = std::make_unique<Model>(std::move(config), std::move(weights),
                                      options.cpu_weight_dtype, options.cpu_kv_dtype);
   } else if (options.device.rfind("cuda", 0) == 0) {
