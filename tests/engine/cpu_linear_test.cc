@@ -77,7 +77,7 @@ TEST_P(CpuLinearTest, Fp16WeightsMatchTheProductOfTheirValues) {
   const double max_error = (y.to(at::kDouble) - expected).abs().max().item<double>();
   EXPECT_LT(max_error, 1e-3 * std::sqrt(static_cast<double>(k)))
       << rows << " rows, n " << n << ", k " << k
-      << (CpuLinearUsesKernel(rows) ? ", kernel" : ", ATen");
+      << (CpuLinearUsesKernel(rows, at::kHalf) ? ", kernel" : ", ATen");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuLinearTest,
@@ -96,6 +96,10 @@ TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
   if (std::string(CpuLinearKernelName()) != "none (BLAS only)") {  // not KVPOOL_CPU_LINEAR=blas
     EXPECT_TRUE(CpuLinearUsesKernel(2));
     EXPECT_TRUE(CpuLinearUsesKernel(kCpuLinearMaxRows));
+    // One row of 16-bit weights too, on either ISA: ATen would widen the whole matrix on
+    // every call of a batch-1 decode step.
+    EXPECT_TRUE(CpuLinearUsesKernel(1, at::kHalf));
+    EXPECT_TRUE(CpuLinearUsesKernel(1, at::kBFloat16));
   }
 }
 

@@ -283,11 +283,13 @@ at::Tensor AtenLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 
 }  // namespace
 
-bool CpuLinearUsesKernel(int64_t rows) {
+bool CpuLinearUsesKernel(int64_t rows, at::ScalarType weight_dtype) {
   // One row: the AVX-512 tile (1 x 12 weight rows, prefetched) measured 5% faster than
-  // sgemv on Zen 5; the AVX2 one has too few accumulators to be, so sgemv keeps it.
+  // sgemv on Zen 5; the AVX2 one has too few accumulators to be, so sgemv keeps fp32
+  // weights. 16-bit weights stay on the kernel: sgemv would need them widened first.
   const Isa isa = KernelIsa();
-  return rows >= (isa == Isa::kAvx512 ? 1 : 2) && rows <= kCpuLinearMaxRows && isa != Isa::kNone;
+  const int64_t fewest = isa == Isa::kAvx512 || weight_dtype != at::kFloat ? 1 : 2;
+  return rows >= fewest && rows <= kCpuLinearMaxRows && isa != Isa::kNone;
 }
 
 const char* CpuLinearKernelName() {
@@ -374,7 +376,8 @@ bool CpuPacksFp16Weights() { return KernelIsa() == Isa::kAvx512; }
 
 bool CpuLinearBf16KeepsFp32Activations(int64_t rows) {
   if (!NativeBf16()) return true;  // the widening kernel, or the fp32 product
-  return CpuLinearUsesKernel(rows) && rows <= kBf16KernelMaxRows && KernelIsa() != Isa::kAvx512;
+  return CpuLinearUsesKernel(rows, at::kBFloat16) && rows <= kBf16KernelMaxRows &&
+         KernelIsa() != Isa::kAvx512;
 }
 
 StatusOr<at::ScalarType> CpuWeightDtype(const std::string& name, std::string* why) {
@@ -426,7 +429,8 @@ at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                     (w.scalar_type() == at::kFloat || bf16 || fp16) && w.is_contiguous() &&
                     x.stride(1) == 1 &&
                     (!b.defined() || (b.scalar_type() == at::kFloat && b.is_contiguous()));
-  const bool kernel = fits && CpuLinearUsesKernel(rows) && (!bf16 || rows <= kBf16KernelMaxRows);
+  const bool kernel =
+      fits && CpuLinearUsesKernel(rows, w.scalar_type()) && (!bf16 || rows <= kBf16KernelMaxRows);
   if (!kernel) {
     if (bf16) return AtenLinearBf16(x, w, b);
     // fp16: ATen 1.13 has no fast CPU product of halves; the fp32 one of the widened

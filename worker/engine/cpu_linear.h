@@ -52,8 +52,10 @@ inline constexpr int64_t kBf16KernelMaxRows = 16;
 // tensors on CPUs with AVX2 and FMA, everything else goes through ATen.
 at::Tensor CpuLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
-// Whether CpuLinear uses its own kernel for `rows` rows in this process.
-bool CpuLinearUsesKernel(int64_t rows);
+// Whether CpuLinear uses its own kernel for `rows` rows of weights in `weight_dtype` in
+// this process. One row of fp32 weights goes to sgemv where only AVX2 is there; one row
+// of bf16 or fp16 weights never does (the matrix would be widened first, every call).
+bool CpuLinearUsesKernel(int64_t rows, at::ScalarType weight_dtype = at::kFloat);
 // "AVX-512", "AVX2+FMA" or "none (BLAS only)".
 const char* CpuLinearKernelName();
 // With bf16 weights, whether a product of `rows` rows keeps x in fp32 (else x is
