@@ -136,26 +136,15 @@ Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dty
       for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) narrow(*w);
     }
     narrow(weights_.lm_head);
-    // bf16 where the CPU has AVX512-BF16: in the layout of its packed product (a new
-    // tensor: the matrix may share its storage with another weight).
-    if (weight_dtype_ == at::kBFloat16 && CpuPacksBf16Weights()) {
+    // In the layout of the packed product where the CPU runs one (bf16: AVX512-BF16;
+    // fp16: AVX-512). Each is a new tensor: the matrix may share its storage with
+    // another weight.
+    const bool bf16 = weight_dtype_ == at::kBFloat16;
+    if (bf16 ? CpuPacksBf16Weights() : CpuPacksFp16Weights()) {
       const auto pack = [&](at::Tensor& w) {
-        if (!CanPackBf16(w)) return;
+        if (!(bf16 ? CanPackBf16(w) : CanPackFp16(w))) return;
         const int64_t rows = w.size(0);
-        w = PackBf16(w);
-        packed_.emplace(w.data_ptr(), rows);
-      };
-      for (LayerWeights& l : weights_.layers) {
-        for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) pack(*w);
-      }
-      pack(weights_.lm_head);
-    }
-    // fp16 on AVX-512 CPUs: in the layout of the packed fp16 product.
-    if (weight_dtype_ == at::kHalf && CpuPacksFp16Weights()) {
-      const auto pack = [&](at::Tensor& w) {
-        if (!CanPackFp16(w)) return;
-        const int64_t rows = w.size(0);
-        w = PackFp16(w);
+        w = bf16 ? PackBf16(w) : PackFp16(w);
         packed_.emplace(w.data_ptr(), rows);
       };
       for (LayerWeights& l : weights_.layers) {
