@@ -81,8 +81,7 @@ struct Args {
 __attribute__((target("avx512f"))) void Store(const Args& a, const float (*sums)[kCols],
                                               int64_t row, int rows, int64_t block) {
   const int64_t col = block * kCols;
-  const __mmask16 keep =
-      col + kCols <= a.n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (a.n - col)) - 1);
+  const __mmask16 keep = packed::KeepMask(col, a.n);
   for (int i = 0; i < rows; ++i) {
     packed::Finish(a.e, _mm512_load_ps(sums[i]), keep, col, a.y + (row + i) * a.n + col);
   }

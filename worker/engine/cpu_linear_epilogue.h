@@ -13,6 +13,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace kvpool::packed {
 
 #define KVPOOL_EPILOGUE_TARGET __attribute__((target("avx512f")))
@@ -53,6 +55,12 @@ struct Epilogue {
   bool gelu_tanh = false;
   bool accumulate = false;  // out += y (a residual) instead of out = y
 };
+
+// The columns of the 16 from `col` that are real (below n): the last block of a packed
+// matrix is padded with zero rows.
+inline __mmask16 KeepMask(int64_t col, int64_t n) {
+  return col + 16 <= n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - col)) - 1);
+}
 
 // Columns [col, col + 16) of one output row, `keep` masking those past n.
 KVPOOL_EPILOGUE_TARGET inline void Finish(const Epilogue& e, __m512 sums, __mmask16 keep,

@@ -14,13 +14,12 @@
 #include <cstdint>
 
 #include "engine/cpu_linear_epilogue.h"
+#include "engine/cpu_linear_packed_tiles.h"
 
 namespace kvpool {
 namespace {
 
-constexpr int64_t kCols = 16;  // output columns per block: one zmm of fp32 sums
-constexpr int kTileRows = 8;   // rows of x per tile: 8 x 3 sums + 3 weights + 1 x in 32 zmm
-constexpr int kTileBlocks = 3;
+using packed::kCols;
 // How far ahead along a block's weights to prefetch: 32 steps of K (the bf16 kernel's
 // 1 KiB ahead is 16 of its steps of two K).
 constexpr int64_t kPrefetchBytes = 1024;
@@ -68,32 +67,9 @@ __attribute__((target("avx512f,f16c"))) void Tile(const Args& a, int64_t m0, int
   for (int j = 0; j < J; ++j) {
     const int64_t col = (j0 + j) * kCols;
     // The last block may reach into the padding rows: only the real columns are kept.
-    const __mmask16 keep =
-        col + kCols <= a.n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (a.n - col)) - 1);
+    const __mmask16 keep = packed::KeepMask(col, a.n);
     for (int m = 0; m < M; ++m)
       packed::Finish(a.e, acc[m][j], keep, col, a.y + (m0 + m) * a.n + col);
-  }
-}
-
-template <int J>
-void Rows(const Args& a, int64_t m0, int64_t rows, int64_t j0) {
-  switch (rows) {
-    case 1:
-      return Tile<1, J>(a, m0, j0);
-    case 2:
-      return Tile<2, J>(a, m0, j0);
-    case 3:
-      return Tile<3, J>(a, m0, j0);
-    case 4:
-      return Tile<4, J>(a, m0, j0);
-    case 5:
-      return Tile<5, J>(a, m0, j0);
-    case 6:
-      return Tile<6, J>(a, m0, j0);
-    case 7:
-      return Tile<7, J>(a, m0, j0);
-    default:
-      return Tile<8, J>(a, m0, j0);
   }
 }
 
@@ -110,11 +86,7 @@ at::Tensor PackFp16(const at::Tensor& w) {
   at::Tensor packed = at::zeros({(n + kCols - 1) / kCols * kCols, k}, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
   auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::Half>());
-  at::parallel_for(0, n, kCols, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < k; ++c) dst[PackedIndex(r, c, k)] = src[r * k + c];
-    }
-  });
+  packed::PackElements(src, dst, n, k, [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });
   return packed;
 }
 
@@ -126,9 +98,8 @@ at::Tensor UnpackFp16(const at::Tensor& packed, int64_t n) {
   at::Tensor w = at::empty({n, k}, packed.options());
   const auto* src = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::Half>());
   auto* dst = reinterpret_cast<uint16_t*>(w.data_ptr<at::Half>());
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t c = 0; c < k; ++c) dst[r * k + c] = src[PackedIndex(r, c, k)];
-  }
+  packed::UnpackElements(src, dst, n, k,
+                         [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });
   return w;
 }
 
@@ -158,22 +129,8 @@ at::Tensor CpuLinearPackedFp16(const at::Tensor& x, const at::Tensor& packed, in
       y.data_ptr<float>(),
       n};
   const int64_t blocks = packed.size(0) / kCols;
-  // Threads split the column blocks in chunks of three; a chunk's weights stay in L1/L2
-  // while every tile of rows reads them, so they come from memory once per product.
-  const int64_t chunks = (blocks + kTileBlocks - 1) / kTileBlocks;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t j0 = c * kTileBlocks;
-      const int64_t full = std::min<int64_t>(kTileBlocks, blocks - j0);
-      for (int64_t m0 = 0; m0 < rows; m0 += kTileRows) {
-        const int64_t m = std::min<int64_t>(kTileRows, rows - m0);
-        if (full == kTileBlocks) {
-          Rows<kTileBlocks>(a, m0, m, j0);
-        } else {
-          for (int64_t j = j0; j < j0 + full; ++j) Rows<1>(a, m0, m, j);
-        }
-      }
-    }
+  packed::ForEachTile(rows, blocks, [&](auto m, auto j, int64_t m0, int64_t j0) {
+    Tile<decltype(m)::value, decltype(j)::value>(a, m0, j0);
   });
   return y;
 }
