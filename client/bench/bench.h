@@ -48,8 +48,8 @@ struct BenchOptions {
     return false;
   }
   std::function<void(const std::string&)> progress;  // what the bench is doing now
-  std::function<void()> progress_end;                 // before the result is printed
-  bool quiet = false;                                 // no progress on stderr
+  std::function<void()> progress_end;                // before the result is printed
+  bool quiet = false;                                // no progress on stderr
 };
 
 // A `kvpool up` child with one worker; Restart gives it another pool.
@@ -121,9 +121,10 @@ struct LoadResult {
 };
 
 // Runs `items` with at most `concurrency` in flight (closed loop), sampling the
-// worker's stats meanwhile.
+// worker's stats every 10 ms meanwhile unless `sample_stats` is false (a comparison
+// with an engine that nothing polls).
 LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
-                   const std::string& mode);
+                   const std::string& mode, bool sample_stats = true);
 
 double Median(std::vector<double> values);
 std::vector<int32_t> RandomTokens(int n, uint32_t seed, int vocab);

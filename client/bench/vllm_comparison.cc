@@ -75,7 +75,7 @@ StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, i
   std::vector<WorkItem> items;
   for (int i = 0; i < kRequests; ++i)
     items.push_back({fresh(kPromptTokens), kMaxTokens, kMaxTokens});
-  LoadResult load = RunLoad(client, items, kConcurrency, "paged");
+  LoadResult load = RunLoad(client, items, kConcurrency, "paged", /*sample_stats=*/false);
   KVPOOL_RETURN_IF_ERROR(load.status);
   r["throughput"] = {{"requests", kRequests},
                      {"concurrency", kConcurrency},

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -101,11 +102,12 @@ StatusOr<std::unique_ptr<Client>> Connect(const LocalNode& node) {
 }  // namespace
 
 LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concurrency,
-                   const std::string& mode) {
+                   const std::string& mode, bool sample_stats) {
   LoadResult r;
   std::atomic<size_t> next{0};
   std::mutex mu;
-  StatsSampler sampler(client, std::chrono::milliseconds(10));
+  std::optional<StatsSampler> sampler;
+  if (sample_stats) sampler.emplace(client, std::chrono::milliseconds(10));
   const auto t0 = Clock::now();
   auto since_start = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   std::vector<std::pair<double, std::vector<double>>> arrivals;  // request start, token times
@@ -144,7 +146,7 @@ LoadResult RunLoad(Client& client, const std::vector<WorkItem>& items, int concu
   }
   for (std::thread& t : threads) t.join();
   r.wall_s = since_start();
-  r.samples = sampler.Take();
+  if (sampler) r.samples = sampler->Take();
   if (items.size() > static_cast<size_t>(concurrency)) {
     r.sustained_s = last_issue_s;
     for (const auto& [start_s, times] : arrivals) {
