@@ -35,19 +35,29 @@ class Job {
   int64_t pin_ttl_ms = 0;
   Clock::time_point arrival = Clock::now();
 
-  // Handler side.
-  void Cancel() { cancelled_.store(true); }
+  // Handler side (and the CancelWatch). Cancel wakes a Wait.
+  void Cancel() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_.store(true);
+    }
+    cv_.notify_all();
+  }
   bool cancelled() const { return cancelled_.load(); }
   // Moves pending events into `out`; true once the job has ended (then `status` is
-  // its outcome and no event follows). Waits up to `timeout` for something new.
+  // its outcome and no event follows). Waits up to `timeout` for something new, or for
+  // the job to be cancelled.
   bool Wait(std::chrono::milliseconds timeout, std::vector<v1::GenerateResponse>* out,
             Status* status) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return !events_.empty() || done_; });
-    out->assign(events_.begin(), events_.end());
-    events_.clear();
-    if (done_) *status = status_;
-    return done_;
+    cv_.wait_for(lock, timeout, [&] { return HasNews(); });
+    return TakeNews(out, status);
+  }
+  // The same with no timeout: until there are events, the job ends or it is cancelled.
+  bool Wait(std::vector<v1::GenerateResponse>* out, Status* status) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return HasNews(); });
+    return TakeNews(out, status);
   }
 
   // Scheduler side. One token of sample `index`: `text` holds the characters it
@@ -94,6 +104,14 @@ class Job {
   StatusOr<PinOutcome> pin = Internal("the request ended before its prompt could be pinned");
 
  private:
+  bool HasNews() const { return !events_.empty() || done_ || cancelled_.load(); }  // under mu_
+  bool TakeNews(std::vector<v1::GenerateResponse>* out, Status* status) {          // under mu_
+    out->assign(events_.begin(), events_.end());
+    events_.clear();
+    if (done_) *status = status_;
+    return done_;
+  }
+
   std::atomic<bool> cancelled_{false};
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -29,7 +29,8 @@ OpenAiGateway::OpenAiGateway(OpenAiGatewayOptions options, Scheduler* scheduler,
       scheduler_(scheduler),
       link_(link),
       tokenizer_(std::move(tokenizer)),
-      created_(UnixNow()) {}
+      created_(UnixNow()),
+      cancel_watch_([scheduler] { scheduler->Wake(); }) {}
 
 OpenAiGateway::~OpenAiGateway() { Stop(); }
 
@@ -185,6 +186,13 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
       stream.Write(Event(chunk(Json::array({shape.Role(static_cast<int>(c))}), true)));
     }
   };
+  // The client closing the connection, or the gateway stopping, cancels the jobs
+  // through the watch, which wakes a Wait on them.
+  std::vector<std::unique_ptr<CancelWatch::Watched>> watched;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    watched.push_back(
+        cancel_watch_.Watch(job, [&stream, this] { return stream.closed() || stopping_.load(); }));
+  }
   std::vector<v1::GenerateResponse> events;
   Status outcome;
   for (size_t live = jobs.size(); live > 0;) {
@@ -193,7 +201,11 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
       if (finished[p]) continue;
       const Job& job = *jobs[p];
       Status status;
-      const bool done = jobs[p]->Wait(std::chrono::milliseconds(waited ? 0 : 10), &events, &status);
+      // One prompt: sleep until its job has news. Several: each in turn, up to 10 ms
+      // on the first unfinished one, so no prompt's stream waits for another's.
+      const bool done = jobs.size() == 1 ? jobs[p]->Wait(&events, &status)
+                                         : jobs[p]->Wait(std::chrono::milliseconds(waited ? 0 : 10),
+                                                         &events, &status);
       waited = true;
       for (const v1::GenerateResponse& event : events) {
         if (event.has_summary()) {

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "common/observability/http_server.h"
+#include "service/cancel_watch.h"
 #include "service/manager_link.h"
 #include "service/openai_chat.h"
 #include "service/scheduler.h"
@@ -77,6 +78,7 @@ class OpenAiGateway {
   std::mutex mu_;
   std::list<Running> running_;  // GUARDED_BY(mu_)
   std::atomic<bool> stopping_{false};
+  CancelWatch cancel_watch_;  // in-flight requests' closed connections, and Stop
 };
 
 }  // namespace kvpool::worker

@@ -148,7 +148,8 @@ WorkerService::WorkerService(Scheduler* scheduler, ManagerLink* link,
     : scheduler_(scheduler),
       link_(link),
       tokenizer_(std::move(tokenizer)),
-      identity_(std::move(identity)) {}
+      identity_(std::move(identity)),
+      cancel_watch_([scheduler] { scheduler->Wake(); }) {}
 
 grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Job> job,
                                 const std::function<bool(const v1::GenerateResponse&)>& on_event) {
@@ -161,12 +162,14 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Jo
   if (const auto it = metadata.find(v1::kAuthorizationHeader); it != metadata.end()) {
     job->client_authorization.assign(it->second.data(), it->second.size());
   }
+  // The client's cancellation or deadline reaches the job through the watch, which
+  // cancels it and so wakes this handler.
+  const auto watched = cancel_watch_.Watch(job, [context] { return context->IsCancelled(); });
   scheduler_->Submit(job);
   std::vector<v1::GenerateResponse> events;
   Status outcome;
   for (;;) {
-    // Wakes for every event; the timeout bounds how late a cancellation is seen.
-    const bool done = job->Wait(std::chrono::milliseconds(10), &events, &outcome);
+    const bool done = job->Wait(&events, &outcome);  // each event, the end, or a cancel
     for (const v1::GenerateResponse& event : events) {
       if (!on_event(event)) {
         job->Cancel();
@@ -175,9 +178,7 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Jo
       }
     }
     if (done) return ToGrpcStatus(outcome);
-    if (context->IsCancelled()) {
-      job->Cancel();
-      scheduler_->Wake();
+    if (job->cancelled()) {
       return grpc::Status(grpc::StatusCode::CANCELLED,
                           "the request was cancelled or passed its deadline");
     }

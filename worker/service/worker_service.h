@@ -17,6 +17,7 @@
 #include "common/model_config.h"
 #include "engine/request_check.h"
 #include "kvpool/v1/worker.grpc.pb.h"
+#include "service/cancel_watch.h"
 #include "service/job.h"
 #include "service/manager_link.h"
 #include "service/scheduler.h"
@@ -77,6 +78,7 @@ class WorkerService final : public v1::Worker::Service {
   ManagerLink* link_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   ModelIdentity identity_;
+  CancelWatch cancel_watch_;  // in-flight calls' cancellations and deadlines
 };
 
 }  // namespace kvpool::worker

@@ -1,0 +1,98 @@
+// CancelWatch and Job::Wait: a handler blocked on its job with no timeout wakes for an
+// event, for the job's end, and when the watch sees its call gone and cancels the job;
+// the watch never asks about a call after its Watched is destroyed.
+#include "service/cancel_watch.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+namespace kvpool::worker {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Runs the blocking Wait on another thread; the future holds (done, events seen).
+std::future<std::pair<bool, size_t>> WaitAsync(std::shared_ptr<Job> job) {
+  return std::async(std::launch::async, [job] {
+    std::vector<v1::GenerateResponse> events;
+    Status status;
+    const bool done = job->Wait(&events, &status);
+    return std::make_pair(done, events.size());
+  });
+}
+
+TEST(JobWaitTest, BlocksUntilAnEventTheEndOrACancel) {
+  auto job = std::make_shared<Job>();
+  auto waiting = WaitAsync(job);
+  EXPECT_EQ(waiting.wait_for(milliseconds(100)), std::future_status::timeout);
+  job->Push(v1::GenerateResponse());
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(waiting.get(), std::make_pair(false, size_t{1}));
+
+  waiting = WaitAsync(job);
+  EXPECT_EQ(waiting.wait_for(milliseconds(50)), std::future_status::timeout);
+  job->End(Status::Ok());
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(waiting.get(), std::make_pair(true, size_t{0}));
+
+  auto other = std::make_shared<Job>();
+  waiting = WaitAsync(other);
+  EXPECT_EQ(waiting.wait_for(milliseconds(50)), std::future_status::timeout);
+  other->Cancel();
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(waiting.get(), std::make_pair(false, size_t{0}));
+  EXPECT_TRUE(other->cancelled());
+}
+
+TEST(CancelWatchTest, CancelsTheJobOfAGoneCallAndWakesItsHandler) {
+  std::atomic<int> woken{0};
+  CancelWatch watch([&] { woken.fetch_add(1); }, milliseconds(5));
+  auto job = std::make_shared<Job>();
+  auto bystander = std::make_shared<Job>();
+  std::atomic<bool> gone{false};
+  auto watched = watch.Watch(job, [&] { return gone.load(); });
+  auto kept = watch.Watch(bystander, [] { return false; });
+  EXPECT_EQ(watch.watched(), 2u);
+  auto waiting = WaitAsync(job);
+  EXPECT_EQ(waiting.wait_for(milliseconds(100)), std::future_status::timeout);
+  EXPECT_FALSE(job->cancelled());
+  EXPECT_EQ(woken.load(), 0);
+  gone = true;
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(waiting.get(), std::make_pair(false, size_t{0}));
+  EXPECT_TRUE(job->cancelled());
+  EXPECT_FALSE(bystander->cancelled());
+  // The scheduler is woken once for it, not again each period.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (woken.load() == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(1));
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_EQ(woken.load(), 1);
+}
+
+TEST(CancelWatchTest, NeverAsksAboutACallAfterItsWatchedIsGone) {
+  CancelWatch watch({}, milliseconds(1));
+  auto job = std::make_shared<Job>();
+  std::atomic<int> asked{0};
+  auto watched = watch.Watch(job, [&] {
+    asked.fetch_add(1);
+    return false;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (asked.load() < 3 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(1));
+  EXPECT_GE(asked.load(), 3);
+  watched.reset();
+  const int after = asked.load();
+  EXPECT_EQ(watch.watched(), 0u);
+  std::this_thread::sleep_for(milliseconds(30));
+  EXPECT_EQ(asked.load(), after);
+  EXPECT_FALSE(job->cancelled());
+}
+
+}  // namespace
+}  // namespace kvpool::worker
