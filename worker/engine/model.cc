@@ -3,6 +3,8 @@
 // layers, rotary positions, K/V write and attention call.
 #include "engine/model.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <cstring>
 
@@ -93,25 +95,31 @@ class Model::CpuBackend : public ForwardBackend {
 
   // Stores each token's K and V into its pool slot, head by head in the pool's dtype
   // (kv_quant.h: fp32 copied, fp16/bf16 rounded, int8/fp8 quantized with their scales).
+  // Tokens are split between the threads in runs of 64: a prompt's are, a decode
+  // step's (one per sequence) mostly not worth a fork.
   void WriteKv(const at::Tensor& qkv, int32_t layer) const {
     const PoolGeometry& g = pool_.geometry();
     const int64_t q_dim = model_.config_.num_heads * model_.config_.head_dim;
     const int64_t kv_dim = g.token_elems();
     const int64_t row = qkv.size(1);
     const float* src = qkv.data_ptr<float>();
-    for (KvPart part : {KvPart::kKey, KvPart::kValue}) {
-      const void* region = pool_.RegionBytes(layer, part);
-      const int64_t from = q_dim + (part == KvPart::kValue ? kv_dim : 0);
-      for (size_t t = 0; t < batch_.slots.size(); ++t) {
-        const int64_t block = batch_.slots[t] / g.block_size;
-        const auto slot = static_cast<int32_t>(batch_.slots[t] % g.block_size);
-        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-          EncodeKvHead(src + t * row + from + int64_t{h} * g.head_dim, g.head_dim, g.dtype,
-                       const_cast<char*>(KvHeadPointer(region, g, block, slot, h)),
-                       const_cast<char*>(KvScalePointer(region, g, block, slot, h)));
+    const void* regions[2] = {pool_.RegionBytes(layer, KvPart::kKey),
+                              pool_.RegionBytes(layer, KvPart::kValue)};
+    const int64_t* slots = batch_.slots.data();
+    at::parallel_for(0, static_cast<int64_t>(batch_.slots.size()), 64, [&](int64_t t0, int64_t t1) {
+      for (int part = 0; part < 2; ++part) {
+        const int64_t from = q_dim + part * kv_dim;
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t block = slots[t] / g.block_size;
+          const auto slot = static_cast<int32_t>(slots[t] % g.block_size);
+          for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+            EncodeKvHead(src + t * row + from + int64_t{h} * g.head_dim, g.head_dim, g.dtype,
+                         const_cast<char*>(KvHeadPointer(regions[part], g, block, slot, h)),
+                         const_cast<char*>(KvScalePointer(regions[part], g, block, slot, h)));
+          }
         }
       }
-    }
+    });
   }
 
   const Model& model_;

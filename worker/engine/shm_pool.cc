@@ -34,7 +34,11 @@ StatusOr<ShmPoolAttachment> ShmPoolAttachment::Open(const std::string& shm_name,
                               std::to_string(geometry.pool_bytes()) +
                               ": the worker's model does not match the manager's pool");
   }
-  void* base = mmap(nullptr, geometry.pool_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // MAP_POPULATE maps every page now (0.08-0.12 s a GiB on a 2-core Zen 4): the K/V
+  // writes of a fresh worker took a minor fault per 4 KiB page otherwise, 0.3 s a GiB
+  // spread over its first requests.
+  void* base = mmap(nullptr, geometry.pool_bytes(), PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_POPULATE, fd, 0);
   const int map_errno = errno;
   close(fd);  // the mapping keeps the segment
   if (base == MAP_FAILED) {
