@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <tuple>
 
@@ -101,6 +102,30 @@ TEST(CpuLinearRangeTest, KernelCoversDecodeBatchesOnly) {
     EXPECT_TRUE(CpuLinearUsesKernel(1, at::kHalf));
     EXPECT_TRUE(CpuLinearUsesKernel(1, at::kBFloat16));
   }
+}
+
+TEST(CpuWeightDtypeTest, AutoPicksTheFastestWeightsThisCpuRunsAndSaysWhy) {
+  // bf16 where the CPU has bf16 dot products; fp16 where it has AVX-512 without them
+  // (the packed fp16 kernel: half fp32's bytes at fp32's arithmetic); fp32 otherwise.
+  // The ctest variants cover the second branch (KVPOOL_CPU_BF16=convert) and the third
+  // (KVPOOL_CPU_LINEAR=avx2/blas with it) on this project's AVX-512 machines.
+  const char* bf16_env = std::getenv("KVPOOL_CPU_BF16");
+  const bool native_bf16 = __builtin_cpu_supports("avx512bf16") != 0 &&
+                           (bf16_env == nullptr || std::string(bf16_env) != "convert");
+  std::string why;
+  StatusOr<at::ScalarType> dtype = CpuWeightDtype("auto", &why);
+  ASSERT_TRUE(dtype.ok());
+  if (native_bf16) {
+    EXPECT_EQ(*dtype, at::kBFloat16);
+    EXPECT_NE(why.find("auto: the CPU has AVX512-BF16"), std::string::npos) << why;
+  } else if (CpuPacksFp16Weights()) {
+    EXPECT_EQ(*dtype, at::kHalf);
+    EXPECT_NE(why.find("AVX-512 but no AVX512-BF16"), std::string::npos) << why;
+  } else {
+    EXPECT_EQ(*dtype, at::kFloat);
+    EXPECT_NE(why.find("neither AVX512-BF16 nor AVX-512"), std::string::npos) << why;
+  }
+  EXPECT_EQ(CpuWeightDtype("fp8", &why).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -278,6 +278,24 @@ TEST(EngineConfigTest, Fp16WeightsRefuseValuesBeyondFp16sRange) {
   EXPECT_TRUE(OfflineEngine::Create(config, std::move(again), options).ok());
 }
 
+TEST(EngineConfigTest, AutoFp16FallsBackToFp32WhereTheWeightsDoNotFit) {
+  ModelConfig config = BuiltinModelConfig("tiny-gpt2").value();
+  ModelWeights fits = RandomWeights(config, 7);
+  ModelWeights beyond = RandomWeights(config, 7);
+  beyond.layers[1].down_w[3][5] = -70000.0;
+  std::string why = "fp16 weights (auto)";
+  EXPECT_EQ(FitAutoWeightDtype(fits, at::kHalf, &why), at::kHalf);
+  EXPECT_EQ(why, "fp16 weights (auto)");
+  EXPECT_EQ(FitAutoWeightDtype(beyond, at::kBFloat16, &why), at::kBFloat16);
+  EXPECT_EQ(FitAutoWeightDtype(beyond, at::kHalf, &why), at::kFloat);
+  EXPECT_THAT(why, HasSubstr("fp32 weights (auto: fp16 on this CPU, but layer 1's MLP down "
+                             "projection holds a value of magnitude 70000"));
+  // And the engine runs on what it fell back to.
+  EngineOptions options;
+  options.cpu_weight_dtype = at::kFloat;
+  EXPECT_TRUE(OfflineEngine::Create(config, std::move(beyond), options).ok());
+}
+
 TEST(EngineConfigTest, UnknownModelAndCalculationOnlyShapes) {
   auto unknown = BuiltinModelConfig("gpt5");
   EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);

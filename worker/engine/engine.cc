@@ -32,17 +32,14 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
-// fp16 holds magnitudes up to 65504: a matrix with larger values would hold infinities
-// (a bf16 checkpoint can: bf16 has fp32's range). Refused at load, naming the first one.
 Status CheckFitsFp16(const ModelWeights& w) {
   constexpr double kFp16Max = 65504;
   const auto check = [&](const at::Tensor& t, const std::string& name) -> Status {
     if (!t.defined()) return Status::Ok();
     const double largest = t.abs().max().item<double>();
     if (largest <= kFp16Max) return Status::Ok();  // NaN compares false: refused too
-    return InvalidArgument("--weight-dtype fp16: " + name + " holds a value of magnitude " +
-                           std::to_string(largest) +
-                           ", beyond fp16's largest (65504); use --weight-dtype bf16 or fp32");
+    return InvalidArgument(name + " holds a value of magnitude " + std::to_string(largest) +
+                           ", beyond fp16's largest (65504)");
   };
   for (size_t i = 0; i < w.layers.size(); ++i) {
     const LayerWeights& l = w.layers[i];
@@ -53,6 +50,15 @@ Status CheckFitsFp16(const ModelWeights& w) {
     KVPOOL_RETURN_IF_ERROR(check(l.down_w, layer + "MLP down projection"));
   }
   return check(w.lm_head, "the LM head");
+}
+
+at::ScalarType FitAutoWeightDtype(const ModelWeights& weights, at::ScalarType chosen,
+                                  std::string* why) {
+  if (chosen != at::kHalf) return chosen;
+  const Status fits = CheckFitsFp16(weights);
+  if (fits.ok()) return chosen;
+  *why = "fp32 weights (auto: fp16 on this CPU, but " + fits.message() + ")";
+  return at::kFloat;
 }
 
 void KeepLargeAllocations() {
@@ -83,7 +89,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(ModelConfig config, ModelWeight
         options.cpu_weight_dtype != at::kHalf) {
       return InvalidArgument("CPU weights are fp32, bf16 or fp16");
     }
-    if (options.cpu_weight_dtype == at::kHalf) KVPOOL_RETURN_IF_ERROR(CheckFitsFp16(weights));
+    if (options.cpu_weight_dtype == at::kHalf) {
+      if (Status fits = CheckFitsFp16(weights); !fits.ok()) {
+        return InvalidArgument("--weight-dtype fp16: " + fits.message() +
+                               "; use --weight-dtype bf16 or fp32");
+      }
+    }
     runner = std::make_unique<Model>(std::move(config), std::move(weights),
                                      options.cpu_weight_dtype, options.cpu_kv_dtype);
   } else if (options.device.rfind("cuda", 0) == 0) {

@@ -87,7 +87,8 @@ struct GenerationRequest {
 struct EngineOptions {
   std::string device = "cpu";         // "cpu" or "cuda[:N]"
   at::ScalarType dtype = at::kFloat;  // weights and KV on CUDA (fp32 on the CPU)
-  // The CPU's linear-layer weights: at::kFloat or at::kBFloat16.
+  // The CPU's linear-layer weights: at::kFloat, at::kBFloat16 or at::kHalf (weights
+  // beyond fp16's range are then refused: CheckFitsFp16).
   at::ScalarType cpu_weight_dtype = at::kFloat;
   // The CPU's KV pool dtype (any KvDtype; a shared pool's must match it).
   KvDtype cpu_kv_dtype = KvDtype::kFloat32;
@@ -96,6 +97,15 @@ struct EngineOptions {
   int64_t num_blocks = 0;  // 0: room for 4 sequences of the full context
   int32_t threads = 0;     // 0: leave LibTorch's default
 };
+
+// fp16 holds magnitudes up to 65504: a matrix with larger values would hold infinities
+// (a bf16 checkpoint can: bf16 has fp32's range). INVALID_ARGUMENT naming the first such
+// matrix and its largest magnitude.
+Status CheckFitsFp16(const ModelWeights& weights);
+// --weight-dtype auto after the weights are loaded: its choice, unless that is fp16 and
+// the weights do not fit it; then fp32, with `why` saying so.
+at::ScalarType FitAutoWeightDtype(const ModelWeights& weights, at::ScalarType chosen,
+                                  std::string* why);
 
 using SequenceId = int64_t;
 

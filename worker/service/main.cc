@@ -72,8 +72,9 @@ int Run(int argc, char** argv) {
   app.add_option("--threads", scheduler_options.threads, "LibTorch threads (0: its default)")
       ->check(CLI::NonNegativeNumber);
   std::string weight_dtype_name = "fp32";
-  app.add_option("--weight-dtype", weight_dtype_name,
-                 "CPU linear weights: fp32, bf16, fp16 or auto (bf16 where the CPU has AVX512-BF16)")
+  app.add_option(
+         "--weight-dtype", weight_dtype_name,
+         "CPU linear weights: fp32, bf16, fp16 or auto (bf16 where the CPU has AVX512-BF16)")
       ->capture_default_str();
   std::string kv_dtype_name = "auto";
   app.add_option("--kv-cache-dtype", kv_dtype_name,
@@ -154,6 +155,10 @@ int Run(int argc, char** argv) {
   }
   StatusOr<LoadedModel> loaded = LoadModel(model, weights_seed);
   if (!loaded.ok()) return Fail(loaded.status().ToString());
+  if (weight_dtype_name == "auto") {
+    scheduler_options.cpu_weight_dtype =
+        FitAutoWeightDtype(loaded->weights, scheduler_options.cpu_weight_dtype, &weight_dtype_why);
+  }
   if (!loaded->config.runnable) {
     return Fail("model '" + model + "' is a shape for memory calculations only; it cannot run");
   }

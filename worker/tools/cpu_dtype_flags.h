@@ -31,6 +31,13 @@ struct CpuDtypeFlags {
     }
     return Status::Ok();
   }
+  // After the weights are loaded: auto's fp16 falls back to fp32 where they do not fit.
+  void FitToWeights(const ModelWeights& weights, EngineOptions* options) {
+    if (weight == "auto") {
+      options->cpu_weight_dtype =
+          FitAutoWeightDtype(weights, options->cpu_weight_dtype, &weight_why);
+    }
+  }
 };
 
 }  // namespace kvpool

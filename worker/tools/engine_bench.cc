@@ -117,6 +117,7 @@ int Main(int argc, char** argv) {
     std::cerr << "kvpool-engine-bench: " << loaded.status().ToString() << "\n";
     return 2;
   }
+  cpu_dtypes.FitToWeights(loaded->weights, &options);
   const at::ScalarType dtype = dtype_name == "fp16"   ? at::kHalf
                                : dtype_name == "bf16" ? at::kBFloat16
                                                       : at::kFloat;

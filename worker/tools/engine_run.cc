@@ -58,6 +58,7 @@ int Main(int argc, char** argv) {
   if (Status s = cpu_dtypes.Apply(&options); !s.ok()) return fail(s.message());
   auto loaded = LoadModel(model);
   if (!loaded.ok()) return fail(loaded.status().ToString());
+  cpu_dtypes.FitToWeights(loaded->weights, &options);
   if (!loaded->tokenizer)
     return fail("no tokenizer for '" + model + "': " + loaded->tokenizer_note);
   std::shared_ptr<const Tokenizer> tok = loaded->tokenizer;
