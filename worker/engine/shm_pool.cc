@@ -36,9 +36,14 @@ StatusOr<ShmPoolAttachment> ShmPoolAttachment::Open(const std::string& shm_name,
   }
   // MAP_POPULATE maps every page now (0.08-0.12 s a GiB on a 2-core Zen 4): the K/V
   // writes of a fresh worker took a minor fault per 4 KiB page otherwise, 0.3 s a GiB
-  // spread over its first requests.
-  void* base = mmap(nullptr, geometry.pool_bytes(), PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_POPULATE, fd, 0);
+  // spread over its first requests. Only up to kPopulateMaxBytes: the attach runs
+  // between the worker's registration and its first lease renewal, and a pool of
+  // 100 GiB would take about the default lease (10 s) to populate; larger pools fault
+  // their pages in as they are first written.
+  constexpr size_t kPopulateMaxBytes = size_t{8} << 30;
+  const int populate = geometry.pool_bytes() <= kPopulateMaxBytes ? MAP_POPULATE : 0;
+  void* base =
+      mmap(nullptr, geometry.pool_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
   const int map_errno = errno;
   close(fd);  // the mapping keeps the segment
   if (base == MAP_FAILED) {
