@@ -1,10 +1,10 @@
 // One K or V head vector of one token, to and from the pool's element types
 // (common/kv_layout.h): fp32 as is, fp16 and bf16 rounded to nearest even, int8 and
 // fp8 (e4m3) scaled by max|x| over the head vector so that the largest element maps to
-// 127 (int8) or 448 (the largest finite e4m3). The bf16 rounding is branch-free so
-// that its loop vectorizes (bf16 is the served pool's usual dtype); the others are
-// scalar. The attention kernel has its own vector loads of the same encodings
-// (paged_attention_cpu.cc), and the unit tests hold both to these functions.
+// 127 (int8) or 448 (the largest finite e4m3). Scalar code: a decode step writes one
+// token per sequence and layer, so the write is never the bottleneck; the attention
+// kernel has its own vector loads of the same encodings (paged_attention_cpu.cc), and
+// the unit tests hold both to these functions.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -47,15 +47,6 @@ inline float DecodeFp8E4m3(uint8_t code) {
   return f * 1.329227995784916e36f;  // 2^120
 }
 
-// The bf16 bits of x rounded to nearest even, as c10::BFloat16 rounds (a NaN of either
-// sign becomes 0x7fc0), without a branch.
-inline uint16_t Bf16Bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  const auto rounded = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  return (u & 0x7fffffffu) > 0x7f800000u ? uint16_t{0x7fc0} : rounded;
-}
-
 // Writes n elements of x as `dtype` at dst; for the scaled dtypes, also the scale at
 // *scale (unaligned is fine).
 inline void EncodeKvHead(const float* x, int32_t n, KvDtype dtype, void* dst, void* scale) {
@@ -69,9 +60,8 @@ inline void EncodeKvHead(const float* x, int32_t n, KvDtype dtype, void* dst, vo
       return;
     }
     case KvDtype::kBFloat16: {
-      auto* out = static_cast<uint16_t*>(dst);
-#pragma omp simd
-      for (int32_t i = 0; i < n; ++i) out[i] = Bf16Bits(x[i]);
+      auto* out = static_cast<c10::BFloat16*>(dst);
+      for (int32_t i = 0; i < n; ++i) out[i] = c10::BFloat16(x[i]);
       return;
     }
     case KvDtype::kInt8:
