@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "engine/cpu_linear.h"
 #include "engine/cpu_linear_packed.h"
@@ -58,20 +59,46 @@ class Model::CpuBackend : public ForwardBackend {
   }
 
   at::Tensor Attention(int32_t layer, const at::Tensor& qkv_in) override {
-    const ModelConfig& c = model_.config_;
-    at::Tensor qkv = qkv_in.contiguous();
-    if (c.arch == Architecture::kLlama) ApplyRope(qkv);
-    WriteKv(qkv, layer);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    PagedAttentionCpu(qkv.data_ptr<float>(), qkv.size(1), attn_.data_ptr<float>(),
-                      pool_.RegionBytes(layer, KvPart::kKey),
-                      pool_.RegionBytes(layer, KvPart::kValue), pool_.geometry(),
-                      batch_.queries.data(), static_cast<int64_t>(batch_.token_ids.size()),
-                      static_cast<int32_t>(c.num_heads), scale);
+    const at::Tensor qkv = RotateAndWrite(layer, qkv_in);
+    Attend(layer, qkv.data_ptr<float>(), qkv.size(1), attn_.data_ptr<float>(),
+           batch_.queries.data(), static_cast<int64_t>(batch_.token_ids.size()));
     return attn_;
   }
 
+  // Only the queries of `rows` attend (their q gathered first; the rest of each row
+  // comes along, unread).
+  at::Tensor AttentionRows(int32_t layer, const at::Tensor& qkv_in,
+                           const at::Tensor& rows) override {
+    const at::Tensor qkv = RotateAndWrite(layer, qkv_in);
+    const int64_t n = rows.size(0);
+    at::Tensor out = at::empty({n, attn_.size(1)}, at::kFloat);
+    if (n == 0) return out;
+    const at::Tensor q = qkv.index_select(0, rows);
+    const int64_t* r = rows.data_ptr<int64_t>();
+    std::vector<AttentionQuery> queries(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) queries[i] = batch_.queries[r[i]];
+    Attend(layer, q.data_ptr<float>(), q.size(1), out.data_ptr<float>(), queries.data(), n);
+    return out;
+  }
+
  private:
+  // Rotary positions (Llama), then every token's K/V into the pool.
+  at::Tensor RotateAndWrite(int32_t layer, const at::Tensor& qkv_in) const {
+    at::Tensor qkv = qkv_in.contiguous();
+    if (model_.config_.arch == Architecture::kLlama) ApplyRope(qkv);
+    WriteKv(qkv, layer);
+    return qkv;
+  }
+
+  void Attend(int32_t layer, const float* q, int64_t q_row_stride, float* out,
+              const AttentionQuery* queries, int64_t num_queries) const {
+    const ModelConfig& c = model_.config_;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    PagedAttentionCpu(q, q_row_stride, out, pool_.RegionBytes(layer, KvPart::kKey),
+                      pool_.RegionBytes(layer, KvPart::kValue), pool_.geometry(), queries,
+                      num_queries, static_cast<int32_t>(c.num_heads), scale);
+  }
+
   // Rotates the q and k heads of every token in place by its position.
   void ApplyRope(at::Tensor& qkv) const {
     const ModelConfig& c = model_.config_;

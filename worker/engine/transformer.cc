@@ -29,11 +29,22 @@ at::Tensor TransformerForward(const ModelConfig& c, const ModelWeights& weights,
   const bool gpt2 = c.arch == Architecture::kGpt2;
   at::Tensor x = at::embedding(weights.token_embedding, token_ids);
   if (gpt2) x.add_(at::embedding(weights.position_embedding, positions));
-  for (int32_t l = 0; l < static_cast<int32_t>(c.num_layers); ++l) {
+  // Whether some tokens need no logits (a prompt's, a chunk's): then the last layer
+  // drops them after writing their K/V. Shapes only, so no device synchronisation; a
+  // decode step's rows are all its tokens and go the usual way.
+  const bool select = logit_rows.size(0) < token_ids.size(0);
+  const auto last_layer = static_cast<int32_t>(c.num_layers) - 1;
+  for (int32_t l = 0; l <= last_layer; ++l) {
     const LayerWeights& w = weights.layers[l];
     at::Tensor h = Norm(c, x, w.attn_norm_w, w.attn_norm_b);
     at::Tensor qkv = backend.Linear(h, w.qkv_w, w.qkv_b, {}, /*gelu_tanh=*/false);
-    at::Tensor attn = backend.Attention(l, qkv);
+    at::Tensor attn;
+    if (select && l == last_layer) {
+      attn = backend.AttentionRows(l, qkv, logit_rows);
+      x = x.index_select(0, logit_rows);
+    } else {
+      attn = backend.Attention(l, qkv);
+    }
     x = backend.Linear(attn, w.o_w, w.o_b, /*residual=*/x, /*gelu_tanh=*/false);
     h = Norm(c, x, w.mlp_norm_w, w.mlp_norm_b);
     at::Tensor up;
@@ -47,7 +58,8 @@ at::Tensor TransformerForward(const ModelConfig& c, const ModelWeights& weights,
     }
     x = backend.Linear(up, w.down_w, w.down_b, /*residual=*/x, /*gelu_tanh=*/false);
   }
-  at::Tensor last = x.index_select(0, logit_rows);
+  // x holds the logit rows only, either way.
+  at::Tensor last = select ? x : x.index_select(0, logit_rows);
   last = Norm(c, last, weights.final_norm_w, weights.final_norm_b);
   return backend.Linear(last, weights.lm_head, {}, {}, /*gelu_tanh=*/false).to(at::kFloat);
 }

@@ -31,10 +31,19 @@ class ForwardBackend {
   // each sequence's block table. qkv is [tokens, (heads + 2 * kv_heads) * head_dim]
   // (a backend may rotate it in place); returns [tokens, heads * head_dim].
   virtual at::Tensor Attention(int32_t layer, const at::Tensor& qkv) = 0;
+  // The same, returning only the output rows `rows` (int64, on the weights' device):
+  // every token's K/V is still written, but only those queries need their attention.
+  // The forward asks for it in the last layer, whose outputs feed nothing but the
+  // logits. A backend may compute every row and select (this default).
+  virtual at::Tensor AttentionRows(int32_t layer, const at::Tensor& qkv, const at::Tensor& rows) {
+    return Attention(layer, qkv).index_select(0, rows);
+  }
 };
 
 // The logits [logit_rows, vocab] in float32, on the weights' device. token_ids,
-// positions and logit_rows are int64 tensors on that device.
+// positions and logit_rows are int64 tensors on that device. The last layer carries
+// only the logit rows past its attention (as llama.cpp's output ids do): a prompt's
+// other tokens need that layer's K/V and nothing after it.
 at::Tensor TransformerForward(const ModelConfig& config, const ModelWeights& weights,
                               ForwardBackend& backend, const at::Tensor& token_ids,
                               const at::Tensor& positions, const at::Tensor& logit_rows);
