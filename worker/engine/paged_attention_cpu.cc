@@ -4,8 +4,9 @@
 // pool dtype is read in place (int8 and fp8 before their scale is applied: a K scale
 // multiplies the finished dot product, a V scale the softmax weight), so a narrower pool
 // costs a few conversion instructions per 16 elements and saves the bytes. This file:
-// the portable partition kernel, the choice of kernel and the merge; the AVX-512 ones
-// are in paged_attention_cpu_avx512.cc.
+// the portable partition kernel, the choice of kernel, the prompt tiles' tasks and the
+// merge; the AVX-512 kernels are in paged_attention_cpu_avx512.cc, the prompt tile
+// kernel in paged_attention_cpu_prefill.cc.
 #include "engine/paged_attention_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -25,7 +26,10 @@ namespace kvpool {
 namespace {
 
 using cpu_attention::AttendFn;
+using cpu_attention::AttendTileFn;
 using cpu_attention::Bf16DotAttention;
+using cpu_attention::kTileQueries;
+using cpu_attention::TileTask;
 using cpu_attention::FastExp;
 using cpu_attention::Fp8;
 using cpu_attention::kPartitionTokens;
@@ -128,6 +132,63 @@ AttendFn PickAttend(KvDtype dtype, int32_t head_dim) {
   return PickPortable<float>(head_dim);
 }
 
+// Runs [begin, end) of tasks on the intra-op threads, each thread a contiguous run
+// holding its share of the work (work_before[task]: the work of the tasks before it),
+// not of the tasks: a task can hold 1 token or thousands.
+template <typename Run>
+void ParallelByWork(const int64_t* work_before, int64_t tasks, const Run& run) {
+  const int64_t total = work_before[tasks];
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), tasks);
+  if (shares <= 0) return;
+  auto first_of_share = [&](int64_t share) {
+    const int64_t target = total * share / shares;
+    return std::lower_bound(work_before, work_before + tasks, target) - work_before;
+  };
+  at::parallel_for(0, shares, 1, [&](int64_t share_begin, int64_t share_end) {
+    const int64_t begin = first_of_share(share_begin), end = first_of_share(share_end);
+    if (begin < end) run(begin, end);
+  });
+}
+
+// A prompt's queries (runs of at least a tile: the same block table, each query one
+// position more than the one before) through the tile kernel; marks those queries in
+// `tiled`. Returns nothing to do where the pool's dtype or the CPU has no tile kernel.
+void AttendPromptTiles(AttendTileFn tile, const float* q, int64_t q_row_stride, float* out,
+                       const char* k_region, const char* v_region, const PoolGeometry& g,
+                       const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
+                       float scale, std::vector<uint8_t>& tiled) {
+  thread_local std::vector<TileTask> tasks;
+  thread_local std::vector<int64_t> work_before;
+  tasks.clear();
+  work_before.assign(1, 0);
+  const int32_t d = g.head_dim, group = num_heads / g.num_kv_heads;
+  const int64_t out_stride = int64_t{num_heads} * d;
+  for (int64_t i = 0; i < num_queries;) {
+    int64_t j = i + 1;
+    while (j < num_queries && queries[j].block_table == queries[i].block_table &&
+           queries[j].context_len == queries[j - 1].context_len + 1) {
+      ++j;
+    }
+    if (j - i >= kTileQueries) {
+      for (int64_t t = i; t < j; t += kTileQueries) {
+        const auto count = static_cast<int32_t>(std::min<int64_t>(kTileQueries, j - t));
+        std::fill(tiled.begin() + t, tiled.begin() + t + count, uint8_t{1});
+        for (int32_t h = 0; h < num_heads; ++h) {
+          tasks.push_back({q + t * q_row_stride, q_row_stride, out + t * out_stride, out_stride,
+                           queries[t].block_table, queries[t].context_len, count, h, h / group});
+          work_before.push_back(work_before.back() + queries[t].context_len + count + kTaskCostTokens);
+        }
+      }
+    }
+    i = j;
+  }
+  const TileTask* all = tasks.data();
+  ParallelByWork(work_before.data(), static_cast<int64_t>(tasks.size()),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t t = begin; t < end; ++t) tile(all[t], g, k_region, v_region, scale);
+                 });
+}
+
 }  // namespace
 
 bool PagedAttentionCpuBf16Dot(int32_t head_dim) {
@@ -139,10 +200,21 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
                        const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
                        float scale) {
   const int32_t d = geometry.head_dim;
-  // Task list: (query, partition), with each query's first task index.
+  const auto* k_bytes = static_cast<const char*>(k_region);
+  const auto* v_bytes = static_cast<const char*>(v_region);
+  // A prompt's queries first, in tiles where the CPU and dtype have a tile kernel.
+  thread_local std::vector<uint8_t> tiled;
+  tiled.assign(static_cast<size_t>(num_queries), 0);
+  if (const AttendTileFn tile =
+          Avx512Attention() ? cpu_attention::PickAttendTile(geometry.dtype, d) : nullptr) {
+    AttendPromptTiles(tile, q, q_row_stride, out, k_bytes, v_bytes, geometry, queries,
+                      num_queries, num_heads, scale, tiled);
+  }
+  // The other queries. Task list: (query, partition), with each query's first task index.
   std::vector<int64_t> first_task(num_queries + 1, 0);
   for (int64_t i = 0; i < num_queries; ++i) {
-    const int32_t parts = (queries[i].context_len + kPartitionTokens - 1) / kPartitionTokens;
+    const int32_t parts =
+        tiled[i] ? 0 : (queries[i].context_len + kPartitionTokens - 1) / kPartitionTokens;
     first_task[i + 1] = first_task[i] + parts;
   }
   const int64_t tasks = first_task[num_queries];
@@ -155,8 +227,6 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
     return Partial{p, p + num_heads, p + 2 * num_heads};
   };
   const AttendFn attend = PickAttend(geometry.dtype, d);
-  const auto* k_bytes = static_cast<const char*>(k_region);
-  const auto* v_bytes = static_cast<const char*>(v_region);
   // Each thread takes a contiguous run of tasks holding its share of the tokens (plus
   // a task's fixed cost), not of the tasks: a partition can hold 1 token or 128, and a
   // prompt's queries range from 1 token of context to all of them. Splitting by task
@@ -171,17 +241,7 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
       work_before[task + 1] = work_before[task] + tokens + kTaskCostTokens;
     }
   }
-  const int64_t total = work_before[tasks];
-  const int64_t shares = std::min<int64_t>(at::get_num_threads(), tasks);
-  // By pointer: inside the lambda, on another thread, the name would be that thread's.
-  const int64_t* work = work_before.data();
-  auto first_of_share = [&](int64_t share) {
-    const int64_t target = total * share / shares;
-    return std::lower_bound(work, work + tasks, target) - work;
-  };
-  at::parallel_for(0, shares, 1, [&](int64_t share_begin, int64_t share_end) {
-    const int64_t begin = first_of_share(share_begin), end = first_of_share(share_end);
-    if (begin >= end) return;
+  ParallelByWork(work_before.data(), tasks, [&](int64_t begin, int64_t end) {
     int64_t i =
         std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
@@ -195,6 +255,7 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
   // Merge the partitions of each query: rescale to the global max, then normalise.
   at::parallel_for(0, num_queries, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      if (first_task[i] == first_task[i + 1]) continue;  // a tile's query: done above
       for (int32_t h = 0; h < num_heads; ++h) {
         float mx = -std::numeric_limits<float>::infinity();
         for (int64_t t = first_task[i]; t < first_task[i + 1]; ++t)

@@ -2,7 +2,10 @@
 // from the pool through a block table (no gather into a contiguous copy), parallel
 // over (query token, KV head), GQA-aware (each KV head is read once for all the
 // query heads of its group). The `contiguous` mode is this same kernel over a
-// block table of consecutive ids. Prefill uses it too, one query per prompt token.
+// block table of consecutive ids. Prefill uses it too: a prompt's queries (runs of 16
+// or more, each one position after the one before) go in tiles of 16 through the tile
+// kernel where there is one (bf16 K/V with AVX512-BF16: paged_attention_cpu_prefill.cc),
+// one query at a time otherwise.
 // fp32 activations and sums whatever the pool's dtype (kv_quant.h says how each is
 // stored).
 #pragma once

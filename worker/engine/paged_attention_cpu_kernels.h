@@ -95,6 +95,26 @@ using AttendFn = void (*)(const float* q, const char* k_region, const char* v_re
 // The AVX-512 kernel for this dtype and head size (nullptr: none; the caller decides
 // whether AVX-512 may be used).
 AttendFn PickAttendAvx512(KvDtype dtype, int32_t head_dim);
+
+// A prompt's queries in tiles (paged_attention_cpu_prefill.cc): `count` (up to
+// kTileQueries) consecutive queries of one sequence, the first seeing positions
+// [0, first_context), each next one position more; one query head per task.
+constexpr int32_t kTileQueries = 16;
+struct TileTask {
+  const float* q;  // the first query's row
+  int64_t q_row_stride;
+  float* out;  // the first query's output row
+  int64_t out_row_stride;
+  const int32_t* block_table;
+  int32_t first_context;
+  int32_t count;
+  int32_t head, kv_head;
+};
+using AttendTileFn = void (*)(const TileTask& task, const PoolGeometry& g, const char* k_region,
+                              const char* v_region, float scale);
+// The tile kernel for this dtype and head size (bf16 with AVX512-BF16, head sizes 64 and
+// 128), or nullptr; the caller decides whether AVX-512 may be used.
+AttendTileFn PickAttendTile(KvDtype dtype, int32_t head_dim);
 // Whether bf16 K/V is read with bf16 dot products when AVX-512 is used (AVX512-BF16;
 // KVPOOL_CPU_BF16=convert says no, for tests and comparisons).
 bool Bf16DotAttention();
