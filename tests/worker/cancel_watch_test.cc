@@ -7,8 +7,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
+#include <memory>
 #include <thread>
+#include <vector>
 
 namespace kvpool::worker {
 namespace {
@@ -46,6 +49,36 @@ TEST(JobWaitTest, BlocksUntilAnEventTheEndOrACancel) {
   ASSERT_EQ(waiting.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EQ(waiting.get(), std::make_pair(false, size_t{0}));
   EXPECT_TRUE(other->cancelled());
+}
+
+// A request with several prompts sleeps on their shared doorbell: any job's event, end
+// or cancel wakes it, and a ring before the sleep is not missed.
+TEST(JobWaitTest, ADoorbellWakesOnAnyOfItsJobs) {
+  auto bell = std::make_shared<Doorbell>();
+  std::vector<std::shared_ptr<Job>> jobs(3);
+  for (auto& job : jobs) {
+    job = std::make_shared<Job>();
+    job->doorbell = bell;
+  }
+  auto sleep_past = [&](uint64_t seen) {
+    return std::async(std::launch::async, [bell, seen] { bell->WaitPast(seen); });
+  };
+  const std::vector<std::function<void(Job&)>> news = {
+      [](Job& job) { job.Push(v1::GenerateResponse()); },
+      [](Job& job) { job.End(Status::Ok()); },
+      [](Job& job) { job.Cancel(); },
+  };
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    auto sleeping = sleep_past(bell->rings());
+    EXPECT_EQ(sleeping.wait_for(milliseconds(50)), std::future_status::timeout);
+    news[i](*jobs[2 - i]);
+    ASSERT_EQ(sleeping.wait_for(std::chrono::seconds(5)), std::future_status::ready) << i;
+  }
+  // Rung between reading the count and sleeping: returns at once.
+  const uint64_t seen = bell->rings();
+  jobs[0]->Push(v1::GenerateResponse());
+  auto late = sleep_past(seen);
+  EXPECT_EQ(late.wait_for(std::chrono::seconds(5)), std::future_status::ready);
 }
 
 TEST(CancelWatchTest, CancelsTheJobOfAGoneCallAndWakesItsHandler) {

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -23,6 +24,34 @@ namespace kvpool::worker {
 
 using Clock = std::chrono::steady_clock;
 
+// Rung by every job of a request with several prompts (an OpenAI completion's list),
+// so that its handler sleeps until any of them has news rather than waking each in
+// turn on a timer.
+class Doorbell {
+ public:
+  void Ring() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++rings_;
+    }
+    cv_.notify_all();
+  }
+  uint64_t rings() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rings_;
+  }
+  // Until it has rung since `rings()` returned `seen`.
+  void WaitPast(uint64_t seen) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return rings_ != seen; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t rings_ = 0;  // GUARDED_BY(mu_)
+};
+
 class Job {
  public:
   // Set by the handler before Submit, then read-only.
@@ -34,6 +63,8 @@ class Job {
   int32_t retention_priority = -1;
   int64_t pin_ttl_ms = 0;
   Clock::time_point arrival = Clock::now();
+  // Rung, besides the job's own Wait, at every event, the end and a cancel (optional).
+  std::shared_ptr<Doorbell> doorbell;
 
   // Handler side (and the CancelWatch). Cancel wakes a Wait.
   void Cancel() {
@@ -41,7 +72,7 @@ class Job {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_.store(true);
     }
-    cv_.notify_all();
+    Notify();
   }
   bool cancelled() const { return cancelled_.load(); }
   // Moves pending events into `out`; true once the job has ended (then `status` is
@@ -72,7 +103,7 @@ class Job {
       std::lock_guard<std::mutex> lock(mu_);
       events_.push_back(std::move(event));
     }
-    cv_.notify_all();
+    Notify();
   }
   void End(Status status) {
     {
@@ -81,7 +112,7 @@ class Job {
       done_ = true;
       status_ = std::move(status);
     }
-    cv_.notify_all();
+    Notify();
   }
   bool ended() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -104,6 +135,10 @@ class Job {
   StatusOr<PinOutcome> pin = Internal("the request ended before its prompt could be pinned");
 
  private:
+  void Notify() {
+    cv_.notify_all();
+    if (doorbell) doorbell->Ring();
+  }
   bool HasNews() const { return !events_.empty() || done_ || cancelled_.load(); }  // under mu_
   bool TakeNews(std::vector<v1::GenerateResponse>* out, Status* status) {          // under mu_
     out->assign(events_.begin(), events_.end());

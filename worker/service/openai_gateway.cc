@@ -148,6 +148,10 @@ void OpenAiGateway::Completion(HttpRequest request, std::shared_ptr<HttpStream> 
     (*made)->client_authorization = request.authorization;
     jobs.push_back(*made);
   }
+  if (jobs.size() > 1) {
+    const auto bell = std::make_shared<Doorbell>();
+    for (const std::shared_ptr<Job>& job : jobs) job->doorbell = bell;
+  }
   for (const std::shared_ptr<Job>& job : jobs) scheduler_->Submit(job);
   Relay(jobs, ask, generates.front().logprobs() > 0, *stream);
 }
@@ -195,18 +199,19 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
   }
   std::vector<v1::GenerateResponse> events;
   Status outcome;
+  // One prompt: sleep on its job. Several: take what each has, then sleep on their
+  // shared doorbell until one has more (rings read before looking, so none is missed).
+  Doorbell* bell = jobs.size() > 1 ? jobs.front()->doorbell.get() : nullptr;
   for (size_t live = jobs.size(); live > 0;) {
-    bool waited = false;
+    const uint64_t seen = bell != nullptr ? bell->rings() : 0;
+    bool news = false;
     for (size_t p = 0; p < jobs.size(); ++p) {
       if (finished[p]) continue;
       const Job& job = *jobs[p];
       Status status;
-      // One prompt: sleep until its job has news. Several: each in turn, up to 10 ms
-      // on the first unfinished one, so no prompt's stream waits for another's.
-      const bool done = jobs.size() == 1 ? jobs[p]->Wait(&events, &status)
-                                         : jobs[p]->Wait(std::chrono::milliseconds(waited ? 0 : 10),
-                                                         &events, &status);
-      waited = true;
+      const bool done = bell == nullptr ? jobs[p]->Wait(&events, &status)
+                                        : jobs[p]->Wait(std::chrono::milliseconds(0), &events, &status);
+      news = news || done || !events.empty();
       for (const v1::GenerateResponse& event : events) {
         if (event.has_summary()) {
           summaries[p] = event.summary();
@@ -243,6 +248,7 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
       stream.End();
       return;
     }
+    if (live > 0 && bell != nullptr && !news) bell->WaitPast(seen);
   }
   if (!outcome.ok()) {
     for (const std::shared_ptr<Job>& job : jobs) job->Cancel();
