@@ -197,6 +197,15 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
   EXPECT_GT(k["prefill_200_ms"].get<double>(), 0);
   EXPECT_EQ(k["throughput"]["output_tokens"], 64 * 130);
   EXPECT_GT(k["throughput"]["tokens_per_s"].get<double>(), 0);
+  // Three rounds of the load; the one reported is the median round, whole.
+  ASSERT_EQ(k["throughput"]["rounds"].size(), 3u) << k["throughput"].dump();
+  std::vector<double> rates;
+  for (const nlohmann::json& round : k["throughput"]["rounds"]) {
+    EXPECT_EQ(round["output_tokens"], 64 * 130);
+    rates.push_back(round["tokens_per_s"].get<double>());
+  }
+  std::sort(rates.begin(), rates.end());
+  EXPECT_EQ(k["throughput"]["tokens_per_s"].get<double>(), rates[1]);
   EXPECT_EQ(k["prefix"]["prompt_tokens"], 510);
   EXPECT_GE(k["prefix"]["hit_cached_tokens"].get<int>(), 496);  // the full blocks before the change
   std::ifstream md_before(out / "report.md");
@@ -219,6 +228,7 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
   EXPECT_NE(text.find("vLLM 0.0-test"), std::string::npos);
   EXPECT_NE(text.find("| 2.00 (higher is better) |"), std::string::npos) << text;
   EXPECT_NE(text.find("| decode, batch 1, context 200 |"), std::string::npos);
+  EXPECT_NE(text.find("each side's median round of 3"), std::string::npos) << text;
 }
 
 TEST(BenchTest, OpenAiUrlRunsTheClientTimedScenariosInEachMode) {
