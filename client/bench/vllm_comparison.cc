@@ -169,13 +169,12 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
   const std::string python = VllmPython();
   const std::string json_path = o.out_dir + "/vllm-baseline.json";
   std::remove(json_path.c_str());
-  const std::string command = python + " " KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py " +
-                              hf_folder + " --threads " + std::to_string(threads) + " --steps " +
-                              std::to_string(kSteps) + " --repeats " + std::to_string(kRepeats) +
-                              " --load-rounds " + std::to_string(kLoadRounds) +
-                              " --seed " + std::to_string(o.seed) + " --prefix-tokens " +
-                              kvpool["prefix"]["prompt_tokens"].dump() + " --out " + json_path +
-                              " >" + o.out_dir + "/vllm-baseline.log 2>&1";
+  const std::string command =
+      python + " " KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py " + hf_folder + " --threads " +
+      std::to_string(threads) + " --steps " + std::to_string(kSteps) + " --repeats " +
+      std::to_string(kRepeats) + " --load-rounds " + std::to_string(kLoadRounds) + " --seed " +
+      std::to_string(o.seed) + " --prefix-tokens " + kvpool["prefix"]["prompt_tokens"].dump() +
+      " --out " + json_path + " >" + o.out_dir + "/vllm-baseline.log 2>&1";
   const int rc = std::system(command.c_str());
   std::ifstream in(json_path);
   Json vllm = rc == 0 && in ? Json::parse(in, nullptr, false) : Json();
@@ -252,9 +251,8 @@ void VllmMarkdown(const Json& report, std::ostream& md) {
   };
   const std::string k_rounds = each(kt), v_rounds = each(vt);
   if (!k_rounds.empty() && !v_rounds.empty()) {
-    md << " Throughput and TTFT under load are each side's median round of "
-       << kt["rounds"].size() << " (fresh prompts each): kvpool " << k_rounds
-       << " tokens/s; vLLM " << v_rounds << ".";
+    md << " Throughput and TTFT under load are each side's median round of " << kt["rounds"].size()
+       << " (fresh prompts each): kvpool " << k_rounds << " tokens/s; vLLM " << v_rounds << ".";
   }
   md << "\n\n";
 }

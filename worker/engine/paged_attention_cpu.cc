@@ -28,11 +28,11 @@ namespace {
 using cpu_attention::AttendFn;
 using cpu_attention::AttendTileFn;
 using cpu_attention::Bf16DotAttention;
-using cpu_attention::kTileQueries;
-using cpu_attention::TileTask;
 using cpu_attention::FastExp;
 using cpu_attention::Fp8;
 using cpu_attention::kPartitionTokens;
+using cpu_attention::kTileQueries;
+using cpu_attention::TileTask;
 // A partition's fixed cost (its query's conversion, the softmax of its pieces, the
 // merge), in tokens of context, for splitting the work between threads.
 constexpr int64_t kTaskCostTokens = 8;
@@ -151,8 +151,8 @@ void ParallelByWork(const int64_t* work_before, int64_t tasks, const Run& run) {
 }
 
 // A prompt's queries (runs of at least a tile: the same block table, each query one
-// position more than the one before) through the tile kernel; marks those queries in
-// `tiled`. Returns nothing to do where the pool's dtype or the CPU has no tile kernel.
+// position more than the one before) through the tile kernel `tile`; marks those
+// queries in `tiled` for the one-query path to skip.
 void AttendPromptTiles(AttendTileFn tile, const float* q, int64_t q_row_stride, float* out,
                        const char* k_region, const char* v_region, const PoolGeometry& g,
                        const AttentionQuery* queries, int64_t num_queries, int32_t num_heads,
@@ -176,7 +176,8 @@ void AttendPromptTiles(AttendTileFn tile, const float* q, int64_t q_row_stride, 
         for (int32_t h = 0; h < num_heads; ++h) {
           tasks.push_back({q + t * q_row_stride, q_row_stride, out + t * out_stride, out_stride,
                            queries[t].block_table, queries[t].context_len, count, h, h / group});
-          work_before.push_back(work_before.back() + queries[t].context_len + count + kTaskCostTokens);
+          work_before.push_back(work_before.back() + queries[t].context_len + count +
+                                kTaskCostTokens);
         }
       }
     }
@@ -207,8 +208,8 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
   tiled.assign(static_cast<size_t>(num_queries), 0);
   if (const AttendTileFn tile =
           Avx512Attention() ? cpu_attention::PickAttendTile(geometry.dtype, d) : nullptr) {
-    AttendPromptTiles(tile, q, q_row_stride, out, k_bytes, v_bytes, geometry, queries,
-                      num_queries, num_heads, scale, tiled);
+    AttendPromptTiles(tile, q, q_row_stride, out, k_bytes, v_bytes, geometry, queries, num_queries,
+                      num_heads, scale, tiled);
   }
   // The other queries. Task list: (query, partition), with each query's first task index.
   std::vector<int64_t> first_task(num_queries + 1, 0);

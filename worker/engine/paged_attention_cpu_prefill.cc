@@ -73,27 +73,30 @@ KVPOOL_AVX512_BF16 void AttendTileBf16(const TileTask& task, const PoolGeometry&
   static_assert(kHeadDim % 32 == 0, "32 bf16 per vector");
   constexpr int32_t kWords = kHeadDim / 2;  // bf16 pairs in a head vector
   const RowAt at{g, task.block_table};
-  alignas(64) uint32_t qt[kWords][kTileQueries];      // q word p, lane = query
-  alignas(64) float s[kStep][kTileQueries];           // scores, then weights
-  alignas(64) uint32_t pw[kStep / 2][kTileQueries];   // weights of positions 2j, 2j + 1
-  alignas(64) uint32_t vw[kStep / 2][kHeadDim];       // V of positions 2j, 2j + 1, paired
-  alignas(64) float ot[kHeadDim][kTileQueries];       // output word w (permuted), lane = query
+  alignas(64) uint32_t qt[kWords][kTileQueries];     // q word p, lane = query
+  alignas(64) float s[kStep][kTileQueries];          // scores, then weights
+  alignas(64) uint32_t pw[kStep / 2][kTileQueries];  // weights of positions 2j, 2j + 1
+  alignas(64) uint32_t vw[kStep / 2][kHeadDim];      // V of positions 2j, 2j + 1, paired
+  alignas(64) float ot[kHeadDim][kTileQueries];      // output word w (permuted), lane = query
   // The tile's q, transposed into bf16 pairs; missing queries are zeros (their lanes
   // are computed and never written).
   for (int32_t i = 0; i < kTileQueries; ++i) {
+    if (i >= task.count) {
+      for (int32_t p = 0; p < kWords; ++p) qt[p][i] = 0u;
+      continue;
+    }
     const float* x = task.q + int64_t{i} * task.q_row_stride + int64_t{task.head} * kHeadDim;
     for (int32_t p = 0; p < kWords; ++p) {
-      qt[p][i] = i < task.count ? static_cast<uint32_t>(c10::BFloat16(x[2 * p]).x) |
-                                      static_cast<uint32_t>(c10::BFloat16(x[2 * p + 1]).x) << 16
-                                : 0u;
+      qt[p][i] = static_cast<uint32_t>(c10::BFloat16(x[2 * p]).x) |
+                 static_cast<uint32_t>(c10::BFloat16(x[2 * p + 1]).x) << 16;
     }
   }
   for (auto& row : ot) _mm512_store_ps(row, _mm512_setzero_ps());
   const int64_t head_offset = int64_t{task.kv_head} * kHeadDim * 2;  // bytes into a row
   // Lane i sees positions [0, first_context + i).
-  const __m512i context = _mm512_add_epi32(
-      _mm512_set1_epi32(task.first_context),
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i context =
+      _mm512_add_epi32(_mm512_set1_epi32(task.first_context),
+                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 running_max = minus_inf, sum = _mm512_setzero_ps();
@@ -162,7 +165,8 @@ KVPOOL_AVX512_BF16 void AttendTileBf16(const TileTask& task, const PoolGeometry&
       for (int32_t u = 0; u < 8; ++u) acc[u] = _mm512_mul_ps(_mm512_load_ps(ot[w0 + u]), rescale);
       for (int32_t j = 0; j < pairs; ++j) {
         const __m512bh weights = reinterpret_cast<__m512bh>(_mm512_load_si512(pw[j]));
-        for (int32_t u = 0; u < 8; ++u) acc[u] = _mm512_dpbf16_ps(acc[u], weights, Word(vw[j][w0 + u]));
+        for (int32_t u = 0; u < 8; ++u)
+          acc[u] = _mm512_dpbf16_ps(acc[u], weights, Word(vw[j][w0 + u]));
       }
       for (int32_t u = 0; u < 8; ++u) _mm512_store_ps(ot[w0 + u], acc[u]);
     }

@@ -209,8 +209,9 @@ void OpenAiGateway::Relay(const std::vector<std::shared_ptr<Job>>& jobs, const C
       if (finished[p]) continue;
       const Job& job = *jobs[p];
       Status status;
-      const bool done = bell == nullptr ? jobs[p]->Wait(&events, &status)
-                                        : jobs[p]->Wait(std::chrono::milliseconds(0), &events, &status);
+      const bool done = bell == nullptr
+                            ? jobs[p]->Wait(&events, &status)
+                            : jobs[p]->Wait(std::chrono::milliseconds(0), &events, &status);
       news = news || done || !events.empty();
       for (const v1::GenerateResponse& event : events) {
         if (event.has_summary()) {
