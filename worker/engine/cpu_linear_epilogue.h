@@ -3,7 +3,8 @@
 // asked, then either stored or added into a residual in place. Fusing it saves a pass
 // over the output per product and ATen's GELU, whose Sleef tanh (its AVX2 build) took
 // 6-8% of a bf16 decode step at batch 32 and of a 512-token prefill on an Intel Xeon
-// with AMX (docs/benchmarks.md). Internal to the packed kernels.
+// with AMX (docs/benchmarks.md). Internal to the packed kernels; the prompt attention
+// tiles (paged_attention_cpu_prefill.cc) use its Exp for their softmax.
 #pragma once
 
 // GCC 12's AVX-512 headers build some intrinsics on _mm512_undefined_*(), which

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <limits>
 
+#include "engine/cpu_linear_epilogue.h"  // packed::Exp, the products' AVX-512 e^x
 #include "engine/paged_attention_cpu_kernels.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -32,24 +33,6 @@ namespace {
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 
 constexpr int32_t kStep = 32;  // positions per online-softmax step
-
-// FastExp (paged_attention_cpu_kernels.h) on 16 lanes.
-KVPOOL_AVX512_BF16 inline __m512 Exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_castsi512_ps(
-      _mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
-}
 
 // 16 fp32 lanes rounded to bf16 (nearest even), each in the low half of a 32-bit lane.
 KVPOOL_AVX512_BF16 inline __m512i Bf16Lanes(__m512 x) {
@@ -128,7 +111,7 @@ KVPOOL_AVX512_BF16 void AttendTileBf16(const TileTask& task, const PoolGeometry&
       _mm512_store_ps(s[j], x);
       step_max = _mm512_max_ps(step_max, x);
     }
-    const __m512 rescale = Exp16(_mm512_sub_ps(running_max, step_max));
+    const __m512 rescale = packed::Exp(_mm512_sub_ps(running_max, step_max));
     running_max = step_max;
     __m512 step_sum = _mm512_setzero_ps();
     for (int32_t j = 0; j < n; ++j) {
@@ -138,7 +121,7 @@ KVPOOL_AVX512_BF16 void AttendTileBf16(const TileTask& task, const PoolGeometry&
       // weights the V rows were multiplied by: a query of 2 positions then gets a mix
       // of the two rows, not a mix off by the weights' rounding (up to 2^-9 of a row).
       const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(
-          Bf16Lanes(_mm512_maskz_mov_ps(seen, Exp16(_mm512_sub_ps(x, step_max)))), 16));
+          Bf16Lanes(_mm512_maskz_mov_ps(seen, packed::Exp(_mm512_sub_ps(x, step_max)))), 16));
       _mm512_store_ps(s[j], w);
       step_sum = _mm512_add_ps(step_sum, w);
     }
