@@ -127,5 +127,48 @@ TEST(CancelWatchTest, NeverAsksAboutACallAfterItsWatchedIsGone) {
   EXPECT_FALSE(job->cancelled());
 }
 
+// A call that delivered an event lately is not asked about (its handler's next write
+// would fail if the client left); once quiet for `quiet` it is asked again.
+TEST(CancelWatchTest, AsksOnlyAboutCallsQuietSinceTheirLastDelivery) {
+  const milliseconds quiet(300);
+  CancelWatch watch({}, milliseconds(1), quiet);
+  auto streaming = std::make_shared<Job>();
+  auto waiting = std::make_shared<Job>();
+  std::atomic<int> asked_streaming{0}, asked_waiting{0};
+  auto streamed = watch.Watch(streaming, [&] {
+    asked_streaming.fetch_add(1);
+    return true;  // gone: cancelled as soon as it is asked
+  });
+  streamed->Delivered();
+  const auto delivered = std::chrono::steady_clock::now();
+  auto queued = watch.Watch(waiting, [&] {
+    asked_waiting.fetch_add(1);
+    return false;
+  });
+  // The waiting call (never delivered) is asked every period meanwhile.
+  const auto deadline = delivered + std::chrono::seconds(5);
+  while (asked_waiting.load() < 3 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(1));
+  EXPECT_GE(asked_waiting.load(), 3);
+  // Delivering again within `quiet` keeps the streaming call from being asked.
+  for (int i = 0; i < 5 && std::chrono::steady_clock::now() - delivered < quiet / 2; ++i) {
+    streamed->Delivered();
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  const auto last_delivery = std::chrono::steady_clock::now();
+  streamed->Delivered();
+  if (std::chrono::steady_clock::now() - delivered < quiet / 2) {
+    EXPECT_EQ(asked_streaming.load(), 0);
+    EXPECT_FALSE(streaming->cancelled());
+  }
+  // Quiet since: asked, found gone, cancelled, and not sooner than `quiet` after it.
+  while (!streaming->cancelled() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(1));
+  EXPECT_TRUE(streaming->cancelled());
+  EXPECT_GE(std::chrono::steady_clock::now() - last_delivery, quiet);
+  EXPECT_EQ(asked_streaming.load(), 1);
+  EXPECT_FALSE(waiting->cancelled());
+}
+
 }  // namespace
 }  // namespace kvpool::worker

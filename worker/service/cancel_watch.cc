@@ -5,8 +5,9 @@
 
 namespace kvpool::worker {
 
-CancelWatch::CancelWatch(std::function<void()> on_cancel, std::chrono::milliseconds period)
-    : on_cancel_(std::move(on_cancel)), period_(period) {
+CancelWatch::CancelWatch(std::function<void()> on_cancel, std::chrono::milliseconds period,
+                         std::chrono::milliseconds quiet)
+    : on_cancel_(std::move(on_cancel)), period_(period), quiet_(quiet) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -19,20 +20,23 @@ CancelWatch::~CancelWatch() {
   thread_.join();
 }
 
-CancelWatch::Watched::~Watched() { watch_->Forget(id_); }
+CancelWatch::Watched::~Watched() {
+  if (watch_ != nullptr) watch_->Forget(id_);
+}
 
 std::unique_ptr<CancelWatch::Watched> CancelWatch::Watch(std::shared_ptr<Job> job,
                                                          std::function<bool()> gone) {
-  uint64_t id;
+  auto watched = std::make_unique<Watched>();
   bool first;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    id = next_id_++;
+    watched->watch_ = this;
+    watched->id_ = next_id_++;
     first = entries_.empty();
-    entries_.emplace(id, Entry{std::move(job), std::move(gone)});
+    entries_.emplace(watched->id_, Entry{std::move(job), std::move(gone), &watched->delivered_ns_});
   }
   if (first) cv_.notify_all();  // the thread sleeps while nothing is watched
-  return std::make_unique<Watched>(this, id);
+  return watched;
 }
 
 void CancelWatch::Forget(uint64_t id) {
@@ -53,10 +57,14 @@ void CancelWatch::Run() {
     cv_.wait_for(lock, period_, [&] { return stop_; });
     if (stop_) return;
     bool cancelled = false;
+    const int64_t asked_before =
+        (std::chrono::steady_clock::now() - quiet_).time_since_epoch().count();
     // Under the lock: a Watched's destructor waits for this pass, so no `gone` outlives
     // the call it asks about.
     for (auto& [id, entry] : entries_) {
-      if (entry.job->cancelled() || !entry.gone()) continue;
+      if (entry.job->cancelled()) continue;
+      if (entry.delivered_ns->load(std::memory_order_relaxed) > asked_before) continue;
+      if (!entry.gone()) continue;
       entry.job->Cancel();
       cancelled = true;
     }

@@ -152,7 +152,8 @@ WorkerService::WorkerService(Scheduler* scheduler, ManagerLink* link,
       cancel_watch_([scheduler] { scheduler->Wake(); }) {}
 
 grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Job> job,
-                                const std::function<bool(const v1::GenerateResponse&)>& on_event) {
+                                const std::function<bool(const v1::GenerateResponse&)>& on_event,
+                                bool streamed) {
   if (!scheduler_->serving()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the worker is not attached to a cache manager (" + link_->address() +
@@ -163,7 +164,7 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Jo
     job->client_authorization.assign(it->second.data(), it->second.size());
   }
   // The client's cancellation or deadline reaches the job through the watch, which
-  // cancels it and so wakes this handler.
+  // cancels it and so wakes this handler; or, while events flow, through a failed write.
   const auto watched = cancel_watch_.Watch(job, [context] { return context->IsCancelled(); });
   scheduler_->Submit(job);
   std::vector<v1::GenerateResponse> events;
@@ -177,6 +178,7 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, std::shared_ptr<Jo
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
     }
+    if (streamed && !events.empty()) watched->Delivered();
     if (done) return ToGrpcStatus(outcome);
     if (job->cancelled()) {
       return grpc::Status(grpc::StatusCode::CANCELLED,
@@ -192,8 +194,9 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* context,
   StatusOr<std::shared_ptr<Job>> made =
       JobFromRequest(*request, scheduler_->config(), tokenizer_.get(), seeds());
   if (!made.ok()) return ToGrpcStatus(made.status());
-  return Run(context, *made,
-             [writer](const v1::GenerateResponse& event) { return writer->Write(event); });
+  return Run(
+      context, *made, [writer](const v1::GenerateResponse& event) { return writer->Write(event); },
+      /*streamed=*/true);
 }
 
 grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,

@@ -71,8 +71,10 @@ class WorkerService final : public v1::Worker::Service {
   // Submits `job` (with the caller's credential) and hands each of its events to
   // `on_event` until it ends; false from `on_event` (the client went away), the
   // client's cancellation or its deadline cancel the job. UNAVAILABLE while detached.
+  // `streamed`: on_event writes to the client, so a failed write tells of a departure
+  // and the cancel watch need not ask about the call while events flow.
   grpc::Status Run(grpc::ServerContext* context, std::shared_ptr<Job> job,
-                   const std::function<bool(const v1::GenerateResponse&)>& on_event);
+                   const std::function<bool(const v1::GenerateResponse&)>& on_event, bool streamed);
 
   Scheduler* scheduler_;
   ManagerLink* link_;

@@ -51,10 +51,14 @@ grpc::Status WorkerService::PinPrompt(grpc::ServerContext* context,
       JobFromRequest(generate, scheduler_->config(), tokenizer_.get(), /*random_seed=*/0);
   if (!made.ok()) return ToGrpcStatus(made.status());
   std::shared_ptr<Job> job = *made;
-  const grpc::Status ran = Run(context, job, [response](const v1::GenerateResponse& event) {
-    if (event.has_summary()) response->set_cached_tokens(event.summary().usage().cached_tokens());
-    return true;
-  });
+  const grpc::Status ran = Run(
+      context, job,
+      [response](const v1::GenerateResponse& event) {
+        if (event.has_summary())
+          response->set_cached_tokens(event.summary().usage().cached_tokens());
+        return true;
+      },
+      /*streamed=*/false);
   if (!ran.ok()) return ran;
   // The job has ended: the scheduler thread wrote its pin before End (under the
   // channel's mutex, which Wait took after it).
