@@ -3,14 +3,18 @@
 // sides of its 8-row tiles, column counts that leave 1 or 2 blocks past its 3-block
 // chunks or end inside a block (the padding), the smallest K and one past a vector's
 // worth, with and without bias; the layout round-trips exactly, and shapes it cannot
-// take are refused. Both kernels: AVX512-BF16, and AMX where the CPU has it. Skips where
-// the CPU has no AVX512-BF16 (or KVPOOL_CPU_LINEAR / KVPOOL_CPU_BF16 choose another path).
+// take are refused; a large one lies in memory advised for huge pages. Both kernels: AVX512-BF16,
+// and AMX where the CPU has it. Skips where the CPU has no AVX512-BF16 (or KVPOOL_CPU_LINEAR /
+// KVPOOL_CPU_BF16 choose another path).
 #include "engine/cpu_linear_packed.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
+#include <fstream>
+#include <string>
 
 #include "engine/cpu_linear.h"
 #include "engine/cpu_linear_epilogue.h"
@@ -34,6 +38,43 @@ TEST(CpuLinearPackedTest, LayoutRoundTripsAndRefusesOtherShapes) {
   EXPECT_FALSE(CanPackBf16(at::zeros({32, 63}, at::kBFloat16)));  // K odd
   EXPECT_FALSE(CanPackBf16(at::zeros({32, 64}, at::kFloat)));
   EXPECT_FALSE(CanPackBf16(at::zeros({64, 32}, at::kBFloat16).t()));  // not contiguous
+}
+
+// A packed matrix of 1 MiB or more lies in fresh 2 MiB-aligned memory advised for
+// transparent huge pages ("hg" among its mapping's VmFlags), with its padding rows zero,
+// and the mapping goes when the tensor does. Any CPU: packing is only a layout.
+TEST(CpuLinearPackedTest, LargeMatricesLieInMemoryAdvisedForHugePages) {
+  const int64_t n = 770, k = 1024;  // 1.5 MiB, padded to 784 rows
+  const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+  at::Tensor packed = PackBf16(w);
+  const auto address = reinterpret_cast<uintptr_t>(packed.data_ptr());
+  EXPECT_EQ(address % (uintptr_t{2} << 20), 0u);
+  EXPECT_TRUE(UnpackBf16(packed, n).equal(w));
+  EXPECT_TRUE(
+      UnpackBf16(packed, packed.size(0)).narrow(0, n, packed.size(0) - n).eq(0).all().item<bool>());
+  // The mapping that starts at the tensor's first byte, and its VmFlags.
+  const auto mapping_flags = [address]() -> std::string {
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+      const size_t dash = line.find('-');
+      if (dash != std::string::npos && dash > 0 && line.find(' ') > dash &&
+          std::isxdigit(static_cast<unsigned char>(line[0]))) {
+        inside = std::stoull(line.substr(0, dash), nullptr, 16) == address;
+      } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+        return line;
+      }
+    }
+    return "";
+  };
+  const std::string flags = mapping_flags();
+  ASSERT_FALSE(flags.empty()) << "no mapping starts at the packed matrix";
+  if (std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good()) {
+    EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;  // else a kernel without THP
+  }
+  packed = at::Tensor();
+  EXPECT_TRUE(mapping_flags().empty()) << "the mapping outlived its tensor";
 }
 
 // Every shape in one test (one process: a ctest entry per shape would cost more in

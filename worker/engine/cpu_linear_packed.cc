@@ -9,10 +9,13 @@
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "engine/cpu_linear_amx.h"
 #include "engine/cpu_linear_epilogue.h"
@@ -38,10 +41,12 @@ struct Args {
 };
 
 // Rows [m0, m0 + M) of x against column blocks [j0, j0 + J): M x J chains of
-// vdpbf16ps, each block's weights read once per tile as one sequential stream.
-template <int M, int J>
+// vdpbf16ps, each block's weights read once per tile as one sequential stream. kFetch:
+// each step also fetches the next line of the chunk after this one from `next` on
+// (ForEachTile).
+template <int M, int J, bool kFetch>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, int64_t m0,
-                                                                 int64_t j0) {
+                                                                 int64_t j0, const char* next) {
   __m512 acc[M][J];
   for (int m = 0; m < M; ++m) {
     for (int j = 0; j < J; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -51,6 +56,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, 
   for (int j = 0; j < J; ++j) w[j] = a.w + (j0 + j) * pairs * 2 * kCols;
   const uint16_t* x = a.x + m0 * a.k;
   for (int64_t p = 0; p < pairs; ++p) {
+    if constexpr (kFetch) {
+      _mm_prefetch(next, _MM_HINT_T1);
+      next += 64;
+    }
     __m512bh wv[J];
     for (int j = 0; j < J; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(w[j] + p * 2 * kCols) + 1024, _MM_HINT_T0);
@@ -74,6 +83,33 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, 
 
 }  // namespace
 
+namespace packed {
+
+at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& options) {
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t bytes = static_cast<size_t>(rows * k) * 2;
+  if (bytes < kHugePage / 2) return at::zeros({rows, k}, options);
+  // Fresh pages from mmap (the heap's may have been touched, and so be 4 KiB already),
+  // 2 MiB-aligned by trimming the mapping's ends. They read as zeros.
+  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* mapped =
+      mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) throw std::bad_alloc();
+  const auto start = reinterpret_cast<uintptr_t>(mapped);
+  const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+  if (aligned > start) munmap(mapped, aligned - start);
+  if (const size_t tail = start + kHugePage - aligned; tail > 0) {
+    munmap(reinterpret_cast<void*>(aligned + size), tail);
+  }
+  void* memory = reinterpret_cast<void*>(aligned);
+  // Advice only: where transparent huge pages are off, the pages stay 4 KiB.
+  madvise(memory, size, MADV_HUGEPAGE);
+  return at::from_blob(
+      memory, {rows, k}, [size](void* p) { munmap(p, size); }, options);
+}
+
+}  // namespace packed
+
 bool CanPackBf16(const at::Tensor& w) {
   return w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.size(0) > 0 &&
          w.size(1) > 0 && w.size(1) % 2 == 0;
@@ -82,7 +118,7 @@ bool CanPackBf16(const at::Tensor& w) {
 at::Tensor PackBf16(const at::Tensor& w) {
   TORCH_CHECK(CanPackBf16(w), "PackBf16: a contiguous bf16 [N, K] with K even");
   const int64_t n = w.size(0), k = w.size(1);
-  at::Tensor packed = at::zeros({(n + kCols - 1) / kCols * kCols, k}, w.options());
+  at::Tensor packed = packed::ZeroedPackedBuffer((n + kCols - 1) / kCols * kCols, k, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>());
   packed::PackElements(src, dst, n, k, [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });
@@ -137,9 +173,16 @@ at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, in
     AmxPackedProduct(a.x, a.w, rows, a.k, blocks, a.e, a.y, n);
     return y;
   }
-  packed::ForEachTile(rows, blocks, [&](auto m, auto j, int64_t m0, int64_t j0) {
-    Tile<decltype(m)::value, decltype(j)::value>(a, m0, j0);
-  });
+  // A chunk: three blocks of [K/2][16][2] bf16, one after another.
+  const int64_t chunk_bytes = packed::kTileBlocks * kCols * a.k * 2;
+  packed::ForEachTile(rows, blocks, a.w, chunk_bytes, /*steps=*/a.k / 2,
+                      [&](auto m, auto j, int64_t m0, int64_t j0, const char* ahead) {
+                        constexpr int M = decltype(m)::value, J = decltype(j)::value;
+                        if constexpr (J == packed::kTileBlocks) {
+                          if (ahead != nullptr) return Tile<M, J, true>(a, m0, j0, ahead);
+                        }
+                        Tile<M, J, false>(a, m0, j0, nullptr);
+                      });
   return y;
 }
 

@@ -39,9 +39,11 @@ struct Args {
 };
 
 // Rows [m0, m0 + M) of x against column blocks [j0, j0 + J): M x J chains of FMAs, each
-// block's weights read once per tile as one sequential stream.
-template <int M, int J>
-__attribute__((target("avx512f,f16c"))) void Tile(const Args& a, int64_t m0, int64_t j0) {
+// block's weights read once per tile as one sequential stream. kFetch: each step also
+// fetches the next line of the chunk after this one from `next` on (ForEachTile).
+template <int M, int J, bool kFetch>
+__attribute__((target("avx512f,f16c"))) void Tile(const Args& a, int64_t m0, int64_t j0,
+                                                  const char* next) {
   __m512 acc[M][J];
   for (int m = 0; m < M; ++m) {
     for (int j = 0; j < J; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -51,6 +53,10 @@ __attribute__((target("avx512f,f16c"))) void Tile(const Args& a, int64_t m0, int
   const float* x[M];
   for (int m = 0; m < M; ++m) x[m] = a.x + (m0 + m) * a.ldx;
   for (int64_t c = 0; c < a.k; ++c) {
+    if constexpr (kFetch) {
+      _mm_prefetch(next, _MM_HINT_T1);
+      next += 64;
+    }
     __m512 wv[J];
     for (int j = 0; j < J; ++j) {
       const uint16_t* p = w[j] + c * kCols;
@@ -83,7 +89,7 @@ bool CanPackFp16(const at::Tensor& w) {
 at::Tensor PackFp16(const at::Tensor& w) {
   TORCH_CHECK(CanPackFp16(w), "PackFp16: a contiguous fp16 [N, K]");
   const int64_t n = w.size(0), k = w.size(1);
-  at::Tensor packed = at::zeros({(n + kCols - 1) / kCols * kCols, k}, w.options());
+  at::Tensor packed = packed::ZeroedPackedBuffer((n + kCols - 1) / kCols * kCols, k, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
   auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::Half>());
   packed::PackElements(src, dst, n, k, [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });
@@ -129,9 +135,16 @@ at::Tensor CpuLinearPackedFp16(const at::Tensor& x, const at::Tensor& packed, in
       y.data_ptr<float>(),
       n};
   const int64_t blocks = packed.size(0) / kCols;
-  packed::ForEachTile(rows, blocks, [&](auto m, auto j, int64_t m0, int64_t j0) {
-    Tile<decltype(m)::value, decltype(j)::value>(a, m0, j0);
-  });
+  // A chunk: three blocks of [K][16] fp16, one after another.
+  const int64_t chunk_bytes = packed::kTileBlocks * kCols * a.k * 2;
+  packed::ForEachTile(rows, blocks, a.w, chunk_bytes, /*steps=*/a.k,
+                      [&](auto m, auto j, int64_t m0, int64_t j0, const char* ahead) {
+                        constexpr int M = decltype(m)::value, J = decltype(j)::value;
+                        if constexpr (J == packed::kTileBlocks) {
+                          if (ahead != nullptr) return Tile<M, J, true>(a, m0, j0, ahead);
+                        }
+                        Tile<M, J, false>(a, m0, j0, nullptr);
+                      });
   return y;
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 namespace kvpool::packed {
@@ -18,49 +19,84 @@ constexpr int kTileRows = 8;
 constexpr int kTileBlocks = 3;
 
 // Every tile of a product of `rows` rows of x over `blocks` column blocks, as
-// tile(M, J, m0, j0) with M (rows, 1-8) and J (blocks, 3 or 1) as
+// tile(M, J, m0, j0, ahead) with M (rows, 1-8) and J (blocks, 3 or 1) as
 // std::integral_constant<int, ...>, so that the tile is a template of both. Threads
 // split the blocks in chunks of three; a chunk's weights stay in L2 while every tile of
 // rows reads them, so they come from memory once per product.
+//
+// Fetching ahead: the first tile of a chunk reads the chunk's weights from memory as
+// fast as it computes, over half the DRAM's rate per core at gpt2's shapes on Zen 4, so
+// the DRAM sets its pace; the later tiles read them from L2 and leave the DRAM idle. So
+// in products of 2-4 tiles of rows (9-32 rows: decode batches), the tiles after the
+// first fetch the chunk their thread takes next into L2, one 64-byte line per step along
+// K from `ahead` on (nullptr: nothing to fetch). `weights` is the packed matrix, whose
+// chunks lie one after another, `chunk_bytes` long; a tile takes `steps` steps (bf16: a
+// step per line of a block, so three tiles fetch a whole chunk; fp16: two). Beyond 4
+// tiles a chunk's weights are reused enough that the first tile's wait matters little,
+// and the fetched chunk would crowd the rows of x out of L2 (a 130-token prefill got
+// slower when every tile fetched). A tile's last lines may run past the matrix: a prefetch never
+// faults.
+constexpr int64_t kAheadTiles = 3;     // at most this many tiles fetch the next chunk
+constexpr int64_t kAheadMaxTiles = 4;  // in products of at most this many tiles of rows
+
 template <typename TileFn>
-void ForEachTile(int64_t rows, int64_t blocks, const TileFn& tile) {
-  const auto of_rows = [&](auto j, int64_t m0, int64_t m, int64_t j0) {
+void ForEachTile(int64_t rows, int64_t blocks, const void* weights, int64_t chunk_bytes,
+                 int64_t steps, const TileFn& tile) {
+  const auto of_rows = [&](auto j, int64_t m0, int64_t m, int64_t j0, const char* ahead) {
     switch (m) {
       case 1:
-        return tile(std::integral_constant<int, 1>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 1>{}, j, m0, j0, ahead);
       case 2:
-        return tile(std::integral_constant<int, 2>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 2>{}, j, m0, j0, ahead);
       case 3:
-        return tile(std::integral_constant<int, 3>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 3>{}, j, m0, j0, ahead);
       case 4:
-        return tile(std::integral_constant<int, 4>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 4>{}, j, m0, j0, ahead);
       case 5:
-        return tile(std::integral_constant<int, 5>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 5>{}, j, m0, j0, ahead);
       case 6:
-        return tile(std::integral_constant<int, 6>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 6>{}, j, m0, j0, ahead);
       case 7:
-        return tile(std::integral_constant<int, 7>{}, j, m0, j0);
+        return tile(std::integral_constant<int, 7>{}, j, m0, j0, ahead);
       default:
-        return tile(std::integral_constant<int, kTileRows>{}, j, m0, j0);
+        return tile(std::integral_constant<int, kTileRows>{}, j, m0, j0, ahead);
     }
   };
   const int64_t chunks = (blocks + kTileBlocks - 1) / kTileBlocks;
+  // The tiles of rows after a chunk's first that fetch the next one, a line a step each.
+  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+  const int64_t fetching = tiles <= kAheadMaxTiles ? std::min(tiles - 1, kAheadTiles) : 0;
+  const auto* base = static_cast<const char*>(weights);
+  const int64_t size = blocks * chunk_bytes / kTileBlocks;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t j0 = c * kTileBlocks;
       const int64_t full = std::min<int64_t>(kTileBlocks, blocks - j0);
-      for (int64_t m0 = 0; m0 < rows; m0 += kTileRows) {
+      for (int64_t m0 = 0, t = 0; m0 < rows; m0 += kTileRows, ++t) {
         const int64_t m = std::min<int64_t>(kTileRows, rows - m0);
         if (full == kTileBlocks) {
-          of_rows(std::integral_constant<int, kTileBlocks>{}, m0, m, j0);
+          // Tile t fetches lines [(t - 1) steps, t steps) of the next chunk of this
+          // thread's range, where it has one and they are in the matrix.
+          const int64_t skip = (t - 1) * steps * 64, from = (c + 1) * chunk_bytes + skip;
+          const bool fetch =
+              t >= 1 && t <= fetching && c + 1 < c1 && skip < chunk_bytes && from < size;
+          of_rows(std::integral_constant<int, kTileBlocks>{}, m0, m, j0,
+                  fetch ? base + from : nullptr);
         } else {
           for (int64_t j = j0; j < j0 + full; ++j)
-            of_rows(std::integral_constant<int, 1>{}, m0, m, j);
+            of_rows(std::integral_constant<int, 1>{}, m0, m, j, nullptr);
         }
       }
     }
   });
 }
+
+// A zeroed [rows, k] tensor of 16-bit elements (`options`' dtype) to pack a matrix into.
+// One of at least 1 MiB lies in 2 MiB-aligned memory, its size rounded up to 2 MiB,
+// that the kernel is asked to back with transparent huge pages (madvise, the setting
+// Debian's kernels ship): a product streams its weights from memory, and a 4 KiB page
+// is a TLB miss every 64 lines. Defined in cpu_linear_packed.cc.
+at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& options);
 
 // W [n, k] of 16-bit elements into a packed buffer of n rounded up to 16 rows (zeroed
 // by the caller), element (r, c) at index(r, c); and the first n rows back.
