@@ -36,6 +36,9 @@ using cpu_attention::TileTask;
 // A partition's fixed cost (its query's conversion, the softmax of its pieces, the
 // merge), in tokens of context, for splitting the work between threads.
 constexpr int64_t kTaskCostTokens = 8;
+// Positions of a task whose K rows are asked for before it starts: the AVX-512 kernels'
+// group (paged_attention_cpu_avx512.cc).
+constexpr int32_t kFirstRows = 16;
 using cpu_attention::Partial;
 using cpu_attention::PickAttendAvx512;
 using cpu_attention::RowAt;
@@ -242,11 +245,27 @@ void PagedAttentionCpu(const float* q, int64_t q_row_stride, float* out, const v
       work_before[task + 1] = work_before[task] + tokens + kTaskCostTokens;
     }
   }
+  // The K rows of a task's first group of positions, asked for into L2: a kernel asks
+  // for each group's rows a group ahead, so without this its first group is waited for
+  // (the rows of a group lie in one or two blocks anywhere in the pool).
+  const int64_t row_bytes = geometry.token_stride_bytes();
+  auto fetch_first_rows = [&](int64_t task, int64_t i) {
+    while (task >= first_task[i + 1]) ++i;
+    const int32_t from = static_cast<int32_t>(task - first_task[i]) * kPartitionTokens;
+    const int32_t to = std::min(queries[i].context_len, from + kFirstRows);
+    const RowAt at{geometry, queries[i].block_table};
+    for (int32_t t = from; t < to; ++t) {
+      const char* row = k_bytes + at.row(t);
+      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+    }
+  };
   ParallelByWork(work_before.data(), tasks, [&](int64_t begin, int64_t end) {
     int64_t i =
         std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
+    fetch_first_rows(begin, i);
     for (int64_t task = begin; task < end; ++task) {
       while (task >= first_task[i + 1]) ++i;
+      if (task + 1 < end) fetch_first_rows(task + 1, i);
       const int32_t from = static_cast<int32_t>(task - first_task[i]) * kPartitionTokens;
       const int32_t to = std::min(queries[i].context_len, from + kPartitionTokens);
       attend(q + i * q_row_stride, k_bytes, v_bytes, geometry, queries[i], from, to, num_heads,

@@ -137,7 +137,14 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
     for (int32_t h = 0; h < num_heads; ++h) {
       const int32_t kv_head = h / group;
       const int64_t head = int64_t{kv_head} * kHeadDim;
-      if (h % group == 0 && i + kGroup < n) prefetch(k_region, i + kGroup, head);
+      // The next group's K; during the last group, V's first (pass 2 starts there).
+      if (h % group == 0) {
+        if (i + kGroup < n) {
+          prefetch(k_region, i + kGroup, head);
+        } else {
+          prefetch(v_region, 0, head);
+        }
+      }
       __m512 qv[kVecs];
       for (int v = 0; v < kVecs; ++v) qv[v] = _mm512_loadu_ps(q + int64_t{h} * kHeadDim + 16 * v);
       float* out = scores.data() + static_cast<size_t>(h) * n + i;
@@ -158,7 +165,6 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
   SoftmaxPieces(scores.data(), n, num_heads, part);
   // Pass 2: weighted V, 16 positions by every head at a time; a head's sum stays in
   // registers over its 16 positions (the next group's V asked for meanwhile).
-  for (int32_t kv = 0; kv < g.num_kv_heads; ++kv) prefetch(v_region, 0, int64_t{kv} * kHeadDim);
   std::fill(part.acc, part.acc + int64_t{num_heads} * kHeadDim, 0.f);
   for (int32_t i = 0; i < n; i += kGroup) {
     const int32_t m = std::min(kGroup, n - i);
@@ -248,7 +254,14 @@ KVPOOL_AVX512_BF16 void AttendPartitionBf16Dot(const float* q, const char* k_reg
     const int32_t m = std::min(kGroup, n - i);
     for (int32_t h = 0; h < num_heads; ++h) {
       const int64_t head = int64_t{h / group} * kHeadDim;
-      if (h % group == 0 && i + kGroup < n) prefetch(k_region, i + kGroup, head);
+      // The next group's K; during the last group, V's first (pass 2 starts there).
+      if (h % group == 0) {
+        if (i + kGroup < n) {
+          prefetch(k_region, i + kGroup, head);
+        } else {
+          prefetch(v_region, 0, head);
+        }
+      }
       __m512bh qh[kVecs];
       for (int v = 0; v < kVecs; ++v) {
         qh[v] = reinterpret_cast<__m512bh>(
@@ -271,7 +284,6 @@ KVPOOL_AVX512_BF16 void AttendPartitionBf16Dot(const float* q, const char* k_reg
   SoftmaxPieces(scores.data(), n, num_heads, part);
   // Pass 2: weighted V, two positions per instruction (the next group's V asked for
   // meanwhile).
-  for (int32_t kv = 0; kv < g.num_kv_heads; ++kv) prefetch(v_region, 0, int64_t{kv} * kHeadDim);
   permuted.assign(static_cast<size_t>(num_heads) * kHeadDim, 0.f);
   for (int32_t i = 0; i < n; i += kGroup) {
     const int32_t m = std::min(kGroup, n - i);
