@@ -40,11 +40,11 @@ TEST(CpuLinearPackedTest, LayoutRoundTripsAndRefusesOtherShapes) {
   EXPECT_FALSE(CanPackBf16(at::zeros({64, 32}, at::kBFloat16).t()));  // not contiguous
 }
 
-// A packed matrix of 1 MiB or more lies in fresh 2 MiB-aligned memory advised for
+// A packed matrix of 2 MiB or more lies in fresh 2 MiB-aligned memory advised for
 // transparent huge pages ("hg" among its mapping's VmFlags), with its padding rows zero,
 // and the mapping goes when the tensor does. Any CPU: packing is only a layout.
 TEST(CpuLinearPackedTest, LargeMatricesLieInMemoryAdvisedForHugePages) {
-  const int64_t n = 770, k = 1024;  // 1.5 MiB, padded to 784 rows
+  const int64_t n = 1250, k = 1024;  // 2.5 MiB, padded to 1264 rows
   const at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
   at::Tensor packed = PackBf16(w);
   const auto address = reinterpret_cast<uintptr_t>(packed.data_ptr());

@@ -86,12 +86,14 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, 
 namespace packed {
 
 at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& options) {
-  constexpr size_t kHugePage = size_t{2} << 20;
+  constexpr size_t kHugePage = size_t{2} << 20, kPage = size_t{4} << 10;
   const size_t bytes = static_cast<size_t>(rows * k) * 2;
-  if (bytes < kHugePage / 2) return at::zeros({rows, k}, options);
+  if (bytes < kHugePage) return at::zeros({rows, k}, options);
   // Fresh pages from mmap (the heap's may have been touched, and so be 4 KiB already),
-  // 2 MiB-aligned by trimming the mapping's ends. They read as zeros.
-  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  // starting on a 2 MiB boundary: the mapping is made 2 MiB longer and its ends
+  // trimmed. The length is not rounded up to 2 MiB: the last part of a matrix short of
+  // a huge page stays in 4 KiB pages rather than taking memory it does not use.
+  const size_t size = (bytes + kPage - 1) / kPage * kPage;
   void* mapped =
       mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) throw std::bad_alloc();
@@ -102,7 +104,8 @@ at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& 
     munmap(reinterpret_cast<void*>(aligned + size), tail);
   }
   void* memory = reinterpret_cast<void*>(aligned);
-  // Advice only: where transparent huge pages are off, the pages stay 4 KiB.
+  // Advice only: where transparent huge pages are off, the pages stay 4 KiB. They read
+  // as zeros.
   madvise(memory, size, MADV_HUGEPAGE);
   return at::from_blob(
       memory, {rows, k}, [size](void* p) { munmap(p, size); }, options);
