@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 namespace kvpool::packed {
@@ -34,8 +33,8 @@ constexpr int kTileBlocks = 3;
 // step per line of a block, so three tiles fetch a whole chunk; fp16: two). Beyond 4
 // tiles a chunk's weights are reused enough that the first tile's wait matters little,
 // and the fetched chunk would crowd the rows of x out of L2 (a 130-token prefill got
-// slower when every tile fetched). A tile's last lines may run past the matrix: a prefetch never
-// faults.
+// slower when every tile fetched). A tile's last lines may run past the matrix: a
+// prefetch never faults.
 constexpr int64_t kAheadTiles = 3;     // at most this many tiles fetch the next chunk
 constexpr int64_t kAheadMaxTiles = 4;  // in products of at most this many tiles of rows
 
