@@ -178,12 +178,9 @@ at::Tensor CpuLinearPackedBf16(const at::Tensor& x, const at::Tensor& packed, in
   // A chunk: three blocks of [K/2][16][2] bf16, one after another.
   const int64_t chunk_bytes = packed::kTileBlocks * kCols * a.k * 2;
   packed::ForEachTile(rows, blocks, a.w, chunk_bytes, /*steps=*/a.k / 2,
-                      [&](auto m, auto j, int64_t m0, int64_t j0, const char* ahead) {
-                        constexpr int M = decltype(m)::value, J = decltype(j)::value;
-                        if constexpr (J == packed::kTileBlocks) {
-                          if (ahead != nullptr) return Tile<M, J, true>(a, m0, j0, ahead);
-                        }
-                        Tile<M, J, false>(a, m0, j0, nullptr);
+                      [&](auto m, auto j, auto fetch, int64_t m0, int64_t j0, const char* ahead) {
+                        Tile<decltype(m)::value, decltype(j)::value, decltype(fetch)::value>(
+                            a, m0, j0, ahead);
                       });
   return y;
 }

@@ -18,8 +18,9 @@ constexpr int kTileRows = 8;
 constexpr int kTileBlocks = 3;
 
 // Every tile of a product of `rows` rows of x over `blocks` column blocks, as
-// tile(M, J, m0, j0, ahead) with M (rows, 1-8) and J (blocks, 3 or 1) as
-// std::integral_constant<int, ...>, so that the tile is a template of both. Threads
+// tile(M, J, fetch, m0, j0, ahead) with M (rows, 1-8) and J (blocks, 3 or 1) as
+// std::integral_constant<int, ...> and fetch (below) as std::bool_constant, so that the
+// tile is a template of all three. Threads
 // split the blocks in chunks of three; a chunk's weights stay in L2 while every tile of
 // rows reads them, so they come from memory once per product.
 //
@@ -28,7 +29,7 @@ constexpr int kTileBlocks = 3;
 // the DRAM sets its pace; the later tiles read them from L2 and leave the DRAM idle. So
 // in products of 2-4 tiles of rows (9-32 rows: decode batches), the tiles after the
 // first fetch the chunk their thread takes next into L2, one 64-byte line per step along
-// K from `ahead` on (nullptr: nothing to fetch). `weights` is the packed matrix, whose
+// K from `ahead` on (fetch true; false: ahead is nullptr). `weights` is the packed matrix, whose
 // chunks lie one after another, `chunk_bytes` long; a tile takes `steps` steps (bf16: a
 // step per line of a block, so three tiles fetch a whole chunk; fp16: two). Beyond 4
 // tiles a chunk's weights are reused enough that the first tile's wait matters little,
@@ -41,24 +42,25 @@ constexpr int64_t kAheadMaxTiles = 4;  // in products of at most this many tiles
 template <typename TileFn>
 void ForEachTile(int64_t rows, int64_t blocks, const void* weights, int64_t chunk_bytes,
                  int64_t steps, const TileFn& tile) {
-  const auto of_rows = [&](auto j, int64_t m0, int64_t m, int64_t j0, const char* ahead) {
+  const auto of_rows = [&](auto j, auto fetch, int64_t m0, int64_t m, int64_t j0,
+                           const char* ahead) {
     switch (m) {
       case 1:
-        return tile(std::integral_constant<int, 1>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 1>{}, j, fetch, m0, j0, ahead);
       case 2:
-        return tile(std::integral_constant<int, 2>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 2>{}, j, fetch, m0, j0, ahead);
       case 3:
-        return tile(std::integral_constant<int, 3>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 3>{}, j, fetch, m0, j0, ahead);
       case 4:
-        return tile(std::integral_constant<int, 4>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 4>{}, j, fetch, m0, j0, ahead);
       case 5:
-        return tile(std::integral_constant<int, 5>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 5>{}, j, fetch, m0, j0, ahead);
       case 6:
-        return tile(std::integral_constant<int, 6>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 6>{}, j, fetch, m0, j0, ahead);
       case 7:
-        return tile(std::integral_constant<int, 7>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, 7>{}, j, fetch, m0, j0, ahead);
       default:
-        return tile(std::integral_constant<int, kTileRows>{}, j, m0, j0, ahead);
+        return tile(std::integral_constant<int, kTileRows>{}, j, fetch, m0, j0, ahead);
     }
   };
   const int64_t chunks = (blocks + kTileBlocks - 1) / kTileBlocks;
@@ -79,11 +81,15 @@ void ForEachTile(int64_t rows, int64_t blocks, const void* weights, int64_t chun
           const int64_t skip = (t - 1) * steps * 64, from = (c + 1) * chunk_bytes + skip;
           const bool fetch =
               t >= 1 && t <= fetching && c + 1 < c1 && skip < chunk_bytes && from < size;
-          of_rows(std::integral_constant<int, kTileBlocks>{}, m0, m, j0,
-                  fetch ? base + from : nullptr);
+          const std::integral_constant<int, kTileBlocks> three;
+          if (fetch) {
+            of_rows(three, std::true_type{}, m0, m, j0, base + from);
+          } else {
+            of_rows(three, std::false_type{}, m0, m, j0, nullptr);
+          }
         } else {
           for (int64_t j = j0; j < j0 + full; ++j)
-            of_rows(std::integral_constant<int, 1>{}, m0, m, j, nullptr);
+            of_rows(std::integral_constant<int, 1>{}, std::false_type{}, m0, m, j, nullptr);
         }
       }
     }

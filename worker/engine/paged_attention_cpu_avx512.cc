@@ -81,6 +81,18 @@ inline void PrefetchGroup(const char* region, const int64_t* rows, int32_t i, in
   }
 }
 
+// During pass 1's group at i (of n positions), one KV head's slice of what is read
+// next: the next group's K, or during the last group V's first (pass 2 starts there).
+template <typename Prefetch>
+inline void PrefetchAfter(const Prefetch& prefetch, const char* k_region, const char* v_region,
+                          int32_t i, int32_t n, int64_t head) {
+  if (i + kGroup < n) {
+    prefetch(k_region, i + kGroup, head);
+  } else {
+    prefetch(v_region, 0, head);
+  }
+}
+
 // The same partition with AVX-512, in groups of 16 positions: for each group, every
 // head's 16 scores (a query head in registers while its 16 K vectors stream past,
 // finished 16 at a time), later every head's weighted V of the group. A group's token
@@ -137,14 +149,7 @@ KVPOOL_AVX512 void AttendPartitionAvx512(const float* q, const char* k_region, c
     for (int32_t h = 0; h < num_heads; ++h) {
       const int32_t kv_head = h / group;
       const int64_t head = int64_t{kv_head} * kHeadDim;
-      // The next group's K; during the last group, V's first (pass 2 starts there).
-      if (h % group == 0) {
-        if (i + kGroup < n) {
-          prefetch(k_region, i + kGroup, head);
-        } else {
-          prefetch(v_region, 0, head);
-        }
-      }
+      if (h % group == 0) PrefetchAfter(prefetch, k_region, v_region, i, n, head);
       __m512 qv[kVecs];
       for (int v = 0; v < kVecs; ++v) qv[v] = _mm512_loadu_ps(q + int64_t{h} * kHeadDim + 16 * v);
       float* out = scores.data() + static_cast<size_t>(h) * n + i;
@@ -254,14 +259,7 @@ KVPOOL_AVX512_BF16 void AttendPartitionBf16Dot(const float* q, const char* k_reg
     const int32_t m = std::min(kGroup, n - i);
     for (int32_t h = 0; h < num_heads; ++h) {
       const int64_t head = int64_t{h / group} * kHeadDim;
-      // The next group's K; during the last group, V's first (pass 2 starts there).
-      if (h % group == 0) {
-        if (i + kGroup < n) {
-          prefetch(k_region, i + kGroup, head);
-        } else {
-          prefetch(v_region, 0, head);
-        }
-      }
+      if (h % group == 0) PrefetchAfter(prefetch, k_region, v_region, i, n, head);
       __m512bh qh[kVecs];
       for (int v = 0; v < kVecs; ++v) {
         qh[v] = reinterpret_cast<__m512bh>(
