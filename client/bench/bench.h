@@ -157,8 +157,8 @@ Status RunOpenAiScenarios(const BenchOptions& o, nlohmann::json& report);
 void OpenAiMarkdown(const nlohmann::json& report, std::ostream& md);
 // --baseline vllm: kvpool (bf16 weights and K/V, a 1 GiB pool) and vLLM's CPU engine
 // (scripts/vllm-baseline.py with $KVPOOL_VLLM_PYTHON, on the weights in `hf_folder`)
-// timed the same way, one after the other: report["baseline"]["vllm"]; and its section
-// of report.md.
+// timed the same way, both loaded at once with their load rounds in turn:
+// report["baseline"]["vllm"]; and its section of report.md.
 Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::string& hf_folder,
                          nlohmann::json& report);
 void VllmMarkdown(const nlohmann::json& report, std::ostream& md);

