@@ -14,13 +14,33 @@
 #include <cctype>
 #include <cmath>
 #include <fstream>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/cpu_linear.h"
 #include "engine/cpu_linear_epilogue.h"
 
 namespace kvpool {
 namespace {
+
+// The VmFlags line of the mapping that starts at `address` ("" where none does).
+std::string MappingFlags(uintptr_t address) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    const size_t dash = line.find('-');
+    if (dash != std::string::npos && dash > 0 && line.find(' ') > dash &&
+        std::isxdigit(static_cast<unsigned char>(line[0]))) {
+      inside = std::stoull(line.substr(0, dash), nullptr, 16) == address;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
 
 TEST(CpuLinearPackedTest, LayoutRoundTripsAndRefusesOtherShapes) {
   for (const auto& [n, k] :
@@ -52,29 +72,53 @@ TEST(CpuLinearPackedTest, LargeMatricesLieInMemoryAdvisedForHugePages) {
   EXPECT_TRUE(UnpackBf16(packed, n).equal(w));
   EXPECT_TRUE(
       UnpackBf16(packed, packed.size(0)).narrow(0, n, packed.size(0) - n).eq(0).all().item<bool>());
-  // The mapping that starts at the tensor's first byte, and its VmFlags.
-  const auto mapping_flags = [address]() -> std::string {
-    std::ifstream smaps("/proc/self/smaps");
-    std::string line;
-    bool inside = false;
-    while (std::getline(smaps, line)) {
-      const size_t dash = line.find('-');
-      if (dash != std::string::npos && dash > 0 && line.find(' ') > dash &&
-          std::isxdigit(static_cast<unsigned char>(line[0]))) {
-        inside = std::stoull(line.substr(0, dash), nullptr, 16) == address;
-      } else if (inside && line.rfind("VmFlags:", 0) == 0) {
-        return line;
-      }
-    }
-    return "";
-  };
-  const std::string flags = mapping_flags();
+  const std::string flags = MappingFlags(address);
   ASSERT_FALSE(flags.empty()) << "no mapping starts at the packed matrix";
   if (std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good()) {
     EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;  // else a kernel without THP
   }
   packed = at::Tensor();
-  EXPECT_TRUE(mapping_flags().empty()) << "the mapping outlived its tensor";
+  EXPECT_TRUE(MappingFlags(address).empty()) << "the mapping outlived its tensor";
+}
+
+// An arena holds matrices one after another, each on a 4 KiB boundary, in one mapping
+// that starts on a 2 MiB boundary and is advised for huge pages though each matrix is
+// under 2 MiB; the padding rows are zero, and the mapping goes with the last matrix,
+// not with the arena. Past its room it refuses. Any CPU: packing is only a layout.
+TEST(CpuLinearPackedTest, AnArenaHoldsMatricesOneAfterAnotherInOneHugePageMapping) {
+  const int64_t n = 600, k = 1026;  // 608 x 1026 x 2 bytes: 1.19 MiB, 305 pages rounded up
+  const size_t footprint = PackedArena::Footprint(n, k);
+  EXPECT_EQ(footprint, size_t{305} * 4096);
+  auto arena = std::make_unique<PackedArena>(3 * footprint);
+  std::vector<at::Tensor> w, packed;
+  for (int i = 0; i < 3; ++i) {
+    w.push_back(at::randn({n, k}).to(at::kBFloat16));
+    packed.push_back(PackBf16(w.back(), arena.get()));
+  }
+  EXPECT_THROW(PackBf16(w[0], arena.get()), std::logic_error);
+  const auto address = reinterpret_cast<uintptr_t>(packed[0].data_ptr());
+  EXPECT_EQ(address % (uintptr_t{2} << 20), 0u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(packed[i].data_ptr()), address + i * footprint);
+    EXPECT_TRUE(UnpackBf16(packed[i], n).equal(w[i]));
+    EXPECT_TRUE(UnpackBf16(packed[i], 608).narrow(0, n, 8).eq(0).all().item<bool>());
+  }
+  const std::string flags = MappingFlags(address);
+  ASSERT_FALSE(flags.empty()) << "no mapping starts at the first matrix";
+  if (std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good()) {
+    EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;
+  }
+  arena.reset();
+  packed[0] = at::Tensor();
+  packed[2] = at::Tensor();
+  EXPECT_FALSE(MappingFlags(address).empty()) << "the mapping went before its last matrix";
+  EXPECT_TRUE(UnpackBf16(packed[1], n).equal(w[1]));
+  packed[1] = at::Tensor();
+  EXPECT_TRUE(MappingFlags(address).empty()) << "the mapping outlived its matrices";
+  // Under 2 MiB of room: the heap's memory, still one piece after another's room.
+  PackedArena small(footprint);
+  EXPECT_TRUE(UnpackBf16(PackBf16(w[0], &small), n).equal(w[0]));
+  EXPECT_THROW(PackBf16(w[0], &small), std::logic_error);
 }
 
 // Every shape in one test (one process: a ctest entry per shape would cost more in

@@ -31,12 +31,16 @@ struct Layer {
   double flops_per_row = 0;
 };
 
-Layer MakeLayer() {
+constexpr std::pair<int64_t, int64_t> kShapes[] = {
+    {2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+
+// One layer's matrices, packed into `arena` where given (as the model packs all of its
+// matrices into one), else each into its own.
+Layer MakeLayer(PackedArena* arena = nullptr) {
   Layer l;
-  for (const auto& [n, k] :
-       {std::pair<int64_t, int64_t>{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}}) {
+  for (const auto& [n, k] : kShapes) {
     l.w.push_back(at::randn({n, k}).to(at::kBFloat16));
-    l.packed.push_back(CpuPacksBf16Weights() ? PackBf16(l.w.back()) : at::Tensor());
+    l.packed.push_back(CpuPacksBf16Weights() ? PackBf16(l.w.back(), arena) : at::Tensor());
     l.n.push_back(n);
     l.flops_per_row += 2.0 * static_cast<double>(n * k);
   }
@@ -51,15 +55,19 @@ const Layer& Gpt2Layer() {
   return layer;
 }
 
-// gpt2's 12 layers, each its own weights (81 MiB of packed bf16): more than the L3 of
-// these VMs, so every product reads its weights from memory, as a decode step does.
+// gpt2's 12 layers, each its own weights (81 MiB of packed bf16, in one arena as the
+// model's): more than the L3 of these VMs, so every product reads its weights from
+// memory, as a decode step does.
 // One layer's 14 MiB stay in a 32 MiB L3 between iterations.
 constexpr int kModelLayers = 12;
 const std::vector<Layer>& Gpt2Layers() {
   static const std::vector<Layer> layers = [] {
     at::manual_seed(1);
+    size_t bytes = 0;
+    for (const auto& [n, k] : kShapes) bytes += PackedArena::Footprint(n, k) * kModelLayers;
+    PackedArena arena(bytes);
     std::vector<Layer> all;
-    for (int i = 0; i < kModelLayers; ++i) all.push_back(MakeLayer());
+    for (int i = 0; i < kModelLayers; ++i) all.push_back(MakeLayer(&arena));
     return all;
   }();
   return layers;

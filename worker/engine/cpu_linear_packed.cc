@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 
 #include "engine/cpu_linear_amx.h"
 #include "engine/cpu_linear_epilogue.h"
@@ -82,16 +83,19 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void Tile(const Args& a, 
 
 }  // namespace
 
-namespace packed {
+struct PackedArena::Mapping {
+  void* base = nullptr;
+  size_t size = 0;
+  ~Mapping() { munmap(base, size); }
+};
 
-at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& options) {
+PackedArena::PackedArena(size_t bytes) : size_(bytes) {
   constexpr size_t kHugePage = size_t{2} << 20, kPage = size_t{4} << 10;
-  const size_t bytes = static_cast<size_t>(rows * k) * 2;
-  if (bytes < kHugePage) return at::zeros({rows, k}, options);
+  if (bytes < kHugePage) return;
   // Fresh pages from mmap (the heap's may have been touched, and so be 4 KiB already),
   // starting on a 2 MiB boundary: the mapping is made 2 MiB longer and its ends
-  // trimmed. The length is not rounded up to 2 MiB: the last part of a matrix short of
-  // a huge page stays in 4 KiB pages rather than taking memory it does not use.
+  // trimmed. The length is not rounded up to 2 MiB: the last part short of a huge page
+  // stays in 4 KiB pages rather than taking memory nothing uses.
   const size_t size = (bytes + kPage - 1) / kPage * kPage;
   void* mapped =
       mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -102,25 +106,46 @@ at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& 
   if (const size_t tail = start + kHugePage - aligned; tail > 0) {
     munmap(reinterpret_cast<void*>(aligned + size), tail);
   }
-  void* memory = reinterpret_cast<void*>(aligned);
+  mapping_ = std::make_shared<Mapping>();
+  mapping_->base = reinterpret_cast<void*>(aligned);
+  mapping_->size = size;
   // Advice only: where transparent huge pages are off, the pages stay 4 KiB. They read
   // as zeros.
-  madvise(memory, size, MADV_HUGEPAGE);
-  return at::from_blob(
-      memory, {rows, k}, [size](void* p) { munmap(p, size); }, options);
+  madvise(mapping_->base, size, MADV_HUGEPAGE);
 }
 
-}  // namespace packed
+size_t PackedArena::Footprint(int64_t n, int64_t k) {
+  constexpr size_t kPage = size_t{4} << 10;
+  const size_t bytes = static_cast<size_t>((n + kCols - 1) / kCols * kCols * k) * 2;
+  return (bytes + kPage - 1) / kPage * kPage;
+}
+
+at::Tensor PackedArena::Zeroed(int64_t rows, int64_t k, const at::TensorOptions& options) {
+  const size_t footprint = Footprint(rows, k);
+  if (footprint > size_ - used_) {
+    throw std::logic_error("PackedArena: a matrix past the room the arena was made with");
+  }
+  if (mapping_ == nullptr) {
+    used_ += footprint;
+    return at::zeros({rows, k}, options);
+  }
+  void* memory = static_cast<char*>(mapping_->base) + used_;
+  used_ += footprint;
+  return at::from_blob(
+      memory, {rows, k}, [mapping = mapping_](void*) {}, options);
+}
 
 bool CanPackBf16(const at::Tensor& w) {
   return w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.size(0) > 0 &&
          w.size(1) > 0 && w.size(1) % 2 == 0;
 }
 
-at::Tensor PackBf16(const at::Tensor& w) {
+at::Tensor PackBf16(const at::Tensor& w, PackedArena* arena) {
   TORCH_CHECK(CanPackBf16(w), "PackBf16: a contiguous bf16 [N, K] with K even");
   const int64_t n = w.size(0), k = w.size(1);
-  at::Tensor packed = packed::ZeroedPackedBuffer((n + kCols - 1) / kCols * kCols, k, w.options());
+  PackedArena own(arena == nullptr ? PackedArena::Footprint(n, k) : 0);
+  at::Tensor packed =
+      (arena == nullptr ? own : *arena).Zeroed((n + kCols - 1) / kCols * kCols, k, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>());
   packed::PackElements(src, dst, n, k, [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });

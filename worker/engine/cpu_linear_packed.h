@@ -17,13 +17,40 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
+#include <memory>
+
 namespace kvpool {
+
+// Memory for a model's packed matrices (bf16 or fp16): one mapping, 2 MiB-aligned and
+// advised for transparent huge pages when it holds 2 MiB or more, the matrices one
+// after another in it, each starting on a 4 KiB boundary. A product streams its weights
+// from memory, and a 4 KiB page is a TLB miss every 64 lines; a mapping per matrix left
+// each one's last part short of 2 MiB in 4 KiB pages (gpt2: 19% of its bf16 weights,
+// and all of its 1.1 MiB attention projections), where one mapping for all leaves only
+// its own end. The mapping goes when the last matrix carved from it does.
+class PackedArena {
+ public:
+  // Room for matrices whose Footprint()s add up to `bytes`.
+  explicit PackedArena(size_t bytes);
+  // The bytes a packed [n, k] matrix of 16-bit elements takes in an arena: n rounded up
+  // to 16 rows, the whole rounded up to 4 KiB.
+  static size_t Footprint(int64_t n, int64_t k);
+  // The next zeroed [rows, k] piece (rows a multiple of 16), of `options`' 16-bit dtype.
+  // Throws std::logic_error past the room the arena was made with.
+  at::Tensor Zeroed(int64_t rows, int64_t k, const at::TensorOptions& options);
+
+ private:
+  struct Mapping;
+  std::shared_ptr<Mapping> mapping_;  // null: the room is under 2 MiB, pieces come from the heap
+  size_t size_ = 0, used_ = 0;
+};
 
 // Whether `w` is a contiguous 2-D bf16 matrix [N, K] with K even.
 bool CanPackBf16(const at::Tensor& w);
 // The packed layout of `w`: a bf16 tensor [N rounded up to 16, K] whose elements only
-// CpuLinearPackedBf16 can read.
-at::Tensor PackBf16(const at::Tensor& w);
+// CpuLinearPackedBf16 can read; in `arena` where given, else in an arena of its own.
+at::Tensor PackBf16(const at::Tensor& w, PackedArena* arena = nullptr);
 // The packed matrix's first `n` rows back in row order (for tests and checks).
 at::Tensor UnpackBf16(const at::Tensor& packed, int64_t n);
 // Which kernel runs a packed product. kAuto: AMX tiles (cpu_linear_amx.h) where

@@ -86,10 +86,12 @@ bool CanPackFp16(const at::Tensor& w) {
          w.size(1) > 0;
 }
 
-at::Tensor PackFp16(const at::Tensor& w) {
+at::Tensor PackFp16(const at::Tensor& w, PackedArena* arena) {
   TORCH_CHECK(CanPackFp16(w), "PackFp16: a contiguous fp16 [N, K]");
   const int64_t n = w.size(0), k = w.size(1);
-  at::Tensor packed = packed::ZeroedPackedBuffer((n + kCols - 1) / kCols * kCols, k, w.options());
+  PackedArena own(arena == nullptr ? PackedArena::Footprint(n, k) : 0);
+  at::Tensor packed =
+      (arena == nullptr ? own : *arena).Zeroed((n + kCols - 1) / kCols * kCols, k, w.options());
   const auto* src = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
   auto* dst = reinterpret_cast<uint16_t*>(packed.data_ptr<at::Half>());
   packed::PackElements(src, dst, n, k, [k](int64_t r, int64_t c) { return PackedIndex(r, c, k); });

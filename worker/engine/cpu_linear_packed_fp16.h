@@ -21,8 +21,9 @@ namespace kvpool {
 // Whether `w` is a contiguous 2-D fp16 matrix [N, K].
 bool CanPackFp16(const at::Tensor& w);
 // The packed layout of `w`: an fp16 tensor [N rounded up to 16, K] whose elements only
-// CpuLinearPackedFp16 can read.
-at::Tensor PackFp16(const at::Tensor& w);
+// CpuLinearPackedFp16 can read; in `arena` (cpu_linear_packed.h) where given, else in
+// an arena of its own.
+at::Tensor PackFp16(const at::Tensor& w, PackedArena* arena = nullptr);
 // The packed matrix's first `n` rows back in row order (for tests and checks).
 at::Tensor UnpackFp16(const at::Tensor& packed, int64_t n);
 // y [M, n] fp32 = x [M, K] (fp32) * W^T + b, W [n, K] packed by PackFp16, b [n] or

@@ -96,13 +96,6 @@ void ForEachTile(int64_t rows, int64_t blocks, const void* weights, int64_t chun
   });
 }
 
-// A zeroed [rows, k] tensor of 16-bit elements (`options`' dtype) to pack a matrix into.
-// One of at least 2 MiB lies in fresh 2 MiB-aligned memory that the kernel is asked to
-// back with transparent huge pages (madvise, the setting Debian's kernels ship): a
-// product streams its weights from memory, and a 4 KiB page is a TLB miss every 64
-// lines. Defined in cpu_linear_packed.cc.
-at::Tensor ZeroedPackedBuffer(int64_t rows, int64_t k, const at::TensorOptions& options);
-
 // W [n, k] of 16-bit elements into a packed buffer of n rounded up to 16 rows (zeroed
 // by the caller), element (r, c) at index(r, c); and the first n rows back.
 template <typename Index>

@@ -175,17 +175,27 @@ Model::Model(ModelConfig config, ModelWeights weights, at::ScalarType weight_dty
     // fp16: AVX-512). Each is a new tensor: the matrix may share its storage with
     // another weight.
     const bool bf16 = weight_dtype_ == at::kBFloat16;
+    // All of them in one arena: one mapping in huge pages.
     if (bf16 ? CpuPacksBf16Weights() : CpuPacksFp16Weights()) {
-      const auto pack = [&](at::Tensor& w) {
-        if (!(bf16 ? CanPackBf16(w) : CanPackFp16(w))) return;
-        const int64_t rows = w.size(0);
-        w = bf16 ? PackBf16(w) : PackFp16(w);
-        packed_.emplace(w.data_ptr(), rows);
-      };
+      std::vector<at::Tensor*> matrices;
       for (LayerWeights& l : weights_.layers) {
-        for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) pack(*w);
+        for (at::Tensor* w : {&l.qkv_w, &l.o_w, &l.up_w, &l.down_w}) matrices.push_back(w);
       }
-      pack(weights_.lm_head);
+      matrices.push_back(&weights_.lm_head);
+      const auto packable = [bf16](const at::Tensor& w) {
+        return bf16 ? CanPackBf16(w) : CanPackFp16(w);
+      };
+      size_t bytes = 0;
+      for (const at::Tensor* w : matrices) {
+        if (packable(*w)) bytes += PackedArena::Footprint(w->size(0), w->size(1));
+      }
+      PackedArena arena(bytes);
+      for (at::Tensor* w : matrices) {
+        if (!packable(*w)) continue;
+        const int64_t rows = w->size(0);
+        *w = bf16 ? PackBf16(*w, &arena) : PackFp16(*w, &arena);
+        packed_.emplace(w->data_ptr(), rows);
+      }
     }
   }
   if (config_.arch == Architecture::kLlama) {
