@@ -16,7 +16,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <ostream>
 #include <thread>
 
@@ -349,9 +348,8 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
     const double v = v_rounds[i].value("tokens_per_s", 0.0);
     ratios.push_back(v > 0 ? k_rounds[i].value("tokens_per_s", 0.0) / v : 0.0);
   }
-  std::vector<double> sorted = ratios.get<std::vector<double>>();
-  out["throughput_ratio_by_round"] = ratios;
-  out["throughput_ratio_median"] = Median(sorted);
+  out["throughput_ratio_median"] = Median(ratios.get<std::vector<double>>());
+  out["throughput_ratio_by_round"] = std::move(ratios);
   out["vllm"] = vllm;
   return Status::Ok();
 }
