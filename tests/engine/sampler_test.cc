@@ -3,8 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
+#include <random>
+#include <string>
 #include <vector>
 
 namespace kvpool {
@@ -24,6 +28,44 @@ SamplingParams Params(double temperature, int32_t top_k, double top_p, uint64_t 
 TEST(SamplerTest, GreedyIsArgmax) {
   std::mt19937_64 rng(0);
   EXPECT_EQ(SampleToken(kLogits.data(), kLogits.size(), SamplingParams{}, rng), 1);
+}
+
+// The vectorized argmax gives std::max_element's index on every row: ties at the lowest
+// index, the maximum anywhere (first, last, inside or at the end of a 256-value chunk),
+// rows shorter than a vector, all -inf, and a row with a NaN.
+TEST(SamplerTest, ArgmaxIsStdMaxElementsAnswer) {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<float> value(-30.f, 30.f);
+  auto expect_same = [](const std::vector<float>& row, const std::string& what) {
+    const int64_t want = std::max_element(row.begin(), row.end()) - row.begin();
+    EXPECT_EQ(ArgmaxLogit(row.data(), static_cast<int64_t>(row.size())), want) << what;
+  };
+  for (int64_t vocab : {1, 3, 15, 16, 17, 255, 256, 257, 1000, 50257}) {
+    std::vector<float> row(static_cast<size_t>(vocab));
+    for (float& x : row) x = value(rng);
+    expect_same(row, "random, vocab " + std::to_string(vocab));
+    for (int64_t at : {int64_t{0}, vocab / 2, vocab - 1, std::min<int64_t>(255, vocab - 1),
+                       std::min<int64_t>(256, vocab - 1)}) {
+      std::vector<float> peak = row;
+      peak[at] = 100.f;
+      expect_same(peak, "peak at " + std::to_string(at) + ", vocab " + std::to_string(vocab));
+      // A tie with a later index: the lower one wins.
+      if (at + 300 < vocab) {
+        peak[at + 300] = 100.f;
+        expect_same(peak, "tie at " + std::to_string(at) + " and " + std::to_string(at + 300));
+      }
+    }
+  }
+  expect_same(std::vector<float>(50257, -std::numeric_limits<float>::infinity()), "all -inf");
+  std::vector<float> quantized(50257);
+  for (size_t i = 0; i < quantized.size(); ++i) quantized[i] = static_cast<float>(i % 7);
+  expect_same(quantized, "many ties");
+  std::vector<float> nan_row(1000, 0.f);
+  nan_row[3] = 5.f;
+  nan_row[10] = std::nanf("");
+  expect_same(nan_row, "a NaN inside");
+  nan_row[0] = std::nanf("");
+  expect_same(nan_row, "a NaN first");
 }
 
 TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {

@@ -43,6 +43,30 @@ Status SamplingParams::Validate(const std::string& field_prefix) const {
   return Status::Ok();
 }
 
+int64_t ArgmaxLogit(const float* logits, int64_t vocab) {
+  // std::max_element keeps a NaN it starts on (nothing compares greater).
+  if (vocab <= 0 || std::isnan(logits[0])) return 0;
+  // Two passes that vectorize (std::max_element's loop does not: each step depends on
+  // the last): the largest value, then the first index that holds it, a chunk at a time.
+  float best = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : best)
+  for (int64_t i = 0; i < vocab; ++i) best = std::max(best, logits[i]);
+  constexpr int64_t kChunk = 256;
+  for (int64_t begin = 0; begin < vocab; begin += kChunk) {
+    const int64_t end = std::min(vocab, begin + kChunk);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = begin; i < end; ++i) hit |= logits[i] == best ? 1 : 0;
+    if (hit == 0) continue;
+    for (int64_t i = begin; i < end; ++i) {
+      if (logits[i] == best) return i;
+    }
+  }
+  // Only with a NaN in the row (no value equals the maximum the lanes found): the
+  // scalar answer, whatever it makes of the NaN.
+  return std::max_element(logits, logits + vocab) - logits;
+}
+
 namespace {
 
 // The row with the penalties and bans applied (a copy: the row is the forward's).
@@ -79,7 +103,7 @@ std::vector<float> Penalized(const float* logits, int64_t vocab, const SamplingP
 }  // namespace
 
 TokenLogprobs LogprobsOf(const float* l, int64_t vocab, int32_t token, int32_t k) {
-  const float max = *std::max_element(l, l + vocab);
+  const float max = l[ArgmaxLogit(l, vocab)];
   double sum = 0;
   for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(l[i] - max));
   const float lse = max + static_cast<float>(std::log(sum));
@@ -103,12 +127,12 @@ int32_t SampleToken(const float* row, int64_t vocab, const SamplingParams& param
     logits = adjusted.data();
   }
   if (params.temperature == 0.0) {
-    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+    return static_cast<int32_t>(ArgmaxLogit(logits, vocab));
   }
   // Candidates: tokens within 30 nats (after temperature) of the best. What is left
   // out weighs under vocab * e^-30 (< 1e-8 for any real vocabulary) and would cost a
   // full sort of the vocabulary on every token.
-  const float best = *std::max_element(logits, logits + vocab);
+  const float best = logits[ArgmaxLogit(logits, vocab)];
   const float cutoff = best - static_cast<float>(30.0 * params.temperature);
   std::vector<int32_t> ids;
   for (int64_t i = 0; i < vocab; ++i) {

@@ -50,6 +50,10 @@ struct TokenLogprobs {
 // `token`'s log-probability and the `k` most likely tokens' (ties: lower id first).
 TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int32_t k);
 
+// The first index of the largest of `vocab` logits: std::max_element's answer (ties:
+// the lowest index), vectorized.
+int64_t ArgmaxLogit(const float* logits, int64_t vocab);
+
 // Returns the chosen token id. `logits` has `vocab` entries.
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& params,
                     std::mt19937_64& rng, const SampleContext* context = nullptr);
