@@ -66,6 +66,11 @@ TEST(SamplerTest, ArgmaxIsStdMaxElementsAnswer) {
   expect_same(nan_row, "a NaN inside");
   nan_row[0] = std::nanf("");
   expect_same(nan_row, "a NaN first");
+  // A NaN in the lane of the largest value, after it, then smaller values in that lane.
+  std::vector<float> lane(1000, 0.f);
+  lane[3] = 5.f;
+  lane[19] = std::nanf("");
+  expect_same(lane, "a NaN after the largest, 16 apart");
 }
 
 TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
